@@ -1,0 +1,126 @@
+"""The tool abstraction shared by the chat agent, the CIBA wrapper and the demo tools.
+
+A tool is a named async function with a pydantic parameter model, so the LLM sees a JSON schema and the
+agent validates the model's arguments before anything runs. The agent passes a `ToolContext` naming the
+tool call, the thread and its owner: wrappers such as `with_async_user_confirmation` key their durable
+state on it and take the CIBA user from it (never from the LLM's arguments).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+
+class ToolError(Exception):
+    """A failure the LLM should see as the tool's result (bad arguments, unknown ticker, ...)."""
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """Who is calling a tool, and for which tool call: the key of every durable decision about it."""
+
+    tool_call_id: str
+    thread_id: str
+    owner: str | None = None
+    agent_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_current_context: contextvars.ContextVar[ToolContext | None] = contextvars.ContextVar(
+    "tool_context", default=None
+)
+
+
+def current_tool_context() -> ToolContext:
+    """The context of the tool call being executed; raises outside a tool call."""
+    ctx = _current_context.get()
+    if ctx is None:
+        raise RuntimeError("current_tool_context() called outside a tool call")
+    return ctx
+
+
+ToolFunction = Callable[..., Awaitable[Any] | Any]
+
+
+class Tool:
+    """A tool the LLM may call.
+
+    `fn` receives the validated parameter model's fields as keyword arguments. `requires_confirmation`
+    marks a tool that waits for an in-chat approve/deny from the client before it runs.
+    """
+
+    def __init__(
+        self,
+        fn: ToolFunction,
+        *,
+        name: str,
+        description: str,
+        parameters: type[BaseModel],
+        requires_confirmation: bool = False,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.description = description
+        self.parameters = parameters
+        self.requires_confirmation = requires_confirmation
+
+    def parse_arguments(self, arguments: str | dict[str, Any]) -> BaseModel:
+        """Validate the LLM's arguments (JSON text or dict); raise `ToolError` naming the problem."""
+        try:
+            if isinstance(arguments, str):
+                return self.parameters.model_validate_json(arguments or "{}")
+            return self.parameters.model_validate(arguments)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in exc.errors()
+            )
+            raise ToolError(f"invalid arguments for {self.name}: {problems}") from None
+
+    async def run(self, args: BaseModel, ctx: ToolContext) -> Any:
+        """Run the tool with validated arguments inside `ctx`."""
+        token = _current_context.set(ctx)
+        try:
+            result = self.fn(**args.model_dump())
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        finally:
+            _current_context.reset(token)
+
+    def openai_schema(self) -> dict[str, Any]:
+        """The tool declaration in the OpenAI chat-completions `tools` format."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters.model_json_schema(),
+            },
+        }
+
+
+def tool(
+    *,
+    name: str | None = None,
+    description: str,
+    parameters: type[BaseModel],
+    requires_confirmation: bool = False,
+) -> Callable[[ToolFunction], Tool]:
+    """Decorator form: `@tool(description=..., parameters=Model)` over an (async) function."""
+
+    def wrap(fn: ToolFunction) -> Tool:
+        return Tool(
+            fn,
+            name=name or fn.__name__,
+            description=description,
+            parameters=parameters,
+            requires_confirmation=requires_confirmation,
+        )
+
+    return wrap
