@@ -1,0 +1,646 @@
+"""The demo checkout API: the protected resource a CIBA-approved `buy_stock` call spends its token on.
+
+`POST /api/checkout/orders` takes `{"ticker", "quantity", "price"?}` (price = optional limit price; the order
+fills at the demo market price, and is refused if the limit is below it), a `Authorization: Bearer <JWT>`
+and a required `Idempotency-Key`. The JWT must be an RS256 token from `issuer` (signature checked against
+the issuer's JWKS, fetched with httpx and cached, refreshed on an unknown `kid`), for `audience`, unexpired,
+with `stock:buy` in its `scope`. Each idempotency key records at most one order: a replay with the same body
+returns the same order (200, `Idempotent-Replayed: true`), a different body gets 409. Orders live in SQLite,
+so a file-backed API keeps its orders across restarts.
+
+Every error is JSON: `{"error": <code>, "detail": <text>}`; no error ever echoes the token.
+
+Dev/test helpers: `GET /api/checkout/orders` (listing, no auth), `GET /api/checkout/orders/{id}`,
+`GET /api/checkout/stats` -> `{"orders": n}`, `GET /api/checkout/prices[/{ticker}]`, `GET /healthz`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiosqlite
+import httpx
+import jwt
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from devservers.server_thread import ServerThread
+from tools.stock_prices import (
+    CURRENCY,
+    DEMO_PRICES,
+    MAX_QUANTITY,
+    UnknownTickerError,
+    get_price,
+    known_tickers,
+)
+
+log = logging.getLogger(__name__)
+
+#: The audience the original sample's checkout API used; the CIBA wrapper asks for tokens with it.
+DEFAULT_CHECKOUT_AUDIENCE = "http://localhost:5000/api/checkout"
+REQUIRED_SCOPE = "stock:buy"
+API_PREFIX = "/api/checkout"
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+class CheckoutError(Exception):
+    """An error answered as `{"error": code, "detail": detail}` with `status`."""
+
+    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.headers = headers
+
+
+def _error_response(
+    status: int, error: str, detail: Any, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Token verification
+
+
+class JWKSCache:
+    """The issuer's signing keys, fetched with httpx and cached; refetched on an unknown `kid`.
+
+    A refetch for an unknown kid happens at most once per `min_refresh_interval` seconds, so a stream of
+    tokens with made-up kids cannot hammer the issuer.
+    """
+
+    def __init__(
+        self,
+        jwks_url: str,
+        *,
+        ttl: float = 600.0,
+        min_refresh_interval: float = 10.0,
+        timeout: float = 5.0,
+    ) -> None:
+        self.jwks_url = jwks_url
+        self.ttl = ttl
+        self.min_refresh_interval = min_refresh_interval
+        self.timeout = timeout
+        self.fetches = 0
+        self._keys: dict[str | None, jwt.PyJWK] = {}
+        self._fetched_at: float | None = None
+        self._last_attempt = -math.inf
+        self._lock = asyncio.Lock()
+
+    def _fresh(self) -> bool:
+        return self._fetched_at is not None and time.monotonic() - self._fetched_at < self.ttl
+
+    async def _refresh(self) -> None:
+        self._last_attempt = time.monotonic()
+        self.fetches += 1
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as client:
+                response = await client.get(self.jwks_url, headers={"Accept": "application/json"})
+                response.raise_for_status()
+                document = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("fetching JWKS from %s failed: %s", self.jwks_url, type(exc).__name__)
+            raise CheckoutError(
+                503, "jwks_unavailable", "the issuer's signing keys could not be fetched"
+            ) from None
+        keys: dict[str | None, jwt.PyJWK] = {}
+        for entry in document.get("keys", []) if isinstance(document, dict) else []:
+            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+                continue
+            try:
+                key = jwt.PyJWK(entry)
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+                continue
+            keys[entry.get("kid")] = key
+        self._keys = keys
+        self._fetched_at = time.monotonic()
+
+    def _lookup(self, kid: str | None) -> jwt.PyJWK | None:
+        if kid is None and len(self._keys) == 1:
+            return next(iter(self._keys.values()))
+        return self._keys.get(kid)
+
+    async def get_signing_key(self, kid: str | None) -> jwt.PyJWK:
+        key = self._lookup(kid) if self._fresh() else None
+        if key is not None:
+            return key
+        async with self._lock:
+            key = self._lookup(kid) if self._fresh() else None
+            if key is not None:
+                return key
+            if not self._fresh() or time.monotonic() - self._last_attempt >= self.min_refresh_interval:
+                await self._refresh()
+            key = self._lookup(kid)
+        if key is None:
+            raise CheckoutError(
+                401, "invalid_token", "the token's signing key is not one of the issuer's keys"
+            )
+        return key
+
+
+def _bearer_challenge(error: str | None = None, scope: str | None = None) -> dict[str, str]:
+    parts = ['Bearer realm="checkout"']
+    if error:
+        parts.append(f'error="{error}"')
+    if scope:
+        parts.append(f'scope="{scope}"')
+    return {"WWW-Authenticate": ", ".join(parts)}
+
+
+_JWT_ERROR_DETAILS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "the token has expired"),
+    (jwt.InvalidAudienceError, "the token is not for the checkout audience"),
+    (jwt.InvalidIssuerError, "the token was not issued by the trusted issuer"),
+    (jwt.ImmatureSignatureError, "the token is not valid yet"),
+    (jwt.InvalidSignatureError, "the token signature is invalid"),
+)
+
+
+def _describe_jwt_error(exc: jwt.PyJWTError) -> str:
+    """A client-safe description of why a token failed (never the token itself)."""
+    for kind, detail in _JWT_ERROR_DETAILS:
+        if isinstance(exc, kind):
+            return detail
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"the token lacks the {exc.claim!r} claim"
+    return f"the token is invalid ({type(exc).__name__})"
+
+
+def _token_scopes(claims: Mapping[str, Any]) -> set[str]:
+    scopes: set[str] = set()
+    for claim in ("scope", "scp"):
+        value = claims.get(claim)
+        if isinstance(value, str):
+            scopes.update(value.split())
+        elif isinstance(value, list):
+            scopes.update(str(v) for v in value)
+    return scopes
+
+
+class TokenVerifier:
+    """Verify a checkout access token: signature (JWKS), algorithm allow-list, `iss`, `aud`, `exp`/`nbf`."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        jwks_url: str | None = None,
+        algorithms: Sequence[str] = ("RS256",),
+        leeway: float = 5.0,
+        required_scope: str = REQUIRED_SCOPE,
+    ) -> None:
+        if not algorithms or any(a.lower() == "none" or a.upper().startswith("HS") for a in algorithms):
+            raise ValueError("the checkout API only accepts asymmetric signature algorithms")
+        self.issuer = issuer
+        # "https://tenant/" and "https://tenant" name the same issuer; accept either spelling.
+        self._issuers = sorted({issuer, issuer.rstrip("/"), issuer.rstrip("/") + "/"})
+        self.audience = audience
+        self.algorithms = list(algorithms)
+        self.leeway = leeway
+        self.required_scope = required_scope
+        self.jwks = JWKSCache(jwks_url or issuer.rstrip("/") + "/.well-known/jwks.json")
+
+    async def verify(self, authorization: str | None) -> dict[str, Any]:
+        if not authorization:
+            raise CheckoutError(
+                401,
+                "missing_token",
+                "an 'Authorization: Bearer <token>' header is required",
+                _bearer_challenge(),
+            )
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise CheckoutError(
+                401,
+                "invalid_request",
+                "the Authorization header must use the Bearer scheme",
+                _bearer_challenge("invalid_request"),
+            )
+        challenge = _bearer_challenge("invalid_token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise CheckoutError(
+                401, "invalid_token", "the token is not a well-formed JWT", challenge
+            ) from None
+        alg = header.get("alg")
+        if alg not in self.algorithms:
+            raise CheckoutError(401, "invalid_token", f"token algorithm {alg!r} is not accepted", challenge)
+        try:
+            key = await self.jwks.get_signing_key(header.get("kid"))
+        except CheckoutError as exc:
+            if exc.status == 401:
+                exc.headers = challenge
+            raise
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self.algorithms,
+                audience=self.audience,
+                issuer=self._issuers,
+                leeway=self.leeway,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise CheckoutError(401, "invalid_token", _describe_jwt_error(exc), challenge) from None
+        if self.required_scope not in _token_scopes(claims):
+            raise CheckoutError(
+                403,
+                "insufficient_scope",
+                f"the token lacks the {self.required_scope!r} scope",
+                _bearer_challenge("insufficient_scope", self.required_scope),
+            )
+        return claims
+
+
+# --------------------------------------------------------------------------------------------------------
+# Order storage
+
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE orders (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        request_fingerprint TEXT NOT NULL,
+        subject TEXT,
+        client_id TEXT,
+        ticker TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        price REAL NOT NULL,
+        limit_price REAL,
+        total REAL NOT NULL,
+        currency TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX orders_subject ON orders(subject);
+    """,
+]
+
+_ORDER_COLUMNS = (
+    "id, idempotency_key, request_fingerprint, subject, client_id, ticker, quantity, price, limit_price, "
+    "total, currency, status, created_at"
+)
+
+
+def _order_json(row: aiosqlite.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "ticker": row["ticker"],
+        "quantity": row["quantity"],
+        "price": row["price"],
+        "limit_price": row["limit_price"],
+        "total": row["total"],
+        "currency": row["currency"],
+        "subject": row["subject"],
+        "client_id": row["client_id"],
+        "created_at": row["created_at"],
+    }
+
+
+class OrderStore:
+    """Orders in SQLite (a file, or `:memory:` when no path is given), one per idempotency key."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = ":memory:" if path is None else os.fspath(path)
+        if self.path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self.lock = asyncio.Lock()
+        self._db: aiosqlite.Connection | None = None
+        self._open_lock = asyncio.Lock()
+
+    async def db(self) -> aiosqlite.Connection:
+        if self._db is not None:
+            return self._db
+        async with self._open_lock:
+            if self._db is None:
+                db = await aiosqlite.connect(self.path)
+                db.row_factory = aiosqlite.Row
+                await db.execute("PRAGMA busy_timeout = 5000")
+                if self.path != ":memory:":
+                    await db.execute("PRAGMA journal_mode = WAL")
+                await self._migrate(db)
+                self._db = db
+        return self._db
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection) -> None:
+        async with db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            await db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    async def by_key(self, key: str) -> aiosqlite.Row | None:
+        db = await self.db()
+        async with db.execute(
+            f"SELECT {_ORDER_COLUMNS} FROM orders WHERE idempotency_key = ?", (key,)
+        ) as cur:
+            return await cur.fetchone()
+
+    async def by_id(self, order_id: str) -> aiosqlite.Row | None:
+        db = await self.db()
+        async with db.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = ?", (order_id,)) as cur:
+            return await cur.fetchone()
+
+    async def insert(self, order: dict[str, Any]) -> None:
+        db = await self.db()
+        columns = [c.strip() for c in _ORDER_COLUMNS.split(",")]
+        await db.execute(
+            f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES ({', '.join('?' for _ in columns)})",
+            tuple(order[c] for c in columns),
+        )
+        await db.commit()
+
+    async def list(self, *, subject: str | None = None, limit: int = 1000) -> list[aiosqlite.Row]:
+        db = await self.db()
+        sql = f"SELECT {_ORDER_COLUMNS} FROM orders"
+        params: tuple[Any, ...] = ()
+        if subject is not None:
+            sql += " WHERE subject = ?"
+            params = (subject,)
+        sql += " ORDER BY seq LIMIT ?"
+        async with db.execute(sql, (*params, limit)) as cur:
+            return list(await cur.fetchall())
+
+    async def count(self) -> int:
+        db = await self.db()
+        async with db.execute("SELECT COUNT(*) FROM orders") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# Request validation
+
+
+def _parse_order_body(body: Any, prices: Mapping[str, float]) -> tuple[str, int, float | None, float]:
+    """(ticker, quantity, limit_price, market_price) or a 422 `CheckoutError`."""
+    if not isinstance(body, dict):
+        raise CheckoutError(422, "invalid_request", "the body must be a JSON object")
+    raw_ticker = body.get("ticker")
+    if not isinstance(raw_ticker, str):
+        raise CheckoutError(422, "invalid_ticker", "'ticker' is required and must be a string")
+    try:
+        market_price = get_price(raw_ticker, prices)
+    except UnknownTickerError as exc:
+        raise CheckoutError(422, "unknown_ticker", str(exc)) from None
+    except ValueError as exc:
+        raise CheckoutError(422, "invalid_ticker", str(exc)) from None
+    ticker = raw_ticker.strip().removeprefix("$").upper()
+    quantity = body.get("quantity")
+    if isinstance(quantity, bool) or not isinstance(quantity, int):
+        raise CheckoutError(422, "invalid_quantity", "'quantity' is required and must be a positive integer")
+    if not 0 < quantity <= MAX_QUANTITY:
+        raise CheckoutError(422, "invalid_quantity", f"'quantity' must be between 1 and {MAX_QUANTITY}")
+    limit = body.get("price")
+    if limit is not None:
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int | float)
+            or not math.isfinite(limit)
+            or limit <= 0
+        ):
+            raise CheckoutError(422, "invalid_price", "'price' must be a positive number when given")
+        limit = float(limit)
+        if limit < market_price:
+            raise CheckoutError(
+                422,
+                "limit_price_below_market",
+                f"the limit price {limit} is below the market price {market_price} of {ticker}",
+            )
+    return ticker, quantity, limit, market_price
+
+
+def _idempotency_key(request: Request) -> str:
+    key = request.headers.get("idempotency-key")
+    if key is None or not key.strip():
+        raise CheckoutError(400, "idempotency_key_required", "an 'Idempotency-Key' header is required")
+    key = key.strip()
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable() or not key.isascii():
+        raise CheckoutError(
+            400,
+            "invalid_idempotency_key",
+            f"the Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters",
+        )
+    return key
+
+
+def _fingerprint(subject: str | None, ticker: str, quantity: int, limit: float | None) -> str:
+    canonical = json.dumps(
+        {"subject": subject, "ticker": ticker, "quantity": quantity, "price": limit}, sort_keys=True
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------------
+# The app
+
+
+def create_checkout_app(
+    *,
+    issuer: str,
+    audience: str,
+    jwks_url: str | None = None,
+    prices: Mapping[str, float] | None = None,
+    db_path: str | os.PathLike[str] | None = None,
+    algorithms: Sequence[str] = ("RS256",),
+    leeway: float = 5.0,
+) -> FastAPI:
+    """The checkout API as an ASGI app.
+
+    `jwks_url` defaults to `{issuer}/.well-known/jwks.json`; `prices` to the shared demo table
+    (`tools.stock_prices.DEMO_PRICES`); `db_path` to an in-memory database (orders then die with the app).
+    """
+    price_table: Mapping[str, float] = dict(DEMO_PRICES if prices is None else prices)
+    verifier = TokenVerifier(
+        issuer=issuer, audience=audience, jwks_url=jwks_url, algorithms=algorithms, leeway=leeway
+    )
+    store = OrderStore(db_path)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await store.db()
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app = FastAPI(
+        title="Demo checkout API", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.store = store
+    app.state.verifier = verifier
+    app.state.prices = price_table
+
+    @app.exception_handler(CheckoutError)
+    async def _checkout_error(_request: Request, exc: CheckoutError) -> JSONResponse:
+        return _error_response(exc.status, exc.error, exc.detail, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error_response(exc.status_code, code, exc.detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return _error_response(422, "invalid_request", problems)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("checkout API error: %s", type(exc).__name__)
+        return _error_response(500, "internal_error", "the checkout API failed")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get(f"{API_PREFIX}/prices")
+    async def all_prices() -> dict[str, Any]:
+        return {"currency": CURRENCY, "prices": {t: price_table[t] for t in known_tickers(price_table)}}
+
+    @app.get(API_PREFIX + "/prices/{ticker}")
+    async def price(ticker: str) -> JSONResponse:
+        try:
+            value = get_price(ticker, price_table)
+        except UnknownTickerError as exc:
+            return _error_response(404, "unknown_ticker", str(exc))
+        except ValueError as exc:
+            return _error_response(422, "invalid_ticker", str(exc))
+        return JSONResponse(
+            {"ticker": ticker.strip().removeprefix("$").upper(), "price": value, "currency": CURRENCY}
+        )
+
+    @app.post(f"{API_PREFIX}/orders")
+    async def create_order(request: Request) -> JSONResponse:
+        claims = await verifier.verify(request.headers.get("authorization"))
+        key = _idempotency_key(request)
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError:
+            raise CheckoutError(400, "invalid_json", "the body is not valid JSON") from None
+        ticker, quantity, limit, market_price = _parse_order_body(body, price_table)
+        subject = claims.get("sub")
+        fingerprint = _fingerprint(subject, ticker, quantity, limit)
+
+        async with store.lock:
+            existing = await store.by_key(key)
+            if existing is None:
+                order = {
+                    "id": "ord_" + secrets.token_hex(12),
+                    "idempotency_key": key,
+                    "request_fingerprint": fingerprint,
+                    "subject": subject,
+                    "client_id": claims.get("azp") or claims.get("client_id"),
+                    "ticker": ticker,
+                    "quantity": quantity,
+                    "price": market_price,
+                    "limit_price": limit,
+                    "total": round(market_price * quantity, 2),
+                    "currency": CURRENCY,
+                    "status": "filled",
+                    "created_at": time.time(),
+                }
+                try:
+                    await store.insert(order)
+                except sqlite3.IntegrityError:  # another process holding the same file won the race
+                    existing = await store.by_key(key)
+                    if existing is None:
+                        raise
+                else:
+                    created = await store.by_key(key)
+                    assert created is not None
+                    log.info("order %s: %d %s at %s", order["id"], quantity, ticker, market_price)
+                    return JSONResponse(
+                        _order_json(created),
+                        status_code=201,
+                        headers={"Location": f"{API_PREFIX}/orders/{order['id']}"},
+                    )
+        if existing["request_fingerprint"] != fingerprint:
+            raise CheckoutError(
+                409,
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used for a different order",
+            )
+        return JSONResponse(
+            _order_json(existing),
+            status_code=200,
+            headers={"Idempotent-Replayed": "true", "Location": f"{API_PREFIX}/orders/{existing['id']}"},
+        )
+
+    @app.get(f"{API_PREFIX}/orders")
+    async def list_orders(subject: str | None = None, limit: int = 1000) -> dict[str, Any]:
+        rows = await store.list(subject=subject, limit=max(1, min(limit, 10_000)))
+        return {"orders": [_order_json(r) for r in rows]}
+
+    @app.get(API_PREFIX + "/orders/{order_id}")
+    async def get_order(order_id: str) -> JSONResponse:
+        row = await store.by_id(order_id)
+        if row is None:
+            return _error_response(404, "not_found", f"no order {order_id!r}")
+        return JSONResponse(_order_json(row))
+
+    @app.get(f"{API_PREFIX}/stats")
+    async def stats() -> dict[str, Any]:
+        return {"orders": await store.count()}
+
+    return app
+
+
+class CheckoutServer(ServerThread):
+    """The checkout API on 127.0.0.1 in a background thread. `api_url` is the base the tool posts to."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str = DEFAULT_CHECKOUT_AUDIENCE,
+        jwks_url: str | None = None,
+        prices: Mapping[str, float] | None = None,
+        db_path: str | os.PathLike[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        app = create_checkout_app(
+            issuer=issuer, audience=audience, jwks_url=jwks_url, prices=prices, db_path=db_path
+        )
+        super().__init__(app, host=host, port=port)
+
+    @property
+    def api_url(self) -> str:
+        return self.url + API_PREFIX
+
+    def start(self, timeout: float = 15.0) -> CheckoutServer:
+        super().start(timeout)
+        return self
+
+    def __enter__(self) -> CheckoutServer:
+        return self.start()
