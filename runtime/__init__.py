@@ -1,0 +1,61 @@
+"""ray-agent-runtime's core: durable agents as Ray actors (the Durable Object analogue).
+
+Knows nothing of chat or auth. Public surface:
+
+- `Agent`, `turn`, `read`: the base class and its method markers;
+- `get_agent` / `get_agent_sync`: address an agent by `(class, id)`;
+- `init`: connect to (or start) Ray and the alarm scheduler for a storage root;
+- `Schedule`, `InvalidScheduleError`, `InvalidAgentIdError`: what schedules and ids give back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runtime.agent import Agent, read, turn
+from runtime.ids import InvalidAgentIdError, validate_agent_id
+from runtime.registry import AgentHandle, SyncAgentHandle, get_agent, get_agent_sync
+from runtime.schedules import InvalidScheduleError, Schedule
+from runtime.settings import RuntimeSettings, runtime_settings
+from runtime.storage import AgentStorage, StorageError
+
+__all__ = [
+    "Agent",
+    "AgentHandle",
+    "AgentStorage",
+    "InvalidAgentIdError",
+    "InvalidScheduleError",
+    "RuntimeSettings",
+    "Schedule",
+    "StorageError",
+    "SyncAgentHandle",
+    "get_agent",
+    "get_agent_sync",
+    "init",
+    "read",
+    "runtime_settings",
+    "turn",
+    "validate_agent_id",
+]
+
+
+def init(*, storage_dir: str | Path | None = None, namespace: str | None = None, **ray_init_kwargs: Any) -> Any:
+    """Connect to Ray (starting a local cluster if none is running) and start the alarm scheduler.
+
+    Call it once per driver. After a full cluster restart this is what brings due schedules back:
+    the scheduler reloads its index from `storage_dir` and wakes the agents that are due.
+    Returns the scheduler's actor handle.
+    """
+    import ray
+
+    from runtime.registry import resolve_namespace, resolve_storage_dir
+    from runtime.scheduler import ensure_scheduler
+
+    ns = resolve_namespace(namespace)
+    if not ray.is_initialized():
+        ray_init_kwargs.setdefault("namespace", ns)
+        ray.init(**ray_init_kwargs)
+    scheduler = ensure_scheduler(resolve_storage_dir(storage_dir), ns)
+    ray.get(scheduler.pending.remote())  # wait until it has loaded its index
+    return scheduler

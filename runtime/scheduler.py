@@ -1,0 +1,187 @@
+"""The alarm scheduler: wakes agents whose schedules are due when nothing else would.
+
+A live agent fires its own schedules with a local timer. This detached actor covers the times it can't:
+the agent's process was killed, the whole Ray cluster restarted, or the agent was never called since.
+Its only state is a durable index of `(class, id) -> next due time` (SQLite, beside the agents' files)
+and an in-memory heap rebuilt from that index on start. The agents' own files stay the source of truth:
+each wake-up asks the agent to run what is due and report its next due time.
+
+One scheduler serves one storage root in one namespace (its actor name carries a hash of the root).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import itertools
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from runtime.storage import AgentStorage
+
+if TYPE_CHECKING:
+    from runtime.agent import Agent
+
+logger = logging.getLogger("runtime.scheduler")
+
+WAKE_GRACE_SECONDS = 0.5
+"""A live agent's own timer fires first; the scheduler calls only if the due time passed this long ago."""
+
+RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+INDEX_MIGRATIONS = [
+    """
+    CREATE TABLE alarm_index (
+        class_path TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        next_due REAL NOT NULL,
+        PRIMARY KEY (class_path, agent_id)
+    );
+    """
+]
+
+_handles: dict[tuple[str, str, str], Any] = {}
+
+
+def scheduler_name(storage_dir: Path) -> str:
+    digest = hashlib.sha256(str(Path(storage_dir).resolve()).encode()).hexdigest()[:16]
+    return f"_runtime/alarms/{digest}"
+
+
+def ensure_scheduler(storage_dir: Path, namespace: str) -> Any:
+    """Get or create the scheduler actor for this storage root and namespace."""
+    root = Path(storage_dir).resolve()
+    cache_key = (ray.get_runtime_context().get_session_name(), str(root), namespace)
+    if cache_key in _handles:  # a handle stays valid across the actor's restarts, not the cluster's
+        return _handles[cache_key]
+    handle = AlarmScheduler.options(  # type: ignore[attr-defined]
+        name=scheduler_name(root),
+        namespace=namespace,
+        get_if_exists=True,
+        lifetime="detached",
+        max_restarts=-1,
+        num_cpus=0,
+        max_concurrency=1000,
+    ).remote(str(root), namespace)
+    _handles[cache_key] = handle
+    return handle
+
+
+async def report_next_due(agent: Agent, due: float | None) -> bool:
+    """Tell the scheduler when `agent` next needs waking. Outside a Ray actor there is nothing to tell."""
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return True
+    try:
+        scheduler = ensure_scheduler(agent.storage_dir, agent.namespace)
+        await scheduler.set_next_due.remote(agent.class_path(), agent.id, due)
+        return True
+    except Exception as exc:  # the local timer still fires; the next re-arm retries the report
+        logger.warning("%s: could not report next due time to the alarm scheduler: %s", agent.name, exc)
+        return False
+
+
+@ray.remote
+class AlarmScheduler:
+    """Heap of next wake-ups, persisted as an index; calls `_run_due_schedules` on due agents."""
+
+    def __init__(self, storage_dir: str, namespace: str) -> None:
+        self.storage_dir = Path(storage_dir)
+        self.namespace = namespace
+        self.index = AgentStorage(self.storage_dir / "_runtime" / "alarm_index.sqlite3")
+        self._due: dict[tuple[str, str], float] = {}
+        self._heap: list[tuple[float, int, tuple[str, str], float]] = []
+        self._seq = itertools.count()
+        self._changed = asyncio.Event()
+        self._in_flight: set[tuple[str, str]] = set()
+        self._failures: dict[tuple[str, str], int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loaded = asyncio.get_running_loop().create_task(self._load())
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _load(self) -> None:
+        await self.index.open()
+        await self.index.migrate("runtime.AlarmScheduler", INDEX_MIGRATIONS)
+        for row in await self.index.fetchall("SELECT class_path, agent_id, next_due FROM alarm_index"):
+            key = (row["class_path"], row["agent_id"])
+            self._due[key] = float(row["next_due"])
+            self._push(float(row["next_due"]), key, float(row["next_due"]))
+
+    def _push(self, fire_at: float, key: tuple[str, str], due: float) -> None:
+        heapq.heappush(self._heap, (fire_at, next(self._seq), key, due))
+        self._changed.set()
+
+    async def set_next_due(self, class_path: str, agent_id: str, due: float | None) -> None:
+        """Record (durably) when an agent next needs waking; None removes it from the index."""
+        await self._loaded
+        key = (class_path, agent_id)
+        if due is None:
+            await self.index.execute(
+                "DELETE FROM alarm_index WHERE class_path = ? AND agent_id = ?", (class_path, agent_id)
+            )
+            self._due.pop(key, None)
+            return
+        await self.index.execute(
+            "INSERT INTO alarm_index(class_path, agent_id, next_due) VALUES (?, ?, ?) "
+            "ON CONFLICT(class_path, agent_id) DO UPDATE SET next_due = excluded.next_due",
+            (class_path, agent_id, due),
+        )
+        self._due[key] = due
+        self._push(due + WAKE_GRACE_SECONDS, key, due)
+
+    async def pending(self) -> dict[str, float]:
+        """The index as `{"Class path|id": next_due}` (for operators and tests)."""
+        await self._loaded
+        return {f"{cp}|{aid}": due for (cp, aid), due in self._due.items()}
+
+    async def _run(self) -> None:
+        await self._loaded
+        while True:
+            if not self._heap:
+                await self._changed.wait()
+                self._changed.clear()
+                continue
+            fire_at, _, key, due = self._heap[0]
+            delay = fire_at - time.time()
+            if delay > 0:
+                self._changed.clear()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+                continue
+            heapq.heappop(self._heap)
+            if self._due.get(key) != due or key in self._in_flight:
+                continue  # stale entry: the agent re-armed since, or a wake-up is already running
+            self._in_flight.add(key)
+            task = asyncio.get_running_loop().create_task(self._wake(key, due))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _wake(self, key: tuple[str, str], due: float) -> None:
+        from runtime.registry import agent_actor, import_agent_class
+
+        class_path, agent_id = key
+        try:
+            cls = import_agent_class(class_path)
+            actor = await asyncio.to_thread(  # creating or looking up an actor blocks: keep the loop free
+                agent_actor, cls, agent_id, storage_dir=self.storage_dir, namespace=self.namespace
+            )
+            next_due = await actor._run_due_schedules.remote()
+            self._failures.pop(key, None)
+        except Exception as exc:
+            failures = self._failures.get(key, 0) + 1
+            self._failures[key] = failures
+            backoff = RETRY_BACKOFF_SECONDS[min(failures, len(RETRY_BACKOFF_SECONDS)) - 1]
+            logger.warning("waking %s/%s failed (%s); retrying in %.1fs", class_path, agent_id, exc, backoff)
+            if self._due.get(key) == due:
+                self._push(time.time() + backoff, key, due)
+            return
+        finally:
+            self._in_flight.discard(key)
+        if self._due.get(key) == due:  # the agent did not re-report (e.g. report failed): use its answer
+            await self.set_next_due(class_path, agent_id, next_due)

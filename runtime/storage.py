@@ -1,0 +1,260 @@
+"""Durable per-agent storage: one SQLite file (WAL) behind aiosqlite.
+
+Two connections: a writer, guarded by a lock so that concurrent coroutines never interleave inside one
+transaction, and a reader that sees only committed data, so reads never wait behind a slow turn. A write
+returns only after its COMMIT, which is what "acknowledged" means in the durability guarantee.
+
+Inside `async with storage.transaction():` every write (KV or SQL) made by the same task joins that one
+transaction; reads made there go through the writer so they see the transaction's own changes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+from pydantic import BaseModel, TypeAdapter
+
+M = TypeVar("M", bound=BaseModel)
+
+Migration = str | Sequence[str] | Callable[["Transaction"], Awaitable[None]]
+"""One schema step: SQL text (one or more statements), a list of statements, or an async function."""
+
+_KV_SCHEMA = """
+CREATE TABLE IF NOT EXISTS _kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS _migrations (
+    scope TEXT PRIMARY KEY, version INTEGER NOT NULL, applied_at REAL NOT NULL
+);
+"""
+
+
+class StorageError(RuntimeError):
+    """Storage was used wrongly (closed, or a value that cannot be stored)."""
+
+
+def to_json(value: Any) -> str:
+    """Serialise a JSON-able value or pydantic model; raise `TypeError` naming what cannot be stored."""
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"value is not JSON-serialisable: {exc}") from None
+
+
+def split_sql(script: str) -> list[str]:
+    """Split SQL text into complete statements (aware of quotes and triggers via sqlite3)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip() and sqlite3.complete_statement(buffer + ";"):
+        statements.append(buffer.strip())
+    elif buffer.strip():
+        raise StorageError(f"incomplete SQL statement in migration: {buffer.strip()[:80]!r}")
+    return statements
+
+
+class Transaction:
+    """Write access inside one open transaction (see `AgentStorage.transaction`)."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        """Run one statement; return the number of rows changed."""
+        cursor = await self._conn.execute(sql, params)
+        return cursor.rowcount
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._conn.executemany(sql, rows)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        cursor = await self._conn.execute(sql, params)
+        return list(await cursor.fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Row | None:
+        cursor = await self._conn.execute(sql, params)
+        return await cursor.fetchone()
+
+    async def put(self, key: str, value: Any) -> None:
+        await self._conn.execute(
+            "INSERT INTO _kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, to_json(value)),
+        )
+
+    async def delete(self, key: str) -> bool:
+        cursor = await self._conn.execute("DELETE FROM _kv WHERE key = ?", (key,))
+        return cursor.rowcount > 0
+
+
+class AgentStorage:
+    """One agent's SQLite file: a small KV API, raw SQL, transactions and per-scope migrations."""
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock: Any = None
+        self._active: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
+            f"tx:{self.path}", default=None
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def open(self) -> AgentStorage:
+        import asyncio
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_lock = asyncio.Lock()
+        self._writer = await self._connect()
+        await self._writer.execute("PRAGMA journal_mode=WAL")
+        for statement in split_sql(_KV_SCHEMA):
+            await self._writer.execute(statement)
+        await self._writer.commit()
+        self._reader = await self._connect()
+        await self._reader.execute("PRAGMA query_only=ON")
+        return self
+
+    async def _connect(self) -> aiosqlite.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so nothing commits behind our back.
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        await conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        await conn.execute("PRAGMA busy_timeout=5000")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
+    def _require_open(self) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
+        if self._writer is None or self._reader is None:
+            raise StorageError(f"storage {self.path.name} is not open")
+        return self._writer, self._reader
+
+    # -- transactions ----------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """One atomic unit of writes: committed when the block ends, rolled back if it raises.
+
+        Nested use in the same task joins the outer transaction.
+        """
+        current = self._active.get()
+        if current is not None:
+            yield current
+            return
+        writer, _ = self._require_open()
+        async with self._write_lock:
+            tx = Transaction(writer)
+            token = self._active.set(tx)
+            await writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield tx
+            except BaseException:
+                await writer.execute("ROLLBACK")
+                raise
+            else:
+                await writer.execute("COMMIT")
+            finally:
+                self._active.reset(token)
+
+    def _read_conn(self) -> aiosqlite.Connection:
+        writer, reader = self._require_open()
+        return writer if self._active.get() is not None else reader
+
+    # -- raw SQL ---------------------------------------------------------------------------------------
+    async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        """Run one write statement in its own transaction (or the caller's); return rows changed."""
+        async with self.transaction() as tx:
+            return await tx.execute(sql, params)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        """Read rows from committed data (or the caller's open transaction)."""
+        cursor = await self._read_conn().execute(sql, params)
+        return list(await cursor.fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Row | None:
+        cursor = await self._read_conn().execute(sql, params)
+        return await cursor.fetchone()
+
+    # -- key/value -------------------------------------------------------------------------------------
+    async def get(self, key: str, default: Any = None, *, model: type[M] | Any = None) -> Any:
+        """The value stored under `key` (validated as `model` if given), else `default`."""
+        row = await self.fetchone("SELECT value FROM _kv WHERE key = ?", (key,))
+        if row is None:
+            return default
+        return _decode(row["value"], model)
+
+    async def put(self, key: str, value: Any) -> None:
+        """Store a JSON-able value or pydantic model under `key`; durable when this returns."""
+        to_json(value)  # fail before touching the database
+        async with self.transaction() as tx:
+            await tx.put(key, value)
+
+    async def delete(self, key: str) -> bool:
+        """Remove `key`; return whether it existed."""
+        async with self.transaction() as tx:
+            return await tx.delete(key)
+
+    async def list(self, prefix: str = "", *, model: type[M] | Any = None) -> dict[str, Any]:
+        """All keys starting with `prefix`, in key order."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = await self.fetchall(
+            "SELECT key, value FROM _kv WHERE key LIKE ? ESCAPE '\\' ORDER BY key", (escaped + "%",)
+        )
+        return {row["key"]: _decode(row["value"], model) for row in rows}
+
+    # -- migrations ------------------------------------------------------------------------------------
+    async def migrate(self, scope: str, migrations: Sequence[Migration]) -> int:
+        """Apply the migrations of `scope` not yet applied, each in its own transaction; return how many.
+
+        A migration's index in the list is its version: never reorder or edit applied ones, only append.
+        """
+        row = await self.fetchone("SELECT version FROM _migrations WHERE scope = ?", (scope,))
+        applied = int(row["version"]) if row else 0
+        if applied > len(migrations):
+            raise StorageError(
+                f"{self.path.name}: scope {scope!r} is at version {applied} but only "
+                f"{len(migrations)} migrations are known (code older than the data?)"
+            )
+        for version in range(applied + 1, len(migrations) + 1):
+            step = migrations[version - 1]
+            async with self.transaction() as tx:
+                if callable(step):
+                    await step(tx)
+                else:
+                    for statement in split_sql(step) if isinstance(step, str) else step:
+                        await tx.execute(statement)
+                await tx.execute(
+                    "INSERT INTO _migrations(scope, version, applied_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(scope) DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
+                    (scope, version, time.time()),
+                )
+        return len(migrations) - applied
+
+
+def _decode(text: str, model: Any) -> Any:
+    if model is None:
+        return json.loads(text)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return model.model_validate_json(text)
+    return TypeAdapter(model).validate_json(text)
