@@ -1,0 +1,246 @@
+"""The demo tools: `get_stock_price` (no confirmation) and the RAW `buy_stock`.
+
+`buy_stock` is meant to be wrapped by `with_async_user_confirmation`, which runs it inside
+`use_ciba_credentials(cred)` once the user approved the CIBA request. It spends that credential's access
+token on the checkout API with an `Idempotency-Key` derived from the tool call (`current_tool_context()`), so
+running it again for the same tool call (a retry, a crash before its result was recorded) never buys twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tools.base import Tool, ToolContext, ToolError, current_tool_context
+from tools.credentials_context import get_ciba_credentials
+from tools.stock_prices import CURRENCY, MAX_QUANTITY, UnknownTickerError, get_price, normalize_ticker
+
+CHECKOUT_API_PREFIX = "/api/checkout"
+
+#: Auth0's rule for a CIBA binding message: 1-64 of letters, digits, spaces and `+-_.,:#`.
+BINDING_MESSAGE_RE = re.compile(r"^[A-Za-z0-9 +\-_.,:#]{1,64}$")
+
+
+class StockToolSettings(BaseSettings):
+    """Where the demo checkout API lives (`CHECKOUT_API_URL`; with or without the `/api/checkout` path)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    checkout_api_url: str = "http://127.0.0.1:5000" + CHECKOUT_API_PREFIX
+    checkout_api_timeout: float = 10.0
+
+
+def checkout_orders_url(checkout_url: str) -> str:
+    """`http://host:port`, `.../api/checkout` or `.../api/checkout/orders` -> the orders endpoint."""
+    base = checkout_url.strip().rstrip("/")
+    if base.endswith(CHECKOUT_API_PREFIX + "/orders"):
+        return base
+    if not base.endswith(CHECKOUT_API_PREFIX):
+        base += CHECKOUT_API_PREFIX
+    return base + "/orders"
+
+
+def _reject_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+def _known_ticker(value: Any) -> str:
+    ticker = normalize_ticker(value)
+    try:
+        get_price(ticker)
+    except UnknownTickerError as exc:
+        raise ValueError(str(exc)) from None
+    return ticker
+
+
+class StockPriceParams(BaseModel):
+    ticker: str = Field(description="The stock ticker symbol, e.g. MSFT")
+
+    @field_validator("ticker", mode="before")
+    @classmethod
+    def _ticker(cls, value: Any) -> str:
+        return _known_ticker(value)
+
+
+class BuyStockParams(BaseModel):
+    ticker: str = Field(description="The stock ticker symbol (1-5 letters), e.g. MSFT")
+    quantity: int = Field(gt=0, le=MAX_QUANTITY, description="The number of shares to buy")
+    price: float | None = Field(
+        default=None, gt=0, description="Optional limit price per share; omit to buy at the market price"
+    )
+
+    @field_validator("ticker", mode="before")
+    @classmethod
+    def _ticker(cls, value: Any) -> str:
+        return _known_ticker(value)
+
+    @field_validator("quantity", "price", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        return _reject_bool(value)
+
+
+def binding_message_for(ticker: str, quantity: int, price: float | None = None) -> str:
+    """A CIBA binding message valid under Auth0's rule, e.g. "Buy 100 MSFT" or "Buy 10 MSFT at 30.00"."""
+    symbol = re.sub(r"[^A-Za-z0-9]", "", str(ticker)).upper()[:12] or "stock"
+    message = f"Buy {int(quantity)} {symbol}"
+    if price is not None:
+        message += f" at {float(price):.2f}"
+    message = re.sub(r"[^A-Za-z0-9 +\-_.,:#]", "", message)[:64].strip()
+    return message if BINDING_MESSAGE_RE.fullmatch(message) else "Buy stock"
+
+
+def idempotency_key_for(ctx: ToolContext, tool_name: str = "buy_stock") -> str:
+    """A stable key for one tool call of one thread: retries of that call reuse it, other calls never do."""
+    material = "\x1f".join([tool_name, ctx.agent_name, ctx.thread_id, ctx.tool_call_id])
+    return f"{tool_name}-" + hashlib.sha256(material.encode()).hexdigest()
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase or f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        code, detail = body.get("error"), body.get("detail")
+        if isinstance(code, dict):  # OpenAI-style nesting, just in case
+            code, detail = code.get("code"), code.get("message")
+        return ": ".join(str(p) for p in (code, detail) if p) or f"HTTP {response.status_code}"
+    return f"HTTP {response.status_code}"
+
+
+_RETRY_STATUSES = {502, 503, 504}
+_RETRY_DELAYS = (0.2, 0.6)
+
+
+async def _place_order(
+    url: str, body: dict[str, Any], *, access_token: str, idempotency_key: str, request_timeout: float
+) -> dict[str, Any]:
+    headers = {
+        "Authorization": f"Bearer {access_token}",
+        "Idempotency-Key": idempotency_key,
+        "Accept": "application/json",
+    }
+    response: httpx.Response | None = None
+    async with httpx.AsyncClient(timeout=request_timeout) as client:
+        for attempt in range(len(_RETRY_DELAYS) + 1):
+            # Retrying is safe: the Idempotency-Key makes the checkout record the order at most once.
+            try:
+                response = await client.post(url, json=body, headers=headers)
+            except httpx.HTTPError as exc:
+                if attempt < len(_RETRY_DELAYS):
+                    await asyncio.sleep(_RETRY_DELAYS[attempt])
+                    continue
+                raise ToolError(
+                    f"buy_stock could not reach the checkout API at {url} ({type(exc).__name__})"
+                ) from None
+            if response.status_code in _RETRY_STATUSES and attempt < len(_RETRY_DELAYS):
+                await asyncio.sleep(_RETRY_DELAYS[attempt])
+                continue
+            break
+    assert response is not None
+    status = response.status_code
+    if status in (200, 201):
+        try:
+            order = response.json()
+        except ValueError:
+            order = None
+        if not isinstance(order, dict):
+            raise ToolError("the checkout API answered with an unreadable order")
+        return order
+    detail = _redact(_error_detail(response), access_token)
+    if status == 401:
+        message = f"the checkout API rejected the authorization (401 {detail})"
+    elif status == 403:
+        message = f"the authorization does not allow buying stock (403 {detail})"
+    elif status == 409:
+        message = f"the checkout API refused a conflicting retry of this order (409 {detail})"
+    elif 400 <= status < 500:
+        message = f"the checkout API rejected the order ({status} {detail})"
+    else:
+        message = f"the checkout API failed (HTTP {status})"
+    raise ToolError(f"buy_stock failed: {message}")
+
+
+def make_buy_stock_tool(checkout_url: str | None = None, *, timeout: float | None = None) -> Tool:
+    """The RAW `buy_stock` tool posting to `checkout_url` (default: the `CHECKOUT_API_URL` setting, read at
+    call time). Wrap it with `with_async_user_confirmation` before giving it to an agent."""
+
+    async def buy_stock(ticker: str, quantity: int, price: float | None = None) -> str:
+        credentials = get_ciba_credentials()
+        if credentials is None or not credentials.access_token:
+            raise ToolError("buy_stock needs an approved authorization")
+        ctx = current_tool_context()
+        settings = StockToolSettings()
+        url = checkout_orders_url(checkout_url or settings.checkout_api_url)
+        body: dict[str, Any] = {"ticker": ticker, "quantity": quantity}
+        if price is not None:
+            body["price"] = price
+        order = await _place_order(
+            url,
+            body,
+            access_token=credentials.access_token,
+            idempotency_key=idempotency_key_for(ctx),
+            request_timeout=timeout if timeout is not None else settings.checkout_api_timeout,
+        )
+        executed = order.get("price")
+        shares = order.get("quantity", quantity)
+        symbol = order.get("ticker", ticker)
+        if not isinstance(executed, int | float):
+            raise ToolError("the checkout API answered without an executed price")
+        return f"Purchased {shares} shares of {symbol} at {float(executed)}"
+
+    return Tool(
+        buy_stock,
+        name="buy_stock",
+        description=(
+            "Buy shares of a stock for the user. The user must approve the purchase on their device; "
+            "give `price` only if the user asked for a limit price."
+        ),
+        parameters=BuyStockParams,
+    )
+
+
+#: The RAW buy tool posting to `CHECKOUT_API_URL`.
+buy_stock = make_buy_stock_tool()
+
+
+async def _get_stock_price(ticker: str) -> str:
+    try:
+        value = get_price(ticker)
+    except (UnknownTickerError, ValueError) as exc:
+        raise ToolError(str(exc)) from None
+    return f"{normalize_ticker(ticker)} is trading at {value} {CURRENCY}"
+
+
+get_stock_price = Tool(
+    _get_stock_price,
+    name="get_stock_price",
+    description="Get the current (demo) price of a stock by its ticker symbol.",
+    parameters=StockPriceParams,
+)
+
+__all__ = [
+    "BINDING_MESSAGE_RE",
+    "BuyStockParams",
+    "StockPriceParams",
+    "StockToolSettings",
+    "binding_message_for",
+    "buy_stock",
+    "checkout_orders_url",
+    "get_stock_price",
+    "idempotency_key_for",
+    "make_buy_stock_tool",
+]
