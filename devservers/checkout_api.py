@@ -67,9 +67,7 @@ class CheckoutError(Exception):
         self.headers = headers
 
 
-def _error_response(
-    status: int, error: str, detail: Any, headers: dict[str, str] | None = None
-) -> JSONResponse:
+def _error_response(status: int, error: str, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
@@ -115,9 +113,7 @@ class JWKSCache:
                 document = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("fetching JWKS from %s failed: %s", self.jwks_url, type(exc).__name__)
-            raise CheckoutError(
-                503, "jwks_unavailable", "the issuer's signing keys could not be fetched"
-            ) from None
+            raise CheckoutError(503, "jwks_unavailable", "the issuer's signing keys could not be fetched") from None
         keys: dict[str | None, jwt.PyJWK] = {}
         for entry in document.get("keys", []) if isinstance(document, dict) else []:
             if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
@@ -147,9 +143,7 @@ class JWKSCache:
                 await self._refresh()
             key = self._lookup(kid)
         if key is None:
-            raise CheckoutError(
-                401, "invalid_token", "the token's signing key is not one of the issuer's keys"
-            )
+            raise CheckoutError(401, "invalid_token", "the token's signing key is not one of the issuer's keys")
         return key
 
 
@@ -237,9 +231,7 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise CheckoutError(
-                401, "invalid_token", "the token is not a well-formed JWT", challenge
-            ) from None
+            raise CheckoutError(401, "invalid_token", "the token is not a well-formed JWT", challenge) from None
         alg = header.get("alg")
         if alg not in self.algorithms:
             raise CheckoutError(401, "invalid_token", f"token algorithm {alg!r} is not accepted", challenge)
@@ -358,9 +350,7 @@ class OrderStore:
 
     async def by_key(self, key: str) -> aiosqlite.Row | None:
         db = await self.db()
-        async with db.execute(
-            f"SELECT {_ORDER_COLUMNS} FROM orders WHERE idempotency_key = ?", (key,)
-        ) as cur:
+        async with db.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE idempotency_key = ?", (key,)) as cur:
             return await cur.fetchone()
 
     async def by_id(self, order_id: str) -> aiosqlite.Row | None:
@@ -420,12 +410,7 @@ def _parse_order_body(body: Any, prices: Mapping[str, float]) -> tuple[str, int,
         raise CheckoutError(422, "invalid_quantity", f"'quantity' must be between 1 and {MAX_QUANTITY}")
     limit = body.get("price")
     if limit is not None:
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int | float)
-            or not math.isfinite(limit)
-            or limit <= 0
-        ):
+        if isinstance(limit, bool) or not isinstance(limit, int | float) or not math.isfinite(limit) or limit <= 0:
             raise CheckoutError(422, "invalid_price", "'price' must be a positive number when given")
         limit = float(limit)
         if limit < market_price:
@@ -452,9 +437,7 @@ def _idempotency_key(request: Request) -> str:
 
 
 def _fingerprint(subject: str | None, ticker: str, quantity: int, limit: float | None) -> str:
-    canonical = json.dumps(
-        {"subject": subject, "ticker": ticker, "quantity": quantity, "price": limit}, sort_keys=True
-    )
+    canonical = json.dumps({"subject": subject, "ticker": ticker, "quantity": quantity, "price": limit}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -478,9 +461,7 @@ def create_checkout_app(
     (`tools.stock_prices.DEMO_PRICES`); `db_path` to an in-memory database (orders then die with the app).
     """
     price_table: Mapping[str, float] = dict(DEMO_PRICES if prices is None else prices)
-    verifier = TokenVerifier(
-        issuer=issuer, audience=audience, jwks_url=jwks_url, algorithms=algorithms, leeway=leeway
-    )
+    verifier = TokenVerifier(issuer=issuer, audience=audience, jwks_url=jwks_url, algorithms=algorithms, leeway=leeway)
     store = OrderStore(db_path)
 
     @asynccontextmanager
@@ -491,9 +472,7 @@ def create_checkout_app(
         finally:
             await store.close()
 
-    app = FastAPI(
-        title="Demo checkout API", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
-    )
+    app = FastAPI(title="Demo checkout API", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.verifier = verifier
     app.state.prices = price_table
@@ -533,9 +512,7 @@ def create_checkout_app(
             return _error_response(404, "unknown_ticker", str(exc))
         except ValueError as exc:
             return _error_response(422, "invalid_ticker", str(exc))
-        return JSONResponse(
-            {"ticker": ticker.strip().removeprefix("$").upper(), "price": value, "currency": CURRENCY}
-        )
+        return JSONResponse({"ticker": ticker.strip().removeprefix("$").upper(), "price": value, "currency": CURRENCY})
 
     @app.post(f"{API_PREFIX}/orders")
     async def create_order(request: Request) -> JSONResponse:
@@ -629,9 +606,7 @@ class CheckoutServer(ServerThread):
     ) -> None:
         self.issuer = issuer
         self.audience = audience
-        app = create_checkout_app(
-            issuer=issuer, audience=audience, jwks_url=jwks_url, prices=prices, db_path=db_path
-        )
+        app = create_checkout_app(issuer=issuer, audience=audience, jwks_url=jwks_url, prices=prices, db_path=db_path)
         super().__init__(app, host=host, port=port)
 
     @property

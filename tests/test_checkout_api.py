@@ -30,18 +30,14 @@ def issuer():
 @pytest.fixture(scope="module")
 def checkout(issuer, tmp_path_factory):
     db = tmp_path_factory.mktemp("checkout") / "orders.db"
-    with CheckoutServer(
-        issuer=issuer.issuer, audience=AUDIENCE, jwks_url=issuer.jwks_url, db_path=db
-    ) as server:
+    with CheckoutServer(issuer=issuer.issuer, audience=AUDIENCE, jwks_url=issuer.jwks_url, db_path=db) as server:
         yield server
 
 
 @pytest.fixture
 def client(checkout):
     # Not an async fixture, and no kept-alive connections: nothing outlives the test's event loop.
-    return httpx.AsyncClient(
-        base_url=checkout.api_url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
-    )
+    return httpx.AsyncClient(base_url=checkout.api_url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 def _key() -> str:
@@ -125,9 +121,7 @@ async def test_concurrent_requests_with_one_key_make_one_order(issuer, client):
     token = issuer.token(audience=AUDIENCE)
     key = _key()
     before = await _count(client)
-    responses = await asyncio.gather(
-        *(_buy(client, token, {"ticker": "TSLA", "quantity": 1}, key) for _ in range(8))
-    )
+    responses = await asyncio.gather(*(_buy(client, token, {"ticker": "TSLA", "quantity": 1}, key) for _ in range(8)))
     assert sorted(r.status_code for r in responses) == [200] * 7 + [201]
     assert len({r.json()["id"] for r in responses}) == 1
     assert await _count(client) == before + 1
@@ -177,7 +171,7 @@ async def test_bad_tokens_are_refused_without_an_order(issuer, checkout, client,
     if case == "not_bearer":
         headers["Authorization"] = "Basic dXNlcjpwYXNz"
     elif case == "hs256":
-        # The classic confusion attack: an HMAC token keyed with the public key's bytes.
+        # Symmetric algorithms are never accepted (no HS*/RS* confusion), whatever the secret.
         import jwt
 
         headers["Authorization"] = "Bearer " + jwt.encode(
@@ -255,9 +249,7 @@ async def test_jwks_is_cached(issuer, client):
     await _buy(client, issuer.token(audience=AUDIENCE), {"ticker": "IBM", "quantity": 1}, _key())
     fetched = issuer.hits.get("jwks", 0)
     for _ in range(3):
-        response = await _buy(
-            client, issuer.token(audience=AUDIENCE), {"ticker": "IBM", "quantity": 1}, _key()
-        )
+        response = await _buy(client, issuer.token(audience=AUDIENCE), {"ticker": "IBM", "quantity": 1}, _key())
         assert response.status_code == 201
     assert issuer.hits.get("jwks", 0) == fetched
 
@@ -287,8 +279,6 @@ async def test_in_memory_default_store(issuer):
     with CheckoutServer(issuer=issuer.issuer, audience=AUDIENCE) as server:
         async with httpx.AsyncClient(base_url=server.api_url) as c:
             assert await _count(c) == 0
-            response = await _buy(
-                c, issuer.token(audience=AUDIENCE), {"ticker": "META", "quantity": 1}, _key()
-            )
+            response = await _buy(c, issuer.token(audience=AUDIENCE), {"ticker": "META", "quantity": 1}, _key())
             assert response.status_code == 201
             assert await _count(c) == 1

@@ -143,9 +143,7 @@ async def _place_order(
                 if attempt < len(_RETRY_DELAYS):
                     await asyncio.sleep(_RETRY_DELAYS[attempt])
                     continue
-                raise ToolError(
-                    f"buy_stock could not reach the checkout API at {url} ({type(exc).__name__})"
-                ) from None
+                raise ToolError(f"buy_stock could not reach the checkout API at {url} ({type(exc).__name__})") from None
             if response.status_code in _RETRY_STATUSES and attempt < len(_RETRY_DELAYS):
                 await asyncio.sleep(_RETRY_DELAYS[attempt])
                 continue
