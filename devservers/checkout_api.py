@@ -87,7 +87,7 @@ class JWKSCache:
         jwks_url: str,
         *,
         ttl: float = 600.0,
-        min_refresh_interval: float = 10.0,
+        min_refresh_interval: float = 1.0,
         timeout: float = 5.0,
     ) -> None:
         self.jwks_url = jwks_url
@@ -367,7 +367,7 @@ class OrderStore:
         )
         await db.commit()
 
-    async def list(self, *, subject: str | None = None, limit: int = 1000) -> list[aiosqlite.Row]:
+    async def list_orders(self, *, subject: str | None = None, limit: int = 1000) -> list[aiosqlite.Row]:
         db = await self.db()
         sql = f"SELECT {_ORDER_COLUMNS} FROM orders"
         params: tuple[Any, ...] = ()
@@ -460,7 +460,9 @@ def create_checkout_app(
     `jwks_url` defaults to `{issuer}/.well-known/jwks.json`; `prices` to the shared demo table
     (`tools.stock_prices.DEMO_PRICES`); `db_path` to an in-memory database (orders then die with the app).
     """
-    price_table: Mapping[str, float] = dict(DEMO_PRICES if prices is None else prices)
+    price_table: Mapping[str, float] = {
+        t.upper(): float(p) for t, p in (DEMO_PRICES if prices is None else prices).items()
+    }
     verifier = TokenVerifier(issuer=issuer, audience=audience, jwks_url=jwks_url, algorithms=algorithms, leeway=leeway)
     store = OrderStore(db_path)
 
@@ -573,7 +575,7 @@ def create_checkout_app(
 
     @app.get(f"{API_PREFIX}/orders")
     async def list_orders(subject: str | None = None, limit: int = 1000) -> dict[str, Any]:
-        rows = await store.list(subject=subject, limit=max(1, min(limit, 10_000)))
+        rows = await store.list_orders(subject=subject, limit=max(1, min(limit, 10_000)))
         return {"orders": [_order_json(r) for r in rows]}
 
     @app.get(API_PREFIX + "/orders/{order_id}")

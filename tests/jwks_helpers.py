@@ -66,8 +66,9 @@ class JWKSServer(ServerThread):
 
     def __init__(self, key: RSAKey | None = None) -> None:
         self.key = key or RSAKey()
+        self.keys = [self.key]  # published live: append a key to rotate
         self.hits: dict[str, int] = {}
-        super().__init__(create_jwks_app([self.key], self.hits))
+        super().__init__(create_jwks_app(self.keys, self.hits))
 
     @property
     def issuer(self) -> str:

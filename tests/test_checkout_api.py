@@ -10,7 +10,7 @@ import uuid
 import httpx
 import pytest
 
-from devservers.checkout_api import CheckoutServer
+from devservers.checkout_api import CheckoutError, CheckoutServer, TokenVerifier
 from tools.stock_prices import DEMO_PRICES
 
 try:
@@ -282,3 +282,25 @@ async def test_in_memory_default_store(issuer):
             response = await _buy(c, issuer.token(audience=AUDIENCE), {"ticker": "META", "quantity": 1}, _key())
             assert response.status_code == 201
             assert await _count(c) == 1
+
+
+async def test_verifier_refetches_jwks_for_a_new_kid_but_rate_limits():
+    with JWKSServer() as rotating:
+        verifier = TokenVerifier(issuer=rotating.issuer, audience=AUDIENCE)
+        verifier.jwks.min_refresh_interval = 0
+        claims = await verifier.verify("Bearer " + rotating.token(audience=AUDIENCE))
+        assert claims["sub"] == "auth0|alice"
+        assert rotating.hits["jwks"] == 1
+
+        new_key = RSAKey()
+        rotating.keys.append(new_key)
+        await verifier.verify("Bearer " + rotating.token(audience=AUDIENCE, signer=new_key, kid=new_key.kid))
+        assert rotating.hits["jwks"] == 2
+
+        verifier.jwks.min_refresh_interval = 3600
+        stranger = RSAKey()
+        for _ in range(3):
+            with pytest.raises(CheckoutError) as raised:
+                await verifier.verify("Bearer " + rotating.token(audience=AUDIENCE, signer=stranger, kid=stranger.kid))
+            assert raised.value.status == 401
+        assert rotating.hits["jwks"] == 2
