@@ -39,6 +39,7 @@ from runtime.schedules import (
 )
 from runtime.settings import runtime_settings
 from runtime.storage import AgentStorage, Migration
+from runtime.turn_order import TURN_TICKET_KWARG, SubmissionOrder
 
 logger = logging.getLogger("runtime.agent")
 
@@ -62,7 +63,21 @@ def turn(fn: Callable[Concatenate[A, P], Awaitable[R]]) -> Callable[Concatenate[
         return await _run_turn(self, fn, args, kwargs)
 
     run_as_turn.__agent_turn__ = True  # type: ignore[attr-defined]
+    run_as_turn.__signature__ = _with_ticket_parameter(fn)  # type: ignore[attr-defined]
+    del run_as_turn.__wrapped__  # Ray unwraps to read signatures: make it read the one above
     return run_as_turn
+
+
+def _with_ticket_parameter(fn: Callable[..., Any]) -> inspect.Signature:
+    """`fn`'s signature plus the keyword-only ticket handles send (Ray checks call signatures)."""
+    signature = inspect.signature(fn)
+    params = list(signature.parameters.values())
+    ticket = inspect.Parameter(TURN_TICKET_KWARG, inspect.Parameter.KEYWORD_ONLY, default=None)
+    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        params.insert(len(params) - 1, ticket)
+    else:
+        params.append(ticket)
+    return signature.replace(parameters=params)
 
 
 def read(fn: Callable[Concatenate[A, P], Awaitable[R]]) -> Callable[Concatenate[A, P], Awaitable[R]]:
@@ -78,8 +93,12 @@ def read(fn: Callable[Concatenate[A, P], Awaitable[R]]) -> Callable[Concatenate[
 # The wrappers above delegate to these module-level functions so that Ray (cloudpickle) serialises
 # agent classes defined in scripts by reference to this module instead of copying the ContextVar.
 async def _run_turn(agent: Agent, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
+    ticket = kwargs.pop(TURN_TICKET_KWARG, None)
     if _current_turn.get() is agent._turn_token:
         return await fn(agent, *args, **kwargs)
+    if ticket is not None:
+        await agent._turn_order.admit(*ticket)
+    # No await between admission and joining the lock's FIFO queue: admission order is turn order.
     async with agent._turn_lock:
         token = _current_turn.set(agent._turn_token)
         try:
@@ -122,6 +141,7 @@ class Agent:
         )
         self._state: BaseModel | None = None
         self._turn_lock = asyncio.Lock()
+        self._turn_order = SubmissionOrder()
         self._turn_token = object()
         self._started: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -344,7 +364,8 @@ class Agent:
             return
         loop = asyncio.get_running_loop()
         delay = max(0.0, due - time.time())
-        self._timer = loop.call_at(loop.time() + delay, self._fire_local_timer)
+        # A fresh context: the timer must not inherit "inside a turn" from whoever armed it.
+        self._timer = loop.call_at(loop.time() + delay, self._fire_local_timer, context=contextvars.Context())
 
     def _fire_local_timer(self) -> None:
         self._timer = None

@@ -10,6 +10,8 @@ and re-raise the agent's own exception types instead of Ray's wrapper, so caller
 from __future__ import annotations
 
 import importlib
+import itertools
+import uuid
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -20,6 +22,7 @@ from ray.exceptions import RayTaskError
 from runtime.agent import Agent
 from runtime.ids import actor_name, validate_agent_id
 from runtime.settings import runtime_settings
+from runtime.turn_order import TURN_TICKET_KWARG
 
 A = TypeVar("A", bound=Agent)
 
@@ -89,57 +92,78 @@ def unwrap_error(error: RayTaskError) -> BaseException:
     return cause if isinstance(cause, Exception) else error
 
 
-class AgentHandle(Generic[A]):
-    """Async proxy: `await handle.method(*args)` calls the agent's method on its actor."""
+class _HandleBase(Generic[A]):
+    """What both proxies share: the actor, and the turn tickets that keep this handle's calls in order."""
 
     def __init__(self, actor: ActorHandle, cls: type[A], agent_id: str) -> None:
         self.actor = actor
         self.agent_class = cls
         self.id = agent_id
+        self._new_submitter()
 
-    def __getattr__(self, method: str) -> Any:
+    def _new_submitter(self) -> None:
+        self._submitter = uuid.uuid4().hex
+        self._seq = itertools.count()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_submitter"], state["_seq"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._new_submitter()  # a copy in another process is another submitter
+
+    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if getattr(getattr(self.agent_class, method, None), "__agent_turn__", False):
+            kwargs = {**kwargs, TURN_TICKET_KWARG: (self._submitter, next(self._seq))}
+        return getattr(self.actor, method).remote(*args, **kwargs)
+
+    def _check_method(self, method: str) -> None:
         if method.startswith("__"):
             raise AttributeError(method)
-        remote_method = getattr(self.actor, method)
+        if not callable(getattr(self.agent_class, method, None)):
+            raise AttributeError(f"{self.agent_class.__name__} has no method {method!r}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.agent_class.agent_class_name()}/{self.id}>"
+
+
+class AgentHandle(_HandleBase[A]):
+    """Async proxy: `await handle.method(*args)` calls the agent's method on its actor."""
+
+    def __getattr__(self, method: str) -> Any:
+        self._check_method(method)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
+            ref = self._submit(method, args, kwargs)
             try:
-                return await remote_method.remote(*args, **kwargs)
+                return await ref
             except RayTaskError as error:
                 raise unwrap_error(error) from None
 
         call.__name__ = method
         return call
 
-    def __repr__(self) -> str:
-        return f"<AgentHandle {self.agent_class.agent_class_name()}/{self.id}>"
 
-
-class SyncAgentHandle(Generic[A]):
+class SyncAgentHandle(_HandleBase[A]):
     """Blocking proxy for scripts: `handle.method(*args)` waits for the result."""
 
     def __init__(self, actor: ActorHandle, cls: type[A], agent_id: str, timeout: float | None = None) -> None:
-        self.actor = actor
-        self.agent_class = cls
-        self.id = agent_id
+        super().__init__(actor, cls, agent_id)
         self.timeout = timeout
 
     def __getattr__(self, method: str) -> Any:
-        if method.startswith("__"):
-            raise AttributeError(method)
-        remote_method = getattr(self.actor, method)
+        self._check_method(method)
 
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
-                return ray.get(remote_method.remote(*args, **kwargs), timeout=self.timeout)
+                return ray.get(self._submit(method, args, kwargs), timeout=self.timeout)
             except RayTaskError as error:
                 raise unwrap_error(error) from None
 
         call.__name__ = method
         return call
-
-    def __repr__(self) -> str:
-        return f"<SyncAgentHandle {self.agent_class.agent_class_name()}/{self.id}>"
 
 
 def get_agent(

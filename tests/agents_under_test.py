@@ -1,0 +1,108 @@
+"""Agents used by the runtime tests (importable as `tests.agents_under_test` by Ray workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel
+
+from runtime import Agent, read, turn
+
+
+class CounterState(BaseModel):
+    count: int = 0
+    label: str = ""
+
+
+class Counter(Agent):
+    """Exercises storage, state, turns and schedules."""
+
+    state_model = CounterState
+    migrations = [
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, value INTEGER NOT NULL)",
+        "ALTER TABLE events ADD COLUMN note TEXT",
+    ]
+    schedule_retry_base_seconds = 0.1
+    schedule_max_retries = 3
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance_token = uuid.uuid4().hex
+        self._active_turns = 0
+        self.max_active_turns = 0
+        self.busy = False
+
+    async def on_start(self) -> None:
+        starts = await self.storage.get("starts", 0)
+        await self.storage.put("starts", starts + 1)
+
+    @read
+    async def whoami(self) -> dict[str, Any]:
+        return {"token": self.instance_token, "pid": os.getpid(), "name": self.name}
+
+    # -- storage -----------------------------------------------------------------------------------
+    @turn
+    async def put(self, key: str, value: Any) -> None:
+        await self.storage.put(key, value)
+
+    @read
+    async def get(self, key: str) -> Any:
+        return await self.storage.get(key)
+
+    @read
+    async def list_keys(self, prefix: str = "") -> dict[str, Any]:
+        return await self.storage.list(prefix)
+
+    @turn
+    async def add_events_then_fail(self, values: list[int]) -> None:
+        async with self.storage.transaction() as tx:
+            for value in values:
+                await tx.execute("INSERT INTO events(value) VALUES (?)", (value,))
+            raise RuntimeError("boom after inserts")
+
+    @read
+    async def events(self) -> list[int]:
+        return [row["value"] for row in await self.storage.fetchall("SELECT value FROM events ORDER BY seq")]
+
+    # -- turns -------------------------------------------------------------------------------------
+    @turn
+    async def append(self, value: int) -> int:
+        self._active_turns += 1
+        self.max_active_turns = max(self.max_active_turns, self._active_turns)
+        try:
+            current = await self.storage.get("sequence", [])
+            await asyncio.sleep(0.002)  # give other calls every chance to interleave
+            await self.storage.put("sequence", [*current, value])
+            await self.set_state({"count": self.state.count + 1, "label": self.state.label})
+            return len(current) + 1
+        finally:
+            self._active_turns -= 1
+
+    @read
+    async def turn_stats(self) -> dict[str, Any]:
+        return {"max_active_turns": self.max_active_turns, "busy": self.busy}
+
+    @turn
+    async def slow(self, seconds: float) -> str:
+        self.busy = True
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.busy = False
+        return "slow done"
+
+    # -- schedule callbacks --------------------------------------------------------------------------
+    async def record_fire(self, payload: Any) -> None:
+        fires = await self.storage.get("fires", [])
+        fires.append({"at": time.time(), "payload": payload})
+        await self.storage.put("fires", fires)
+
+    async def always_fails(self, payload: Any) -> None:
+        attempts = await self.storage.get("fail_attempts", [])
+        attempts.append(time.time())
+        await self.storage.put("fail_attempts", attempts)
+        raise RuntimeError(f"callback failure #{len(attempts)}")

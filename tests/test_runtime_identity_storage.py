@@ -1,0 +1,166 @@
+"""Runtime: identity, isolation, durable storage across SIGKILL and cluster restarts (issue 2, tests 1-2, 6)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+import runtime
+from runtime import InvalidAgentIdError, InvalidScheduleError, get_agent, get_agent_sync
+from tests.agents_under_test import Counter
+from tests.conftest import ray_init_kwargs
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+RESTARTING = (ActorUnavailableError, ActorDiedError, ray.exceptions.RayActorError)
+
+
+@ray.remote(num_cpus=0)
+class Prober:
+    """Another actor that addresses an agent by id, as other agents or services would."""
+
+    async def whoami(self, agent_id: str, storage_dir: str) -> dict:
+        from runtime import get_agent as get
+        from tests.agents_under_test import Counter as AgentClass
+
+        return await get(AgentClass, agent_id, storage_dir=storage_dir).whoami()
+
+
+async def test_same_id_reaches_the_same_instance_from_driver_and_actor(storage_dir: Path) -> None:
+    first = get_agent(Counter, "same-1", storage_dir=storage_dir)
+    second = get_agent(Counter, "same-1", storage_dir=storage_dir)
+    other = get_agent(Counter, "other-1", storage_dir=storage_dir)
+
+    me = await first.whoami()
+    assert me == await second.whoami()
+    assert me["name"] == "Counter/same-1"
+    prober = Prober.remote()
+    assert await prober.whoami.remote("same-1", str(storage_dir)) == me
+    ray.kill(prober)
+
+    # Different ids are different instances with separate storage.
+    assert (await other.whoami())["token"] != me["token"]
+    await first.put("secret", "only-in-same-1")
+    assert await other.get("secret") is None
+    assert await first.get("secret") == "only-in-same-1"
+    assert (storage_dir / "Counter" / "same-1.sqlite3").exists()
+    assert (storage_dir / "Counter" / "other-1.sqlite3").exists()
+
+
+def test_sync_twin_for_scripts(storage_dir: Path) -> None:
+    agent = get_agent_sync(Counter, "sync-1", storage_dir=storage_dir, timeout=30)
+    agent.put("k", {"v": 1})
+    assert agent.get("k") == {"v": 1}
+    assert agent.append(7) == 1
+    assert agent.get_state().count == 1
+
+
+async def test_state_and_kv_round_trip(storage_dir: Path) -> None:
+    agent = get_agent(Counter, "kv-1", storage_dir=storage_dir)
+    await agent.put("user:1", {"name": "alice"})
+    await agent.put("user:2", {"name": "bob"})
+    await agent.put("other", 3)
+    assert await agent.list_keys("user:") == {"user:1": {"name": "alice"}, "user:2": {"name": "bob"}}
+    state = await agent.set_state({"count": 5, "label": "five"})
+    assert state.count == 5 and (await agent.get_state()).label == "five"
+    with pytest.raises(ValueError):
+        await agent.set_state({"count": "not a number"})
+    assert (await agent.get_state()).count == 5
+
+
+async def test_transaction_is_atomic(storage_dir: Path) -> None:
+    agent = get_agent(Counter, "tx-1", storage_dir=storage_dir)
+    with pytest.raises(RuntimeError, match="boom after inserts"):
+        await agent.add_events_then_fail([1, 2, 3])
+    assert await agent.events() == []
+
+
+async def wait_for_restart(agent, old_pid: int) -> int:
+    async def new_pid() -> int | None:
+        pid = await agent.process_id()
+        return pid if pid != old_pid else None
+
+    return await eventually(new_pid, timeout=60, interval=0.2, what="actor restart", ignore=RESTARTING)
+
+
+async def test_acknowledged_write_survives_sigkill(storage_dir: Path) -> None:
+    agent = get_agent(Counter, "kill-1", storage_dir=storage_dir)
+    await agent.put("order", {"id": 42, "status": "placed"})
+    await agent.set_state({"count": 9, "label": "before kill"})
+    assert await agent.get("starts") == 1
+    pid = await agent.process_id()
+
+    os.kill(pid, signal.SIGKILL)
+    await wait_for_restart(agent, pid)
+
+    assert await agent.get("order") == {"id": 42, "status": "placed"}
+    assert (await agent.get_state()).label == "before kill"
+    assert await agent.get("starts") == 2  # on_start ran again after the restart, with storage loaded
+
+
+async def test_data_survives_full_ray_restart(storage_dir: Path) -> None:
+    agent = get_agent(Counter, "restart-1", storage_dir=storage_dir)
+    await agent.put("kept", ["a", "b"])
+    await agent.set_state({"count": 3, "label": "kept"})
+
+    ray.shutdown()
+    ray.init(**ray_init_kwargs())
+    runtime.init(storage_dir=storage_dir)
+
+    again = get_agent(Counter, "restart-1", storage_dir=storage_dir)
+    assert await again.get("kept") == ["a", "b"]
+    assert (await again.get_state()).count == 3
+    assert await again.get("starts") == 2
+
+
+async def test_invalid_ids_are_refused_before_anything_is_made(storage_dir: Path) -> None:
+    before = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+    for bad in ["", "a/b", "../etc", "..", "x" * 129, "spaces here", "ümlaut", None, 12]:
+        with pytest.raises(InvalidAgentIdError):
+            get_agent(Counter, bad, storage_dir=storage_dir)  # type: ignore[arg-type]
+    after = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+    assert {n for n in after - before if n.startswith("Counter/")} == set()
+    assert not (storage_dir / "Counter").exists()
+    with pytest.raises(TypeError):
+        get_agent(dict, "fine", storage_dir=storage_dir)  # type: ignore[arg-type]
+
+
+async def test_bad_schedule_requests_leave_data_untouched(storage_dir: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    agent = get_agent(Counter, "bad-sched-1", storage_dir=storage_dir)
+    await agent.put("keep", 1)
+    kept = await agent.schedule(3600, "record_fire", {"keep": True})
+    file = storage_dir / "Counter" / "bad-sched-1.sqlite3"
+
+    def snapshot() -> list:
+        with sqlite3.connect(file) as conn:
+            return conn.execute("SELECT * FROM _schedules ORDER BY id").fetchall() + conn.execute(
+                "SELECT * FROM _kv ORDER BY key"
+            ).fetchall()
+
+    before = snapshot()
+    bad_requests = [
+        ((10, "no_such_method", None), "no method"),
+        ((10, "_run_due_schedules", None), "private or reserved"),
+        ((10, "schedule", None), "private or reserved"),
+        ((-1, "record_fire", None), "in the past"),
+        ((datetime.now(UTC) - timedelta(minutes=5), "record_fire", None), "in the past"),
+        (("61 * * * *", "record_fire", None), "not a valid cron"),
+        (("every tuesday", "record_fire", None), "not a valid cron"),
+        ((10, "record_fire", {1, 2}), "not JSON-serialisable"),
+        ((float("nan"), "record_fire", None), "finite"),
+        (([1], "record_fire", None), "seconds, a datetime or a cron"),
+    ]
+    for args, message in bad_requests:
+        with pytest.raises(InvalidScheduleError, match=message):
+            await agent.schedule(*args)
+    assert snapshot() == before
+    assert [s.id for s in await agent.get_schedules()] == [kept.id]

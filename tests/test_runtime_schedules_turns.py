@@ -1,0 +1,160 @@
+"""Runtime: schedules (once, cron, cancel, retry/park, after crash and cluster restart) and turns (issue 2, 3-5)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import ray
+
+import runtime
+from runtime import get_agent
+from tests.agents_under_test import Counter
+from tests.conftest import ray_init_kwargs
+from tests.test_runtime_identity_storage import RESTARTING
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def read_kv_from_file(file: Path, key: str):
+    """Read a value straight from the agent's SQLite file, without calling (or waking) the agent."""
+    if not file.exists():
+        return None
+    with sqlite3.connect(file) as conn:
+        row = conn.execute("SELECT value FROM _kv WHERE key = ?", (key,)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+async def test_schedule_fires_once_on_time_with_payload(storage_dir: Path) -> None:
+    agent = get_agent(Counter, "once-1", storage_dir=storage_dir)
+    await agent.ready()
+    in_seconds = await agent.schedule(0.6, "record_fire", {"n": 1})
+    at_datetime = await agent.schedule(datetime.now(UTC) + timedelta(seconds=0.9), "record_fire", {"n": 2})
+
+    fires = await eventually(lambda: _fires_when(agent, 2), timeout=10, what="two fires")
+    assert [f["payload"] for f in fires] == [{"n": 1}, {"n": 2}]
+    for fire, sched in zip(fires, [in_seconds, at_datetime], strict=True):
+        assert 0 <= fire["at"] - sched.due_at < 0.1, f"lateness {fire['at'] - sched.due_at:.3f}s"
+    assert await agent.get_schedules() == []
+    # Exactly once: a later sentinel fires, and the two did not fire again before it.
+    sentinel = await agent.schedule(0.3, "record_fire", "sentinel")
+    fires = await eventually(lambda: _fires_when(agent, 3), timeout=10, what="sentinel")
+    assert [f["payload"] for f in fires] == [{"n": 1}, {"n": 2}, "sentinel"]
+    assert fires[-1]["at"] >= sentinel.due_at
+
+
+async def _fires_when(agent, count: int):
+    fires = await agent.get("fires") or []
+    return fires if len(fires) >= count else None
+
+
+async def test_cron_schedule_fires_repeatedly(storage_dir: Path) -> None:
+    agent = get_agent(Counter, "cron-1", storage_dir=storage_dir)
+    sched = await agent.schedule("* * * * * *", "record_fire", "tick")  # every second (6th field: seconds)
+    assert sched.kind == "cron"
+    fires = await eventually(lambda: _fires_when(agent, 3), timeout=10, what="three cron fires")
+    seconds = [int(f["at"]) for f in fires[:3]]
+    assert len(set(seconds)) == 3, "one fire per second"
+    (still,) = await agent.get_schedules()
+    assert still.id == sched.id and still.due_at > fires[2]["at"]
+    assert await agent.cancel_schedule(sched.id) is True
+
+
+async def test_cancelled_schedule_never_fires(storage_dir: Path) -> None:
+    agent = get_agent(Counter, "cancel-1", storage_dir=storage_dir)
+    doomed = await agent.schedule(0.3, "record_fire", "cancelled")
+    assert await agent.cancel_schedule(doomed.id) is True
+    assert await agent.cancel_schedule(doomed.id) is False
+    await agent.schedule(0.8, "record_fire", "sentinel")
+    fires = await eventually(lambda: _fires_when(agent, 1), timeout=10, what="sentinel")
+    assert [f["payload"] for f in fires] == ["sentinel"]
+
+
+async def test_failing_callback_is_retried_with_backoff_then_parked(storage_dir: Path) -> None:
+    agent = get_agent(Counter, "fail-1", storage_dir=storage_dir)
+    sched = await agent.schedule(0, "always_fails", None)
+
+    async def parked():
+        return await agent.get_schedules(status="failed")
+
+    (failed,) = await eventually(parked, timeout=15, what="schedule parked as failed")
+    assert failed.id == sched.id
+    assert failed.attempts == Counter.schedule_max_retries + 1
+    assert "callback failure #4" in (failed.last_error or "")
+    attempts = await agent.get("fail_attempts")
+    assert len(attempts) == 4
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    base = Counter.schedule_retry_base_seconds
+    for i, gap in enumerate(gaps):
+        assert gap >= base * 2**i * 0.9, f"gap {i} = {gap:.3f}s is shorter than the backoff"
+    assert gaps[2] > gaps[0]
+    # Parked schedules are not retried any more: a later sentinel fires and the attempts stay at 4.
+    await agent.schedule(0.5, "record_fire", "sentinel")
+    await eventually(lambda: _fires_when(agent, 1), timeout=10, what="sentinel")
+    assert len(await agent.get("fail_attempts")) == 4
+
+
+async def test_schedule_due_while_actor_dead_fires_after_restart(storage_dir: Path) -> None:
+    agent = get_agent(Counter, "dead-1", storage_dir=storage_dir)
+    pid = await agent.process_id()
+    sched = await agent.schedule(0.3, "record_fire", "after-crash")
+    os.kill(pid, signal.SIGKILL)  # the due time passes while Ray restarts the process
+    file = storage_dir / "Counter" / "dead-1.sqlite3"
+
+    fires = await eventually(lambda: read_kv_from_file(file, "fires"), timeout=60, what="fire after restart")
+    assert [f["payload"] for f in fires] == ["after-crash"]
+    assert fires[0]["at"] >= sched.due_at
+    new_pid = await eventually(agent.process_id, timeout=30, ignore=RESTARTING)
+    assert new_pid != pid
+
+
+async def test_schedule_pending_across_full_cluster_restart_fires_without_a_call(storage_dir: Path) -> None:
+    agent = get_agent(Counter, "cluster-1", storage_dir=storage_dir)
+    sched = await agent.schedule(1.0, "record_fire", "after-cluster-restart")
+    ray.shutdown()
+    down_at = time.time()
+    file = storage_dir / "Counter" / "cluster-1.sqlite3"
+    assert read_kv_from_file(file, "fires") is None
+
+    ray.init(**ray_init_kwargs())
+    runtime.init(storage_dir=storage_dir)  # starts the alarm scheduler; nobody calls the agent
+
+    fires = await eventually(lambda: read_kv_from_file(file, "fires"), timeout=60, what="fire after cluster restart")
+    assert [f["payload"] for f in fires] == ["after-cluster-restart"]
+    assert fires[0]["at"] >= sched.due_at and fires[0]["at"] > down_at
+
+
+async def test_fifty_concurrent_mutations_apply_one_at_a_time_in_order(storage_dir: Path) -> None:
+    agent = get_agent(Counter, "turns-1", storage_dir=storage_dir)
+    await agent.ready()
+    results = await asyncio.gather(*[agent.append(i) for i in range(50)])
+    assert results == list(range(1, 51))
+    assert await agent.get("sequence") == list(range(50))
+    assert (await agent.get_state()).count == 50
+    assert (await agent.turn_stats())["max_active_turns"] == 1
+
+
+async def test_read_does_not_wait_behind_a_slow_turn(storage_dir: Path) -> None:
+    agent = get_agent(Counter, "turns-2", storage_dir=storage_dir)
+    await agent.put("visible", "yes")
+    slow = asyncio.ensure_future(agent.slow(3.0))
+    await eventually(lambda: _busy(agent), timeout=10, what="slow turn running")
+    started = time.monotonic()
+    assert await agent.get("visible") == "yes"
+    assert await agent.get_schedules() == []
+    elapsed = time.monotonic() - started
+    assert not slow.done(), "the read must have returned while the slow turn was still running"
+    assert elapsed < 1.0
+    assert await slow == "slow done"
+
+
+async def _busy(agent) -> bool:
+    return (await agent.turn_stats())["busy"]
