@@ -1,0 +1,359 @@
+"""The whole service on one machine: Ray, the Serve ingress, and (by default) the embedded dev services.
+
+`agentrt serve`, `agentrt demo`, the tests and the benchmark share this module:
+
+    stack = Stack(StackOptions(port=8000)).start()   # returns once everything answers
+    print(stack.urls)
+    ...
+    stack.stop()
+
+What runs depends on the environment (`Stack.from_env()` reads it):
+
+- no `AUTH0_DOMAIN`/`AUTH_ISSUER`: the dev authorization server (OIDC discovery, JWKS, demo users, CIBA,
+  approval page) on 127.0.0.1, with an ephemeral client secret generated for this run;
+- no `CHECKOUT_API_URL`: the demo checkout API, trusting whichever issuer is in use;
+- no `OPENAI_API_KEY`/`OPENAI_BASE_URL`: the offline OpenAI-compatible model.
+
+Each embedded service takes its default port when free, else any free port. Everything the agents need is
+passed to Ray as the job's `runtime_env` env vars (and to the Serve replicas), never printed: the client
+secret and the session encryption key stay out of the output and the URLs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger("agentrt.stack")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_AUTHZ_PORT = 8400
+DEFAULT_CHECKOUT_PORT = 5000
+DEFAULT_MODEL_PORT = 8300
+DEV_API_AUDIENCE = "urn:agentrt:api"
+DEV_CHECKOUT_AUDIENCE = "http://localhost:5000/api/checkout"
+APP_NAME = "agentrt"
+
+#: Environment variables passed on to the agents when set in the caller's environment.
+PASSTHROUGH_ENV = (
+    "AUTH0_DOMAIN",
+    "AUTH_ISSUER",
+    "AUTH0_CLIENT_ID",
+    "AUTH0_CLIENT_SECRET",
+    "AUTH0_AUDIENCE",
+    "AUTH0_SESSION_ENCRYPTION_KEY",
+    "CHECKOUT_AUDIENCE",
+    "CHECKOUT_API_URL",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "OPENAI_MODEL",
+    "OPENAI_TIMEOUT",
+    "CHAT_MAX_STEPS",
+    "CHAT_MAX_MESSAGE_CHARS",
+    "CHAT_SYSTEM_PROMPT",
+    "AGENT_SQLITE_SYNCHRONOUS",
+    "AGENT_MAX_CONCURRENCY",
+    "AGENTRT_APPROVALS_URL",
+    "AGENTRT_MAX_BODY_BYTES",
+    "AGENTRT_POLL_TIMEOUT",
+    "AGENTRT_SSE_PING_SECONDS",
+    "PYTHONPATH",
+)
+
+
+class StackError(RuntimeError):
+    """The stack could not start (a service did not come up, or the configuration is incomplete)."""
+
+
+def port_or_free(preferred: int | None, host: str = DEFAULT_HOST) -> int:
+    """`preferred` if it can be bound on `host` right now, else a free port."""
+    if preferred:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class StackOptions:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    authz_port: int | None = DEFAULT_AUTHZ_PORT
+    checkout_port: int | None = DEFAULT_CHECKOUT_PORT
+    model_port: int | None = DEFAULT_MODEL_PORT
+    strict_port: bool = False
+    """Fail if the ingress port is taken (instead of falling back to a free port)."""
+    storage_dir: Path = field(default_factory=lambda: Path(os.environ.get("AGENT_STORAGE_DIR") or "./.data"))
+    namespace: str = field(default_factory=lambda: os.environ.get("AGENT_NAMESPACE") or "agents")
+    ray_address: str | None = field(default_factory=lambda: os.environ.get("RAY_ADDRESS") or None)
+    """Connect to this Ray cluster; None starts a fresh local one (`use_current_ray` reuses the driver's)."""
+    use_current_ray: bool = False
+    num_cpus: int | None = None
+    ciba_interval: int | None = None
+    """The dev server's CIBA polling interval in seconds (None: its default)."""
+    model_chunk_delay: float = 0.0
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    """Where `AUTH0_*`, `OPENAI_*`, `CHECKOUT_*` are read from (the process environment by default)."""
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    """More env vars for the agents (e.g. `PYTHONPATH`)."""
+    num_replicas: int = 1
+
+
+@dataclass
+class StackUrls:
+    api: str
+    chat_page: str
+    docs: str
+    approvals: str | None
+    authz: str | None
+    checkout: str | None
+    model: str | None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return dict(self.__dict__)
+
+
+class Stack:
+    """Starts and stops Ray, the embedded services and the Serve app, in that order (and the reverse)."""
+
+    def __init__(self, options: StackOptions | None = None) -> None:
+        self.options = options or StackOptions()
+        self.authz: Any = None
+        self.checkout: Any = None
+        self.model: Any = None
+        self.agent_env: dict[str, str] = {}
+        self.urls: StackUrls | None = None
+        self._started_ray = False
+        self._started_serve = False
+        self.log: Callable[[str], None] = lambda message: logger.info(message)
+
+    # -- what to embed -------------------------------------------------------------------------------
+    @property
+    def env(self) -> Mapping[str, str]:
+        return self.options.env
+
+    def uses_dev_auth(self) -> bool:
+        return not (self.env.get("AUTH0_DOMAIN") or self.env.get("AUTH_ISSUER"))
+
+    def uses_dev_checkout(self) -> bool:
+        return not self.env.get("CHECKOUT_API_URL")
+
+    def uses_offline_model(self) -> bool:
+        return not (self.env.get("OPENAI_API_KEY") or self.env.get("OPENAI_BASE_URL"))
+
+    def _check_external_auth(self) -> None:
+        missing = [
+            name for name in ("AUTH0_CLIENT_ID", "AUTH0_CLIENT_SECRET", "AUTH0_AUDIENCE") if not self.env.get(name)
+        ]
+        if missing:
+            raise StackError(
+                "AUTH0_DOMAIN/AUTH_ISSUER is set, so the real authorization server is used; also set "
+                + ", ".join(missing)
+            )
+
+    # -- start -----------------------------------------------------------------------------------------
+    def start(self, *, timeout: float = 120.0) -> Stack:
+        try:
+            self._start_services()
+            self.agent_env = self._agent_env()
+            self._start_ray()
+            self._start_serve(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_services(self) -> None:
+        opts = self.options
+        if self.uses_dev_auth():
+            from devservers.authz_server import DevAuthorizationServer
+
+            kwargs: dict[str, Any] = {
+                "api_audience": DEV_API_AUDIENCE,
+                "host": opts.host,
+                "port": port_or_free(opts.authz_port, opts.host),
+            }
+            if opts.ciba_interval is not None:
+                kwargs["default_interval"] = opts.ciba_interval
+            self.authz = DevAuthorizationServer(**kwargs).start()
+            self.log(f"dev authorization server on {self.authz.url}")
+        else:
+            self._check_external_auth()
+        if self.uses_dev_checkout():
+            from devservers.checkout_api import CheckoutServer
+
+            issuer = self.authz.issuer if self.authz is not None else _issuer_url(self.env)
+            storage = Path(opts.storage_dir)
+            storage.mkdir(parents=True, exist_ok=True)
+            self.checkout = CheckoutServer(
+                issuer=issuer,
+                audience=self.env.get("CHECKOUT_AUDIENCE") or DEV_CHECKOUT_AUDIENCE,
+                db_path=storage / "checkout-orders.sqlite3",
+                host=opts.host,
+                port=port_or_free(opts.checkout_port, opts.host),
+            ).start()
+            self.log(f"demo checkout API on {self.checkout.api_url}")
+        if self.uses_offline_model():
+            from devservers.offline_model import OfflineModelServer
+
+            self.model = OfflineModelServer(
+                host=opts.host, port=port_or_free(opts.model_port, opts.host), chunk_delay=opts.model_chunk_delay
+            ).start()
+            self.log(f"offline model on {self.model.base_url}")
+
+    def _agent_env(self) -> dict[str, str]:
+        """Everything the agents and the ingress read, for the Ray job's runtime_env."""
+        opts = self.options
+        env = {name: self.env[name] for name in PASSTHROUGH_ENV if self.env.get(name)}
+        if self.authz is not None:
+            env.update(
+                AUTH_ISSUER=self.authz.issuer,
+                AUTH0_CLIENT_ID=self.authz.client_id,
+                AUTH0_CLIENT_SECRET=self.authz.client_secret,
+                AUTH0_AUDIENCE=DEV_API_AUDIENCE,
+                AGENTRT_DEV_AUTHZ_URL=self.authz.url,
+            )
+            env.pop("AUTH0_DOMAIN", None)
+        if not env.get("AUTH0_SESSION_ENCRYPTION_KEY"):
+            env["AUTH0_SESSION_ENCRYPTION_KEY"] = secrets.token_hex(32)  # ephemeral: credentials die with the run
+        if self.checkout is not None:
+            env["CHECKOUT_API_URL"] = self.checkout.api_url
+            env["CHECKOUT_AUDIENCE"] = self.checkout.audience
+        if self.model is not None:
+            env.update(OPENAI_BASE_URL=self.model.base_url, OPENAI_API_KEY="offline", OPENAI_MODEL=self.model.model)
+        env["AGENT_STORAGE_DIR"] = str(Path(opts.storage_dir).resolve())
+        env["AGENT_NAMESPACE"] = opts.namespace
+        env.update({k: str(v) for k, v in opts.extra_env.items()})
+        return env
+
+    def _start_ray(self) -> None:
+        import ray
+
+        import runtime
+
+        opts = self.options
+        Path(opts.storage_dir).mkdir(parents=True, exist_ok=True)
+        if opts.use_current_ray and ray.is_initialized():
+            runtime.init(storage_dir=opts.storage_dir, namespace=opts.namespace)
+            return
+        if ray.is_initialized():
+            raise StackError("Ray is already initialised in this process; use use_current_ray=True")
+        kwargs: dict[str, Any] = {
+            "address": opts.ray_address or "local",
+            "namespace": opts.namespace,
+            "runtime_env": {"env_vars": dict(self.agent_env)},
+            "logging_level": logging.WARNING,
+            "log_to_driver": False,
+        }
+        if not opts.ray_address:
+            kwargs["include_dashboard"] = False
+            if opts.num_cpus is not None:
+                kwargs["num_cpus"] = opts.num_cpus
+        self.log("starting Ray" if not opts.ray_address else f"connecting to Ray at {opts.ray_address}")
+        ray.init(**kwargs)
+        self._started_ray = True
+        runtime.init(storage_dir=opts.storage_dir, namespace=opts.namespace)
+
+    def _start_serve(self, timeout: float) -> None:
+        from ray import serve
+
+        from agentrt.ingress import build_app
+
+        opts = self.options
+        port = opts.port if opts.strict_port else port_or_free(opts.port, opts.host)
+        if opts.strict_port and port_or_free(port, opts.host) != port:
+            raise StackError(f"port {port} on {opts.host} is taken")
+        self.log(f"starting the Serve app on http://{opts.host}:{port}")
+        serve.start(http_options={"host": opts.host, "port": port}, detached=False)
+        self._started_serve = True
+        serve.run(
+            build_app(self.agent_env, num_replicas=opts.num_replicas),
+            name=APP_NAME,
+            route_prefix="/",
+            blocking=False,
+        )
+        api = f"http://{opts.host}:{port}"
+        wait_for_http(api + "/healthz", timeout=timeout)
+        approvals = self.agent_env.get("AGENTRT_APPROVALS_URL") or (
+            self.authz.url + "/approvals" if self.authz is not None else None
+        )
+        self.urls = StackUrls(
+            api=api,
+            chat_page=api + "/",
+            docs=api + "/docs",
+            approvals=approvals,
+            authz=self.authz.url if self.authz is not None else None,
+            checkout=self.checkout.api_url if self.checkout is not None else None,
+            model=self.model.base_url if self.model is not None else None,
+        )
+
+    # -- stop ------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop what this stack started (Serve app, Ray if it started it, embedded servers). Idempotent."""
+        import ray
+
+        if self._started_serve and ray.is_initialized():
+            from ray import serve
+
+            with contextlib.suppress(Exception):
+                if self._started_ray:
+                    serve.shutdown()
+                else:
+                    serve.delete(APP_NAME)
+                    serve.shutdown()
+            self._started_serve = False
+        if self._started_ray:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            self._started_ray = False
+        for name in ("model", "checkout", "authz"):
+            server = getattr(self, name)
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    server.stop()
+                setattr(self, name, None)
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _issuer_url(env: Mapping[str, str]) -> str:
+    issuer = env.get("AUTH_ISSUER") or env.get("AUTH0_DOMAIN") or ""
+    if "://" not in issuer:
+        issuer = f"https://{issuer}"
+    return issuer.rstrip("/") + "/"
+
+
+def wait_for_http(url: str, *, timeout: float = 60.0, interval: float = 0.2) -> httpx.Response:
+    """GET `url` until it answers 2xx, or raise `StackError` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(url, timeout=5.0)
+            if response.status_code < 300:
+                return response
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(interval)
+    raise StackError(f"{url} did not answer within {timeout:.0f}s (last: {last})")
