@@ -511,6 +511,19 @@ class AgentIngress:
         self.settings = IngressSettings()
         self.gateway = AgentGateway()
         self.replica = uuid.uuid4().hex[:8]
+        self._wake_alarm_scheduler()
+
+    @staticmethod
+    def _wake_alarm_scheduler() -> None:
+        """Make sure the storage root's alarm scheduler runs, so that after a cluster restart the threads
+        waiting for approvals resume without waiting for someone to call them."""
+        from runtime.registry import resolve_namespace, resolve_storage_dir
+        from runtime.scheduler import ensure_scheduler
+
+        try:
+            ensure_scheduler(resolve_storage_dir(None), resolve_namespace(None))
+        except Exception as exc:  # agents still start it on first use
+            logger.warning("could not start the alarm scheduler: %s", exc)
 
     # -- service -------------------------------------------------------------------------------------
     @api.get("/healthz", response_model=Health, tags=["service"])

@@ -1,0 +1,103 @@
+"""The HTTP ingress on Ray Serve, for the HTTP, browser and CLI tests.
+
+It reuses the session's `chat_world` (dev authorization server, checkout API, offline model, and Ray
+already started with their env vars) and deploys the Serve app on a free 127.0.0.1 port, with the world's
+env vars plus its own storage root and namespace given to the replicas explicitly (agents inherit them).
+
+The deployment is started once per Ray session and shared by the modules that use it (`ensure_http_api`
+caches it by Ray session; if another test restarted Ray meanwhile, it is deployed again). It stays up
+until the session's Ray cluster goes away; Ray itself is left exactly as `chat_world` configured it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agentrt.stack import wait_for_http
+from devservers.server_thread import free_port
+
+APP_NAME = "agentrt-tests"
+
+
+@dataclass
+class HttpApi:
+    """A running ingress: `url`, and the world (users, their phone, the checkout's order count)."""
+
+    url: str
+    world: Any
+    storage_dir: Path
+    namespace: str
+    session: str
+
+    def token(self, user: str) -> str:
+        return self.world.token(user)
+
+    def headers(self, user: str | None = None, token: str | None = None) -> dict[str, str]:
+        value = token if token is not None else self.token(user or "alice")
+        return {"Authorization": f"Bearer {value}"}
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=kwargs.pop("timeout", 60.0), **kwargs)
+
+
+_current: HttpApi | None = None
+
+
+def _ray_session() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_session_name()
+
+
+def ensure_http_api(world: Any, *, timeout: float = 120.0) -> HttpApi:
+    """Deploy the ingress for `world` on the current Ray session (or return the one already there)."""
+    global _current
+    import ray
+    from ray import serve
+
+    from agentrt.ingress import build_app
+
+    if not ray.is_initialized():
+        raise RuntimeError("Ray must be running (the chat_world fixture starts it)")
+    session = _ray_session()
+    if _current is not None and _current.session == session and _current.world is world:
+        with contextlib.suppress(Exception):
+            wait_for_http(_current.url + "/healthz", timeout=5.0)
+            return _current
+    storage = Path(tempfile.mkdtemp(prefix="agentrt-http-"))
+    namespace = "agentrt-http-" + secrets.token_hex(4)
+    env = {
+        **world.env,
+        "AGENT_STORAGE_DIR": str(storage),
+        "AGENT_NAMESPACE": namespace,
+        "AGENTRT_DEV_AUTHZ_URL": world.authz.url,
+        "AGENTRT_SSE_PING_SECONDS": "2",
+    }
+    with contextlib.suppress(Exception):
+        serve.shutdown()  # a previous session's (or a stale) Serve instance: start clean on a new port
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(env), name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    wait_for_http(url + "/healthz", timeout=timeout)
+    _current = HttpApi(url=url, world=world, storage_dir=storage, namespace=namespace, session=session)
+    return _current
+
+
+def shutdown_http_api() -> None:
+    """Remove the Serve deployment (Ray stays up)."""
+    global _current
+    import ray
+    from ray import serve
+
+    if _current is not None and ray.is_initialized():
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+    _current = None

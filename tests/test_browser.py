@@ -1,0 +1,107 @@
+"""The web page in a real browser: Debian's Chromium, headless, driven by Playwright's Python package.
+
+Sign in as alice, send "buy 10 shares of MSFT", see the pending approval card (binding message, countdown,
+link to the approval page), approve it on the dev approval page in a second tab, and watch the purchase
+message appear in the first tab without reloading (pushed by the thread's event stream).
+
+Needs `apt-get install -y chromium` and `pip install playwright` (never `playwright install`: the browser
+is the system's). Skips, saying so, only when /usr/bin/chromium is absent.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.http_fixtures import HttpApi, ensure_http_api
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="browser test needs Debian's Chromium: apt-get install -y chromium"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def http_api(chat_world: Any) -> HttpApi:
+    return ensure_http_api(chat_world)
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_buy_stock_approve_in_a_second_tab_and_see_the_purchase_live(http_api: HttpApi, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 820})
+    context.set_default_timeout(30_000)
+    page_errors: list[str] = []
+    chat = context.new_page()
+    chat.on("pageerror", lambda error: page_errors.append(str(error)))
+    try:
+        chat.goto(http_api.url + "/")
+        chat.locator("#login-alice").click()
+        expect(chat.locator("#app")).to_be_visible()
+        expect(chat.locator("#user-chip")).to_contain_text("alice")
+        expect(chat.locator("#thread-id")).not_to_be_empty()
+        thread_id = chat.locator("#thread-id").inner_text()
+        expect(chat.locator("#live-status")).to_have_class(re.compile(r"\blive\b"))
+
+        chat.locator("#message-input").fill("buy 10 shares of MSFT")
+        chat.locator("#message-input").press("Enter")
+        expect(chat.locator(".msg.user").last).to_have_text("buy 10 shares of MSFT")
+
+        card = chat.locator(".approval-card")
+        expect(card).to_be_visible()
+        expect(card.locator(".binding")).to_have_text("Buy 10 MSFT")
+        expect(card.locator(".countdown")).to_have_text(re.compile(r"expires in \d+:\d\d"))
+        link = card.locator("a.approval-link")
+        expect(link).to_be_visible()
+        approvals_url = link.get_attribute("href")
+        assert approvals_url and approvals_url.startswith(http_api.world.authz.url)
+        assert http_api.token("alice") not in chat.url  # the token never travels in a URL
+        chat.screenshot(path=str(ARTIFACTS / "browser-1-pending-approval.png"))
+
+        phone = context.new_page()
+        phone.goto(approvals_url)
+        request = phone.locator("[data-request-id], li, article, tr, form, .request").filter(has_text="Buy 10 MSFT")
+        request.get_by_role("button", name=re.compile(r"^\s*approve", re.I)).first.click()
+        phone.screenshot(path=str(ARTIFACTS / "browser-2-approval-page.png"))
+
+        chat.bring_to_front()
+        result = chat.locator(".result-card.ok[data-tool-call-id]").filter(has_text="Purchased 10 shares of MSFT")
+        expect(result).to_be_visible(timeout=45_000)
+        expect(chat.locator(".approval-card")).to_have_count(0)
+        expect(chat.locator(".msg.assistant").filter(has_text="Purchased")).to_be_visible()
+        chat.screenshot(path=str(ARTIFACTS / "browser-3-purchased.png"), full_page=True)
+        assert chat.locator("#thread-id").inner_text() == thread_id
+        assert not page_errors, page_errors
+    finally:
+        context.close()

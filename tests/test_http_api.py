@@ -1,0 +1,327 @@
+"""The HTTP API end to end through Ray Serve: real Ray, real HTTP on 127.0.0.1, the dev authorization server
+as the user's phone, the demo checkout API and the offline model. No mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from agentrt.client import AgentRuntimeClient, ServerEvent, iter_sse
+from tests.http_fixtures import HttpApi, ensure_http_api
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def http_api(chat_world: Any) -> HttpApi:
+    return ensure_http_api(chat_world)
+
+
+def new_id() -> str:
+    return f"http-{uuid.uuid4().hex[:12]}"
+
+
+def assert_error(response: httpx.Response, status: int | tuple[int, ...], code: str | None = None) -> dict[str, Any]:
+    statuses = status if isinstance(status, tuple) else (status,)
+    assert response.status_code in statuses, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert isinstance(body.get("error"), str) and body.get("detail"), body
+    if code is not None:
+        assert body["error"] == code, body
+    return body
+
+
+async def read_events(
+    events: AsyncIterator[ServerEvent], until: Callable[[ServerEvent], bool], within: float = 30.0
+) -> list[ServerEvent]:
+    """Collect events until one satisfies `until` (deadline-bound)."""
+    seen: list[ServerEvent] = []
+
+    async def collect() -> list[ServerEvent]:
+        async for event in events:
+            seen.append(event)
+            if until(event):
+                return seen
+        raise AssertionError(f"stream ended before the expected event; saw {[e.event for e in seen]}")
+
+    try:
+        return await asyncio.wait_for(collect(), within)
+    except TimeoutError:
+        raise AssertionError(f"timed out; saw {[(e.event, e.data) for e in seen][-10:]}") from None
+
+
+def assistant_text(event: ServerEvent) -> str:
+    if event.event != "message":
+        return ""
+    message = event.data["data"]["message"]
+    return message["content"] or "" if message["role"] == "assistant" else ""
+
+
+# ------------------------------------------------------------------------------------------------------
+
+
+async def test_service_routes_and_openapi_schema(http_api: HttpApi) -> None:
+    async with http_api.client() as http:
+        health = await http.get("/healthz")
+        assert health.status_code == 200 and health.json()["ok"] is True
+        config = (await http.get("/config")).json()
+        assert config["dev_login_url"] == http_api.world.authz.url + "/dev/login"
+        assert config["approvals_url"].startswith(http_api.world.authz.url)
+        schema = (await http.get("/openapi.json")).json()
+        paths = schema["paths"]
+        for path in (
+            "/threads",
+            "/threads/{thread_id}/messages",
+            "/threads/{thread_id}/events",
+            "/threads/{thread_id}/interrupts",
+            "/threads/{thread_id}/tool-results",
+            "/healthz",
+        ):
+            assert path in paths, path
+        assert {"ChatMessage", "PendingApproval", "SendMessageRequest", "ErrorBody"} <= set(
+            schema["components"]["schemas"]
+        )
+        page = await http.get("/")
+        assert page.status_code == 200 and "<title>" in page.text
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert (await http.get("/static/app.js")).status_code == 200
+        assert_error(await http.get("/static/../pyproject.toml"), 404)
+
+
+async def test_purchase_approved_on_the_phone_completes_on_the_events_stream(http_api: HttpApi) -> None:
+    """The seed's story over HTTP: the final "Purchased ..." arrives on /events with nothing else sent."""
+    world = http_api.world
+    alice = http_api.headers("alice")
+    orders_before = world.orders()
+    started = time.time()
+    async with http_api.client() as http:
+        created = await http.post("/threads", json={}, headers=alice)
+        assert created.status_code == 201, created.text
+        thread = created.json()
+        thread_id = thread["thread_id"]
+        assert thread["owner"] == world.subject("alice") and thread["created"] is True
+
+        listed = (await http.get("/threads", headers=alice)).json()["threads"]
+        assert thread_id in [t["thread_id"] for t in listed]
+
+        sent = await http.post(
+            f"/threads/{thread_id}/messages", json={"content": "buy 10 shares of MSFT"}, headers=alice
+        )
+        assert sent.status_code == 200, sent.text
+        new = sent.json()["messages"]
+        assert [m["role"] for m in new][0] == "user"
+        (tool,) = [m for m in new if m["role"] == "tool"]
+        assert tool["name"] == "buy_stock" and tool["state"] == "pending-authorization"
+
+        (pending,) = (await http.get(f"/threads/{thread_id}/interrupts", headers=alice)).json()["interrupts"]
+        assert pending["tool_call_id"] == tool["tool_call_id"]
+        assert pending["kind"] == "async-authorization" and pending["binding_message"] == "Buy 10 MSFT"
+        assert pending["expires_at"] > time.time()
+
+    async with AgentRuntimeClient(http_api.url, http_api.token("alice")) as client:
+        events = client.events(thread_id)
+        (ready,) = await read_events(events, lambda e: e.event == "ready", within=15)
+        epoch = ready.data["epoch"]
+
+        def my_request() -> list[dict[str, Any]]:
+            return [
+                r
+                for r in world.requests_for("alice")
+                if r["binding_message"] == "Buy 10 MSFT" and r["created_at"] >= started - 1
+            ]
+
+        (request,) = await eventually(my_request, what="alice's CIBA request")
+        world.decide(request["id"], approve=True)
+
+        seen = await read_events(events, lambda e: "Purchased" in assistant_text(e), within=45)
+        await events.aclose()
+    results = [e.data["data"] for e in seen if e.event == "tool_result"]
+    assert results and results[0]["tool_call_id"] == tool["tool_call_id"]
+    assert results[0]["result"].startswith("Purchased 10 shares of MSFT")
+    assert all(e.id and e.id.startswith(f"{epoch}:") for e in seen if e.event not in ("ready", "reset"))
+    assert world.orders() == orders_before + 1
+
+    async with http_api.client() as http:
+        messages = (await http.get(f"/threads/{thread_id}/messages", headers=alice)).json()["messages"]
+        assert "Purchased" in next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
+        assert (await http.get(f"/threads/{thread_id}/interrupts", headers=alice)).json()["interrupts"] == []
+
+        # Resuming with Last-Event-ID replays what came after it (here: from the approval on).
+        first_id = seen[0].id
+        headers = {**alice, "Last-Event-ID": first_id, "Accept": "text/event-stream"}
+        async with http.stream("GET", f"/threads/{thread_id}/events", headers=headers) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            replay = await read_events(iter_sse(response), lambda e: "Purchased" in assistant_text(e), within=15)
+        assert [e.id for e in replay if e.id][0] != first_id
+
+        # The thread directory: title from the first message, most recent first.
+        listed = await eventually(
+            lambda: _titled(http_api, thread_id), what="the thread's title in GET /threads", timeout=10
+        )
+        assert listed["title"] == "buy 10 shares of MSFT"
+
+
+async def _titled(http_api: HttpApi, thread_id: str) -> dict[str, Any] | None:
+    async with http_api.client() as http:
+        rows = (await http.get("/threads", headers=http_api.headers("alice"))).json()["threads"]
+    return next((r for r in rows if r["thread_id"] == thread_id and r["title"]), None)
+
+
+async def test_message_streams_server_sent_events_then_done(http_api: HttpApi) -> None:
+    alice = http_api.headers("alice")
+    thread_id = new_id()
+    async with http_api.client() as http:
+        headers = {**alice, "Accept": "text/event-stream"}
+        body = {"content": "what is MSFT trading at?"}
+        async with http.stream("POST", f"/threads/{thread_id}/messages", json=body, headers=headers) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = await read_events(iter_sse(response), lambda e: e.event in ("done", "failed"), within=30)
+    kinds = [e.event for e in events]
+    assert kinds[-1] == "done", events[-1]
+    assert "token" in kinds and "turn_start" in kinds and "message" in kinds
+    streamed = "".join(e.data["data"]["text"] for e in events if e.event == "token")
+    final = events[-1].data["messages"]
+    assert final[0]["role"] == "user" and final[0]["content"] == "what is MSFT trading at?"
+    answer = [m for m in final if m["role"] == "assistant" and m["content"]][-1]["content"]
+    assert "MSFT" in answer and answer in streamed
+
+
+async def test_create_thread_with_a_given_id_and_ownership(http_api: HttpApi) -> None:
+    alice, bob = http_api.headers("alice"), http_api.headers("bob")
+    thread_id = new_id()
+    async with http_api.client() as http:
+        first = await http.post("/threads", json={"thread_id": thread_id}, headers=alice)
+        assert first.status_code == 201 and first.json()["thread_id"] == thread_id
+        again = await http.post("/threads", json={"thread_id": thread_id}, headers=alice)
+        assert again.status_code == 200 and again.json()["created"] is False
+        assert_error(await http.post("/threads", json={"thread_id": thread_id}, headers=bob), 403, "not_owner")
+        bobs = (await http.get("/threads", headers=bob)).json()["threads"]
+        assert thread_id not in [t["thread_id"] for t in bobs]
+        described = (await http.get(f"/threads/{thread_id}", headers=alice)).json()
+        assert described["owner"] == http_api.world.subject("alice") and described["messages"] == 0
+
+
+async def test_every_thread_route_needs_a_valid_token_of_the_owner(http_api: HttpApi) -> None:
+    alice = http_api.headers("alice")
+    thread_id = new_id()
+    async with http_api.client() as http:
+        assert (await http.post("/threads", json={"thread_id": thread_id}, headers=alice)).status_code == 201
+        routes: list[tuple[str, str, dict[str, Any] | None]] = [
+            ("POST", "/threads", {}),
+            ("GET", "/threads", None),
+            ("GET", f"/threads/{thread_id}", None),
+            ("POST", f"/threads/{thread_id}/messages", {"content": "hello"}),
+            ("GET", f"/threads/{thread_id}/messages", None),
+            ("GET", f"/threads/{thread_id}/interrupts", None),
+            ("POST", f"/threads/{thread_id}/tool-results", {"tool_call_id": "call_x", "approved": True}),
+            ("GET", f"/threads/{thread_id}/events", None),
+        ]
+        tampered = _tamper(http_api.token("alice"))
+        for method, path, body in routes:
+            kwargs: dict[str, Any] = {"json": body} if body is not None else {}
+            missing = await http.request(method, path, **kwargs)
+            assert_error(missing, 401, "unauthenticated")
+            assert missing.headers.get("www-authenticate", "").startswith("Bearer")
+            for bad in ("not-a-jwt", tampered):
+                response = await http.request(method, path, headers={"Authorization": f"Bearer {bad}"}, **kwargs)
+                assert_error(response, 401, "unauthenticated")
+                assert bad not in response.text  # tokens never echo back
+            assert_error(await http.request(method, path, headers={"Authorization": "Basic abc"}, **kwargs), 401)
+            if path.startswith(f"/threads/{thread_id}"):
+                response = await http.request(method, path, headers=http_api.headers("bob"), **kwargs)
+                assert_error(response, 403, "not_owner")
+        # bob never became an owner of alice's thread along the way
+        assert (await http.get(f"/threads/{thread_id}/messages", headers=alice)).status_code == 200
+
+
+def _tamper(token: str) -> str:
+    """The same JWT with its payload changed (sub: mallory): the signature no longer matches."""
+    import base64
+
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = "auth0|mallory"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
+
+
+async def test_bad_input_gets_a_4xx_with_a_json_body(http_api: HttpApi) -> None:
+    alice = http_api.headers("alice")
+    thread_id = new_id()
+    async with http_api.client() as http:
+        assert (await http.post("/threads", json={"thread_id": thread_id}, headers=alice)).status_code == 201
+        messages = f"/threads/{thread_id}/messages"
+
+        # thread ids
+        assert_error(await http.get("/threads/bad%20id!/messages", headers=alice), 422, "invalid_thread_id")
+        assert_error(await http.get(f"/threads/{'x' * 129}/messages", headers=alice), 422, "invalid_thread_id")
+        assert_error(await http.get("/threads/../messages", headers=alice), 404)
+        assert_error(
+            await http.post("/threads", json={"thread_id": "no/slash"}, headers=alice), 422, "invalid_thread_id"
+        )
+        assert_error(await http.post("/threads", json={"thread_id": ".."}, headers=alice), 422, "invalid_thread_id")
+
+        # malformed JSON, wrong types, missing and unknown fields, empty and overlong messages
+        json_headers = {**alice, "Content-Type": "application/json"}
+        assert_error(await http.post(messages, content=b'{"content": ', headers=json_headers), 422, "invalid_json")
+        assert_error(await http.post(messages, content=b"\xff\xfe", headers=json_headers), (400, 422))
+        assert_error(await http.post(messages, json={"content": 5}, headers=alice), 422, "invalid_request")
+        assert_error(await http.post(messages, json={"content": ["a"]}, headers=alice), 422, "invalid_request")
+        assert_error(await http.post(messages, json={}, headers=alice), 422, "invalid_request")
+        assert_error(await http.post(messages, json=[], headers=alice), 422, "invalid_request")
+        assert_error(await http.post(messages, json={"content": "hi", "x": 1}, headers=alice), 422, "invalid_request")
+        assert_error(await http.post(messages, json={"content": "   "}, headers=alice), 422, "invalid_message")
+        assert_error(await http.post(messages, json={"content": "a" * 9000}, headers=alice), 422, "invalid_message")
+        assert_error(await http.get(f"/threads/{thread_id}/events?after=-1", headers=alice), 422, "invalid_request")
+        assert_error(await http.get("/threads?limit=0", headers=alice), 422, "invalid_request")
+
+        # oversize bodies: by Content-Length, and chunked without one
+        big = json.dumps({"content": "a" * (70 * 1024)}).encode()
+        assert_error(await http.post(messages, content=big, headers=json_headers), 413, "payload_too_large")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(70):
+                yield b"a" * 1024
+
+        chunked = await http.post(messages, content=chunks(), headers=json_headers)
+        assert_error(chunked, 413, "payload_too_large")
+
+        # tool results
+        results = f"/threads/{thread_id}/tool-results"
+        unknown = await http.post(results, json={"tool_call_id": "call_nope", "approved": True}, headers=alice)
+        assert_error(unknown, 404, "unknown_tool_call")
+        assert_error(await http.post(results, json={"tool_call_id": "c", "approved": "yes"}, headers=alice), 422)
+        assert_error(await http.post(results, json={"approved": True}, headers=alice), 422, "invalid_request")
+
+        # unknown routes and methods
+        assert_error(await http.get("/nope"), 404, "not_found")
+        assert_error(await http.delete(messages, headers=alice), 405, "method_not_allowed")
+
+        # and the thread is still fine
+        assert (await http.get(messages, headers=alice)).json()["messages"] == []
+
+
+async def test_a_tool_result_for_a_call_not_awaiting_confirmation_is_409(http_api: HttpApi) -> None:
+    alice = http_api.headers("alice")
+    thread_id = new_id()
+    async with http_api.client() as http:
+        sent = await http.post(f"/threads/{thread_id}/messages", json={"content": "buy 1 share of AAPL"}, headers=alice)
+        (tool,) = [m for m in sent.json()["messages"] if m["role"] == "tool"]
+        body = {"tool_call_id": tool["tool_call_id"], "approved": True}
+        response = await http.post(f"/threads/{thread_id}/tool-results", json=body, headers=alice)
+        assert_error(response, 409, "tool_call_not_awaiting_confirmation")
+    # leave no pending request on alice's phone for the other tests
+    for request in http_api.world.requests_for("alice"):
+        if request["binding_message"] == "Buy 1 AAPL":
+            http_api.world.decide(request["id"], approve=False)
