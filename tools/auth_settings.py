@@ -1,0 +1,136 @@
+"""Authorization settings from the environment (`AUTH0_*`, `AUTH_ISSUER`, `CIBA_*`, `CHECKOUT_AUDIENCE`).
+
+Read inside each agent's own process (a Ray cluster passes them through the job's `runtime_env`), so the
+settings are a plain pydantic-settings model rather than a global. Secrets are `SecretStr`: they never show
+up in a repr, a log line or a validation error, and `AuthConfigError` only ever names the variable.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ClientAuthMethod = Literal["client_secret_post", "client_secret_basic"]
+LoginHintFormat = Literal["iss_sub", "plain"]
+
+#: The smallest accepted `AUTH0_SESSION_ENCRYPTION_KEY` (characters). `openssl rand -hex 32` gives 64.
+MIN_ENCRYPTION_KEY_CHARS = 32
+
+DEFAULT_CHECKOUT_AUDIENCE = "http://localhost:5000/api/checkout"
+
+
+class AuthConfigError(ValueError):
+    """A required authorization setting is missing or malformed; the message names the variable only."""
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class AuthSettings(BaseSettings):
+    """Where the authorization server is, who this client is, and how to talk CIBA to it.
+
+    The issuer is `AUTH_ISSUER` when set (any OIDC provider, or the embedded dev server), otherwise
+    `https://{AUTH0_DOMAIN}/` as Auth0 spells it. Nothing is required at construction time, so a process
+    that never uses CIBA can still read the settings; call `validate_for_ciba()` (or the `require_*`
+    helpers) where a value is actually needed, to fail early with a message naming the variable.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", hide_input_in_errors=True)
+
+    auth0_domain: str | None = Field(default=None, validation_alias=_env("AUTH0_DOMAIN"))
+    auth0_client_id: str | None = Field(default=None, validation_alias=_env("AUTH0_CLIENT_ID"))
+    auth0_client_secret: SecretStr | None = Field(default=None, validation_alias=_env("AUTH0_CLIENT_SECRET"))
+    auth0_audience: str | None = Field(default=None, validation_alias=_env("AUTH0_AUDIENCE"))
+    auth0_session_encryption_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("AUTH0_SESSION_ENCRYPTION_KEY")
+    )
+    auth_issuer: str | None = Field(default=None, validation_alias=_env("AUTH_ISSUER"))
+    ciba_client_auth_method: ClientAuthMethod = Field(
+        default="client_secret_post", validation_alias=_env("CIBA_CLIENT_AUTH_METHOD")
+    )
+    ciba_login_hint_format: LoginHintFormat = Field(
+        default="iss_sub", validation_alias=_env("CIBA_LOGIN_HINT_FORMAT")
+    )
+    checkout_audience: str = Field(
+        default=DEFAULT_CHECKOUT_AUDIENCE, validation_alias=_env("CHECKOUT_AUDIENCE")
+    )
+
+    # -- derived values ------------------------------------------------------------------------------
+    @property
+    def issuer(self) -> str:
+        """The issuer URL: `AUTH_ISSUER` verbatim, else `https://{AUTH0_DOMAIN}/` (Auth0's trailing slash).
+
+        `AUTH_ISSUER` is kept as written because an issuer is compared as a string (`iss` claims, the
+        `iss_sub` login hint); only surrounding whitespace is removed.
+        """
+        if self.auth_issuer and self.auth_issuer.strip():
+            issuer = self.auth_issuer.strip()
+            if not issuer.startswith(("https://", "http://")):
+                raise AuthConfigError("AUTH_ISSUER must be an http(s) URL")
+            return issuer
+        if self.auth0_domain and self.auth0_domain.strip():
+            domain = self.auth0_domain.strip()
+            for prefix in ("https://", "http://"):
+                domain = domain.removeprefix(prefix)
+            domain = domain.rstrip("/")
+            if not domain or "/" in domain:
+                raise AuthConfigError("AUTH0_DOMAIN must be a host name such as 'tenant.us.auth0.com'")
+            return f"https://{domain}/"
+        raise AuthConfigError("set AUTH0_DOMAIN (or AUTH_ISSUER) to the authorization server")
+
+    @property
+    def discovery_url(self) -> str:
+        """The OIDC discovery document of `issuer`."""
+        return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+    # -- checks --------------------------------------------------------------------------------------
+    def require_client_id(self) -> str:
+        if not self.auth0_client_id or not self.auth0_client_id.strip():
+            raise AuthConfigError("set AUTH0_CLIENT_ID (the CIBA client's id)")
+        return self.auth0_client_id.strip()
+
+    def require_client_secret(self) -> SecretStr:
+        if self.auth0_client_secret is None or not self.auth0_client_secret.get_secret_value():
+            raise AuthConfigError("set AUTH0_CLIENT_SECRET (the CIBA client's secret)")
+        return self.auth0_client_secret
+
+    def require_api_audience(self) -> str:
+        """`AUTH0_AUDIENCE`: the audience of the tokens callers present to the agent API."""
+        if not self.auth0_audience or not self.auth0_audience.strip():
+            raise AuthConfigError("set AUTH0_AUDIENCE (the agent API's audience)")
+        return self.auth0_audience.strip()
+
+    def require_encryption_key(self) -> SecretStr:
+        """`AUTH0_SESSION_ENCRYPTION_KEY`, the secret the credential store derives its AES key from."""
+        key = self.auth0_session_encryption_key
+        if key is None or not key.get_secret_value():
+            raise AuthConfigError(
+                "set AUTH0_SESSION_ENCRYPTION_KEY (e.g. the output of `openssl rand -hex 32`)"
+            )
+        if len(key.get_secret_value()) < MIN_ENCRYPTION_KEY_CHARS:
+            raise AuthConfigError(
+                f"AUTH0_SESSION_ENCRYPTION_KEY is too short (at least {MIN_ENCRYPTION_KEY_CHARS} characters)"
+            )
+        return key
+
+    def validate_for_ciba(self) -> AuthSettings:
+        """Fail with one `AuthConfigError` listing every missing or bad variable CIBA needs; return self."""
+        problems: list[str] = []
+        for check in (
+            lambda: self.issuer,
+            self.require_client_id,
+            self.require_client_secret,
+            self.require_encryption_key,
+        ):
+            try:
+                check()
+            except AuthConfigError as exc:
+                problems.append(str(exc))
+        if not self.checkout_audience or not self.checkout_audience.strip():
+            problems.append("CHECKOUT_AUDIENCE must not be empty")
+        if problems:
+            raise AuthConfigError("CIBA is not configured: " + "; ".join(problems))
+        return self

@@ -1,0 +1,277 @@
+"""Verify bearer JWTs (access tokens) against an issuer's published keys.
+
+`JWTVerifier(issuer, audience).verify(token)` returns the claims of a token that is signed by one of the
+issuer's keys (JWKS from OIDC discovery's `jwks_uri`), names that issuer and audience, and is within its
+`nbf`/`exp` window (with a small leeway for clock skew). Everything else raises an `InvalidTokenError`
+subclass with a short reason that never echoes the token.
+
+The algorithm allow-list holds asymmetric algorithms only and the token's `alg` must also match the key it
+selects: that is what stops the classic forgeries, `alg: none` and an HS256 MAC keyed with the public key.
+The key set is cached and refetched at most once per `min_refresh_interval` when an unknown `kid` shows up
+(key rotation), so a stream of made-up kids cannot make the verifier hammer the issuer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import jwt
+
+log = logging.getLogger(__name__)
+
+ASYMMETRIC_ALGORITHMS: tuple[str, ...] = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+
+# Which JWK key types may verify which algorithms (the token's alg must fit the selected key).
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+class InvalidTokenError(Exception):
+    """The token is not acceptable. `reason` is short and safe to show to the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MalformedTokenError(InvalidTokenError):
+    """Not a well-formed JWS compact token."""
+
+
+class DisallowedAlgorithmError(InvalidTokenError):
+    """`alg` is not in the allow-list (e.g. `none`, HS256) or does not fit the signing key."""
+
+
+class UnknownSigningKeyError(InvalidTokenError):
+    """No key of the issuer has the token's `kid`, even after a refresh."""
+
+
+class InvalidSignatureError(InvalidTokenError):
+    """The signature does not verify with the issuer's key."""
+
+
+class TokenExpiredError(InvalidTokenError):
+    """`exp` has passed."""
+
+
+class TokenNotYetValidError(InvalidTokenError):
+    """`nbf` (or `iat`) is in the future."""
+
+
+class InvalidAudienceError(InvalidTokenError):
+    """`aud` does not name this API."""
+
+
+class InvalidIssuerError(InvalidTokenError):
+    """`iss` is not the trusted issuer."""
+
+
+class MissingClaimError(InvalidTokenError):
+    """A required claim is absent."""
+
+
+class SigningKeysUnavailableError(InvalidTokenError):
+    """The issuer's keys could not be fetched, so no token can be verified now (a server-side fault;
+    still an `InvalidTokenError` so callers fail closed)."""
+
+
+class JWTVerifier:
+    """Verify access tokens of `issuer` for `audience` (a string or several accepted audiences).
+
+    `jwks_uri` skips discovery when given. `issuer` is accepted with or without its trailing slash (Auth0
+    writes `https://tenant/`; both spellings name the same issuer). `leeway` is the clock skew tolerated
+    on `exp`/`nbf`/`iat`, in seconds.
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str | Sequence[str],
+        algorithms: Sequence[str] = ASYMMETRIC_ALGORITHMS,
+        *,
+        jwks_uri: str | None = None,
+        leeway: float = 10.0,
+        required_claims: Sequence[str] = ("exp", "iss", "aud", "sub"),
+        jwks_ttl: float = 600.0,
+        min_refresh_interval: float = 5.0,
+        timeout: float = 5.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        allowed = tuple(algorithms)
+        if not allowed:
+            raise ValueError("at least one algorithm is required")
+        refused = [a for a in allowed if a not in ASYMMETRIC_ALGORITHMS]
+        if refused:
+            raise ValueError(f"only asymmetric algorithms are allowed, not {', '.join(refused)}")
+        self.issuer = issuer
+        self._issuers = sorted({issuer, issuer.rstrip("/"), issuer.rstrip("/") + "/"})
+        self.audience: list[str] = [audience] if isinstance(audience, str) else list(audience)
+        if not self.audience or not all(self.audience):
+            raise ValueError("an audience is required")
+        self.algorithms = allowed
+        self.leeway = leeway
+        self.required_claims = list(required_claims)
+        self.jwks_ttl = jwks_ttl
+        self.min_refresh_interval = min_refresh_interval
+        self.timeout = timeout
+        self._http = http
+        self._jwks_uri = jwks_uri
+        self._keys: dict[str | None, tuple[jwt.PyJWK, str | None]] = {}
+        self._fetched_at: float | None = None
+        self._last_attempt = -math.inf
+        self._lock: asyncio.Lock | None = None
+        self.fetches = 0
+        """How many times the key set was fetched (for tests and metrics)."""
+
+    def __repr__(self) -> str:
+        return f"JWTVerifier(issuer={self.issuer!r}, audience={self.audience!r})"
+
+    # -- keys ----------------------------------------------------------------------------------------
+    async def _get_json(self, client: httpx.AsyncClient, url: str) -> Any:
+        response = await client.get(url, headers={"Accept": "application/json"})
+        response.raise_for_status()
+        return response.json()
+
+    async def _refresh(self) -> None:
+        self._last_attempt = time.monotonic()
+        self.fetches += 1
+        try:
+            if self._http is not None:
+                document = await self._fetch(self._http)
+            else:
+                async with httpx.AsyncClient(timeout=self.timeout) as client:
+                    document = await self._fetch(client)
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("fetching the signing keys of %s failed: %s", self.issuer, type(exc).__name__)
+            raise SigningKeysUnavailableError("the issuer's signing keys are unavailable") from None
+        keys: dict[str | None, tuple[jwt.PyJWK, str | None]] = {}
+        for entry in document.get("keys", []) if isinstance(document, dict) else []:
+            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+                continue
+            pinned = entry.get("alg") if isinstance(entry.get("alg"), str) else None
+            try:
+                keys[entry.get("kid")] = (jwt.PyJWK(entry), pinned)
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+                continue
+        self._keys = keys
+        self._fetched_at = time.monotonic()
+
+    async def _fetch(self, client: httpx.AsyncClient) -> Any:
+        if self._jwks_uri is None:
+            discovery = await self._get_json(
+                client, self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            )
+            uri = discovery.get("jwks_uri") if isinstance(discovery, dict) else None
+            if not isinstance(uri, str) or not uri:
+                raise ValueError("no jwks_uri in the discovery document")
+            self._jwks_uri = uri
+        return await self._get_json(client, self._jwks_uri)
+
+    def _fresh(self) -> bool:
+        return self._fetched_at is not None and time.monotonic() - self._fetched_at < self.jwks_ttl
+
+    def _lookup(self, kid: str | None) -> tuple[jwt.PyJWK, str | None] | None:
+        if kid is None and len(self._keys) == 1:
+            return next(iter(self._keys.values()))
+        return self._keys.get(kid)
+
+    async def signing_key(self, kid: str | None) -> tuple[jwt.PyJWK, str | None]:
+        """The issuer's key with `kid` and the `alg` its JWK pins (if any), refetching the key set once if
+        the kid is unknown (rate limited)."""
+        key = self._lookup(kid) if self._fresh() else None
+        if key is not None:
+            return key
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            key = self._lookup(kid) if self._fresh() else None
+            if key is None and (
+                not self._fresh() or time.monotonic() - self._last_attempt >= self.min_refresh_interval
+            ):
+                await self._refresh()
+                key = self._lookup(kid)
+        if key is None:
+            raise UnknownSigningKeyError("the token's signing key is not one of the issuer's keys")
+        return key
+
+    # -- verification --------------------------------------------------------------------------------
+    async def verify(self, token: str) -> dict[str, Any]:
+        """The claims of `token` if it is valid; raises an `InvalidTokenError` subclass otherwise."""
+        if not isinstance(token, str) or token.count(".") != 2:
+            raise MalformedTokenError("the token is not a JWT")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise MalformedTokenError("the token's header is not readable") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            raise DisallowedAlgorithmError("the token's signing algorithm is not allowed")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise MalformedTokenError("the token's key id is not a string")
+        key, pinned_alg = await self.signing_key(kid)
+        expected_kty = _KEY_TYPES.get(alg[:2])
+        if expected_kty is not None and key.key_type != expected_kty:
+            raise DisallowedAlgorithmError("the token's algorithm does not match its signing key")
+        if pinned_alg is not None and pinned_alg != alg:  # a JWK that pins its `alg` verifies only that
+            raise DisallowedAlgorithmError("the token's algorithm does not match its signing key")
+        try:
+            claims = jwt.decode(
+                token,
+                key=key.key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self._issuers,
+                leeway=self.leeway,
+                options={"require": self.required_claims, "verify_iat": True},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenExpiredError("the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenNotYetValidError("the token is not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidAudienceError("the token is not for this audience") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidIssuerError("the token was not issued by the trusted issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise MissingClaimError(f"the token has no {exc.claim!r} claim") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidSignatureError("the token's signature is invalid") from None
+        except jwt.InvalidAlgorithmError:
+            raise DisallowedAlgorithmError("the token's signing algorithm is not allowed") from None
+        except jwt.InvalidTokenError as exc:
+            raise MalformedTokenError(f"the token is invalid ({type(exc).__name__})") from None
+        return claims
+
+
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "DisallowedAlgorithmError",
+    "InvalidAudienceError",
+    "InvalidIssuerError",
+    "InvalidSignatureError",
+    "InvalidTokenError",
+    "JWTVerifier",
+    "MalformedTokenError",
+    "MissingClaimError",
+    "SigningKeysUnavailableError",
+    "TokenExpiredError",
+    "TokenNotYetValidError",
+    "UnknownSigningKeyError",
+]
