@@ -10,6 +10,19 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+_world_env: dict[str, str] = {}
+
+
+def set_world_env(env: dict[str, str]) -> None:
+    """Give the Ray job these env vars (the dev services' URLs and secrets); restarts Ray if it runs."""
+    import ray
+
+    _world_env.clear()
+    _world_env.update(env)
+    if ray.is_initialized():
+        ray.shutdown()
+    start_ray()
+
 
 def ray_init_kwargs() -> dict:
     """How tests start Ray: 2 CPUs, no dashboard, and the repo importable by workers (for tests.*)."""
@@ -19,7 +32,7 @@ def ray_init_kwargs() -> dict:
         "include_dashboard": False,
         "logging_level": "WARNING",
         "namespace": "agents-tests",
-        "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}},
+        "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath, **_world_env}},
     }
 
 
@@ -38,6 +51,16 @@ def ray_cluster() -> Iterator[None]:
     start_ray()
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def chat_world(ray_cluster: None) -> Iterator[object]:
+    """The dev authorization server, checkout API and offline model on 127.0.0.1, with Ray configured for them."""
+    from tests.chat_world import start_world
+
+    world = start_world()
+    yield world
+    world.stop()
 
 
 @pytest.fixture

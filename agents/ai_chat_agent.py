@@ -1,0 +1,538 @@
+"""`AIChatAgent`: a durable chat thread that talks to any OpenAI-compatible model and runs tools.
+
+Messages and tool calls are persisted in the agent's SQLite file; a turn appends the user message, runs
+the LLM tool loop (`max_steps`), streams tokens to watchers, and returns the new messages. A tool call
+that must wait (CIBA approval on the user's device, or an in-chat confirmation) is recorded with its
+state and the turn ends; when it is resolved later, its result is recorded and the loop continues, so the
+final answer arrives without another user message.
+
+Access control is a pair of hooks every public method goes through: `authenticate(token)` and
+`authorize(claims, action)`. They allow everything here; `AuthAgent` and `OwnedAgent` override them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from openai import APIError, AsyncOpenAI
+from openai import APITimeoutError as OpenAITimeout
+
+from agents.errors import InvalidMessageError, ToolCallNotAwaitingError, UnknownToolCallError
+from agents.events import EventLog
+from agents.messages import PENDING_STATES, ChatMessage, PendingApproval, ThreadEvent, ToolCall
+from agents.settings import ChatSettings, chat_settings
+from runtime import Agent, read, turn
+from tools.base import Tool, ToolContext, ToolError
+from tools.interrupts import AsyncAuthorizationInterrupt
+
+logger = logging.getLogger("agents.chat")
+
+PENDING_RESULT_TEXT = (
+    "Pending: waiting for the user's approval on their device. The result will follow; do not call this tool again."
+)
+AWAITING_CONFIRMATION_TEXT = "Pending: waiting for the user to confirm or deny this action in the chat."
+DENIED_CONFIRMATION_TEXT = "The user denied this action."
+
+_current_claims: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("claims", default=None)
+
+
+def current_claims() -> dict[str, Any]:
+    """The verified claims of the caller of the current call (empty when the agent has no auth)."""
+    return _current_claims.get() or {}
+
+
+CHAT_MIGRATIONS = [
+    """
+    CREATE TABLE messages (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        content TEXT,
+        created_at REAL NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE tool_calls (
+        id TEXT PRIMARY KEY,
+        message_id TEXT NOT NULL REFERENCES messages(id),
+        position INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        arguments TEXT NOT NULL,
+        state TEXT NOT NULL,
+        result TEXT,
+        interrupt TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX tool_calls_state ON tool_calls(state);
+    """,
+    # A call resolved after the thread moved on is shown to the model where it resolved (see _llm_context).
+    "ALTER TABLE tool_calls ADD COLUMN resolved_after_seq INTEGER",
+]
+
+
+class AIChatAgent(Agent):
+    """A chat thread: persisted messages, an LLM tool loop through `openai.AsyncOpenAI`, live events."""
+
+    migrations = CHAT_MIGRATIONS
+    migration_scope = "agents.AIChatAgent"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings: ChatSettings = chat_settings()
+        self.events = EventLog()
+        self._llm: AsyncOpenAI | None = None
+        self._tools: dict[str, Tool] | None = None
+
+    # -- hooks for subclasses and mixins -----------------------------------------------------------
+    def build_tools(self) -> list[Tool]:
+        """The tools this agent offers the model (none here)."""
+        return []
+
+    @property
+    def tools(self) -> dict[str, Tool]:
+        if self._tools is None:
+            self._tools = {tool.name: tool for tool in self.build_tools()}
+        return self._tools
+
+    async def authenticate(self, token: str | None) -> dict[str, Any]:
+        """Verify the caller's credentials; return their claims. Open access here."""
+        return {}
+
+    async def authorize(self, claims: dict[str, Any], action: str) -> None:
+        """Decide whether the caller may perform `action` on this thread. Allowed here."""
+
+    async def get_owner(self) -> str | None:
+        """The user the thread belongs to (the CIBA user for its tools). None without `OwnedAgent`."""
+        return None
+
+    async def on_authorization_interrupt(self, call: ToolCall, interrupt: AsyncAuthorizationInterrupt) -> None:
+        """A tool call now waits for an approval on the user's device. `AsyncUserConfirmationResumer`
+        schedules the checks; without it the call waits until `resume_tool_call` is called."""
+
+    def llm(self) -> AsyncOpenAI:
+        if self._llm is None:
+            self._llm = AsyncOpenAI(
+                base_url=self.settings.openai_base_url,
+                api_key=self.settings.openai_api_key.get_secret_value(),
+                timeout=self.settings.openai_timeout,
+                max_retries=2,
+            )
+        return self._llm
+
+    async def check_access(self, token: str | None, action: str) -> dict[str, Any]:
+        claims = await self.authenticate(token)
+        await self.authorize(claims, action)
+        _current_claims.set(claims)
+        return claims
+
+    # -- public API --------------------------------------------------------------------------------
+    @turn
+    async def send_message(self, token: str | None, content: str) -> list[ChatMessage]:
+        """Run one turn: append the user's message, run the tool loop, return the new messages."""
+        await self.check_access(token, "send_message")
+        text = self._validate_content(content)
+        first_seq = await self._last_seq()
+        await self.storage.put("_turn_in_progress", {"since": time.time()})
+        self.events.emit("turn_start")
+        await self._append_message("user", text)
+        await self._run_llm_loop()
+        await self.storage.delete("_turn_in_progress")
+        self.events.emit("turn_end")
+        return await self._messages_after(first_seq)
+
+    @read
+    async def get_messages(self, token: str | None) -> list[ChatMessage]:
+        """The whole thread in order, tool results after the call that asked for them."""
+        await self.check_access(token, "get_messages")
+        return await self._messages_after(0)
+
+    @read
+    async def get_pending_approvals(self, token: str | None) -> list[PendingApproval]:
+        """Tool calls waiting for the user (on their device, or for a confirmation in the chat)."""
+        await self.check_access(token, "get_pending_approvals")
+        calls = await self._calls_where("state IN ('pending-authorization', 'awaiting-confirmation')")
+        approvals = []
+        for call in calls:
+            interrupt = call.interrupt or {}
+            try:
+                arguments: dict[str, Any] | str = json.loads(call.arguments)
+            except ValueError:
+                arguments = call.arguments
+            approvals.append(
+                PendingApproval(
+                    tool_call_id=call.id,
+                    tool_name=call.name,
+                    arguments=arguments,
+                    kind="async-authorization" if call.state == "pending-authorization" else "confirmation",
+                    binding_message=interrupt.get("binding_message"),
+                    expires_at=interrupt.get("expires_at"),
+                    next_check_at=interrupt.get("next_check_at"),
+                    code=interrupt.get("code"),
+                )
+            )
+        return approvals
+
+    @turn
+    async def submit_tool_result(self, token: str | None, tool_call_id: str, approved: bool) -> list[ChatMessage]:
+        """Answer an in-chat confirmation: run the tool (approved) or record the denial, then continue."""
+        await self.check_access(token, "submit_tool_result")
+        if not isinstance(approved, bool):
+            raise InvalidMessageError("approved must be true or false")
+        call = await self._get_call(tool_call_id)
+        if call is None:
+            raise UnknownToolCallError(f"no tool call {tool_call_id!r} in this thread")
+        if call.state != "awaiting-confirmation":
+            raise ToolCallNotAwaitingError(f"tool call {tool_call_id!r} is {call.state}, not awaiting confirmation")
+        first_seq = await self._last_seq()
+        if approved:
+            await self._execute_tool_call(call, confirmed=True)
+        else:
+            await self._finish_call(call, DENIED_CONFIRMATION_TEXT)
+        await self._continue_if_resolved(call.id)
+        return await self._messages_after(first_seq)
+
+    @read
+    async def poll_events(
+        self, token: str | None, after: int = 0, epoch: str | None = None, timeout: float = 25.0
+    ) -> dict[str, Any]:
+        """Events after `after` (waiting up to `timeout` s for one). A new `epoch` means: re-read messages."""
+        await self.check_access(token, "poll_events")
+        if epoch is not None and epoch != self.events.epoch:
+            after = 0
+        events: list[ThreadEvent] = await self.events.wait_after(after, max(0.0, min(float(timeout), 60.0)))
+        return {"epoch": self.events.epoch, "events": events, "last_seq": self.events.last_seq}
+
+    # -- resuming (called by schedules and mixins; not for remote callers) -------------------------
+    @turn
+    async def resume_tool_call(self, payload: dict[str, Any]) -> str | None:
+        """Run an interrupted tool call again; if it finished, continue the conversation. Idempotent."""
+        call = await self._get_call(str(payload.get("tool_call_id", "")))
+        if call is None or call.state not in ("call", "running", "pending-authorization"):
+            return None if call is None else call.state
+        await self._execute_tool_call(call)
+        await self._continue_if_resolved(call.id)
+        updated = await self._get_call(call.id)
+        return updated.state if updated else None
+
+    @turn
+    async def recover_turn(self, payload: Any = None) -> None:
+        """Finish a turn a crash interrupted: answer a user message that got no reply."""
+        if await self.storage.get("_turn_in_progress") is None:
+            return
+        last = await self.storage.fetchone("SELECT role FROM messages ORDER BY seq DESC LIMIT 1")
+        if last is not None and last["role"] == "user":
+            await self._run_llm_loop()
+        await self.storage.delete("_turn_in_progress")
+        self.events.emit("turn_end")
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        await self._schedule_recovery()
+
+    async def _schedule_recovery(self) -> None:
+        """After a restart, make sure nothing unfinished is forgotten (without piling up duplicates)."""
+        scheduled = {
+            (s.callback, json.dumps(s.payload, sort_keys=True)) for s in await self.get_schedules(status="pending")
+        }
+        for call in await self._calls_where("state IN ('call', 'running')"):
+            payload = {"tool_call_id": call.id}
+            if ("resume_tool_call", json.dumps(payload, sort_keys=True)) not in scheduled:
+                await self.schedule(0, "resume_tool_call", payload)
+        if await self.storage.get("_turn_in_progress") is not None:
+            if not any(callback == "recover_turn" for callback, _ in scheduled):
+                await self.schedule(0, "recover_turn", None)
+
+    # -- the tool loop -----------------------------------------------------------------------------
+    def _validate_content(self, content: object) -> str:
+        if not isinstance(content, str):
+            raise InvalidMessageError("message content must be a string")
+        text = content.strip()
+        if not text:
+            raise InvalidMessageError("message is empty")
+        if len(text) > self.settings.max_message_chars:
+            raise InvalidMessageError(
+                f"message is too long ({len(text)} characters; the limit is {self.settings.max_message_chars})"
+            )
+        return text
+
+    async def _continue_if_resolved(self, tool_call_id: str) -> None:
+        call = await self._get_call(tool_call_id)
+        if call is not None and call.state == "result":
+            await self._run_llm_loop()
+            self.events.emit("turn_end")
+
+    async def _run_llm_loop(self) -> None:
+        for _ in range(self.settings.max_steps):
+            content, raw_calls = await self._call_llm(await self._llm_context())
+            message_id, calls = await self._append_assistant(content, raw_calls)
+            if not calls:
+                return
+            for call in calls:
+                await self._execute_tool_call(call)
+        logger.info("%s: tool loop stopped after max_steps=%d", self.name, self.settings.max_steps)
+
+    async def _call_llm(self, context: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
+        """One streamed completion: tokens go to watchers; returns (text, tool calls)."""
+        kwargs: dict[str, Any] = {"model": self.settings.openai_model, "messages": context, "stream": True}
+        if self.tools:
+            kwargs["tools"] = [tool.openai_schema() for tool in self.tools.values()]
+        parts: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        try:
+            stream = await self.llm().chat.completions.create(**kwargs)
+            async for chunk in stream:
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta
+                if delta.content:
+                    parts.append(delta.content)
+                    self.events.emit("token", text=delta.content)
+                for tool_delta in delta.tool_calls or []:
+                    entry = calls.setdefault(tool_delta.index, {"id": "", "name": "", "arguments": ""})
+                    if tool_delta.id:
+                        entry["id"] = tool_delta.id
+                    if tool_delta.function is not None:
+                        if tool_delta.function.name:
+                            entry["name"] = tool_delta.function.name
+                        if tool_delta.function.arguments:
+                            entry["arguments"] += tool_delta.function.arguments
+        except (APIError, OpenAITimeout) as exc:
+            logger.warning("%s: model call failed: %s", self.name, type(exc).__name__)
+            self.events.emit("error", message="The model is unavailable right now.")
+            return "Sorry, the model is unavailable right now. Please try again.", []
+        return "".join(parts), [calls[i] for i in sorted(calls)]
+
+    async def _llm_context(self) -> list[dict[str, Any]]:
+        """The thread in OpenAI chat format.
+
+        Each tool call is answered right after the assistant message that made it, with the result if it
+        was known then, or a "pending" note. A call resolved later (after the assistant or the user spoke
+        again) is additionally replayed where it resolved, as an assistant tool call plus its result, so
+        the model reads the outcome at the point in time it arrived and can report it.
+        """
+        context: list[dict[str, Any]] = [{"role": "system", "content": self.settings.system_prompt}]
+        rows = await self.storage.fetchall("SELECT seq, id, role, content FROM messages ORDER BY seq")
+        calls = await self._calls_where("1 = 1")
+        calls_by_message: dict[str, list[ToolCall]] = {}
+        late_by_seq: dict[int, list[ToolCall]] = {}
+        for call in calls:
+            calls_by_message.setdefault(call.message_id, []).append(call)
+            if call.state == "result" and call.resolved_after_seq is not None:
+                late_by_seq.setdefault(call.resolved_after_seq, []).append(call)
+        for row in rows:
+            own_calls = sorted(calls_by_message.get(row["id"], []), key=lambda c: c.position)
+            if row["role"] == "assistant" and own_calls:
+                context.append(
+                    {
+                        "role": "assistant",
+                        "content": row["content"],
+                        "tool_calls": [call.openai_call() for call in own_calls],
+                    }
+                )
+                for call in own_calls:
+                    context.append({"role": "tool", "tool_call_id": call.id, "content": _as_seen(call)})
+            else:
+                context.append({"role": row["role"], "content": row["content"] or ""})
+            for call in late_by_seq.get(row["seq"], []):
+                replay = call.openai_call() | {"id": f"{call.id}.resumed"}
+                context.append({"role": "assistant", "content": None, "tool_calls": [replay]})
+                context.append({"role": "tool", "tool_call_id": replay["id"], "content": call.result or ""})
+        return context
+
+    async def _execute_tool_call(self, call: ToolCall, *, confirmed: bool = False) -> None:
+        tool = self.tools.get(call.name)
+        if tool is None:
+            await self._finish_call(call, f"Error: unknown tool {call.name!r}")
+            return
+        try:
+            args = tool.parse_arguments(call.arguments)
+        except ToolError as exc:
+            await self._finish_call(call, f"Error: {exc}")
+            return
+        if tool.requires_confirmation and not confirmed:
+            await self._set_call_state(call, "awaiting-confirmation")
+            self.events.emit("interrupt", tool_call_id=call.id, kind="confirmation", tool_name=call.name)
+            return
+        await self._set_call_state(call, "running")
+        context = ToolContext(
+            tool_call_id=call.id, thread_id=self.id, owner=await self.get_owner(), agent_name=self.name
+        )
+        try:
+            result = await tool.run(args, context)
+        except AsyncAuthorizationInterrupt as interrupt:
+            if interrupt.terminal:  # a final outcome the wrapper did not turn into a result itself
+                result = interrupt.message
+            else:
+                await self._set_call_state(call, "pending-authorization", interrupt=interrupt.to_dict())
+                self.events.emit("interrupt", kind="async-authorization", **interrupt.to_dict())
+                await self.on_authorization_interrupt(call, interrupt)
+                return
+        except ToolError as exc:
+            result = f"Error: {exc}"
+        except Exception as exc:
+            logger.exception("%s: tool %s failed", self.name, call.name)
+            result = f"Error: {call.name} failed ({type(exc).__name__})"
+        await self._finish_call(call, result if isinstance(result, str) else json.dumps(result, default=str))
+
+    # -- persistence -------------------------------------------------------------------------------
+    async def _append_message(self, role: str, content: str | None) -> str:
+        message_id = uuid.uuid4().hex
+        now = time.time()
+        await self.storage.execute(
+            "INSERT INTO messages(id, role, content, created_at) VALUES (?, ?, ?, ?)",
+            (message_id, role, content, now),
+        )
+        message = ChatMessage(id=message_id, role=role, content=content, created_at=now)  # type: ignore[arg-type]
+        self.events.emit("message", message=message.model_dump(mode="json"))
+        return message_id
+
+    async def _append_assistant(self, content: str, raw_calls: list[dict[str, str]]) -> tuple[str, list[ToolCall]]:
+        """Store the assistant message and its tool calls in one transaction."""
+        message_id = uuid.uuid4().hex
+        now = time.time()
+        calls: list[ToolCall] = []
+        async with self.storage.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO messages(id, role, content, created_at) VALUES (?, 'assistant', ?, ?)",
+                (message_id, content or None, now),
+            )
+            for position, raw in enumerate(raw_calls):
+                call_id = await self._unique_call_id(tx, raw.get("id") or f"call_{uuid.uuid4().hex[:24]}")
+                call = ToolCall(
+                    id=call_id,
+                    message_id=message_id,
+                    name=raw.get("name", ""),
+                    arguments=raw.get("arguments") or "{}",
+                    created_at=now,
+                    updated_at=now,
+                )
+                await tx.execute(
+                    "INSERT INTO tool_calls(id, message_id, position, name, arguments, state, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, 'call', ?, ?)",
+                    (call.id, message_id, position, call.name, call.arguments, now, now),
+                )
+                calls.append(call)
+        message = ChatMessage(
+            id=message_id, role="assistant", content=content or None, tool_calls=calls or None, created_at=now
+        )
+        self.events.emit("message", message=message.model_dump(mode="json"))
+        return message_id, calls
+
+    @staticmethod
+    async def _unique_call_id(tx: Any, wanted: str) -> str:
+        """Models may reuse tool call ids across messages; ours key durable state, so keep them unique."""
+        candidate = wanted[:200]
+        suffix = 1
+        while await tx.fetchone("SELECT 1 FROM tool_calls WHERE id = ?", (candidate,)) is not None:
+            suffix += 1
+            candidate = f"{wanted[:190]}-{suffix}"
+        return candidate
+
+    async def _set_call_state(self, call: ToolCall, state: str, *, interrupt: dict[str, Any] | None = None) -> None:
+        await self.storage.execute(
+            "UPDATE tool_calls SET state = ?, interrupt = COALESCE(?, interrupt), updated_at = ? WHERE id = ?",
+            (state, json.dumps(interrupt) if interrupt is not None else None, time.time(), call.id),
+        )
+        self.events.emit("tool_call", tool_call_id=call.id, state=state, tool_name=call.name)
+
+    async def _finish_call(self, call: ToolCall, result: str) -> None:
+        async with self.storage.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT (SELECT MAX(seq) FROM messages) AS last_seq, "
+                "(SELECT seq FROM messages WHERE id = ?) AS call_seq",
+                (call.message_id,),
+            )
+            late = row is not None and row["last_seq"] is not None and row["last_seq"] > (row["call_seq"] or 0)
+            await tx.execute(
+                "UPDATE tool_calls SET state = 'result', result = ?, updated_at = ?, resolved_after_seq = ? "
+                "WHERE id = ?",
+                (result, time.time(), row["last_seq"] if late else None, call.id),
+            )
+        self.events.emit("tool_result", tool_call_id=call.id, tool_name=call.name, result=result)
+
+    async def _get_call(self, tool_call_id: str) -> ToolCall | None:
+        calls = await self._calls_where("id = ?", (tool_call_id,))
+        return calls[0] if calls else None
+
+    async def _calls_where(self, where: str, params: tuple[Any, ...] = ()) -> list[ToolCall]:
+        rows = await self.storage.fetchall(
+            f"SELECT * FROM tool_calls WHERE {where} ORDER BY created_at, position", params
+        )
+        return [_call_from_row(row) for row in rows]
+
+    async def _last_seq(self) -> int:
+        row = await self.storage.fetchone("SELECT COALESCE(MAX(seq), 0) AS seq FROM messages")
+        return int(row["seq"]) if row else 0
+
+    async def _messages_after(self, seq: int) -> list[ChatMessage]:
+        rows = await self.storage.fetchall("SELECT * FROM messages WHERE seq > ? ORDER BY seq", (seq,))
+        if not rows:
+            return []
+        ids = [row["id"] for row in rows]
+        placeholders = ",".join("?" * len(ids))
+        call_rows = await self.storage.fetchall(
+            f"SELECT * FROM tool_calls WHERE message_id IN ({placeholders}) ORDER BY position", ids
+        )
+        calls_by_message: dict[str, list[ToolCall]] = {}
+        for call_row in call_rows:
+            call = _call_from_row(call_row)
+            calls_by_message.setdefault(call.message_id, []).append(call)
+        messages: list[ChatMessage] = []
+        for row in rows:
+            calls = calls_by_message.get(row["id"])
+            messages.append(
+                ChatMessage(
+                    id=row["id"],
+                    role=row["role"],
+                    content=row["content"],
+                    tool_calls=calls,
+                    created_at=row["created_at"],
+                    metadata=json.loads(row["metadata"] or "{}"),
+                )
+            )
+            for call in calls or []:
+                messages.append(
+                    ChatMessage(
+                        id=f"{call.id}:result",
+                        role="tool",
+                        content=call.result,
+                        tool_call_id=call.id,
+                        name=call.name,
+                        state=call.state,
+                        created_at=call.updated_at,
+                    )
+                )
+        return messages
+
+
+def _as_seen(call: ToolCall) -> str:
+    """What the model saw as this call's result in its original place."""
+    if call.state == "result" and call.resolved_after_seq is None:
+        return call.result or ""
+    if call.state == "awaiting-confirmation":
+        return AWAITING_CONFIRMATION_TEXT
+    return PENDING_RESULT_TEXT
+
+
+def _call_from_row(row: Any) -> ToolCall:
+    return ToolCall(
+        id=row["id"],
+        message_id=row["message_id"],
+        name=row["name"],
+        arguments=row["arguments"],
+        state=row["state"],
+        result=row["result"],
+        interrupt=json.loads(row["interrupt"]) if row["interrupt"] else None,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        position=row["position"],
+        resolved_after_seq=row["resolved_after_seq"],
+    )
+
+
+__all__ = ["AIChatAgent", "PENDING_STATES", "current_claims"]

@@ -1,0 +1,37 @@
+"""`AuthAgent`: every call carries the caller's bearer JWT, verified before the agent does anything.
+
+Verification is against the configured issuer's JWKS (OIDC discovery, cached, refreshed on an unknown
+`kid`), checking signature, `iss`, `aud` (`AUTH0_AUDIENCE`), `exp`/`nbf`, with an asymmetric-only
+algorithm allow-list, so `alg: none` and HS256-signed-with-the-public-key tokens are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.errors import UnauthenticatedError
+from tools.auth_settings import AuthSettings
+from tools.jwt_verifier import InvalidTokenError, JWTVerifier
+
+
+class AuthAgent:
+    """Mixin for an `AIChatAgent`: `authenticate(token)` verifies the JWT and returns its claims."""
+
+    _jwt_verifier: JWTVerifier | None = None
+
+    def jwt_verifier(self) -> JWTVerifier:
+        if self._jwt_verifier is None:
+            settings = AuthSettings()
+            self._jwt_verifier = JWTVerifier(issuer=settings.issuer, audience=settings.require_api_audience())
+        return self._jwt_verifier
+
+    async def authenticate(self, token: str | None) -> dict[str, Any]:
+        if not isinstance(token, str) or not token.strip():
+            raise UnauthenticatedError("a bearer token is required")
+        raw = token.strip()
+        if raw[:7].lower() == "bearer ":
+            raw = raw[7:].strip()
+        try:
+            return await self.jwt_verifier().verify(raw)
+        except InvalidTokenError as exc:
+            raise UnauthenticatedError(f"invalid token: {exc}") from None

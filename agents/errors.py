@@ -1,0 +1,45 @@
+"""Typed errors the chat agents raise to callers (they cross Ray unchanged; the ingress maps them to HTTP)."""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    """Base of the errors a caller of a chat agent can handle."""
+
+    status_code = 400
+    code = "chat_error"
+
+
+class InvalidMessageError(ChatError, ValueError):
+    """The message is empty, too long, or not text."""
+
+    status_code = 422
+    code = "invalid_message"
+
+
+class UnknownToolCallError(ChatError, LookupError):
+    """No tool call with that id exists in this thread."""
+
+    status_code = 404
+    code = "unknown_tool_call"
+
+
+class ToolCallNotAwaitingError(ChatError):
+    """The tool call exists but is not waiting for a confirmation (already finished, or not confirmable)."""
+
+    status_code = 409
+    code = "tool_call_not_awaiting_confirmation"
+
+
+class UnauthenticatedError(ChatError, PermissionError):
+    """The caller's bearer token is missing or invalid (signature, issuer, audience, expiry, algorithm)."""
+
+    status_code = 401
+    code = "unauthenticated"
+
+
+class NotOwnerError(ChatError, PermissionError):
+    """The caller is authenticated but does not own this thread."""
+
+    status_code = 403
+    code = "not_owner"

@@ -1,0 +1,74 @@
+"""The thread's records: chat messages (OpenAI chat format plus metadata) and tool calls with their state.
+
+Tool results are not stored as messages: they live with their tool call (state, result, interrupt), and
+the OpenAI `tool` messages are derived from them. That keeps a call that is still waiting for approval
+answerable in order, whatever was said in the thread since.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+ToolCallState = Literal["call", "running", "pending-authorization", "awaiting-confirmation", "result"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+PENDING_STATES: frozenset[str] = frozenset({"call", "running", "pending-authorization", "awaiting-confirmation"})
+
+
+class ToolCall(BaseModel):
+    """One call the model asked for, and what became of it."""
+
+    id: str
+    message_id: str
+    name: str
+    arguments: str
+    state: ToolCallState = "call"
+    result: str | None = None
+    interrupt: dict[str, Any] | None = None
+    created_at: float
+    updated_at: float
+    position: int = 0
+    resolved_after_seq: int | None = None
+    """Set when the call resolved after the thread moved on: the last message seq at that moment."""
+
+    def openai_call(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+class ChatMessage(BaseModel):
+    """A message of the thread as clients see it (tool messages carry their call's state)."""
+
+    id: str
+    role: Role
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+    state: ToolCallState | None = None
+    created_at: float
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class PendingApproval(BaseModel):
+    """A tool call waiting for the user: on their device (CIBA) or in the chat (confirmation)."""
+
+    tool_call_id: str
+    tool_name: str
+    arguments: dict[str, Any] | str
+    kind: Literal["async-authorization", "confirmation"]
+    binding_message: str | None = None
+    expires_at: float | None = None
+    next_check_at: float | None = None
+    code: str | None = None
+
+
+class ThreadEvent(BaseModel):
+    """Something that happened in the thread, for live watchers (server-sent events)."""
+
+    seq: int
+    epoch: str
+    type: Literal["token", "message", "tool_call", "interrupt", "tool_result", "turn_start", "turn_end", "error"]
+    data: dict[str, Any] = Field(default_factory=dict)
+    at: float

@@ -1,0 +1,59 @@
+"""`AsyncUserConfirmationResumer`: durable alarms that poll CIBA and resume the interrupted tool call.
+
+When a tool call is interrupted by a pending approval, a check is scheduled (through the runtime's
+durable schedules) for the time the interrupt names (`next_check_at`, which honours the server's
+`interval` and any `slow_down`). Each check re-runs the wrapped tool once, which polls the token
+endpoint once: still pending -> the next check is scheduled; approved -> the tool runs with its
+credential and the conversation continues; denied or expired -> that becomes the tool's result.
+
+One pending check per tool call: scheduling a new one replaces the old, so overlapping resumer loops
+(a known flaw of other resumers) cannot happen.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from agents.messages import ToolCall
+from tools.interrupts import AsyncAuthorizationInterrupt
+
+CHECK_CALLBACK = "check_async_user_confirmation"
+DEFAULT_INTERVAL_SECONDS = 5.0
+
+
+class AsyncUserConfirmationResumer:
+    """Mixin for an `AIChatAgent`: schedule and run the checks of pending async authorizations."""
+
+    async def on_authorization_interrupt(self, call: ToolCall, interrupt: AsyncAuthorizationInterrupt) -> None:
+        await self.schedule_async_user_confirmation_check(call.id, interrupt)
+        await super().on_authorization_interrupt(call, interrupt)  # type: ignore[misc]
+
+    async def schedule_async_user_confirmation_check(
+        self, tool_call_id: str, interrupt: AsyncAuthorizationInterrupt | dict[str, Any]
+    ) -> None:
+        """Schedule the next check of `tool_call_id` at the interrupt's `next_check_at` (one per call)."""
+        data = interrupt.to_dict() if isinstance(interrupt, AsyncAuthorizationInterrupt) else interrupt
+        next_check = data.get("next_check_at") or time.time() + float(data.get("interval") or DEFAULT_INTERVAL_SECONDS)
+        payload = {"tool_call_id": tool_call_id}
+        for existing in await self.get_schedules(status="pending"):  # type: ignore[attr-defined]
+            if existing.callback == CHECK_CALLBACK and existing.payload == payload:
+                await self.cancel_schedule(existing.id)  # type: ignore[attr-defined]
+        await self.schedule(max(0.0, float(next_check) - time.time()), CHECK_CALLBACK, payload)  # type: ignore[attr-defined]
+
+    async def check_async_user_confirmation(self, payload: dict[str, Any]) -> None:
+        """The alarm: poll once by re-running the tool call (a no-op if it already finished)."""
+        await self.resume_tool_call(payload)  # type: ignore[attr-defined]
+
+    async def _schedule_recovery(self) -> None:
+        """After a restart, every call still waiting for approval has a check scheduled."""
+        await super()._schedule_recovery()  # type: ignore[misc]
+        scheduled = {
+            json.dumps(s.payload, sort_keys=True)
+            for s in await self.get_schedules(status="pending")  # type: ignore[attr-defined]
+            if s.callback == CHECK_CALLBACK
+        }
+        for call in await self._calls_where("state = 'pending-authorization'"):  # type: ignore[attr-defined]
+            if json.dumps({"tool_call_id": call.id}, sort_keys=True) not in scheduled:
+                await self.schedule_async_user_confirmation_check(call.id, call.interrupt or {})

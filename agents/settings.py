@@ -1,0 +1,38 @@
+"""Chat agent configuration from the environment (`OPENAI_*`, `CHAT_*`).
+
+Read inside the agent's own process, so a Ray cluster passes it with the job's `runtime_env` env vars
+the same way it passes `AUTH0_*`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ChatSettings(BaseSettings):
+    """Which model the chat agent talks to, and its limits."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    openai_base_url: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"))
+    openai_api_key: SecretStr = Field(default=SecretStr("offline"), validation_alias=AliasChoices("OPENAI_API_KEY"))
+    openai_model: str = Field(default="offline-demo-model", validation_alias=AliasChoices("OPENAI_MODEL"))
+    openai_timeout: float = Field(default=60.0, validation_alias=AliasChoices("OPENAI_TIMEOUT"))
+    max_steps: int = Field(default=5, ge=1, le=50, validation_alias=AliasChoices("CHAT_MAX_STEPS"))
+    max_message_chars: int = Field(default=8000, ge=1, validation_alias=AliasChoices("CHAT_MAX_MESSAGE_CHARS"))
+    system_prompt: str = Field(
+        default=(
+            "You are a helpful stock trading assistant. Use get_stock_price to look up prices and buy_stock to "
+            "buy shares. Purchases need the user's approval on their device; when a tool says approval is "
+            "pending, tell the user and do not call the tool again."
+        ),
+        validation_alias=AliasChoices("CHAT_SYSTEM_PROMPT"),
+    )
+
+
+@lru_cache(maxsize=1)
+def chat_settings() -> ChatSettings:
+    return ChatSettings()

@@ -1,0 +1,59 @@
+"""Chat agents for tests: the real `Chat` with a shorter approval window, a confirmation tool, or
+crash points that SIGKILL the actor's process at an exact step (a real crash, not a mock: there is no
+other way to stop a process between two particular lines)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from agents.chat import Chat
+from tools.base import Tool
+from tools.stocks import get_stock_price, make_buy_stock_tool
+
+
+class ShortExpiryChat(Chat):
+    ciba_requested_expiry = 3
+
+
+class ConfirmingChat(Chat):
+    """Price look-ups need an in-chat confirmation here."""
+
+    def build_tools(self) -> list[Tool]:
+        tools = [tool for tool in super().build_tools() if tool.name != "get_stock_price"]
+        confirming = Tool(
+            get_stock_price.fn,
+            name=get_stock_price.name,
+            description=get_stock_price.description,
+            parameters=get_stock_price.parameters,
+            requires_confirmation=True,
+        )
+        return [confirming, *tools]
+
+
+class CrashableChat(Chat):
+    """`buy_stock` that dies (SIGKILL) before it runs or after the order was placed, once per marker file."""
+
+    def crash_marker(self, point: str) -> str:
+        return str(self.storage_dir / "crash-points" / f"{self.id}.{point}")
+
+    def crash_if_marked(self, point: str) -> None:
+        marker = self.crash_marker(point)
+        if os.path.exists(marker):
+            os.remove(marker)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def purchase_tool(self) -> Tool:
+        real = make_buy_stock_tool()
+        agent = self
+
+        async def buy_stock(**kwargs: Any) -> Any:
+            agent.crash_if_marked("before-tool")
+            result = real.fn(**kwargs)
+            if hasattr(result, "__await__"):
+                result = await result
+            agent.crash_if_marked("after-order")
+            return result
+
+        return Tool(buy_stock, name=real.name, description=real.description, parameters=real.parameters)

@@ -1,0 +1,89 @@
+"""The embedded services a chat thread talks to, started for real on 127.0.0.1, and Ray configured for them.
+
+Agents read their configuration from the environment of their own process, so the world's settings go
+into the Ray job's `runtime_env` env vars: starting the world (re)starts the session's Ray cluster with
+them, and `ray_init_kwargs()` keeps them for tests that restart Ray later.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from devservers.authz_server import DevAuthorizationServer
+from devservers.checkout_api import CheckoutServer
+from devservers.offline_model import OfflineModelServer
+from tests import conftest
+
+API_AUDIENCE = "https://agents.test/api"
+CHECKOUT_AUDIENCE = "http://localhost:5000/api/checkout"
+
+
+@dataclass
+class ChatWorld:
+    authz: DevAuthorizationServer
+    checkout: CheckoutServer
+    model: OfflineModelServer
+    env: dict[str, str] = field(default_factory=dict)
+    _tokens: dict[str, str] = field(default_factory=dict)
+
+    # -- users -------------------------------------------------------------------------------------
+    def token(self, username: str) -> str:
+        """A fresh access token for a demo user, for the agent API audience."""
+        if username not in self._tokens:
+            response = httpx.post(f"{self.authz.url}/dev/login", json={"username": username}, timeout=10)
+            response.raise_for_status()
+            self._tokens[username] = response.json()["access_token"]
+        return self._tokens[username]
+
+    def subject(self, username: str) -> str:
+        response = httpx.post(f"{self.authz.url}/dev/login", json={"username": username}, timeout=10)
+        response.raise_for_status()
+        return response.json()["sub"]
+
+    # -- the user's phone --------------------------------------------------------------------------
+    def requests_for(self, username: str, status: str | None = "pending") -> list[dict[str, Any]]:
+        params = {"user": username}
+        if status:
+            params["status"] = status
+        response = httpx.get(f"{self.authz.url}/dev/ciba/requests", params=params, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def decide(self, request_id: str, approve: bool) -> None:
+        action = "approve" if approve else "deny"
+        response = httpx.post(f"{self.authz.url}/dev/ciba/requests/{request_id}/{action}", timeout=10)
+        response.raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.authz.url}/dev/stats", timeout=10).json()
+
+    def orders(self) -> int:
+        return httpx.get(f"{self.checkout.api_url}/stats", timeout=10).json()["orders"]
+
+    def stop(self) -> None:
+        for server in (self.model, self.checkout, self.authz):
+            server.stop()
+
+
+def start_world(*, ciba_interval: int = 1) -> ChatWorld:
+    authz = DevAuthorizationServer(api_audience=API_AUDIENCE, default_interval=ciba_interval).start()
+    checkout = CheckoutServer(issuer=authz.issuer, audience=CHECKOUT_AUDIENCE).start()
+    model = OfflineModelServer().start()
+    env = {
+        "AUTH_ISSUER": authz.issuer,
+        "AUTH0_CLIENT_ID": authz.client_id,
+        "AUTH0_CLIENT_SECRET": authz.client_secret,
+        "AUTH0_AUDIENCE": API_AUDIENCE,
+        "AUTH0_SESSION_ENCRYPTION_KEY": secrets.token_hex(32),
+        "CHECKOUT_AUDIENCE": CHECKOUT_AUDIENCE,
+        "CHECKOUT_API_URL": checkout.api_url,
+        "OPENAI_BASE_URL": model.base_url,
+        "OPENAI_API_KEY": "offline",
+        "OPENAI_MODEL": "offline-demo-model",
+    }
+    conftest.set_world_env(env)
+    return ChatWorld(authz=authz, checkout=checkout, model=model, env=env)
