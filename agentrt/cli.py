@@ -60,6 +60,15 @@ AuthzOption = Annotated[
 ]
 
 
+def _quiet_ray() -> None:
+    """Keep Ray Serve's informational chatter out of the terminal (warnings still show)."""
+    import logging
+
+    import ray.serve  # noqa: F401  (configures its logger at import; adjust it afterwards)
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
 # ------------------------------------------------------------------------------------------------------
 # serve
 
@@ -100,6 +109,7 @@ def serve(
         ciba_interval=ciba_interval,
     )
     stack = Stack(options)
+    _quiet_ray()
     stop = threading.Event()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -318,14 +328,15 @@ def approvals(
         if not rows:
             console.print(f"No {'' if all_statuses else 'pending '}approval requests for {user}.")
             return
-        table = Table("id", "binding message", "scope", "status", "expires in")
+        table = Table("binding message", "scope", "status", "expires in")
+        table.add_column("id", no_wrap=True)
         for row in rows:
             table.add_row(
-                str(row["id"]),
                 row.get("binding_message") or "",
                 row.get("scope") or "",
                 row.get("status") or "",
                 _duration((row.get("expires_at") or 0) - time.time()),
+                str(row["id"]),
             )
         console.print(table)
 
@@ -360,10 +371,10 @@ async def _dev_authz_base(url: str, authz_url: str | None) -> str:
     async with httpx.AsyncClient(timeout=15.0) as http:
         response = await http.get(url.rstrip("/") + "/config")
         response.raise_for_status()
-        login = response.json().get("dev_login_url")
-    if not login:
+        dev = response.json().get("dev_authz_url")
+    if not dev:
         raise ApiError(404, "no_dev_server", "this server uses a real authorization server: approve on your device")
-    return login.removesuffix("/dev/login")
+    return str(dev).rstrip("/")
 
 
 async def _ciba_requests(url: str, authz_url: str | None, user: str, status: str | None) -> list[dict[str, Any]]:
@@ -422,13 +433,14 @@ def demo(
             stack = Stack(
                 StackOptions(port=0, authz_port=None, checkout_port=None, model_port=None, storage_dir=storage)
             )
+            _quiet_ray()
             with console.status("Starting an embedded stack (Ray, dev services, HTTP API)…"):
                 stack.start()
             url = stack.urls.api
             console.print(f"Embedded stack on {url}", style="dim")
         else:
             console.print(f"Using the server at {url}", style="dim")
-        ok = _run(_demo_story(url, user, message, manual, timeout))
+        ok = _run(_demo_story(url, user, message, manual, timeout, watch=stack is None))
     finally:
         if stack is not None:
             with console.status("Stopping the embedded stack…"):
@@ -445,7 +457,7 @@ def _is_agentrt(url: str) -> bool:
         return False
 
 
-async def _demo_story(url: str, user: str, message: str, manual: bool, limit: float) -> bool:
+async def _demo_story(url: str, user: str, message: str, manual: bool, limit: float, watch: bool) -> bool:
     deadline = time.monotonic() + limit
     token = await dev_login(url, user)
     async with AgentRuntimeClient(url, token) as client:
@@ -454,7 +466,9 @@ async def _demo_story(url: str, user: str, message: str, manual: bool, limit: fl
         thread_id = thread["thread_id"]
         console.rule("ray-agent-runtime demo")
         console.print(f"1. Signed in as [bold]{user}[/bold] ({thread['owner']})")
-        console.print(f"2. New thread [bold]{thread_id}[/bold]  (open {url}/#thread={thread_id} as {user} to watch)")
+        console.print(f"2. New thread [bold]{thread_id}[/bold]")
+        if watch:
+            console.print(f"   watch it live: {url}/#thread={thread_id} (signed in as {user})", style="dim")
         console.print("3. Asking the agent:")
         pending = await _stream_turn(client, thread_id, message)
         if not pending:

@@ -20,7 +20,6 @@ Routes (OpenAPI at `/docs` and `/openapi.json`):
 replicas (and the agents they create) get the given environment.
 """
 
-from __future__ import annotations
 
 import asyncio
 import json
@@ -32,7 +31,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import ray
 from fastapi import Depends, FastAPI, Query, Request
@@ -51,6 +49,7 @@ from agents.errors import ChatError
 from agents.messages import ChatMessage, PendingApproval, ThreadEvent
 from runtime import InvalidAgentIdError, validate_agent_id
 from runtime.registry import unwrap_error
+from tools.auth_settings import AuthConfigError
 
 logger = logging.getLogger("agentrt.ingress")
 
@@ -160,10 +159,25 @@ class Health(BaseModel):
     time: float
 
 
+class DevLoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: StrictStr = Field(min_length=1, max_length=64, examples=["alice"])
+
+
+class DevLoginResponse(BaseModel):
+    access_token: str
+    token_type: str
+    expires_in: int
+    sub: str
+
+
 class PublicConfig(BaseModel):
     issuer: str | None = Field(description="The token issuer the agents accept.")
     audience: str | None
     dev_login_url: str | None = Field(description="`POST {username}` here for a demo token (dev server only).")
+    dev_authz_url: str | None = Field(
+        description="The dev authorization server (its `/dev/ciba/requests` JSON API plays the user's phone)."
+    )
     approvals_url: str | None = Field(description="The page where the user approves purchases (plays the phone).")
     demo_users: list[str]
 
@@ -306,6 +320,12 @@ async def _bad_id(_request: Request, exc: InvalidAgentIdError) -> JSONResponse:
     return error_response(422, "invalid_thread_id", str(exc))
 
 
+@api.exception_handler(AuthConfigError)
+async def _misconfigured(_request: Request, exc: AuthConfigError) -> JSONResponse:
+    logger.error("authorization is not configured: %s", exc)  # names the variable only, never a value
+    return error_response(500, "server_misconfigured", str(exc))
+
+
 @api.exception_handler(ApiError)
 async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
     return error_response(exc.status, exc.error, exc.detail, exc.headers)
@@ -441,7 +461,7 @@ class AgentGateway:
     async def call(self, handle: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
             return await getattr(handle, method)(*args, **kwargs)
-        except (ChatError, InvalidAgentIdError):
+        except (ChatError, InvalidAgentIdError, AuthConfigError):
             raise
         except RayActorError as exc:
             self._forget(handle)
@@ -459,7 +479,7 @@ class AgentGateway:
             raise
         except RayTaskError as exc:
             cause = unwrap_error(exc)
-            if isinstance(cause, ChatError | InvalidAgentIdError):
+            if isinstance(cause, ChatError | InvalidAgentIdError | AuthConfigError):
                 raise cause from None
             raise _unavailable(exc) from None
         except RayActorError as exc:
@@ -498,6 +518,10 @@ def _events_of(result: Mapping[str, Any]) -> list[ThreadEvent]:
     return [e if isinstance(e, ThreadEvent) else ThreadEvent.model_validate(e) for e in result.get("events", [])]
 
 
+def _sse_headers() -> dict[str, str]:
+    return {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
 # --------------------------------------------------------------------------------------------------------
 # The deployment
 
@@ -531,16 +555,46 @@ class AgentIngress:
         return Health(ok=True, replica=self.replica, time=time.time())
 
     @api.get("/config", response_model=PublicConfig, tags=["service"])
-    async def config(self) -> PublicConfig:
+    async def config(self, request: Request) -> PublicConfig:
+        """What the web page and the CLI need to know: the issuer, and with the dev authorization server,
+        where to sign in as a demo user and where the approval page ("the phone") is."""
         dev = self.settings.dev_base()
         approvals = self.settings.approvals_url or (f"{dev}/approvals" if dev else None)
         return PublicConfig(
             issuer=self.settings.public_issuer() or (dev + "/" if dev else None),
             audience=self.settings.audience,
-            dev_login_url=f"{dev}/dev/login" if dev else None,
+            dev_login_url=str(request.base_url) + "dev/login" if dev else None,
+            dev_authz_url=dev,
             approvals_url=approvals,
             demo_users=["alice", "bob"] if dev else [],
         )
+
+    @api.post(
+        "/dev/login",
+        response_model=DevLoginResponse,
+        responses={404: {"model": ErrorBody, "description": "No dev authorization server (or unknown user)."}},
+        tags=["service"],
+    )
+    async def dev_login(self, body: DevLoginRequest) -> Response:
+        """A demo user's access token from the dev authorization server (only when one is configured).
+
+        The page signs in through here, same-origin, so the dev server needs no CORS and the page's
+        Content-Security-Policy can stay `connect-src 'self'`."""
+        dev = self.settings.dev_base()
+        if not dev:
+            raise ApiError(404, "not_found", "this server has no dev authorization server")
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as http:
+                upstream = await http.post(f"{dev}/dev/login", json={"username": body.username})
+        except httpx.HTTPError:
+            raise ApiError(503, "authz_unavailable", "the dev authorization server does not answer") from None
+        if upstream.status_code == 404:
+            raise ApiError(404, "unknown_user", f"no demo user {body.username!r}")
+        if upstream.status_code >= 400:
+            raise ApiError(502, "authz_error", "the dev authorization server refused the login")
+        return JSONResponse(upstream.json(), headers={"Cache-Control": "no-store"})
 
     @api.get("/", include_in_schema=False)
     async def index(self) -> Response:
@@ -553,13 +607,8 @@ class AgentIngress:
         return FileResponse(STATIC_DIR / name, media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
 
     def _page_headers(self) -> dict[str, str]:
-        connect = "'self'"
-        dev = self.settings.dev_base()
-        if dev:
-            parts = urlsplit(dev)
-            connect += f" {parts.scheme}://{parts.netloc}"
         csp = (
-            f"default-src 'self'; connect-src {connect}; img-src 'self' data:; style-src 'self'; "
+            "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; "
             "script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
         )
         return {
@@ -812,10 +861,6 @@ class AgentIngress:
         except (ChatError, ApiError) as exc:
             status, code, detail = _error_payload(exc)
             yield sse("failed", {"error": code, "detail": detail, "status": status})
-
-
-def _sse_headers() -> dict[str, str]:
-    return {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def build_app(

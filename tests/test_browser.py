@@ -59,12 +59,14 @@ def browser():
 def test_buy_stock_approve_in_a_second_tab_and_see_the_purchase_live(http_api: HttpApi, browser: Any) -> None:
     from playwright.sync_api import expect
 
+    expect.set_options(timeout=30_000)
     ARTIFACTS.mkdir(exist_ok=True)
     context = browser.new_context(viewport={"width": 1280, "height": 820})
     context.set_default_timeout(30_000)
     page_errors: list[str] = []
     chat = context.new_page()
     chat.on("pageerror", lambda error: page_errors.append(str(error)))
+    chat.on("console", lambda message: message.type == "error" and page_errors.append(message.text))
     try:
         chat.goto(http_api.url + "/")
         chat.locator("#login-alice").click()

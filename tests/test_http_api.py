@@ -74,8 +74,9 @@ async def test_service_routes_and_openapi_schema(http_api: HttpApi) -> None:
         health = await http.get("/healthz")
         assert health.status_code == 200 and health.json()["ok"] is True
         config = (await http.get("/config")).json()
-        assert config["dev_login_url"] == http_api.world.authz.url + "/dev/login"
-        assert config["approvals_url"].startswith(http_api.world.authz.url)
+        assert config["dev_login_url"] == http_api.url + "/dev/login"
+        assert config["approvals_url"] == http_api.world.authz.url + "/approvals"
+        assert config["dev_authz_url"] == http_api.world.authz.url
         schema = (await http.get("/openapi.json")).json()
         paths = schema["paths"]
         for path in (
