@@ -134,7 +134,7 @@ class JWTVerifier:
         self._jwks_uri = jwks_uri
         self._keys: dict[str | None, tuple[jwt.PyJWK, str | None]] = {}
         self._fetched_at: float | None = None
-        self._last_attempt = -math.inf
+        self._last_unknown_kid_refresh = -math.inf
         self._lock: asyncio.Lock | None = None
         self.fetches = 0
         """How many times the key set was fetched (for tests and metrics)."""
@@ -149,7 +149,6 @@ class JWTVerifier:
         return response.json()
 
     async def _refresh(self) -> None:
-        self._last_attempt = time.monotonic()
         self.fetches += 1
         try:
             if self._http is not None:
@@ -201,9 +200,12 @@ class JWTVerifier:
             self._lock = asyncio.Lock()
         async with self._lock:
             key = self._lookup(kid) if self._fresh() else None
-            if key is None and (
-                not self._fresh() or time.monotonic() - self._last_attempt >= self.min_refresh_interval
-            ):
+            if key is None and not self._fresh():
+                await self._refresh()
+                key = self._lookup(kid)
+            if key is None and time.monotonic() - self._last_unknown_kid_refresh >= self.min_refresh_interval:
+                # A kid we do not know may be a freshly rotated key: look once, then not again for a while.
+                self._last_unknown_kid_refresh = time.monotonic()
                 await self._refresh()
                 key = self._lookup(kid)
         if key is None:

@@ -1,0 +1,131 @@
+"""`JWTVerifier` against the dev server's real JWKS: valid tokens pass, forgeries are refused by type."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from devservers.authz_server import DevAuthorizationServer, SigningKey
+from tests.ciba_fixtures import API_AUDIENCE, authz  # noqa: F401  (fixture)
+from tools.jwt_verifier import (
+    DisallowedAlgorithmError,
+    InvalidAudienceError,
+    InvalidIssuerError,
+    InvalidSignatureError,
+    InvalidTokenError,
+    JWTVerifier,
+    MalformedTokenError,
+    MissingClaimError,
+    TokenExpiredError,
+    TokenNotYetValidError,
+    UnknownSigningKeyError,
+)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def claims_for(server: DevAuthorizationServer, **changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {"iss": server.issuer, "sub": "auth0|alice", "aud": API_AUDIENCE, "iat": now, "exp": now + 300}
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def unsigned(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    return f"{signing_input}.{b64(signature)}"
+
+
+async def test_valid_token_passes(authz: DevAuthorizationServer) -> None:  # noqa: F811
+    verifier = JWTVerifier(issuer=authz.issuer, audience=API_AUDIENCE)
+    token = authz.state.login_token("alice")["access_token"]
+    claims = await verifier.verify(token)
+    assert claims["sub"] == "auth0|alice" and claims["aud"] == API_AUDIENCE
+    assert await verifier.verify(token) == claims
+    assert verifier.fetches == 1  # JWKS cached
+    # The issuer without its trailing slash names the same issuer.
+    assert (await JWTVerifier(issuer=authz.issuer.rstrip("/"), audience=API_AUDIENCE).verify(token))["sub"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"exp": int(time.time()) - 120, "iat": int(time.time()) - 600}, TokenExpiredError),
+        ({"nbf": int(time.time()) + 600}, TokenNotYetValidError),
+        ({"aud": "https://someone-else/api"}, InvalidAudienceError),
+        ({"iss": "https://evil.example/"}, InvalidIssuerError),
+        ({"sub": None}, MissingClaimError),
+        ({"exp": None}, MissingClaimError),
+    ],
+)
+async def test_bad_claims_are_refused(
+    authz: DevAuthorizationServer,  # noqa: F811
+    changes: dict[str, Any],
+    error: type[InvalidTokenError],
+) -> None:
+    token = authz.state.signing_key.sign(claims_for(authz, **changes))
+    with pytest.raises(error) as caught:
+        await JWTVerifier(issuer=authz.issuer, audience=API_AUDIENCE).verify(token)
+    assert token not in str(caught.value) and caught.value.reason
+
+
+async def test_forgeries_are_refused(authz: DevAuthorizationServer) -> None:  # noqa: F811
+    verifier = JWTVerifier(issuer=authz.issuer, audience=API_AUDIENCE)
+    claims = claims_for(authz)
+    kid = authz.state.signing_key.kid
+
+    # Signed by another key that claims the server's kid.
+    impostor = SigningKey(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    resigned = jwt.encode(claims, impostor.private_key, algorithm="RS256", headers={"kid": kid})
+    with pytest.raises(InvalidSignatureError):
+        await verifier.verify(resigned)
+
+    # alg: none, with and without a signature part.
+    for token in (unsigned({"alg": "none", "kid": kid}, claims), unsigned({"alg": "none"}, claims, b"x")):
+        with pytest.raises(DisallowedAlgorithmError):
+            await verifier.verify(token)
+
+    # HS256 keyed with the public key PEM (the classic key-confusion attack).
+    pem = authz.state.signing_key.public_pem
+    head = {"alg": "HS256", "kid": kid, "typ": "JWT"}
+    signing_input = f"{b64(json.dumps(head).encode())}.{b64(json.dumps(claims).encode())}".encode()
+    confused = signing_input.decode() + "." + b64(hmac.new(pem, signing_input, hashlib.sha256).digest())
+    with pytest.raises(DisallowedAlgorithmError):
+        await verifier.verify(confused)
+
+    # A tampered payload under the real signature.
+    real = authz.state.signing_key.sign(claims)
+    h, _, s = real.split(".")
+    tampered = f"{h}.{b64(json.dumps({**claims, 'sub': 'auth0|bob'}).encode())}.{s}"
+    with pytest.raises(InvalidSignatureError):
+        await verifier.verify(tampered)
+
+    for junk in ("", "abc", "a.b", "a.b.c", "!!!.e30.x"):
+        with pytest.raises(MalformedTokenError):
+            await verifier.verify(junk)
+
+
+async def test_unknown_kid_refreshes_once_then_is_rate_limited(authz: DevAuthorizationServer) -> None:  # noqa: F811
+    verifier = JWTVerifier(issuer=authz.issuer, audience=API_AUDIENCE, min_refresh_interval=60)
+    await verifier.verify(authz.state.login_token("alice")["access_token"])
+    stranger = SigningKey(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    for _ in range(5):
+        with pytest.raises(UnknownSigningKeyError):
+            await verifier.verify(stranger.sign(claims_for(authz)))
+    assert verifier.fetches == 2  # the first fetch, and one refresh for the unknown kid
+
+
+def test_symmetric_or_none_algorithms_cannot_be_configured() -> None:
+    for algorithms in (["HS256"], ["RS256", "none"], []):
+        with pytest.raises(ValueError):
+            JWTVerifier(issuer="https://x/", audience="a", algorithms=algorithms)

@@ -1,0 +1,590 @@
+"""`with_async_user_confirmation`: a tool that runs only after its user approved it on another device.
+
+    buy_stock = with_async_user_confirmation(
+        raw_buy_stock,
+        user_id=thread_owner,                  # the chat agent passes a callable returning ctx.owner
+        scopes=["stock:buy"],
+        audience=settings.checkout_audience,
+        binding_message=lambda ticker, quantity, **_: f"Buy {quantity} {ticker}",
+        store=SQLiteCredentialStore(path, settings.require_encryption_key()),
+        client=CIBAClient.from_settings(settings),
+    )
+
+Each call of the wrapped tool moves one tool call (key `"{thread_id}:{tool name}:{tool_call_id}"`) one step
+through CIBA, never blocking on the user:
+
+1. An approved credential is stored for the call: run the tool inside `use_ciba_credentials(cred)` (the
+   tool reads it with `get_ciba_credentials()`), then delete the credential: it is single use and bound
+   to this one call. If the tool raises, the credential stays so a retry can run it again (the tool's
+   side effect must therefore be idempotent by tool call id, as `buy_stock`'s Idempotency-Key is).
+2. Nothing is pending: atomically create a pending record (`create_if_absent`), send the backchannel
+   request, store `auth_req_id`, expiry, interval and next poll time, raise `AuthorizationPendingInterrupt`.
+   Racing calls (same process or another one after a restart) lose the create and send nothing, so the
+   user gets exactly one push per tool call. The single exception: a record left "requesting" without an
+   `auth_req_id` after its lease ran out (the process died mid-request, or the server was unreachable) is
+   taken over by exactly one caller, which sends the request again.
+3. A request is pending: before `next_poll_at` raise `AuthorizationPendingInterrupt` without polling;
+   otherwise poll exactly once. `slow_down` adds 5 s to the interval for every later poll and raises
+   `AuthorizationPollingInterrupt`; an unreachable server backs off and raises the same (never a denial);
+   approval stores the credential first, then drops the pending record, then runs step 1.
+4. Terminal outcomes (denied, expired, invalid grant, no push device, request refused) delete the
+   pending record and become the tool's result: what `on_unauthorized(interrupt, ctx)` returns, else
+   "The user has denied the request" for a denial and the interrupt's message otherwise. Pending and
+   polling interrupts always propagate to the agent (after `on_authorization_interrupt(interrupt, ctx)`).
+
+Past the request's `expires_at` one last poll still happens, so an approval given at the last second is not
+lost to clock skew; anything but an approval then ends as expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar, overload
+
+from pydantic import BaseModel
+
+from tools.base import Tool, ToolContext, ToolError, current_tool_context
+from tools.ciba_client import (
+    AccessDenied,
+    Approved,
+    CIBAClient,
+    CIBAError,
+    CIBATransientError,
+    ExpiredToken,
+    InvalidBindingMessage,
+    InvalidGrant,
+    Pending,
+    SlowDown,
+    validate_binding_message,
+)
+from tools.credential_store import CredentialStore
+from tools.credentials_context import (
+    CIBACredentials,
+    get_async_authorization_credentials,
+    get_ciba_credentials,
+    use_ciba_credentials,
+)
+from tools.interrupts import (
+    AccessDeniedInterrupt,
+    AsyncAuthorizationInterrupt,
+    AuthorizationPendingInterrupt,
+    AuthorizationPollingInterrupt,
+    AuthorizationRequestExpiredInterrupt,
+    AuthorizationRequestFailedInterrupt,
+    InvalidGrantInterrupt,
+    UserDoesNotHavePushNotificationsInterrupt,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: A value, or a (sync or async) function of the tool's validated arguments returning it.
+Resolvable = T | Callable[..., T] | Callable[..., Awaitable[T]]
+InterruptCallback = Callable[[AsyncAuthorizationInterrupt, ToolContext], Any]
+
+PENDING_NAMESPACE = "ciba:pending"
+CREDENTIALS_NAMESPACE = "ciba:credentials"
+ATTEMPTS_NAMESPACE = "ciba:attempts"
+
+DENIED_TEXT = "The user has denied the request"
+DEFAULT_CREDENTIAL_TTL = 300.0
+
+_NO_PUSH_RE = re.compile(r"push|enrol|authenticator|guardian", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class AsyncConfirmationOptions:
+    """What to ask for, and how to react. See `with_async_user_confirmation`."""
+
+    scopes: tuple[str, ...]
+    binding_message: Resolvable[str]
+    user_id: Resolvable[str] | None = None
+    audience: str | None = None
+    requested_expiry: int = 300
+    authorization_details: Resolvable[list[dict[str, Any]] | None] = None
+    on_authorization_interrupt: InterruptCallback | None = None
+    on_unauthorized: InterruptCallback | None = None
+    retry_backoff: tuple[float, float] = (2.0, 60.0)
+    """(first, max) seconds between attempts while the authorization server is unreachable."""
+    pending_retention: float = 3600.0
+    """How long a pending record outlives its request, so a late check still reports "expired"."""
+
+
+@dataclass(frozen=True)
+class _Params:
+    user_id: str
+    binding_message: str
+    authorization_details: list[dict[str, Any]] | None
+
+
+async def _resolve(value: Any, arguments: Mapping[str, Any]) -> Any:
+    if callable(value):
+        value = value(**arguments)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+async def _call(callback: InterruptCallback, interrupt: AsyncAuthorizationInterrupt, ctx: ToolContext) -> Any:
+    result = callback(interrupt, ctx)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class AsyncUserConfirmation:
+    """The CIBA state machine for one wrapped tool (see the module docstring for the steps)."""
+
+    def __init__(
+        self,
+        tool: Tool,
+        options: AsyncConfirmationOptions,
+        *,
+        store: CredentialStore,
+        client: CIBAClient,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not options.scopes:
+            raise ValueError("with_async_user_confirmation needs at least one scope")
+        if options.requested_expiry <= 0:
+            raise ValueError("requested_expiry must be positive")
+        self.tool = tool
+        self.options = options
+        self.store = store
+        self.client = client
+        self.clock = clock
+        # One lock per tool call key: calls of the same tool call in this process run one at a time, so
+        # a resumer and a retry never both poll, both run the tool, or both send a request. Across
+        # processes the store's create_if_absent is the guard.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def key_for(self, ctx: ToolContext) -> str:
+        return f"{ctx.thread_id}:{self.tool.name}:{ctx.tool_call_id}"
+
+    @asynccontextmanager
+    async def _hold(self, key: str) -> Any:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        async with lock:
+            yield
+
+    # -- entry point ---------------------------------------------------------------------------------
+    async def run(self, args: BaseModel, ctx: ToolContext, arguments: Mapping[str, Any]) -> Any:
+        """One step for this tool call: the tool's result, a terminal outcome, or a raised interrupt."""
+        key = self.key_for(ctx)
+        async with self._hold(key):
+            try:
+                credentials = await self._obtain(ctx, key, arguments)
+            except AsyncAuthorizationInterrupt as interrupt:
+                if interrupt.terminal:
+                    return await self._unauthorized(interrupt, ctx)
+                await self._notify(interrupt, ctx)
+                raise
+            with use_ciba_credentials(credentials):
+                result = await self.tool.run(args, ctx)
+            # Only after success: a tool that raised may run again with the same credential.
+            await self.store.delete(CREDENTIALS_NAMESPACE, key)
+            return result
+
+    async def _notify(self, interrupt: AsyncAuthorizationInterrupt, ctx: ToolContext) -> None:
+        callback = self.options.on_authorization_interrupt
+        if callback is None:
+            return
+        try:
+            await _call(callback, interrupt, ctx)
+        except Exception:  # the interrupt still reaches the agent; a broken hook must not hide it
+            log.exception("on_authorization_interrupt failed for tool call %s", ctx.tool_call_id)
+
+    async def _unauthorized(self, interrupt: AsyncAuthorizationInterrupt, ctx: ToolContext) -> Any:
+        if self.options.on_unauthorized is not None:
+            return await _call(self.options.on_unauthorized, interrupt, ctx)
+        return DENIED_TEXT if isinstance(interrupt, AccessDeniedInterrupt) else interrupt.message
+
+    # -- the state machine ---------------------------------------------------------------------------
+    async def _obtain(self, ctx: ToolContext, key: str, arguments: Mapping[str, Any]) -> CIBACredentials:
+        """The approved credential for this call, or raise the interrupt that says why not (yet)."""
+        for _ in range(3):  # re-read after losing a race; more than twice means another writer churns
+            stored = await self.store.get(CREDENTIALS_NAMESPACE, key)
+            if stored is not None:
+                return CIBACredentials.model_validate(stored)
+            record = await self.store.get(PENDING_NAMESPACE, key)
+            if record is None:
+                params = await self._params(ctx, arguments)
+                now = self.clock()
+                fresh = self._new_record(ctx, params, now)
+                if await self.store.create_if_absent(PENDING_NAMESPACE, key, fresh, ttl=self._record_ttl()):
+                    await self._send_request(ctx, key, params, fresh)  # always raises
+                continue
+            if record.get("state") == "requesting":
+                await self._resume_requesting(ctx, key, arguments, record)  # raises unless it lost a race
+                continue
+            return await self._check(ctx, key, record)
+        raise self._interrupt(AuthorizationPendingInterrupt, ctx, None, next_check_at=self.clock() + 1.0)
+
+    async def _params(self, ctx: ToolContext, arguments: Mapping[str, Any]) -> _Params:
+        user_id = (
+            await _resolve(self.options.user_id, arguments) if self.options.user_id is not None else None
+        )
+        user_id = user_id or ctx.owner
+        if not isinstance(user_id, str) or not user_id:
+            raise ToolError(f"{self.tool.name} needs the user's approval, but the thread has no owner to ask")
+        binding_message = await _resolve(self.options.binding_message, arguments)
+        details = await _resolve(self.options.authorization_details, arguments)
+        try:
+            validate_binding_message(binding_message)
+        except InvalidBindingMessage as exc:  # refused before any record or request exists
+            raise self._refusal(exc, ctx, {"binding_message": str(binding_message)[:80]}) from None
+        return _Params(user_id=user_id, binding_message=binding_message, authorization_details=details)
+
+    def _record_ttl(self, expires_in: float | None = None) -> float:
+        return float(expires_in or self.options.requested_expiry) + self.options.pending_retention
+
+    def _lease(self) -> float:
+        """How long a request in flight may take before another caller may assume its sender died."""
+        return self.client.max_request_seconds + 5.0
+
+    def _new_record(self, ctx: ToolContext, params: _Params, now: float) -> dict[str, Any]:
+        return {
+            "state": "requesting",
+            "attempt": 1,
+            "lease_until": now + self._lease(),
+            "next_poll_at": None,
+            "failures": 0,
+            "auth_req_id": None,
+            "expires_at": None,
+            "interval": None,
+            "binding_message": params.binding_message,
+            "scopes": list(self.options.scopes),
+            "audience": self.options.audience,
+            "tool_name": self.tool.name,
+            "tool_call_id": ctx.tool_call_id,
+            "thread_id": ctx.thread_id,
+            "created_at": now,
+        }
+
+    async def _resume_requesting(
+        self, ctx: ToolContext, key: str, arguments: Mapping[str, Any], record: dict[str, Any]
+    ) -> None:
+        """A record without `auth_req_id`: wait while its sender may still be at work, else take over."""
+        now = self.clock()
+        wait_until = max(float(record.get("lease_until") or 0.0), float(record.get("next_poll_at") or 0.0))
+        if now < wait_until:
+            raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=wait_until)
+        attempt = int(record.get("attempt") or 1) + 1
+        params = await self._params(ctx, arguments)
+        claimed = await self.store.create_if_absent(
+            ATTEMPTS_NAMESPACE, f"{key}#{attempt}", {"at": now}, ttl=self._record_ttl()
+        )
+        if not claimed:  # another caller took this attempt over; it is sending the request now
+            return
+        if not record.get("failures"):
+            log.warning(
+                "CIBA request for tool call %s was left half-sent (the process stopped mid-request?); "
+                "sending it again",
+                ctx.tool_call_id,
+            )
+        record.update(
+            attempt=attempt, lease_until=now + self._lease(), binding_message=params.binding_message
+        )
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl())
+        await self._send_request(ctx, key, params, record)
+
+    async def _send_request(
+        self, ctx: ToolContext, key: str, params: _Params, record: dict[str, Any]
+    ) -> NoReturn:
+        try:
+            response = await self.client.authorize(
+                user_id=params.user_id,
+                scope=list(self.options.scopes),
+                binding_message=params.binding_message,
+                audience=self.options.audience,
+                requested_expiry=self.options.requested_expiry,
+                authorization_details=params.authorization_details,
+            )
+        except CIBAError as exc:
+            await self.store.delete(PENDING_NAMESPACE, key)
+            raise self._refusal(exc, ctx, record) from None
+        except CIBATransientError as exc:
+            now = self.clock()
+            failures = int(record.get("failures") or 0) + 1
+            backoff = self._backoff(failures, 0.0)
+            if exc.maybe_sent:
+                log.warning(
+                    "CIBA request for tool call %s may have reached the server; will retry", ctx.tool_call_id
+                )
+            record.update(failures=failures, lease_until=now, next_poll_at=now + backoff)
+            await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl())
+            raise self._interrupt(
+                AuthorizationPollingInterrupt,
+                ctx,
+                record,
+                next_check_at=now + backoff,
+                retry_after=backoff,
+                reason="transient_error",
+            ) from None
+        now = self.clock()
+        record.update(
+            state="pending",
+            auth_req_id=response.auth_req_id,
+            expires_at=now + response.expires_in,
+            interval=response.interval,
+            next_poll_at=now + response.interval,
+            failures=0,
+            lease_until=None,
+            requested_at=now,
+        )
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl(response.expires_in))
+        raise self._interrupt(
+            AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"]
+        )
+
+    async def _check(self, ctx: ToolContext, key: str, record: dict[str, Any]) -> CIBACredentials:
+        """Poll once if due; return the credential on approval, else raise."""
+        now = self.clock()
+        expires_at = float(record["expires_at"])
+        next_poll_at = float(record.get("next_poll_at") or 0.0)
+        past_deadline = now >= expires_at
+        if not past_deadline and now < next_poll_at:
+            raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=next_poll_at)
+        interval = int(record.get("interval") or 5)
+        try:
+            result = await self.client.poll(record["auth_req_id"], interval=interval)
+        except CIBATransientError:
+            if past_deadline:
+                await self.store.delete(PENDING_NAMESPACE, key)
+                raise self._interrupt(AuthorizationRequestExpiredInterrupt, ctx, record) from None
+            failures = int(record.get("failures") or 0) + 1
+            backoff = self._backoff(failures, interval)
+            after = self.clock()
+            record.update(failures=failures, next_poll_at=after + backoff)
+            await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
+            raise self._interrupt(
+                AuthorizationPollingInterrupt,
+                ctx,
+                record,
+                next_check_at=after + backoff,
+                retry_after=backoff,
+                reason="transient_error",
+            ) from None
+        except CIBAError as exc:
+            await self.store.delete(PENDING_NAMESPACE, key)
+            raise self._refusal(exc, ctx, record) from None
+        after = self.clock()  # the server timed this poll on arrival: count the next interval from now
+        if isinstance(result, Approved):
+            credentials = result.tokens.to_credentials(received_at=after)
+            if not credentials.scope:  # RFC 6749 5.1: no scope in the answer means the requested one
+                credentials = credentials.model_copy(update={"scope": ["openid", *self.options.scopes]})
+            ttl = float(result.tokens.expires_in) if result.tokens.expires_in else DEFAULT_CREDENTIAL_TTL
+            # Credential first, then the pending record: a crash in between still finds the credential.
+            await self.store.put(
+                CREDENTIALS_NAMESPACE, key, credentials.model_dump(mode="json"), ttl=max(ttl, 1.0)
+            )
+            await self.store.delete(PENDING_NAMESPACE, key)
+            return credentials
+        if isinstance(result, AccessDenied):
+            await self.store.delete(PENDING_NAMESPACE, key)
+            # Auth0 also answers access_denied for an expired request: past the deadline, say expired.
+            kind = AuthorizationRequestExpiredInterrupt if past_deadline else AccessDeniedInterrupt
+            raise self._interrupt(kind, ctx, record)
+        if isinstance(result, ExpiredToken):
+            await self.store.delete(PENDING_NAMESPACE, key)
+            raise self._interrupt(AuthorizationRequestExpiredInterrupt, ctx, record)
+        if isinstance(result, InvalidGrant):
+            await self.store.delete(PENDING_NAMESPACE, key)
+            raise self._interrupt(InvalidGrantInterrupt, ctx, record)
+        if past_deadline:  # still pending by the server's account, but our deadline has passed
+            await self.store.delete(PENDING_NAMESPACE, key)
+            raise self._interrupt(AuthorizationRequestExpiredInterrupt, ctx, record)
+        if isinstance(result, SlowDown):
+            record.update(interval=result.interval, next_poll_at=after + result.wait, failures=0)
+            await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
+            raise self._interrupt(
+                AuthorizationPollingInterrupt,
+                ctx,
+                record,
+                next_check_at=record["next_poll_at"],
+                retry_after=result.wait,
+                reason="slow_down",
+            )
+        assert isinstance(result, Pending)
+        record.update(next_poll_at=after + interval, failures=0)
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
+        raise self._interrupt(
+            AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"]
+        )
+
+    def _record_ttl_left(self, record: dict[str, Any], now: float) -> float:
+        return max(1.0, float(record["expires_at"]) - now) + self.options.pending_retention
+
+    def _backoff(self, failures: int, interval: float) -> float:
+        first, most = self.options.retry_backoff
+        return min(most, max(float(interval), first * 2 ** (failures - 1)))
+
+    # -- interrupts ----------------------------------------------------------------------------------
+    def _interrupt(
+        self,
+        kind: type[AsyncAuthorizationInterrupt],
+        ctx: ToolContext,
+        record: Mapping[str, Any] | None,
+        message: str | None = None,
+        **extra: Any,
+    ) -> AsyncAuthorizationInterrupt:
+        record = record or {}
+        fields: dict[str, Any] = {
+            "tool_name": self.tool.name,
+            "tool_call_id": ctx.tool_call_id,
+            "thread_id": ctx.thread_id,
+            "expires_at": record.get("expires_at"),
+            "interval": record.get("interval"),
+            "binding_message": record.get("binding_message"),
+            "scopes": list(record.get("scopes") or self.options.scopes),
+        }
+        fields.update(extra)
+        return kind(message, **fields)
+
+    def _refusal(
+        self, exc: CIBAError, ctx: ToolContext, record: Mapping[str, Any] | None
+    ) -> AsyncAuthorizationInterrupt:
+        """Map a refused request to its interrupt; only an error that says so means "no push device"."""
+        log.warning("CIBA authorization for tool call %s refused: %s", ctx.tool_call_id, exc.error)
+        if _NO_PUSH_RE.search(exc.description or ""):
+            return self._interrupt(UserDoesNotHavePushNotificationsInterrupt, ctx, record)
+        if exc.error == "access_denied":
+            return self._interrupt(AccessDeniedInterrupt, ctx, record)
+        detail = f": {exc.description}" if exc.description else ""
+        return self._interrupt(
+            AuthorizationRequestFailedInterrupt,
+            ctx,
+            record,
+            f"The authorization request was refused ({exc.error}){detail}",
+            error=exc.error,
+        )
+
+
+_call_args: ContextVar[BaseModel | None] = ContextVar("async_confirmation_args", default=None)
+
+
+class AsyncAuthorizationTool(Tool):
+    """The wrapped tool: same name, description and parameters; `run(args, ctx)` goes through CIBA."""
+
+    def __init__(self, inner: Tool, confirmation: AsyncUserConfirmation) -> None:
+        super().__init__(
+            self._guarded,
+            name=inner.name,
+            description=inner.description,
+            parameters=inner.parameters,
+            requires_confirmation=inner.requires_confirmation,
+        )
+        self.inner = inner
+        self.confirmation = confirmation
+
+    async def run(self, args: BaseModel, ctx: ToolContext) -> Any:
+        token = _call_args.set(args)
+        try:
+            return await super().run(args, ctx)  # sets the tool context, then calls _guarded
+        finally:
+            _call_args.reset(token)
+
+    async def _guarded(self, **arguments: Any) -> Any:
+        args = _call_args.get()
+        if args is None:  # called as a bare function: validate like the agent would
+            args = self.inner.parse_arguments(arguments)
+        return await self.confirmation.run(args, current_tool_context(), arguments)
+
+
+def with_async_user_confirmation(
+    tool: Tool,
+    *,
+    scopes: Sequence[str],
+    binding_message: Resolvable[str],
+    store: CredentialStore,
+    client: CIBAClient,
+    user_id: Resolvable[str] | None = None,
+    audience: str | None = None,
+    requested_expiry: int = 300,
+    authorization_details: Resolvable[list[dict[str, Any]] | None] = None,
+    on_authorization_interrupt: InterruptCallback | None = None,
+    on_unauthorized: InterruptCallback | None = None,
+    retry_backoff: tuple[float, float] = (2.0, 60.0),
+) -> AsyncAuthorizationTool:
+    """Wrap `tool` so each call runs only after the user approved it via CIBA (see the module docstring).
+
+    `user_id`, `binding_message` and `authorization_details` are values or (async) functions called with
+    the tool's validated arguments as keyword arguments; `user_id` defaults to `current_tool_context().owner`.
+    The CIBA user must be the thread's owner, never a value the model chose: the chat agent passes a
+    callable returning the owner. `scopes` get `openid` added; `audience` is the API the token is for;
+    `requested_expiry` is the seconds the user has to answer. `on_authorization_interrupt(interrupt, ctx)`
+    sees every pending/polling interrupt before it is raised; `on_unauthorized(interrupt, ctx)`'s return
+    value becomes the tool result of a terminal outcome. `retry_backoff` is (first, max) seconds between
+    attempts while the authorization server is unreachable.
+    """
+    options = AsyncConfirmationOptions(
+        scopes=tuple(scopes),
+        binding_message=binding_message,
+        user_id=user_id,
+        audience=audience,
+        requested_expiry=requested_expiry,
+        authorization_details=authorization_details,
+        on_authorization_interrupt=on_authorization_interrupt,
+        on_unauthorized=on_unauthorized,
+        retry_backoff=retry_backoff,
+    )
+    return AsyncAuthorizationTool(tool, AsyncUserConfirmation(tool, options, store=store, client=client))
+
+
+class AsyncAuthorizer:
+    """Binds a store and a client once (Auth0 AI's `Auth0AI` style):
+
+    authorizer = AsyncAuthorizer(store=store, client=client)
+    protect = authorizer.with_async_user_confirmation(scopes=["stock:buy"], binding_message=...)
+    buy_stock = protect(raw_buy_stock)            # or authorizer.with_async_user_confirmation(tool, ...)
+    """
+
+    def __init__(self, *, store: CredentialStore, client: CIBAClient) -> None:
+        self.store = store
+        self.client = client
+
+    @overload
+    def with_async_user_confirmation(self, tool: Tool, /, **options: Any) -> AsyncAuthorizationTool: ...
+
+    @overload
+    def with_async_user_confirmation(
+        self, tool: None = None, /, **options: Any
+    ) -> Callable[[Tool], Tool]: ...
+
+    def with_async_user_confirmation(
+        self, tool: Tool | None = None, /, **options: Any
+    ) -> AsyncAuthorizationTool | Callable[[Tool], Tool]:
+        if "store" in options or "client" in options:
+            raise TypeError("the authorizer already binds store and client")
+
+        def wrap(inner: Tool) -> AsyncAuthorizationTool:
+            return with_async_user_confirmation(inner, store=self.store, client=self.client, **options)
+
+        return wrap(tool) if tool is not None else wrap
+
+
+__all__ = [
+    "AsyncAuthorizationTool",
+    "AsyncAuthorizer",
+    "AsyncConfirmationOptions",
+    "AsyncUserConfirmation",
+    "CREDENTIALS_NAMESPACE",
+    "DENIED_TEXT",
+    "PENDING_NAMESPACE",
+    "get_async_authorization_credentials",
+    "get_ciba_credentials",
+    "with_async_user_confirmation",
+]
