@@ -20,7 +20,6 @@ Routes (OpenAPI at `/docs` and `/openapi.json`):
 replicas (and the agents they create) get the given environment.
 """
 
-
 import asyncio
 import json
 import logging
@@ -49,7 +48,8 @@ from agents.errors import ChatError
 from agents.messages import ChatMessage, PendingApproval, ThreadEvent
 from runtime import InvalidAgentIdError, validate_agent_id
 from runtime.registry import unwrap_error
-from tools.auth_settings import AuthConfigError
+from tools.auth_settings import AuthConfigError, AuthSettings
+from tools.jwt_verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError
 
 logger = logging.getLogger("agentrt.ingress")
 
@@ -372,23 +372,6 @@ def thread_id_param(thread_id: str) -> str:
     return validate_agent_id(thread_id)
 
 
-def unverified_subject(token: str) -> str:
-    """The `sub` of a token WITHOUT verifying it: only used to pick the caller's directory agent,
-    which verifies the token itself and refuses a subject that does not map to its id."""
-    import jwt
-
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        raise ApiError(
-            401, "unauthenticated", "the bearer token is not a JWT", {"WWW-Authenticate": "Bearer"}
-        ) from None
-    subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject:
-        raise ApiError(401, "unauthenticated", "the token has no subject", {"WWW-Authenticate": "Bearer"})
-    return subject
-
-
 def wants_event_stream(request: Request) -> bool:
     return "text/event-stream" in request.headers.get("accept", "").lower()
 
@@ -535,7 +518,31 @@ class AgentIngress:
         self.settings = IngressSettings()
         self.gateway = AgentGateway()
         self.replica = uuid.uuid4().hex[:8]
+        self._jwt: JWTVerifier | None = None
         self._wake_alarm_scheduler()
+
+    async def _authenticate(self, token: str) -> dict[str, Any]:
+        """Verify the bearer token here too, before any agent is created or called: the agents verify it
+        again (they trust no one), but an unauthenticated request never costs the cluster an actor."""
+        if self._jwt is None:
+            settings = AuthSettings()
+            self._jwt = JWTVerifier(issuer=settings.issuer, audience=settings.require_api_audience())
+        try:
+            claims = await self._jwt.verify(token)
+        except SigningKeysUnavailableError:
+            raise ApiError(
+                503, "authz_unavailable", "the issuer's signing keys cannot be fetched; retry", {"Retry-After": "5"}
+            ) from None
+        except InvalidTokenError as exc:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                f"invalid token: {exc.reason}",
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            ) from None
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise ApiError(401, "unauthenticated", "the token has no subject", {"WWW-Authenticate": "Bearer"})
+        return claims
 
     @staticmethod
     def _wake_alarm_scheduler() -> None:
@@ -634,6 +641,7 @@ class AgentIngress:
     ) -> Response:
         """Create a thread (or open one of yours by id). The caller becomes its owner."""
         thread_id = validate_agent_id(body.thread_id) if body and body.thread_id is not None else str(uuid.uuid4())
+        await self._authenticate(token)
         chat = await self.gateway.chat(thread_id)
         claimed = await self.gateway.call(chat, "claim", token)
         owner = claimed["owner"]
@@ -648,7 +656,8 @@ class AgentIngress:
         self, limit: int = Query(100, ge=1, le=500), token: str = Depends(bearer_token)
     ) -> ThreadList:
         """The caller's threads, most recently active first."""
-        directory = await self.gateway.directory(unverified_subject(token))
+        claims = await self._authenticate(token)
+        directory = await self.gateway.directory(claims["sub"])
         rows = await self.gateway.call(directory, "list_threads", token, limit)
         return ThreadList(threads=[ThreadSummary(**row) for row in rows])
 
@@ -657,6 +666,7 @@ class AgentIngress:
         self, thread_id: str = Depends(thread_id_param), token: str = Depends(bearer_token)
     ) -> ThreadDescription:
         """The thread's owner, message count and last activity."""
+        await self._authenticate(token)
         chat = await self.gateway.chat(thread_id)
         return ThreadDescription(**await self.gateway.call(chat, "describe", token))
 
@@ -682,6 +692,7 @@ class AgentIngress:
         token: str = Depends(bearer_token),
     ) -> Response:
         """Send a message and run the whole turn (the model, and any tools it calls)."""
+        subject = (await self._authenticate(token))["sub"]
         content = body.content.strip()
         if not content:
             raise ApiError(422, "invalid_message", "message is empty")
@@ -694,16 +705,26 @@ class AgentIngress:
         chat = await self.gateway.chat(thread_id)
         if not wants_event_stream(request):
             messages = await self.gateway.call(chat, "send_message", token, content)
-            self._note_activity(token, thread_id, content)
+            self._note_activity(token, subject, thread_id, content)
             return JSONResponse({"thread_id": thread_id, "messages": _dump(messages)})
         start = await self.gateway.poll(chat, token, FAR_AFTER, None, 0.0)  # auth errors become HTTP errors here
         turn = asyncio.ensure_future(self.gateway.call(chat, "send_message", token, content))
         turn.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even if the client left
-        stream = self._turn_stream(chat, token, thread_id, content, turn, start["epoch"], int(start["last_seq"]))
+        stream = self._turn_stream(
+            chat, token, subject, thread_id, content, turn, start["epoch"], int(start["last_seq"])
+        )
         return EventSourceResponse(stream, ping=self.settings.sse_ping_seconds, headers=_sse_headers())
 
     async def _turn_stream(
-        self, chat: Any, token: str, thread_id: str, content: str, turn: asyncio.Future[Any], epoch: str, after: int
+        self,
+        chat: Any,
+        token: str,
+        subject: str,
+        thread_id: str,
+        content: str,
+        turn: asyncio.Future[Any],
+        epoch: str,
+        after: int,
     ) -> AsyncIterator[ServerSentEvent]:
         poll: asyncio.Future[Any] | None = None
         try:
@@ -734,7 +755,7 @@ class AgentIngress:
                 status, code, detail = _error_payload(exc)
                 yield sse("failed", {"error": code, "detail": detail, "status": status})
                 return
-            self._note_activity(token, thread_id, content)
+            self._note_activity(token, subject, thread_id, content)
             yield sse("done", {"thread_id": thread_id, "messages": _dump(messages)})
         except (ChatError, ApiError) as exc:
             status, code, detail = _error_payload(exc)
@@ -743,11 +764,11 @@ class AgentIngress:
             if poll is not None and not poll.done():
                 poll.cancel()
 
-    def _note_activity(self, token: str, thread_id: str, content: str) -> None:
+    def _note_activity(self, token: str, subject: str, thread_id: str, content: str) -> None:
         """Keep the caller's thread directory current (title, last activity); best effort, off the hot path."""
 
         async def touch() -> None:
-            directory = await self.gateway.directory(unverified_subject(token))
+            directory = await self.gateway.directory(subject)
             await self.gateway.call(directory, "touch", token, thread_id, content)
 
         self.gateway.background(touch(), "updating the thread directory")
@@ -757,6 +778,7 @@ class AgentIngress:
         self, thread_id: str = Depends(thread_id_param), token: str = Depends(bearer_token)
     ) -> Response:
         """The whole thread in order (tool results follow the call that asked for them)."""
+        await self._authenticate(token)
         chat = await self.gateway.chat(thread_id)
         messages = await self.gateway.call(chat, "get_messages", token)
         return JSONResponse({"thread_id": thread_id, "messages": _dump(messages)})
@@ -769,6 +791,7 @@ class AgentIngress:
         self, thread_id: str = Depends(thread_id_param), token: str = Depends(bearer_token)
     ) -> Response:
         """Tool calls waiting for the user: on their device (CIBA) or for an in-chat confirmation."""
+        await self._authenticate(token)
         chat = await self.gateway.chat(thread_id)
         approvals = await self.gateway.call(chat, "get_pending_approvals", token)
         return JSONResponse({"thread_id": thread_id, "interrupts": _dump(approvals)})
@@ -787,6 +810,7 @@ class AgentIngress:
         self, body: ToolResultRequest, thread_id: str = Depends(thread_id_param), token: str = Depends(bearer_token)
     ) -> Response:
         """Approve or deny a tool call waiting for an in-chat confirmation; the turn then continues."""
+        await self._authenticate(token)
         chat = await self.gateway.chat(thread_id)
         messages = await self.gateway.call(chat, "submit_tool_result", token, body.tool_call_id, body.approved)
         return JSONResponse({"thread_id": thread_id, "messages": _dump(messages)})
@@ -815,6 +839,7 @@ class AgentIngress:
         A `reset` event means the agent restarted or events were missed: re-read `GET /messages`.
         """
         resume_after, resume_epoch = parse_resume_point(request.headers.get("last-event-id"), after, epoch)
+        await self._authenticate(token)
         chat = await self.gateway.chat(thread_id)
         first = await self.gateway.poll(  # verifies the token: auth errors are HTTP errors, not stream events
             chat, token, FAR_AFTER if resume_after is None else resume_after, resume_epoch, 0.0

@@ -12,8 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+import ray
 
 from agentrt.client import AgentRuntimeClient, ServerEvent, iter_sse
+from agents.directory import directory_id_for
 from tests.http_fixtures import HttpApi, ensure_http_api
 from tests.waiting import eventually
 
@@ -244,6 +246,16 @@ async def test_every_thread_route_needs_a_valid_token_of_the_owner(http_api: Htt
                 assert_error(response, 403, "not_owner")
         # bob never became an owner of alice's thread along the way
         assert (await http.get(f"/threads/{thread_id}/messages", headers=alice)).status_code == 200
+
+        # an unauthenticated caller cannot make the cluster start agents (each one is a process)
+        fresh = new_id()
+        for bad in ("not-a-jwt", tampered):
+            headers = {"Authorization": f"Bearer {bad}"}
+            assert_error(await http.post(f"/threads/{fresh}/messages", json={"content": "hi"}, headers=headers), 401)
+            assert_error(await http.get("/threads", headers=headers), 401)
+        names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+        assert f"Chat/{fresh}" not in names
+        assert f"ThreadDirectory/{directory_id_for('auth0|mallory')}" not in names
 
 
 def _tamper(token: str) -> str:
