@@ -75,7 +75,9 @@ def _quiet_ray() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Interface for the HTTP API and the dev services.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface of the HTTP API (the dev services always listen on 127.0.0.1).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the HTTP API (falls back to a free one if taken).")] = 8000,
     strict_port: Annotated[bool, typer.Option(help="Fail instead of falling back when --port is taken.")] = False,
     storage_dir: Annotated[

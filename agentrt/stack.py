@@ -37,6 +37,8 @@ import httpx
 logger = logging.getLogger("agentrt.stack")
 
 DEFAULT_HOST = "127.0.0.1"
+SERVICES_HOST = "127.0.0.1"
+"""The embedded dev services always listen on loopback (the dev approval endpoints have no authentication)."""
 DEFAULT_PORT = 8000
 DEFAULT_AUTHZ_PORT = 8400
 DEFAULT_CHECKOUT_PORT = 5000
@@ -186,8 +188,9 @@ class Stack:
 
             kwargs: dict[str, Any] = {
                 "api_audience": DEV_API_AUDIENCE,
-                "host": opts.host,
-                "port": port_or_free(opts.authz_port, opts.host),
+                "host": SERVICES_HOST,
+                "port": port_or_free(opts.authz_port, SERVICES_HOST),
+                "key_file": Path(opts.storage_dir) / "dev-authz-signing-key.pem",
             }
             if opts.ciba_interval is not None:
                 kwargs["default_interval"] = opts.ciba_interval
@@ -205,15 +208,17 @@ class Stack:
                 issuer=issuer,
                 audience=self.env.get("CHECKOUT_AUDIENCE") or DEV_CHECKOUT_AUDIENCE,
                 db_path=storage / "checkout-orders.sqlite3",
-                host=opts.host,
-                port=port_or_free(opts.checkout_port, opts.host),
+                host=SERVICES_HOST,
+                port=port_or_free(opts.checkout_port, SERVICES_HOST),
             ).start()
             self.log(f"demo checkout API on {self.checkout.api_url}")
         if self.uses_offline_model():
             from devservers.offline_model import OfflineModelServer
 
             self.model = OfflineModelServer(
-                host=opts.host, port=port_or_free(opts.model_port, opts.host), chunk_delay=opts.model_chunk_delay
+                host=SERVICES_HOST,
+                port=port_or_free(opts.model_port, SERVICES_HOST),
+                chunk_delay=opts.model_chunk_delay,
             ).start()
             self.log(f"offline model on {self.model.base_url}")
 
@@ -288,7 +293,8 @@ class Stack:
             route_prefix="/",
             blocking=False,
         )
-        api = f"http://{opts.host}:{port}"
+        shown_host = "127.0.0.1" if opts.host in ("0.0.0.0", "::", "") else opts.host
+        api = f"http://{shown_host}:{port}"
         wait_for_http(api + "/healthz", timeout=timeout)
         approvals = self.agent_env.get("AGENTRT_APPROVALS_URL") or (
             self.authz.url + "/approvals" if self.authz is not None else None

@@ -104,6 +104,16 @@ def test_buy_stock_approve_in_a_second_tab_and_see_the_purchase_live(http_api: H
         expect(chat.locator(".msg.assistant").filter(has_text="Purchased")).to_be_visible()
         chat.screenshot(path=str(ARTIFACTS / "browser-3-purchased.png"), full_page=True)
         assert chat.locator("#thread-id").inner_text() == thread_id
+
+        # Signing in with a pasted token works too, and bob does not see alice's thread.
+        chat.locator("#sign-out").click()
+        expect(chat.locator("#signin")).to_be_visible()
+        chat.locator("#token-signin summary").click()
+        chat.locator("#token-input").fill(http_api.token("bob"))
+        chat.get_by_role("button", name="Sign in with token").click()
+        expect(chat.locator("#user-chip")).to_contain_text("bob")
+        expect(chat.locator("#thread-id")).not_to_be_empty()
+        expect(chat.locator(f'#threads [data-thread-id="{thread_id}"]')).to_have_count(0)
         assert not page_errors, page_errors
     finally:
         context.close()
