@@ -130,36 +130,35 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     await measure("warmup", warmup, {}, args.concurrency)
     await measure("warmup", [("GET", f"/threads/{t}/messages", None) for t in thread_ids], auth, args.concurrency)
 
-    results = []
-    print("measuring echo ...", flush=True)
-    results.append(
-        await measure("echo (trivial Serve endpoint)", warmup * (args.requests // 100), {}, args.concurrency)
-    )
-    print("measuring GET messages ...", flush=True)
+    echo = [("GET", "/echo/", None)] * args.requests
     reads = [("GET", f"/threads/{thread_ids[i % len(thread_ids)]}/messages", None) for i in range(args.requests)]
-    results.append(
-        await measure(f"GET /threads/{{id}}/messages ({args.threads} threads)", reads, auth, args.concurrency)
-    )
-    print("measuring chat turns ...", flush=True)
-    # concurrency <= threads and round-robin order: turns of one thread rarely overlap (they would queue)
+    # round-robin over the threads: turns of one thread rarely overlap (they would queue behind each other)
     turns = [
         ("POST", f"/threads/{thread_ids[i % len(thread_ids)]}/messages", {"content": "what is MSFT trading at?"})
         for i in range(args.turns)
     ]
-    results.append(
-        await measure(
-            f"chat turn, offline model ({args.threads} threads)", turns, auth, min(args.concurrency, args.threads)
-        )
-    )
-    echo = results[0]
+    loads = [
+        ("echo", "echo (trivial Serve endpoint)", echo, {}),
+        ("messages", f"GET messages ({args.threads} threads)", reads, auth),
+        ("turn", f"chat turn, offline model ({args.threads} threads)", turns, auth),
+    ]
+    results = []
+    for concurrency in (1, args.concurrency):
+        for key, name, requests, headers in loads:
+            count = len(requests) if concurrency > 1 else max(20, len(requests) // 5)
+            print(f"measuring {name} at concurrency {concurrency} ...", flush=True)
+            row = await measure(name, requests[:count], headers, min(concurrency, args.threads))
+            row["key"] = key
+            results.append(row)
     for row in results:
-        row["rps_vs_echo"] = round(row["rps"] / echo["rps"], 3)
-        row["p50_vs_echo"] = round(row["p50_ms"] / echo["p50_ms"], 2)
+        base = next(r for r in results if r["key"] == "echo" and r["concurrency"] == row["concurrency"])
+        row["rps_vs_echo"] = round(row["rps"] / base["rps"], 3)
+        row["p50_vs_echo"] = round(row["p50_ms"] / base["p50_ms"], 2)
     return {
         "benchmark": "http_bench",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": _cpus()},
-        "params": vars(args),
+        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "results": results,
     }
 
@@ -176,7 +175,7 @@ def print_table(report: dict[str, Any]) -> None:
 
     table = Table(title=f"agentrt HTTP benchmark ({report['machine']['cpus']} CPUs)")
     for column in (
-        "endpoint",
+        "load",
         "requests",
         "errors",
         "conc.",
@@ -186,7 +185,7 @@ def print_table(report: dict[str, Any]) -> None:
         "req/s vs echo",
         "p50 vs echo",
     ):
-        table.add_column(column, justify="left" if column == "endpoint" else "right")
+        table.add_column(column, justify="left" if column == "load" else "right", no_wrap=column == "load")
     for row in report["results"]:
         table.add_row(
             row["name"],
@@ -199,7 +198,7 @@ def print_table(report: dict[str, Any]) -> None:
             f"{row['rps_vs_echo']:.2f}x",
             f"{row['p50_vs_echo']:.1f}x",
         )
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 def main() -> None:
@@ -223,7 +222,6 @@ def main() -> None:
         report = asyncio.run(run(args, stack))
     finally:
         stack.stop()
-    report["params"]["out"] = str(args.out)
     print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
