@@ -358,7 +358,8 @@ class AIChatAgent(Agent):
             await self._set_call_state(call, "awaiting-confirmation")
             self.events.emit("interrupt", tool_call_id=call.id, kind="confirmation", tool_name=call.name)
             return
-        await self._set_call_state(call, "running")
+        if call.state != "pending-authorization":  # a re-check of a pending approval is not a new run
+            await self._set_call_state(call, "running")
         context = ToolContext(
             tool_call_id=call.id, thread_id=self.id, owner=await self.get_owner(), agent_name=self.name
         )
