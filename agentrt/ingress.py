@@ -870,13 +870,30 @@ class AgentIngress:
             (resume_epoch is not None and resume_epoch != epoch) or (pending and pending[0].seq > resume_after + 1)
         ):
             yield sse("reset", {"epoch": epoch, "reason": "events were missed; re-read the messages"})
+        backoff, recovering = 0.25, False
         try:
             while True:
                 for event in pending:
                     if event.seq > after:
                         after = event.seq
                         yield sse(event.type, event.model_dump(mode="json"), event_id(event))
-                result = await self.gateway.poll(chat, token, after, epoch, self.settings.poll_timeout)
+                try:
+                    # right after an outage, ask without waiting: a restarted agent answers with its new
+                    # epoch at once (a long-poll would wait for its first event)
+                    wait = 0.0 if recovering else self.settings.poll_timeout
+                    result = await self.gateway.poll(chat, token, after, epoch, wait)
+                except ApiError as exc:
+                    if exc.status != 503:
+                        raise
+                    # the agent is restarting (crash, node loss): keep the stream, try again; its new epoch
+                    # then tells the client to re-read the messages
+                    pending = []
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    chat = await self.gateway.chat(thread_id)
+                    recovering = True
+                    continue
+                backoff, recovering = 0.25, False
                 pending = _events_of(result)
                 if result["epoch"] != epoch:
                     epoch, after = result["epoch"], 0

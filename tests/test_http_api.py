@@ -338,3 +338,23 @@ async def test_a_tool_result_for_a_call_not_awaiting_confirmation_is_409(http_ap
     for request in http_api.world.requests_for("alice"):
         if request["binding_message"] == "Buy 1 AAPL":
             http_api.world.decide(request["id"], approve=False)
+
+
+async def test_events_stream_survives_an_agent_restart_with_a_reset(http_api: HttpApi) -> None:
+    """Kill the thread's actor under an open /events stream: the stream stays, says `reset` (new epoch), and
+    carries the events of the restarted agent."""
+    alice = http_api.headers("alice")
+    thread_id = new_id()
+    async with http_api.client() as http:
+        assert (await http.post("/threads", json={"thread_id": thread_id}, headers=alice)).status_code == 201
+    async with AgentRuntimeClient(http_api.url, http_api.token("alice")) as client:
+        events = client.events(thread_id, reconnect=False)
+        (ready,) = await read_events(events, lambda e: e.event == "ready", within=15)
+        actor = ray.get_actor(f"Chat/{thread_id}", namespace=http_api.namespace)
+        ray.kill(actor, no_restart=False)
+        (*_, reset) = await read_events(events, lambda e: e.event == "reset", within=45)
+        assert reset.data["epoch"] != ready.data["epoch"]
+        await client.send_message(thread_id, "what is NVDA trading at?")
+        seen = await read_events(events, lambda e: e.event == "turn_end", within=30)
+        await events.aclose()
+    assert any(e.event == "message" and e.id.startswith(reset.data["epoch"] + ":") for e in seen)
