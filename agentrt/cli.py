@@ -121,6 +121,11 @@ def serve(
         for sig in previous:
             signal.signal(sig, lambda *_: stop.set())
         _print_urls(stack)
+        if stack.authz is not None and host not in ("127.0.0.1", "localhost", "::1"):
+            console.print(
+                f"[yellow]Warning: the API listens on {host} while the dev authorization server is in use: anyone "
+                "who can reach it can sign in as a demo user. Configure AUTH0_* for anything but a demo.[/yellow]"
+            )
         while not stop.wait(0.5):
             pass
         console.print("\nStopping…")
