@@ -202,8 +202,8 @@ class AIChatAgent(Agent):
     ) -> dict[str, Any]:
         """Events after `after` (waiting up to `timeout` s for one). A new `epoch` means: re-read messages."""
         await self.check_access(token, "poll_events")
-        if epoch is not None and epoch != self.events.epoch:
-            after = 0
+        if epoch is not None and epoch != self.events.epoch:  # the agent restarted: answer at once
+            return {"epoch": self.events.epoch, "events": self.events.after(0), "last_seq": self.events.last_seq}
         events: list[ThreadEvent] = await self.events.wait_after(after, max(0.0, min(float(timeout), 60.0)))
         return {"epoch": self.events.epoch, "events": events, "last_seq": self.events.last_seq}
 

@@ -50,8 +50,9 @@ class OwnedAgent:
     @read
     async def claim(self, token: str | None) -> dict[str, Any]:
         """Create-or-open: the caller becomes the owner of a new thread; others get `NotOwnerError`."""
+        had_owner = await self.get_owner() is not None
         claims = await self.check_access(token, "claim")  # type: ignore[attr-defined]
-        return {"thread_id": self.id, "owner": claims.get("sub"), "created": True}
+        return {"thread_id": self.id, "owner": claims.get("sub"), "created": not had_owner}
 
     @read
     async def describe(self, token: str | None) -> dict[str, Any]:

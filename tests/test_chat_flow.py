@@ -207,6 +207,8 @@ async def test_only_the_owner_may_use_a_thread(chat_world: ChatWorld, storage_di
     alice, bob = world.token("alice"), world.token("bob")
     thread_id = new_thread_id()
     agent = get_agent(Chat, thread_id, storage_dir=storage_dir)
+    assert (await agent.claim(alice))["created"] is True
+    assert (await agent.claim(alice))["created"] is False
     await agent.send_message(alice, "What is MSFT trading at?")
     assert (await agent.describe(alice))["owner"] == world.subject("alice")
 
@@ -287,6 +289,17 @@ async def test_bad_input_gives_clear_errors_and_loses_nothing(chat_world: ChatWo
     assert world.requests_for("alice") == []
     history = await agent.get_messages(alice)
     assert len([m for m in history if m.role == "user"]) == 3
+
+
+async def test_a_watcher_with_an_old_epoch_is_answered_at_once(chat_world: ChatWorld, storage_dir: Path) -> None:
+    alice = chat_world.token("alice")
+    agent = get_agent(Chat, new_thread_id(), storage_dir=storage_dir)
+    await agent.send_message(alice, "What is MSFT trading at?")
+    started = time.monotonic()
+    answer = await agent.poll_events(alice, 10_000, "an-epoch-from-before-a-restart", 10.0)
+    assert time.monotonic() - started < 2.0
+    assert answer["epoch"] != "an-epoch-from-before-a-restart"
+    assert any(event.type == "message" for event in answer["events"])
 
 
 async def test_history_survives_a_full_ray_restart(chat_world: ChatWorld, storage_dir: Path) -> None:
