@@ -17,10 +17,12 @@ Expired values read as None and are purged. Values are JSON (dicts, lists, strin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import secrets
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -186,17 +188,50 @@ class SQLiteCredentialStore:
         async with self._open_lock:
             if self._db is not None and self._db_loop is loop:
                 return self._db
+            if self._db is not None:  # opened by another event loop: close it, or its thread outlives us
+                stale, self._db = self._db, None
+                with contextlib.suppress(Exception):
+                    await stale.close()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.exists():
                 fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
                 os.close(fd)
-            db = await aiosqlite.connect(self.path, isolation_level=None)
-            await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = FULL")  # a lost pending record means a second push
-            await db.executescript(_SCHEMA)
+            pending = aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+            # aiosqlite runs each connection in a non-daemon thread: a store nobody closed (an agent that
+            # just goes away) would keep the interpreter from exiting. SQLite is crash-safe, so let it die.
+            worker = getattr(pending, "_thread", None)
+            if worker is not None and not worker.is_alive():
+                worker.daemon = True
+            db = await pending
+            try:
+                await self._prepare(db)
+            except BaseException:
+                await db.close()
+                raise
             self._db, self._db_loop = db, loop
             return db
+
+    async def _prepare(self, db: aiosqlite.Connection) -> None:
+        """Switch to WAL and create the schema. Switching the journal mode takes an exclusive lock that
+        SQLite's busy handler does not wait for, so several processes opening a new file at once retry
+        here (briefly, with backoff) instead of failing with "database is locked"."""
+        await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        delay = 0.005
+        while True:
+            try:
+                async with db.execute("PRAGMA journal_mode") as cursor:
+                    row = await cursor.fetchone()
+                if not row or str(row[0]).lower() != "wal":
+                    await db.execute("PRAGMA journal_mode = WAL")
+                await db.executescript(_SCHEMA)
+                break
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        await db.execute("PRAGMA synchronous = FULL")  # a lost pending record means a second push
 
     async def close(self) -> None:
         if self._db is not None:
