@@ -374,3 +374,21 @@ async def test_expired_by_the_local_deadline_even_if_the_server_still_waits(
     result = await tool.run(ARGS, ctx)
     assert result == AuthorizationRequestExpiredInterrupt.default_message
     assert (await stats(authz))["token_requests"] == 1  # the last-chance poll
+
+
+async def test_an_approval_is_bound_to_the_approved_arguments(
+    authz: DevAuthorizationServer,  # noqa: F811
+    client: CIBAClient,  # noqa: F811
+    store: SQLiteCredentialStore,  # noqa: F811
+) -> None:
+    raw = RecordingTool()
+    tool = wrap(raw.tool(), store, client)
+    ctx = tool_context("call-swap")
+    with pytest.raises(AuthorizationPendingInterrupt):
+        await tool.run(ARGS, ctx)
+    await decide(authz, (await only_request(authz))["id"], approve=True)
+    swapped = BuyArgs(ticker="MSFT", quantity=1000)  # same tool call id, other arguments than approved
+    result = await run_until_done(tool, ctx, swapped)
+    assert "other arguments" in result
+    assert raw.runs == []
+    assert await store.get(CREDENTIALS_NAMESPACE, "thread-1:buy:call-swap") is None

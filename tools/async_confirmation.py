@@ -15,8 +15,9 @@ through CIBA, never blocking on the user:
 
 1. An approved credential is stored for the call: run the tool inside `use_ciba_credentials(cred)` (the
    tool reads it with `get_ciba_credentials()`), then delete the credential: it is single use and bound
-   to this one call. If the tool raises, the credential stays so a retry can run it again (the tool's
-   side effect must therefore be idempotent by tool call id, as `buy_stock`'s Idempotency-Key is).
+   to this one call and to the arguments it was approved for (a re-run with other arguments does not
+   spend it). If the tool raises, the credential stays so a retry can run it again (the tool's side
+   effect must therefore be idempotent by tool call id, as `buy_stock`'s Idempotency-Key is).
 2. Nothing is pending: atomically create a pending record (`create_if_absent`), send the backchannel
    request, store `auth_req_id`, expiry, interval and next poll time, raise `AuthorizationPendingInterrupt`.
    Racing calls (same process or another one after a restart) lose the create and send nothing, so the
@@ -39,7 +40,9 @@ lost to clock skew; anything but an approval then ends as expired.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
+import json
 import logging
 import re
 import time
@@ -125,6 +128,13 @@ class _Params:
     user_id: str
     binding_message: str
     authorization_details: list[dict[str, Any]] | None
+    arguments_sha256: str
+
+
+def _digest(arguments: Mapping[str, Any]) -> str:
+    """A fingerprint of the tool's arguments, to bind an approval to the action it was given for."""
+    canonical = json.dumps(dict(arguments), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 async def _resolve(value: Any, arguments: Mapping[str, Any]) -> Any:
@@ -218,7 +228,7 @@ class AsyncUserConfirmation:
         for _ in range(3):  # re-read after losing a race; more than twice means another writer churns
             stored = await self.store.get(CREDENTIALS_NAMESPACE, key)
             if stored is not None:
-                return CIBACredentials.model_validate(stored)
+                return await self._bound_credentials(ctx, key, stored, arguments)
             record = await self.store.get(PENDING_NAMESPACE, key)
             if record is None:
                 params = await self._params(ctx, arguments)
@@ -230,8 +240,29 @@ class AsyncUserConfirmation:
             if record.get("state") == "requesting":
                 await self._resume_requesting(ctx, key, arguments, record)  # raises unless it lost a race
                 continue
-            return await self._check(ctx, key, record)
+            stored = await self._check(ctx, key, record)
+            return await self._bound_credentials(ctx, key, stored, arguments)
         raise self._interrupt(AuthorizationPendingInterrupt, ctx, None, next_check_at=self.clock() + 1.0)
+
+    async def _bound_credentials(
+        self, ctx: ToolContext, key: str, stored: Mapping[str, Any], arguments: Mapping[str, Any]
+    ) -> CIBACredentials:
+        """The stored credential, if it was approved for these very arguments.
+
+        The user approved one action (the binding message shows it); a re-run of the tool call with other
+        arguments must not spend that approval. Refused, the credential is dropped."""
+        approved_for = stored.get("arguments_sha256")
+        if approved_for is not None and approved_for != _digest(arguments):
+            await self.store.delete(CREDENTIALS_NAMESPACE, key)
+            log.warning("tool call %s was re-run with other arguments than approved", ctx.tool_call_id)
+            raise self._interrupt(
+                AuthorizationRequestFailedInterrupt,
+                ctx,
+                None,
+                "The approval was given for other arguments of this tool call; it was not used",
+                error="arguments_changed",
+            )
+        return CIBACredentials.model_validate(stored.get("credentials", stored))
 
     async def _params(self, ctx: ToolContext, arguments: Mapping[str, Any]) -> _Params:
         user_id = (
@@ -246,7 +277,12 @@ class AsyncUserConfirmation:
             validate_binding_message(binding_message)
         except InvalidBindingMessage as exc:  # refused before any record or request exists
             raise self._refusal(exc, ctx, {"binding_message": str(binding_message)[:80]}) from None
-        return _Params(user_id=user_id, binding_message=binding_message, authorization_details=details)
+        return _Params(
+            user_id=user_id,
+            binding_message=binding_message,
+            authorization_details=details,
+            arguments_sha256=_digest(arguments),
+        )
 
     def _record_ttl(self, expires_in: float | None = None) -> float:
         return float(expires_in or self.options.requested_expiry) + self.options.pending_retention
@@ -266,6 +302,7 @@ class AsyncUserConfirmation:
             "expires_at": None,
             "interval": None,
             "binding_message": params.binding_message,
+            "arguments_sha256": params.arguments_sha256,
             "scopes": list(self.options.scopes),
             "audience": self.options.audience,
             "tool_name": self.tool.name,
@@ -296,7 +333,10 @@ class AsyncUserConfirmation:
                 ctx.tool_call_id,
             )
         record.update(
-            attempt=attempt, lease_until=now + self._lease(), binding_message=params.binding_message
+            attempt=attempt,
+            lease_until=now + self._lease(),
+            binding_message=params.binding_message,
+            arguments_sha256=params.arguments_sha256,
         )
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl())
         await self._send_request(ctx, key, params, record)
@@ -350,8 +390,8 @@ class AsyncUserConfirmation:
             AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"]
         )
 
-    async def _check(self, ctx: ToolContext, key: str, record: dict[str, Any]) -> CIBACredentials:
-        """Poll once if due; return the credential on approval, else raise."""
+    async def _check(self, ctx: ToolContext, key: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Poll once if due; return the stored credential record on approval, else raise."""
         now = self.clock()
         expires_at = float(record["expires_at"])
         next_poll_at = float(record.get("next_poll_at") or 0.0)
@@ -388,11 +428,13 @@ class AsyncUserConfirmation:
                 credentials = credentials.model_copy(update={"scope": ["openid", *self.options.scopes]})
             ttl = float(result.tokens.expires_in) if result.tokens.expires_in else DEFAULT_CREDENTIAL_TTL
             # Credential first, then the pending record: a crash in between still finds the credential.
-            await self.store.put(
-                CREDENTIALS_NAMESPACE, key, credentials.model_dump(mode="json"), ttl=max(ttl, 1.0)
-            )
+            stored = {
+                "credentials": credentials.model_dump(mode="json"),
+                "arguments_sha256": record.get("arguments_sha256"),
+            }
+            await self.store.put(CREDENTIALS_NAMESPACE, key, stored, ttl=max(ttl, 1.0))
             await self.store.delete(PENDING_NAMESPACE, key)
-            return credentials
+            return stored
         if isinstance(result, AccessDenied):
             await self.store.delete(PENDING_NAMESPACE, key)
             # Auth0 also answers access_denied for an expired request: past the deadline, say expired.
