@@ -6,13 +6,14 @@ scheduler wakes it. Kept apart so the timing rules (cron, backoff, validation) a
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from croniter import croniter
 from pydantic import BaseModel
+
+from runtime.storage import to_json
 
 ScheduleKind = Literal["delayed", "scheduled", "cron"]
 ScheduleStatus = Literal["pending", "failed"]
@@ -93,12 +94,10 @@ def next_cron_time(expression: str, after: float) -> float:
 
 def encode_payload(payload: Any) -> str:
     """JSON text of a payload; `InvalidScheduleError` if it cannot survive a restart as JSON."""
-    if isinstance(payload, BaseModel):
-        return payload.model_dump_json()
     try:
-        return json.dumps(payload, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidScheduleError(f"payload is not JSON-serialisable: {exc}") from None
+        return to_json(payload)
+    except TypeError as exc:
+        raise InvalidScheduleError(f"payload {str(exc).removeprefix('value ')}") from None
 
 
 def retry_delay(attempts: int, base: float, cap: float = 300.0) -> float:
