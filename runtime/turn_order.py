@@ -3,7 +3,9 @@
 Ray starts an async actor's calls in roughly, not exactly, the order a caller submitted them. Handles
 therefore stamp each turn call with `(submitter id, sequence number)`, and the agent admits a call to its
 turn queue only after the submitter's previous call was admitted. A gap (a call lost with a crashed
-actor, or a handle older than this actor instance) is waited on briefly, then skipped, so nothing hangs.
+actor, a handle older than this actor instance, or a submitter this instance forgot) is waited on briefly,
+then skipped, so nothing hangs: an old handle's first call to a restarted agent may wait
+`GAP_TIMEOUT_SECONDS` once.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ class SubmissionOrder:
         self._waiting: dict[tuple[str, int], asyncio.Future[None]] = {}
 
     async def admit(self, submitter: str, seq: int) -> None:
-        expected = self._next.get(submitter)
-        if expected is not None and seq > expected:
+        expected = self._next.get(submitter, 0)  # a handle numbers its calls from 0
+        if seq > expected:
             waiter = asyncio.get_running_loop().create_future()
             self._waiting[(submitter, seq)] = waiter
             try:
