@@ -35,8 +35,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
-import platform
 import random
 import re
 import shutil
@@ -56,6 +54,13 @@ if str(REPO) not in sys.path:  # `python bench/chat_bench.py` puts bench/ first,
 import httpx  # noqa: E402
 import ray  # noqa: E402
 
+from bench.common import (  # noqa: E402
+    log,
+    machine_info,
+    scan_logs,
+    summarise,
+)
+
 NAMESPACE = "chat-bench"
 PRICE_QUESTION = "What is MSFT trading at?"
 
@@ -71,27 +76,6 @@ class Bare:
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def summarise(seconds: list[float]) -> dict[str, Any]:
-    """p50/p99/mean/max in milliseconds."""
-    if not seconds:
-        return {"n": 0}
-    return {
-        "n": len(seconds),
-        "p50_ms": round(percentile(seconds, 0.50) * 1000, 3),
-        "p99_ms": round(percentile(seconds, 0.99) * 1000, 3),
-        "mean_ms": round(statistics.fmean(seconds) * 1000, 3),
-        "max_ms": round(max(seconds) * 1000, 3),
-    }
-
-
 def ratio(a: float, b: float) -> float | None:
     return round(a / b, 2) if b else None
 
@@ -101,10 +85,6 @@ def slope_ms(points: list[tuple[int, float]]) -> float | None:
     if len({x for x, _ in points}) < 2:
         return None
     return round(statistics.linear_regression([x for x, _ in points], [t for _, t in points]).slope * 1000, 3)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def final_text(messages: list[Any]) -> str:
@@ -489,62 +469,6 @@ def ray_worker_processes() -> dict[str, Any]:
 
 # -- logs --------------------------------------------------------------------------------------------------
 
-_PY_LEVEL = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback|blocking", re.IGNORECASE)
-_GLOG_LEVEL = re.compile(r"^\[\S+ \S+ ([WEF]) \d+ \d+\]")
-_BENIGN = (
-    "Failed to look up actor with name",  # get_if_exists=True probes the name before creating the actor
-    "Quick exit - terminating process",  # ray.kill / shutdown
-    "Failed to export metrics to the metrics agent",  # no dashboard, so no metrics agent
-    "Token authentication is enabled",
-    "Disconnecting client due to connection error",  # a worker exited (ray.kill of the bare actor)
-    "Dropping profiling events for task",  # the driver's own task past Ray's profile-event cap
-)
-
-
-def scan_logs(session_dir: str | None) -> dict[str, Any]:
-    """Warning/error lines of this session: workers' stdout/stderr (Python logging, tracebacks, anything
-    saying "blocking") and raylet/GCS/core-worker logs (glog W/E/F), grouped with digits masked."""
-    if not session_dir:
-        return {"scanned": False}
-    logs = Path(session_dir) / "logs"
-    groups = {
-        "worker_stdio": [*logs.glob("worker-*.out"), *logs.glob("worker-*.err")],
-        "raylet_gcs": [*logs.glob("raylet.*"), *logs.glob("gcs_server.*")],
-        "core_worker": [*logs.glob("python-core-worker-*.log"), *logs.glob("python-core-driver-*.log")],
-    }
-    counts: Counter[str] = Counter()
-    benign: Counter[str] = Counter()
-    samples: Counter[str] = Counter()
-    for group, files in groups.items():
-        for path in files:
-            try:
-                lines = path.read_text(errors="replace").splitlines()
-            except OSError:
-                continue
-            for line in lines:
-                glog = _GLOG_LEVEL.match(line)
-                if glog:
-                    kind = {"W": "warning", "E": "error", "F": "fatal"}[glog.group(1)]
-                elif group == "worker_stdio" and _PY_LEVEL.search(line):
-                    kind = "blocking" if "blocking" in line.lower() else "warning/error"
-                else:
-                    continue
-                if any(b in line for b in _BENIGN):
-                    benign[f"{group}:{kind}"] += 1
-                    continue
-                counts[f"{group}:{kind}"] += 1
-                text = line[glog.end() :] if glog else line
-                samples[
-                    f"{group}: " + re.sub(r"\d+", "N", re.sub(r"\b[0-9a-f]{16,}\b", "<id>", text.strip()))[:160]
-                ] += 1
-    return {
-        "scanned": True,
-        "session_dir": session_dir,
-        "counts": dict(counts),
-        "benign_counts": dict(benign),
-        "samples": [{"count": c, "line": line} for line, c in samples.most_common(12)],
-    }
-
 
 # -- report ------------------------------------------------------------------------------------------------
 
@@ -655,16 +579,6 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 # -- main --------------------------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "ray_version": ray.__version__,
-    }
 
 
 async def run(world: Any, root: Path, cfg: dict[str, Any]) -> dict[str, Any]:
