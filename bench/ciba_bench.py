@@ -70,9 +70,7 @@ async def approve_later(http: httpx.AsyncClient, message: str, delay: float) -> 
 
 async def client_flow(client: CIBAClient, message: str) -> tuple[float, str]:
     """Authorize, then poll honouring the interval until approved; (time the token arrived, message)."""
-    response = await client.authorize(
-        USER, ["stock:buy"], message, audience="http://localhost:5000/api/checkout"
-    )
+    response = await client.authorize(USER, ["stock:buy"], message, audience="http://localhost:5000/api/checkout")
     interval = response.interval
     next_at = time.time() + interval
     while True:
@@ -102,9 +100,7 @@ async def wrapper_flow(tool: Tool, n: int) -> tuple[float, str]:
             await asyncio.sleep(max(0.0, (interrupt.next_check_at or time.time() + 1) - time.time()))
 
 
-async def run_mode(
-    mode: str, server: DevAuthorizationServer, requests: int, max_delay: float, seed: int
-) -> dict:
+async def run_mode(mode: str, server: DevAuthorizationServer, requests: int, max_delay: float, seed: int) -> dict:
     rng = random.Random(seed)
     delays = [rng.uniform(0.0, max_delay) for _ in range(requests)]
     client = CIBAClient(issuer=server.issuer, client_id=server.client_id, client_secret=server.client_secret)
@@ -165,22 +161,16 @@ async def _stats(server: DevAuthorizationServer) -> dict[str, Any]:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--interval", type=int, default=1, help="the dev server's polling interval (s)")
-    parser.add_argument(
-        "--max-delay", type=float, default=3.0, help="approvals happen uniformly in [0, this] s"
-    )
+    parser.add_argument("--max-delay", type=float, default=3.0, help="approvals happen uniformly in [0, this] s")
     parser.add_argument("--modes", default="client,wrapper")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--output", type=Path, default=RESULTS)
     options = parser.parse_args()
 
-    server = DevAuthorizationServer(
-        api_audience="https://bench/api", default_interval=options.interval
-    ).start()
+    server = DevAuthorizationServer(api_audience="https://bench/api", default_interval=options.interval).start()
     try:
         runs = [
             await run_mode(mode, server, options.requests, options.max_delay, options.seed)
@@ -195,9 +185,7 @@ async def main() -> None:
 
     title = "CIBA approval-to-token latency"
     print(f"{title}, dev server interval {options.interval} s, {options.requests} requests per mode")
-    print(
-        f"{'mode':<8} {'p50 s':>7} {'p99 s':>7} {'mean s':>7} {'max s':>7} {'polls/req':>10} {'max polls':>9}"
-    )
+    print(f"{'mode':<8} {'p50 s':>7} {'p99 s':>7} {'mean s':>7} {'max s':>7} {'polls/req':>10} {'max polls':>9}")
     for run in runs:
         lat, polls = run["latency_s"], run["polls_per_request"]
         print(
