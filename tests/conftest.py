@@ -69,3 +69,28 @@ def storage_dir(tmp_path: Path) -> Path:
     root = tmp_path / "agents"
     root.mkdir()
     return root
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[object]:
+    """A tiny issuer (tests/jwks_helpers.py) whose JWKS the checkout API trusts; it mints test tokens."""
+    from tests.jwks_helpers import JWKSServer
+
+    with JWKSServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def checkout(issuer: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The real checkout API on 127.0.0.1 trusting `issuer`, with its orders in a SQLite file."""
+    from devservers.checkout_api import CheckoutServer
+    from tests.jwks_helpers import CHECKOUT_AUDIENCE
+
+    db = tmp_path_factory.mktemp("checkout") / "orders.db"
+    with CheckoutServer(
+        issuer=issuer.issuer,
+        audience=CHECKOUT_AUDIENCE,
+        jwks_url=issuer.jwks_url,
+        db_path=db,  # type: ignore[attr-defined]
+    ) as server:
+        yield server

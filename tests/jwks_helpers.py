@@ -111,3 +111,6 @@ class JWKSServer(ServerThread):
     def start(self, timeout: float = 15.0) -> JWKSServer:
         super().start(timeout)
         return self
+
+
+CHECKOUT_AUDIENCE = "http://localhost:5000/api/checkout"

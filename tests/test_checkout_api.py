@@ -11,27 +11,9 @@ import httpx
 import pytest
 
 from devservers.checkout_api import CheckoutError, CheckoutServer, TokenVerifier
+from tests.jwks_helpers import CHECKOUT_AUDIENCE as AUDIENCE
+from tests.jwks_helpers import JWKSServer, RSAKey
 from tools.stock_prices import DEMO_PRICES
-
-try:
-    from tests.jwks_helpers import JWKSServer, RSAKey
-except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from jwks_helpers import JWKSServer, RSAKey
-
-AUDIENCE = "http://localhost:5000/api/checkout"
-
-
-@pytest.fixture(scope="module")
-def issuer():
-    with JWKSServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def checkout(issuer, tmp_path_factory):
-    db = tmp_path_factory.mktemp("checkout") / "orders.db"
-    with CheckoutServer(issuer=issuer.issuer, audience=AUDIENCE, jwks_url=issuer.jwks_url, db_path=db) as server:
-        yield server
 
 
 @pytest.fixture

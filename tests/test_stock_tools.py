@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from devservers.checkout_api import CheckoutServer
 from devservers.server_thread import free_port
+from tests.jwks_helpers import CHECKOUT_AUDIENCE as AUDIENCE
 from tools.base import ToolContext, ToolError
 from tools.credentials_context import CIBACredentials, use_ciba_credentials
 from tools.stocks import (
@@ -18,26 +18,6 @@ from tools.stocks import (
     idempotency_key_for,
     make_buy_stock_tool,
 )
-
-try:
-    from tests.jwks_helpers import JWKSServer
-except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from jwks_helpers import JWKSServer
-
-AUDIENCE = "http://localhost:5000/api/checkout"
-
-
-@pytest.fixture(scope="module")
-def issuer():
-    with JWKSServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def checkout(issuer, tmp_path_factory):
-    db = tmp_path_factory.mktemp("checkout") / "orders.db"
-    with CheckoutServer(issuer=issuer.issuer, audience=AUDIENCE, jwks_url=issuer.jwks_url, db_path=db) as server:
-        yield server
 
 
 def _stats(checkout) -> int:
