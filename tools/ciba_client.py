@@ -284,12 +284,18 @@ def _retry_after_seconds(value: str | None, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _oauth_error(response: httpx.Response) -> tuple[str | None, str | None]:
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The response body if it is a JSON object, else None (a provider answering HTML or garbage)."""
     try:
         body = response.json()
     except ValueError:
-        return None, None
-    if not isinstance(body, dict):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _oauth_error(response: httpx.Response) -> tuple[str | None, str | None]:
+    body = _json_object(response)
+    if body is None:
         return None, None
     error = body.get("error")
     description = body.get("error_description")
@@ -579,15 +585,8 @@ class CIBAClient:
         if response.status_code != 200:
             error, description = _oauth_error(response)
             raise CIBAError(error or "invalid_response", description, response.status_code)
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("auth_req_id"), str)
-            or not body["auth_req_id"]
-        ):
+        body = _json_object(response)
+        if body is None or not isinstance(body.get("auth_req_id"), str) or not body["auth_req_id"]:
             raise CIBAError(
                 "invalid_response", "the backchannel response has no auth_req_id", response.status_code
             )
@@ -632,15 +631,8 @@ class CIBAClient:
 
     @staticmethod
     def _token_set(response: httpx.Response) -> TokenSet:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("access_token"), str)
-            or not body["access_token"]
-        ):
+        body = _json_object(response)
+        if body is None or not isinstance(body.get("access_token"), str) or not body["access_token"]:
             raise CIBAError(
                 "invalid_response", "the token response has no access_token", response.status_code
             )
