@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from agentrt.client import dev_login  # noqa: E402
 from agentrt.stack import Stack, StackOptions, wait_for_http  # noqa: E402
+from bench.common import percentile  # noqa: E402
 
 
 def echo_app() -> Any:
@@ -52,14 +53,6 @@ def echo_app() -> Any:
             return {"ok": True, "messages": []}
 
     return Echo.bind()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 async def measure(
