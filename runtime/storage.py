@@ -10,6 +10,7 @@ transaction; reads made there go through the writer so they see the transaction'
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import sqlite3
@@ -114,8 +115,6 @@ class AgentStorage:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def open(self) -> AgentStorage:
-        import asyncio
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = asyncio.Lock()
         self._writer = await self._connect()
@@ -166,14 +165,16 @@ class AgentStorage:
         async with self._write_lock:
             tx = Transaction(writer)
             token = self._active.set(tx)
-            await writer.execute("BEGIN IMMEDIATE")
             try:
+                # Inside the try: a task cancelled while BEGIN is queued still rolls it back. aiosqlite runs
+                # a cancelled call anyway, in queue order, so ROLLBACK/COMMIT are shielded and land after it.
+                await writer.execute("BEGIN IMMEDIATE")
                 yield tx
             except BaseException:
-                await writer.execute("ROLLBACK")
+                await asyncio.shield(_rollback(writer))
                 raise
             else:
-                await writer.execute("COMMIT")
+                await asyncio.shield(writer.execute("COMMIT"))
             finally:
                 self._active.reset(token)
 
@@ -250,6 +251,15 @@ class AgentStorage:
                     (scope, version, time.time()),
                 )
         return len(migrations) - applied
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    """Roll back if a transaction is open (a BEGIN that never ran leaves none to roll back)."""
+    try:
+        await conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "no transaction is active" not in str(exc):
+            raise
 
 
 def _decode(text: str, model: Any) -> Any:
