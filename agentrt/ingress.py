@@ -31,7 +31,6 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import ray
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -39,15 +38,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from ray import serve
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import RayError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agents.errors import ChatError
+from agents.errors import ChatError, NotOwnerError
 from agents.messages import ChatMessage, PendingApproval, ThreadEvent
-from runtime import InvalidAgentIdError, validate_agent_id
-from runtime.registry import unwrap_error
+from runtime import AgentCapacityError, AgentNotFoundError, InvalidAgentIdError, validate_agent_id
 from tools.auth_settings import AuthConfigError, AuthSettings
 from tools.jwt_verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError
 
@@ -80,6 +78,12 @@ class IngressSettings(BaseSettings):
     max_message_chars: int = Field(default=8000, validation_alias=AliasChoices("CHAT_MAX_MESSAGE_CHARS"))
     poll_timeout: float = Field(default=20.0, validation_alias=AliasChoices("AGENTRT_POLL_TIMEOUT"))
     sse_ping_seconds: float = Field(default=15.0, validation_alias=AliasChoices("AGENTRT_SSE_PING_SECONDS"))
+    max_threads_per_user: int = Field(
+        default=1000,
+        ge=1,
+        validation_alias=AliasChoices("AGENT_MAX_THREADS_PER_USER"),
+        description="Threads one user may create; the next is refused with 429.",
+    )
 
     def public_issuer(self) -> str | None:
         if not self.issuer:
@@ -185,9 +189,14 @@ class PublicConfig(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or invalid bearer token."},
     403: {"model": ErrorBody, "description": "The thread belongs to another user."},
+    404: {"model": ErrorBody, "description": "No thread with that id."},
     413: {"model": ErrorBody, "description": "The request body is too large."},
     422: {"model": ErrorBody, "description": "Invalid thread id or request body."},
-    503: {"model": ErrorBody, "description": "The thread's agent is unavailable; retry."},
+    503: {"model": ErrorBody, "description": "The thread's agent is unavailable or the service is at capacity; retry."},
+}
+CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    429: {"model": ErrorBody, "description": "The caller has as many threads as one user may create."},
 }
 
 SSE_DESCRIPTION = (
@@ -404,17 +413,17 @@ def parse_resume_point(
 
 
 class AgentGateway:
-    """Handles to the thread and directory agents of this replica, cached, with Ray errors mapped to HTTP."""
+    """Handles to the thread and directory agents, with the runtime's and Ray's errors mapped to HTTP."""
 
     def __init__(self, max_cached: int = 10_000) -> None:
         self.max_cached = max_cached
-        self._handles: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._handles: OrderedDict[tuple[str, str, bool], Any] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def _handle(self, kind: str, agent_id: str) -> Any:
+    async def _handle(self, kind: str, agent_id: str, create: bool) -> Any:
         from runtime import get_agent
 
-        key = (kind, agent_id)
+        key = (kind, agent_id, create)
         handle = self._handles.get(key)
         if handle is not None:
             self._handles.move_to_end(key)
@@ -424,8 +433,8 @@ class AgentGateway:
         else:
             from agents.directory import ThreadDirectory as cls  # type: ignore[assignment]
         validate_agent_id(agent_id)
-        try:  # looking up or creating a named actor blocks on the GCS: keep the event loop free
-            handle = await asyncio.to_thread(get_agent, cls, agent_id)
+        try:  # the first handle of a storage root looks up (or starts) its actors: keep the event loop free
+            handle = await asyncio.to_thread(get_agent, cls, agent_id, create=create)
         except RayError as exc:
             raise _unavailable(exc) from None
         self._handles[key] = handle
@@ -433,48 +442,33 @@ class AgentGateway:
             self._handles.popitem(last=False)
         return handle
 
-    async def chat(self, thread_id: str) -> Any:
-        return await self._handle("chat", thread_id)
+    async def chat(self, thread_id: str, *, create: bool = False) -> Any:
+        """The thread's agent. Only creating or posting to a thread may create one (`create=True`): every
+        other route on an unknown id is a 404 that starts nothing."""
+        return await self._handle("chat", thread_id, create)
 
     async def directory(self, subject: str) -> Any:
         from agents.directory import directory_id_for
 
-        return await self._handle("directory", directory_id_for(subject))
+        return await self._handle("directory", directory_id_for(subject), True)
 
-    async def call(self, handle: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def call(self, handle: Any, method: str, *args: Any, _cancel_remote: bool = False, **kwargs: Any) -> Any:
         try:
-            return await getattr(handle, method)(*args, **kwargs)
+            return await handle.invoke(method, *args, _cancel_remote=_cancel_remote, **kwargs)
         except (ChatError, InvalidAgentIdError, AuthConfigError):
             raise
-        except RayActorError as exc:
-            self._forget(handle)
-            raise _unavailable(exc) from None
+        except AgentNotFoundError:
+            raise ApiError(404, "thread_not_found", "no thread with this id") from None
+        except AgentCapacityError as exc:
+            retry = str(max(1, round(exc.retry_after)))
+            detail = "every live thread is busy; retry shortly"
+            raise ApiError(503, "at_capacity", detail, {"Retry-After": retry}) from None
         except RayError as exc:
             raise _unavailable(exc) from None
 
     async def poll(self, handle: Any, token: str, after: int, epoch: str | None, wait: float) -> dict[str, Any]:
         """One `poll_events` long-poll (up to `wait` s); cancelling it cancels the call on the agent too."""
-        ref = handle.actor.poll_events.remote(token, after, epoch, wait)
-        try:
-            return await ref
-        except asyncio.CancelledError:
-            ray.cancel(ref)
-            raise
-        except RayTaskError as exc:
-            cause = unwrap_error(exc)
-            if isinstance(cause, ChatError | InvalidAgentIdError | AuthConfigError):
-                raise cause from None
-            raise _unavailable(exc) from None
-        except RayActorError as exc:
-            self._forget(handle)
-            raise _unavailable(exc) from None
-        except RayError as exc:
-            raise _unavailable(exc) from None
-
-    def _forget(self, handle: Any) -> None:
-        for key, cached in list(self._handles.items()):
-            if cached is handle:
-                del self._handles[key]
+        return await self.call(handle, "poll_events", token, after, epoch, wait, _cancel_remote=True)
 
     def background(self, awaitable: Awaitable[Any], what: str) -> None:
         async def run() -> None:
@@ -632,7 +626,7 @@ class AgentIngress:
         response_model=ThreadCreated,
         responses={
             200: {"model": ThreadCreated, "description": "The caller already had this thread."},
-            **ERROR_RESPONSES,
+            **CREATE_RESPONSES,
         },
         tags=["threads"],
     )
@@ -641,15 +635,40 @@ class AgentIngress:
     ) -> Response:
         """Create a thread (or open one of yours by id). The caller becomes its owner."""
         thread_id = validate_agent_id(body.thread_id) if body and body.thread_id is not None else str(uuid.uuid4())
-        await self._authenticate(token)
-        chat = await self.gateway.chat(thread_id)
-        claimed = await self.gateway.call(chat, "claim", token)
-        owner = claimed["owner"]
-        directory = await self.gateway.directory(owner)
-        entry = await self.gateway.call(directory, "add", token, thread_id)
+        subject = (await self._authenticate(token))["sub"]
+        entry = await self._open_thread(token, subject, thread_id)
         summary = {k: v for k, v in entry.items() if k != "created"}
-        created = ThreadCreated(**summary, owner=owner, created=entry["created"])
+        created = ThreadCreated(**summary, owner=subject, created=entry["created"])
         return JSONResponse(created.model_dump(mode="json"), status_code=201 if created.created else 200)
+
+    async def _open_thread(self, token: str, subject: str, thread_id: str) -> dict[str, Any]:
+        """Create-or-open a thread for the caller: first its place in their directory (where the per-user
+        quota is checked, atomically), then the agent itself, which makes the caller its owner. Someone
+        else's thread is refused by the agent (403) and its directory place given back."""
+        directory = await self.gateway.directory(subject)
+        entry = await self.gateway.call(directory, "add", token, thread_id, self.settings.max_threads_per_user)
+        chat = await self.gateway.chat(thread_id, create=True)
+        try:
+            await self.gateway.call(chat, "claim", token)
+        except NotOwnerError:
+            if entry["created"]:
+                self.gateway.background(
+                    self.gateway.call(directory, "remove", token, thread_id), "giving back a directory place"
+                )
+            raise
+        return entry
+
+    async def _call_posting(self, token: str, subject: str, thread_id: str, method: str, *args: Any) -> tuple[Any, Any]:
+        """Call `method` on the thread; a thread that does not exist yet is created first (posting to a new
+        id creates it, within the caller's quota). Returns the agent's handle and the result."""
+        chat = await self.gateway.chat(thread_id)
+        try:
+            return chat, await self.gateway.call(chat, method, *args)
+        except ApiError as exc:
+            if exc.error != "thread_not_found":
+                raise
+        await self._open_thread(token, subject, thread_id)
+        return chat, await self.gateway.call(chat, method, *args)
 
     @api.get("/threads", response_model=ThreadList, responses=ERROR_RESPONSES, tags=["threads"])
     async def list_threads(
@@ -680,7 +699,7 @@ class AgentIngress:
                 "events then a final `done` event (`{thread_id, messages}`) or `failed` (`{error, detail}`).",
                 "content": {"text/event-stream": {"schema": {"type": "string", "description": SSE_DESCRIPTION}}},
             },
-            **ERROR_RESPONSES,
+            **CREATE_RESPONSES,
         },
         tags=["messages"],
     )
@@ -702,12 +721,12 @@ class AgentIngress:
                 "invalid_message",
                 f"message is too long ({len(content)} characters; the limit is {self.settings.max_message_chars})",
             )
-        chat = await self.gateway.chat(thread_id)
         if not wants_event_stream(request):
-            messages = await self.gateway.call(chat, "send_message", token, content)
+            _, messages = await self._call_posting(token, subject, thread_id, "send_message", token, content)
             self._note_activity(token, subject, thread_id, content)
             return JSONResponse({"thread_id": thread_id, "messages": _dump(messages)})
-        start = await self.gateway.poll(chat, token, FAR_AFTER, None, 0.0)  # auth errors become HTTP errors here
+        # a first zero-wait poll: auth errors become HTTP errors here, before the stream starts
+        chat, start = await self._call_posting(token, subject, thread_id, "poll_events", token, FAR_AFTER, None, 0.0)
         turn = asyncio.ensure_future(self.gateway.call(chat, "send_message", token, content))
         turn.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even if the client left
         stream = self._turn_stream(

@@ -13,6 +13,7 @@ Access control is a pair of hooks every public method goes through: `authenticat
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import logging
 import time
@@ -115,12 +116,13 @@ class AIChatAgent(Agent):
         schedules the checks; without it the call waits until `resume_tool_call` is called."""
 
     def llm(self) -> AsyncOpenAI:
+        """The model client: one per process and configuration, shared by the agents of a host (one
+        connection pool, nothing rebuilt on activation)."""
         if self._llm is None:
-            self._llm = AsyncOpenAI(
-                base_url=self.settings.openai_base_url,
-                api_key=self.settings.openai_api_key.get_secret_value(),
-                timeout=self.settings.openai_timeout,
-                max_retries=2,
+            self._llm = shared_llm(
+                self.settings.openai_base_url,
+                self.settings.openai_api_key.get_secret_value(),
+                self.settings.openai_timeout,
             )
         return self._llm
 
@@ -509,6 +511,11 @@ class AIChatAgent(Agent):
                     )
                 )
         return messages
+
+
+@functools.lru_cache(maxsize=8)
+def shared_llm(base_url: str | None, api_key: str, timeout: float) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=2)
 
 
 def _as_seen(call: ToolCall) -> str:

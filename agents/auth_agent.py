@@ -11,18 +11,22 @@ from typing import Any
 
 from agents.errors import UnauthenticatedError
 from tools.auth_settings import AuthSettings
-from tools.jwt_verifier import InvalidTokenError, JWTVerifier
+from tools.jwt_verifier import InvalidTokenError, JWTVerifier, shared_verifier
 
 
 class AuthAgent:
-    """Mixin for an `AIChatAgent`: `authenticate(token)` verifies the JWT and returns its claims."""
+    """Mixin for an `AIChatAgent`: `authenticate(token)` verifies the JWT and returns its claims.
+
+    The verifier (and its JWKS cache) is the host process's shared one, so activating a thread costs no
+    discovery or JWKS round trip once any agent of the process has fetched them.
+    """
 
     _jwt_verifier: JWTVerifier | None = None
 
     def jwt_verifier(self) -> JWTVerifier:
         if self._jwt_verifier is None:
             settings = AuthSettings()
-            self._jwt_verifier = JWTVerifier(issuer=settings.issuer, audience=settings.require_api_audience())
+            self._jwt_verifier = shared_verifier(settings.issuer, settings.require_api_audience())
         return self._jwt_verifier
 
     async def authenticate(self, token: str | None) -> dict[str, Any]:

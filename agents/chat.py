@@ -41,9 +41,11 @@ class Chat(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAgent):
         """The raw purchase tool, before the approval wrapper (a seam for tests and other shops)."""
         return make_buy_stock_tool()
 
+    _credential_store: SQLiteCredentialStore | None = None
+
     def build_tools(self) -> list[Tool]:
         settings = AuthSettings()
-        store = SQLiteCredentialStore(
+        store = self._credential_store = SQLiteCredentialStore(
             self.storage_dir / self.agent_class_name() / f"{self.id}.credentials.sqlite3",
             settings.require_encryption_key(),
         )
@@ -55,6 +57,14 @@ class Chat(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAgent):
             binding_message=binding_message_for,
             requested_expiry=self.ciba_requested_expiry,
             store=store,
-            client=CIBAClient.from_settings(settings),
+            client=CIBAClient.shared(settings),
         )
         return [get_stock_price, buy_stock]
+
+    async def close(self) -> None:
+        """Hibernating: also close the credential store's file."""
+        try:
+            if self._credential_store is not None:
+                await self._credential_store.close()
+        finally:
+            await super().close()

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from agents.auth_agent import AuthAgent
-from agents.errors import InvalidMessageError, NotOwnerError, UnauthenticatedError
+from agents.errors import InvalidMessageError, NotOwnerError, ThreadQuotaExceededError, UnauthenticatedError
 from runtime import Agent, read, turn, validate_agent_id
 
 DIRECTORY_MIGRATIONS = [
@@ -73,8 +73,12 @@ class ThreadDirectory(AuthAgent, Agent):
         return subject
 
     @turn
-    async def add(self, token: str | None, thread_id: str) -> dict[str, Any]:
-        """Record a thread the caller now owns; `created` says whether it is new to the directory."""
+    async def add(self, token: str | None, thread_id: str, max_threads: int | None = None) -> dict[str, Any]:
+        """Record a thread of the caller's; `created` says whether it is new to the directory.
+
+        With `max_threads`, a new entry beyond that many is refused (`ThreadQuotaExceededError`), checked in
+        the same transaction as the insert, so concurrent creations cannot overshoot the quota.
+        """
         await self._check_caller(token)
         validate_agent_id(thread_id)
         now = time.time()
@@ -82,6 +86,12 @@ class ThreadDirectory(AuthAgent, Agent):
             existing = await tx.fetchone("SELECT * FROM threads WHERE thread_id = ?", (thread_id,))
             if existing is not None:
                 return {**_row(existing), "created": False}
+            if max_threads is not None:
+                row = await tx.fetchone("SELECT COUNT(*) AS n FROM threads")
+                if row is not None and int(row["n"]) >= max_threads:
+                    raise ThreadQuotaExceededError(
+                        f"you already have {int(row['n'])} threads; the limit is {max_threads} per user"
+                    )
             await tx.execute(
                 "INSERT INTO threads(thread_id, created_at, title, last_active_at) VALUES (?, ?, NULL, ?)",
                 (thread_id, now, now),

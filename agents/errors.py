@@ -43,3 +43,10 @@ class NotOwnerError(ChatError, PermissionError):
 
     status_code = 403
     code = "not_owner"
+
+
+class ThreadQuotaExceededError(ChatError):
+    """The caller already owns as many threads as one user may (`AGENT_MAX_THREADS_PER_USER`)."""
+
+    status_code = 429
+    code = "thread_quota_exceeded"

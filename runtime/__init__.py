@@ -5,7 +5,9 @@ Knows nothing of chat or auth. Public surface:
 - `Agent`, `turn`, `read`: the base class and its method markers;
 - `get_agent` / `get_agent_sync`: address an agent by `(class, id)`;
 - `init`: connect to (or start) Ray and the alarm scheduler for a storage root;
-- `Schedule`, `InvalidScheduleError`, `InvalidAgentIdError`: what schedules and ids give back.
+- `Schedule`, `InvalidScheduleError`, `InvalidAgentIdError`: what schedules and ids give back;
+- `AgentNotFoundError`, `AgentCapacityError`: an agent that was never created (with `create=False`), and a
+  host whose live agents are all busy (retry later).
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from runtime.agent import Agent, read, turn
+from runtime.errors import AgentCapacityError, AgentNotFoundError
+from runtime.handles import AgentHandle, SyncAgentHandle
 from runtime.ids import InvalidAgentIdError, validate_agent_id
-from runtime.registry import AgentHandle, SyncAgentHandle, get_agent, get_agent_sync
+from runtime.registry import get_agent, get_agent_sync
 from runtime.schedules import InvalidScheduleError, Schedule
 from runtime.settings import RuntimeSettings, runtime_settings
 from runtime.storage import AgentStorage, StorageError
 
 __all__ = [
     "Agent",
+    "AgentCapacityError",
     "AgentHandle",
+    "AgentNotFoundError",
     "AgentStorage",
     "InvalidAgentIdError",
     "InvalidScheduleError",

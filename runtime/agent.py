@@ -2,12 +2,14 @@
 
 An agent has an identity (`id`, `name`), a SQLite file (`storage`), typed state (`state`, `set_state`),
 schedules (`schedule`, `cancel_schedule`, `get_schedules`) and lifecycle hooks (`on_start`, `on_error`).
-It runs as a named Ray actor (see `runtime.registry`), but it is a plain class: it can also be built
-directly in a process for tests and scripts.
+It lives in a host process (see `runtime.host`) among other agents, is activated on its first call
+and hibernates when idle, but it is a plain class: it can also be built directly in a process for tests
+and scripts.
 
 Turns: methods decorated with `@turn` run one at a time, in arrival order, under an asyncio lock (FIFO);
 a turn calling another turn of the same agent joins it instead of deadlocking. Methods decorated with
-`@read` (and plain reads of storage) never wait behind a turn: they only wait until start-up finished.
+`@read` never wait behind a turn: they only wait until start-up finished. A call through a handle always
+waits for start-up first, so a plain (undecorated) method may use `self.storage` on a brand-new agent.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ R = TypeVar("R")
 A = TypeVar("A", bound="Agent")
 
 _current_turn: contextvars.ContextVar[object | None] = contextvars.ContextVar("agent_turn", default=None)
+
+DueReporter = Callable[["Agent", float | None], Awaitable[bool]]
+"""How an agent tells the alarm scheduler its next due time; returns whether the report got through."""
 
 # Names a schedule may never call back: the runtime's own machinery and lifecycle hooks.
 _RESERVED_CALLBACKS = frozenset(
@@ -126,6 +131,9 @@ class Agent:
     migrations: ClassVar[list[Migration]] = []
     """This class's own schema steps (each class in the MRO keeps its own list and version)."""
 
+    idle_seconds: ClassVar[float | None] = None
+    """Seconds with nothing to do before this agent hibernates; None: the host's `AGENT_IDLE_SECONDS`."""
+
     schedule_retry_base_seconds: ClassVar[float] = 2.0
     schedule_max_retries: ClassVar[int] = 6
 
@@ -136,8 +144,7 @@ class Agent:
         self.namespace: str = namespace or settings.namespace
         self.storage_dir: Path = Path(storage_dir or settings.storage_dir).resolve()
         self.storage = AgentStorage(
-            self.storage_dir / self.agent_class_name() / f"{agent_id}.sqlite3",
-            synchronous=settings.sqlite_synchronous,
+            self.storage_path(self.storage_dir, agent_id), synchronous=settings.sqlite_synchronous
         )
         self._state: BaseModel | None = None
         self._turn_lock = asyncio.Lock()
@@ -147,6 +154,8 @@ class Agent:
         self._timer: asyncio.TimerHandle | None = None
         self._reported_due: float | None | object = _UNREPORTED
         self._background: set[asyncio.Task[Any]] = set()
+        self._next_due_at: float | None = None
+        self._report_due: DueReporter | None = None  # set by the host; None: nobody to tell (in-process use)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -158,6 +167,11 @@ class Agent:
     def agent_class_name(cls) -> str:
         """The class part of the actor name and storage folder (the class name by default)."""
         return cls.__name__
+
+    @classmethod
+    def storage_path(cls, storage_dir: str | Path, agent_id: str) -> Path:
+        """The SQLite file of agent `agent_id` under `storage_dir` (it exists once the agent was created)."""
+        return Path(storage_dir) / cls.agent_class_name() / f"{validate_agent_id(agent_id)}.sqlite3"
 
     @classmethod
     def class_path(cls) -> str:
@@ -349,23 +363,31 @@ class Agent:
         """
         due = await self._next_due()
         self._arm_local_timer(due)
-        if due != self._reported_due:
-            from runtime.scheduler import report_next_due  # runtime-internal, imported late (Ray)
-
-            if await report_next_due(self, due):
-                self._reported_due = due
+        await self._report_next_due(due)
         return due
 
+    async def _report_next_due(self, due: float | None) -> bool:
+        if due == self._reported_due:
+            return True
+        if self._report_due is not None and not await self._report_due(self, due):
+            return False
+        self._reported_due = due
+        return True
+
     def _arm_local_timer(self, due: float | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
+        self._next_due_at = due
         if due is None:
             return
         loop = asyncio.get_running_loop()
         delay = max(0.0, due - time.time())
         # A fresh context: the timer must not inherit "inside a turn" from whoever armed it.
         self._timer = loop.call_at(loop.time() + delay, self._fire_local_timer, context=contextvars.Context())
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _fire_local_timer(self) -> None:
         self._timer = None
@@ -379,10 +401,25 @@ class Agent:
         """The OS process id serving this agent (tests use it to SIGKILL the actor)."""
         return os.getpid()
 
+    # -- hibernation -----------------------------------------------------------------------------------
+    def _is_quiet(self) -> bool:
+        """Nothing running inside: no turn holds or waits for the lock, no timer-fired work is running."""
+        return not self._background and not self._turn_lock.locked()
+
+    async def _prepare_to_leave(self) -> bool:
+        """Make sure the scheduler's index holds the next due time (re-read from the table), so a due alarm
+        wakes this agent after it left. False if the scheduler could not be told: then it must stay."""
+        self._stop_timer()
+        due = await self._next_due()
+        if await self._report_next_due(due):
+            return True
+        self._arm_local_timer(due)  # staying: keep firing locally
+        return False
+
     async def close(self) -> None:
-        """Stop timers and close storage (tests and in-process use; actors just exit)."""
-        if self._timer is not None:
-            self._timer.cancel()
+        """Release what this activation holds: timers, background work, storage. Subclasses that open more
+        (another file, a client) extend it, calling `super().close()`. The host calls it on hibernation."""
+        self._stop_timer()
         for task in list(self._background):
             task.cancel()
         await self.storage.close()

@@ -1,7 +1,7 @@
 """The alarm scheduler: wakes agents whose schedules are due when nothing else would.
 
 A live agent fires its own schedules with a local timer. This detached actor covers the times it can't:
-the agent's process was killed, the whole Ray cluster restarted, or the agent was never called since.
+the agent hibernated, its host was killed, the whole Ray cluster restarted, or it was never called since.
 Its only state is a durable index of `(class, id) -> next due time` (SQLite, beside the agents' files)
 and an in-memory heap rebuilt from that index on start. The agents' own files stay the source of truth:
 each wake-up asks the agent to run what is due and report its next due time.
@@ -12,20 +12,20 @@ One scheduler serves one storage root in one namespace (its actor name carries a
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import heapq
 import itertools
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 
+from runtime.classes import import_agent_class
+from runtime.errors import AgentNotFoundError
+from runtime.handles import AgentHandle
+from runtime.placement import runtime_dir, scheduler_name
 from runtime.storage import AgentStorage
-
-if TYPE_CHECKING:
-    from runtime.agent import Agent
 
 logger = logging.getLogger("runtime.scheduler")
 
@@ -48,11 +48,6 @@ INDEX_MIGRATIONS = [
 _handles: dict[tuple[str, str, str], Any] = {}
 
 
-def scheduler_name(storage_dir: Path) -> str:
-    digest = hashlib.sha256(str(Path(storage_dir).resolve()).encode()).hexdigest()[:16]
-    return f"_runtime/alarms/{digest}"
-
-
 def ensure_scheduler(storage_dir: Path, namespace: str) -> Any:
     """Get or create the scheduler actor for this storage root and namespace."""
     root = Path(storage_dir).resolve()
@@ -72,19 +67,6 @@ def ensure_scheduler(storage_dir: Path, namespace: str) -> Any:
     return handle
 
 
-async def report_next_due(agent: Agent, due: float | None) -> bool:
-    """Tell the scheduler when `agent` next needs waking. Outside a Ray actor there is nothing to tell."""
-    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
-        return True
-    try:
-        scheduler = ensure_scheduler(agent.storage_dir, agent.namespace)
-        await scheduler.set_next_due.remote(agent.class_path(), agent.id, due)
-        return True
-    except Exception as exc:  # the local timer still fires; the next re-arm retries the report
-        logger.warning("%s: could not report next due time to the alarm scheduler: %s", agent.name, exc)
-        return False
-
-
 @ray.remote
 class AlarmScheduler:
     """Heap of next wake-ups, persisted as an index; calls `_run_due_schedules` on due agents."""
@@ -92,7 +74,7 @@ class AlarmScheduler:
     def __init__(self, storage_dir: str, namespace: str) -> None:
         self.storage_dir = Path(storage_dir)
         self.namespace = namespace
-        self.index = AgentStorage(self.storage_dir / "_runtime" / "alarm_index.sqlite3")
+        self.index = AgentStorage(runtime_dir(self.storage_dir) / "alarm_index.sqlite3")
         self._due: dict[tuple[str, str], float] = {}
         self._heap: list[tuple[float, int, tuple[str, str], float]] = []
         self._seq = itertools.count()
@@ -163,16 +145,20 @@ class AlarmScheduler:
             task.add_done_callback(self._tasks.discard)
 
     async def _wake(self, key: tuple[str, str], due: float) -> None:
-        from runtime.registry import agent_actor, import_agent_class
-
         class_path, agent_id = key
         try:
             cls = import_agent_class(class_path)
-            actor = await asyncio.to_thread(  # creating or looking up an actor blocks: keep the loop free
-                agent_actor, cls, agent_id, storage_dir=self.storage_dir, namespace=self.namespace
+            agent = await asyncio.to_thread(  # finding (or starting) its host blocks: keep the loop free
+                AgentHandle, cls, agent_id, storage_dir=self.storage_dir, namespace=self.namespace, create=False
             )
-            next_due = await actor._run_due_schedules.remote()
+            next_due = await agent._run_due_schedules()
             self._failures.pop(key, None)
+        except AgentNotFoundError:
+            logger.warning("%s/%s is due but its file is gone; dropping it from the index", class_path, agent_id)
+            self._in_flight.discard(key)
+            if self._due.get(key) == due:
+                await self.set_next_due(class_path, agent_id, None)
+            return
         except Exception as exc:
             failures = self._failures.get(key, 0) + 1
             self._failures[key] = failures

@@ -11,17 +11,47 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class RuntimeSettings(BaseSettings):
-    """Where agents keep their files and which Ray namespace holds their actors."""
+    """Where agents keep their files, which Ray namespace holds their hosts, and how long agents stay live."""
 
     model_config = SettingsConfigDict(env_prefix="AGENT_", extra="ignore")
 
     storage_dir: Path = Field(default=Path("./.data"), description="Root folder of the agents' SQLite files.")
-    namespace: str = Field(default="agents", description="Ray namespace of the named agent actors.")
+    namespace: str = Field(default="agents", description="Ray namespace of the agent hosts and the scheduler.")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
         description="SQLite `synchronous` pragma: FULL survives power loss, NORMAL only process crashes.",
     )
-    max_concurrency: int = Field(default=100, ge=2, description="Concurrent calls one agent actor accepts.")
+    hosts: int = Field(
+        default=2,
+        ge=1,
+        le=1024,
+        description="Host processes agents are spread over (per storage root). Fixed when the root is first used.",
+    )
+    idle_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="An agent with nothing to do for this long hibernates (leaves memory); 0 disables.",
+    )
+    max_live: int = Field(
+        default=2000,
+        ge=1,
+        description="Live agents per storage root (split evenly over the hosts); the least recently used idle "
+        "ones hibernate early to stay under it.",
+    )
+    activation_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a new activation waits for room when every live agent is busy, before "
+        "`AgentCapacityError` (HTTP 503 with Retry-After).",
+    )
+    host_idle_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="A host with no live agent for this long exits (and is started again on demand); 0: never.",
+    )
+    host_max_concurrency: int = Field(
+        default=10_000, ge=2, description="Concurrent calls one host accepts (open event streams count)."
+    )
 
 
 @lru_cache(maxsize=1)

@@ -106,3 +106,36 @@ class Counter(Agent):
         attempts.append(time.time())
         await self.storage.put("fail_attempts", attempts)
         raise RuntimeError(f"callback failure #{len(attempts)}")
+
+
+class QuickCounter(Counter):
+    """A `Counter` that hibernates after half a second with nothing to do."""
+
+    idle_seconds = 0.5
+
+
+class SlowLeavingCounter(Counter):
+    """Hibernates quickly but takes a while to close, so calls can race with its leave."""
+
+    idle_seconds = 0.3
+
+    async def close(self) -> None:
+        await asyncio.sleep(0.6)
+        await super().close()
+
+
+class PlainCounter(Agent):
+    """Undecorated methods only: they still run after start-up (storage open, migrations applied)."""
+
+    migrations = ["CREATE TABLE notes (text TEXT NOT NULL)"]
+
+    async def write(self, key: str, value: Any) -> None:
+        await self.storage.put(key, value)
+
+    async def note(self, text: str) -> int:
+        await self.storage.execute("INSERT INTO notes(text) VALUES (?)", (text,))
+        row = await self.storage.fetchone("SELECT COUNT(*) AS n FROM notes")
+        return int(row["n"])
+
+    async def lookup(self, key: str) -> Any:
+        return await self.storage.get(key)

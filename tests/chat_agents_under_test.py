@@ -57,3 +57,9 @@ class CrashableChat(Chat):
             return result
 
         return Tool(buy_stock, name=real.name, description=real.description, parameters=real.parameters)
+
+
+class HibernatingChat(Chat):
+    """The real `Chat`, hibernating after half a second with nothing to do."""
+
+    idle_seconds = 0.5

@@ -70,7 +70,9 @@ class ChatWorld:
 
 
 def start_world(*, ciba_interval: int = 1) -> ChatWorld:
-    authz = DevAuthorizationServer(api_audience=API_AUDIENCE, default_interval=ciba_interval).start()
+    authz = DevAuthorizationServer(
+        api_audience=API_AUDIENCE, default_interval=ciba_interval, users=("alice", "bob", "carol")
+    ).start()
     checkout = CheckoutServer(issuer=authz.issuer, audience=CHECKOUT_AUDIENCE).start()
     model = OfflineModelServer().start()
     env = {

@@ -12,6 +12,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 _world_env: dict[str, str] = {}
 
+# The runtime's lifecycle settings for the whole suite (driver and Ray workers alike): one host per storage
+# root (tests that need more write the root's placement file first), agents that hibernate after a while,
+# and hosts that exit soon after their last agent left, so the suite's many storage roots do not pile up
+# host processes.
+RUNTIME_TEST_ENV = {"AGENT_HOSTS": "1", "AGENT_IDLE_SECONDS": "15", "AGENT_HOST_IDLE_SECONDS": "5"}
+for _name, _value in RUNTIME_TEST_ENV.items():
+    os.environ.setdefault(_name, _value)
+
 
 def set_world_env(env: dict[str, str]) -> None:
     """Give the Ray job these env vars (the dev services' URLs and secrets); restarts Ray if it runs."""
@@ -32,7 +40,9 @@ def ray_init_kwargs() -> dict:
         "include_dashboard": False,
         "logging_level": "WARNING",
         "namespace": "agents-tests",
-        "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath, **_world_env}},
+        "runtime_env": {
+            "env_vars": {"PYTHONPATH": pythonpath, **{k: os.environ[k] for k in RUNTIME_TEST_ENV}, **_world_env}
+        },
     }
 
 

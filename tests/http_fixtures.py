@@ -56,6 +56,10 @@ def _ray_session() -> str:
     return ray.get_runtime_context().get_session_name()
 
 
+THREADS_PER_USER = 60
+"""The per-user thread quota of the test deployment (carol, a user no other test uses, fills hers)."""
+
+
 def ensure_http_api(world: Any, *, timeout: float = 120.0) -> HttpApi:
     """Deploy the ingress for `world` on the current Ray session (or return the one already there)."""
     global _current
@@ -79,6 +83,7 @@ def ensure_http_api(world: Any, *, timeout: float = 120.0) -> HttpApi:
         "AGENT_NAMESPACE": namespace,
         "AGENTRT_DEV_AUTHZ_URL": world.authz.url,
         "AGENTRT_SSE_PING_SECONDS": "2",
+        "AGENT_MAX_THREADS_PER_USER": str(THREADS_PER_USER),
     }
     with contextlib.suppress(Exception):
         serve.shutdown()  # a previous session's (or a stale) Serve instance: start clean on a new port

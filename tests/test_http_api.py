@@ -15,8 +15,11 @@ import pytest
 import ray
 
 from agentrt.client import AgentRuntimeClient, ServerEvent, iter_sse
-from agents.directory import directory_id_for
-from tests.http_fixtures import HttpApi, ensure_http_api
+from agents.chat import Chat
+from agents.directory import ThreadDirectory, directory_id_for
+from runtime import get_agent
+from tests.http_fixtures import THREADS_PER_USER, HttpApi, ensure_http_api
+from tests.lifecycle import live_agent_names
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -247,15 +250,16 @@ async def test_every_thread_route_needs_a_valid_token_of_the_owner(http_api: Htt
         # bob never became an owner of alice's thread along the way
         assert (await http.get(f"/threads/{thread_id}/messages", headers=alice)).status_code == 200
 
-        # an unauthenticated caller cannot make the cluster start agents (each one is a process)
+        # an unauthenticated caller cannot make the cluster create agents
         fresh = new_id()
         for bad in ("not-a-jwt", tampered):
             headers = {"Authorization": f"Bearer {bad}"}
             assert_error(await http.post(f"/threads/{fresh}/messages", json={"content": "hi"}, headers=headers), 401)
             assert_error(await http.get("/threads", headers=headers), 401)
-        names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
-        assert f"Chat/{fresh}" not in names
-        assert f"ThreadDirectory/{directory_id_for('auth0|mallory')}" not in names
+        assert not Chat.storage_path(http_api.storage_dir, fresh).exists()
+        assert not ThreadDirectory.storage_path(http_api.storage_dir, directory_id_for("auth0|mallory")).exists()
+        live = await live_agent_names(http_api.storage_dir, http_api.namespace)
+        assert f"Chat/{fresh}" not in live
 
 
 def _tamper(token: str) -> str:
@@ -341,8 +345,8 @@ async def test_a_tool_result_for_a_call_not_awaiting_confirmation_is_409(http_ap
 
 
 async def test_events_stream_survives_an_agent_restart_with_a_reset(http_api: HttpApi) -> None:
-    """Kill the thread's actor under an open /events stream: the stream stays, says `reset` (new epoch), and
-    carries the events of the restarted agent."""
+    """Kill the thread's host actor under an open /events stream: the stream stays, says `reset` (new epoch),
+    and carries the events of the restarted agent."""
     alice = http_api.headers("alice")
     thread_id = new_id()
     async with http_api.client() as http:
@@ -350,11 +354,57 @@ async def test_events_stream_survives_an_agent_restart_with_a_reset(http_api: Ht
     async with AgentRuntimeClient(http_api.url, http_api.token("alice")) as client:
         events = client.events(thread_id, reconnect=False)
         (ready,) = await read_events(events, lambda e: e.event == "ready", within=15)
-        actor = ray.get_actor(f"Chat/{thread_id}", namespace=http_api.namespace)
-        ray.kill(actor, no_restart=False)
+        ray.kill(get_agent(Chat, thread_id, namespace=http_api.namespace).host, no_restart=False)
         (*_, reset) = await read_events(events, lambda e: e.event == "reset", within=45)
         assert reset.data["epoch"] != ready.data["epoch"]
         await client.send_message(thread_id, "what is NVDA trading at?")
         seen = await read_events(events, lambda e: e.event == "turn_end", within=30)
         await events.aclose()
     assert any(e.event == "message" and e.id.startswith(reset.data["epoch"] + ":") for e in seen)
+
+
+async def test_reads_of_an_unknown_thread_are_404_and_create_nothing(http_api: HttpApi) -> None:
+    alice = http_api.headers("alice")
+    unknown = new_id()
+    async with http_api.client() as http:
+        for method, path, kwargs in [
+            ("GET", f"/threads/{unknown}", {}),
+            ("GET", f"/threads/{unknown}/messages", {}),
+            ("GET", f"/threads/{unknown}/interrupts", {}),
+            ("GET", f"/threads/{unknown}/events", {}),
+            ("POST", f"/threads/{unknown}/tool-results", {"json": {"tool_call_id": "call_1", "approved": True}}),
+        ]:
+            assert_error(await http.request(method, path, headers=alice, **kwargs), 404, "thread_not_found")
+    assert not Chat.storage_path(http_api.storage_dir, unknown).exists()
+    assert f"Chat/{unknown}" not in await live_agent_names(http_api.storage_dir, http_api.namespace)
+
+
+async def test_the_per_user_thread_quota_answers_429_and_leaves_existing_threads_alone(http_api: HttpApi) -> None:
+    carol = http_api.headers("carol")
+    async with http_api.client() as http:
+        kept = new_id()
+        assert (await http.post("/threads", json={"thread_id": kept}, headers=carol)).status_code == 201
+        sent = await http.post(f"/threads/{kept}/messages", json={"content": "what is MSFT at?"}, headers=carol)
+        assert sent.status_code == 200
+        directory = get_agent(
+            ThreadDirectory,
+            directory_id_for(http_api.world.subject("carol")),
+            storage_dir=http_api.storage_dir,
+            namespace=http_api.namespace,
+        )
+        token = http_api.token("carol")
+        for i in range(THREADS_PER_USER - 1):  # fill carol's quota without making 60 agents
+            await directory.add(token, f"filler-{i}")
+
+        over = new_id()
+        assert_error(await http.post("/threads", json={"thread_id": over}, headers=carol), 429, "thread_quota_exceeded")
+        posted = await http.post(f"/threads/{over}/messages", json={"content": "hi"}, headers=carol)
+        assert_error(posted, 429, "thread_quota_exceeded")
+        assert not Chat.storage_path(http_api.storage_dir, over).exists()
+
+        # carol's existing thread is untouched and still takes messages; opening it again is no new thread
+        assert (await http.post("/threads", json={"thread_id": kept}, headers=carol)).status_code == 200
+        messages = (await http.get(f"/threads/{kept}/messages", headers=carol)).json()["messages"]
+        assert [m["content"] for m in messages if m["role"] == "user"] == ["what is MSFT at?"]
+        again = await http.post(f"/threads/{kept}/messages", json={"content": "and AAPL?"}, headers=carol)
+        assert again.status_code == 200

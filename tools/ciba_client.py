@@ -310,6 +310,9 @@ def _scopes(scope: str | Sequence[str]) -> list[str]:
     return ["openid"] + [s for s in dict.fromkeys(items) if s != "openid"]
 
 
+_shared_clients: dict[tuple[str, ...], CIBAClient] = {}
+
+
 class CIBAClient:
     """A CIBA poll-mode client for one OAuth client of one issuer.
 
@@ -368,6 +371,22 @@ class CIBAClient:
             login_hint_format=settings.ciba_login_hint_format,
             **kwargs,
         )
+
+    @classmethod
+    def shared(cls, settings: AuthSettings) -> CIBAClient:
+        """The process's one client for these settings: discovery is fetched once per process, not once
+        per agent activation, and its connections are pooled across the agents of a host."""
+        key = (
+            settings.issuer,
+            settings.require_client_id(),
+            settings.require_client_secret().get_secret_value(),
+            settings.ciba_client_auth_method,
+            settings.ciba_login_hint_format,
+        )
+        client = _shared_clients.get(key)
+        if client is None:
+            client = _shared_clients[key] = cls.from_settings(settings)
+        return client
 
     def __repr__(self) -> str:
         return f"CIBAClient(issuer={self.issuer!r}, client_id={self.client_id!r}, auth={self.auth_method})"

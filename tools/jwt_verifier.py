@@ -14,6 +14,7 @@ The key set is cached and refetched at most once per `min_refresh_interval` when
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -262,6 +263,16 @@ class JWTVerifier:
         return claims
 
 
+@functools.lru_cache(maxsize=16)
+def shared_verifier(issuer: str, audience: str) -> JWTVerifier:
+    """The process's one verifier (one JWKS cache) for this issuer and audience.
+
+    Many agents live in one host process: each fetching discovery and the JWKS itself would cost every
+    activation two network round trips. Sharing also means one unknown-`kid` refresh serves them all.
+    """
+    return JWTVerifier(issuer=issuer, audience=audience)
+
+
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
     "DisallowedAlgorithmError",
@@ -276,4 +287,5 @@ __all__ = [
     "TokenExpiredError",
     "TokenNotYetValidError",
     "UnknownSigningKeyError",
+    "shared_verifier",
 ]

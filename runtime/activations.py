@@ -1,0 +1,322 @@
+"""The agents live in one host process: activated on demand, hibernated when idle, bounded by a live cap.
+
+This is the Durable Object lifecycle, inside one process and without Ray:
+
+    created (first call or due alarm) -> live -> leaving (next due time reported, storage closed) -> gone
+
+- A call for an agent that is not live activates it (a new instance: storage opened, migrations, `on_start`);
+  with `create=False` an agent that was never created is `AgentNotFoundError` instead, and nothing is made.
+- An agent is idle when no call is in flight or queued, nothing timer-fired runs inside it, no open event
+  watcher waits on it (a watcher is a call in flight), its next alarm is not due within the idle time, and
+  it has been so for `idle_seconds`. Idle agents leave; their file stays, and the scheduler's index wakes
+  them for their next alarm.
+- With `max_live` agents live, activating another first makes the least recently used idle one leave. A
+  busy agent is never evicted: if all are busy the activation waits up to `activation_timeout`, then fails
+  with `AgentCapacityError` before anything of the call ran.
+- A call arriving while its agent is leaving waits for the leave to finish, then runs on a fresh
+  activation: callers never see hibernation. Turn order per submitter carries over (the admission gate is
+  kept per agent name across activations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from runtime.agent import Agent, DueReporter
+from runtime.errors import AgentCapacityError, AgentNotFoundError
+from runtime.ids import actor_name
+from runtime.turn_order import SubmissionOrder
+
+logger = logging.getLogger("runtime.activations")
+
+LEAVE_RETRY_SECONDS = 5.0
+"""An agent that could not leave (its next due time could not be reported) is not tried again before this."""
+
+MAX_REMEMBERED_ORDERS = 10_000
+
+LifecycleHook = Callable[[Agent], Awaitable[None]]
+
+
+class Activations:
+    """The live agents of one storage root in this process, in least-recently-used order."""
+
+    def __init__(
+        self,
+        storage_dir: Path,
+        namespace: str,
+        *,
+        idle_seconds: float,
+        max_live: int,
+        activation_timeout: float,
+        report_due: DueReporter | None = None,
+        on_activate: LifecycleHook | None = None,
+        on_leave: LifecycleHook | None = None,
+    ) -> None:
+        self.storage_dir = Path(storage_dir)
+        self.namespace = namespace
+        self.idle_seconds = idle_seconds
+        self.max_live = max_live
+        self.activation_timeout = activation_timeout
+        self._report_due = report_due
+        self._on_activate = on_activate
+        self._on_leave = on_leave
+        self._live: OrderedDict[str, Agent] = OrderedDict()
+        self._busy: dict[str, int] = {}
+        self._last_used: dict[str, float] = {}
+        self._leaving: dict[str, asyncio.Future[None]] = {}
+        self._not_before: dict[str, float] = {}
+        self._orders: OrderedDict[str, SubmissionOrder] = OrderedDict()
+        self._room_waiters: set[asyncio.Future[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.counters = {
+            "activations": 0,
+            "hibernations": 0,
+            "evictions": 0,
+            "capacity_refusals": 0,
+            "peak_occupied": 0,
+        }
+
+    # -- what is live ----------------------------------------------------------------------------------
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    @property
+    def occupied(self) -> int:
+        """Live agents plus those still leaving (they hold their resources until they are closed)."""
+        return len(self._live) + len(self._leaving)
+
+    def is_empty(self) -> bool:
+        return not self._live and not self._leaving
+
+    def live_names(self) -> list[str]:
+        """Names of the live agents, least recently used first."""
+        return list(self._live)
+
+    def busy_names(self) -> list[str]:
+        return [name for name, count in self._busy.items() if count > 0]
+
+    # -- calls -----------------------------------------------------------------------------------------
+    async def call(
+        self,
+        cls: type[Agent],
+        agent_id: str,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        create: bool = True,
+    ) -> Any:
+        """Run `method` on the live instance of `(cls, agent_id)`, activating it first if needed.
+
+        The call waits until the activation's start-up finished, whatever the method (decorated or not).
+        """
+        _check_method(cls, method)
+        agent = await self.acquire(cls, agent_id, create=create)
+        try:
+            try:
+                await agent._ensure_started()
+            except Exception:
+                self._discard(agent)  # a failed start-up is not kept: the next call tries afresh
+                raise
+            result = getattr(agent, method)(*args, **(kwargs or {}))
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        finally:
+            self.release(agent)
+
+    async def acquire(self, cls: type[Agent], agent_id: str, *, create: bool = True) -> Agent:
+        """The live instance, counted busy until `release`; activated (making room first) if absent."""
+        name = actor_name(cls.agent_class_name(), agent_id)
+        deadline: float | None = None
+        while True:
+            agent = self._live.get(name)
+            if agent is not None:
+                if type(agent) is not cls:
+                    raise TypeError(f"{name} is live as {type(agent).__qualname__}, not {cls.__qualname__}")
+                self._enter(name)
+                return agent
+            leaving = self._leaving.get(name)
+            if leaving is not None:
+                await asyncio.shield(leaving)
+                continue
+            if not create and not cls.storage_path(self.storage_dir, agent_id).exists():
+                raise AgentNotFoundError(name)
+            if self.occupied >= self.max_live:
+                if deadline is None:
+                    deadline = time.monotonic() + self.activation_timeout
+                await self._make_room(deadline)
+                continue
+            return self._activate(cls, agent_id, name)
+
+    def release(self, agent: Agent) -> None:
+        name = agent.name
+        count = self._busy.get(name, 0) - 1
+        if count > 0:
+            self._busy[name] = count
+        else:
+            self._busy.pop(name, None)
+            self._wake_room_waiters()
+        self._last_used[name] = time.monotonic()
+
+    def _enter(self, name: str) -> None:
+        self._busy[name] = self._busy.get(name, 0) + 1
+        self._last_used[name] = time.monotonic()
+        self._live.move_to_end(name)
+
+    def _activate(self, cls: type[Agent], agent_id: str, name: str) -> Agent:
+        # Everything below is synchronous: the instance's start-up task first runs at the caller's next
+        # await, when the reporter and the kept admission gate are already in place.
+        agent = cls(agent_id, self.storage_dir, self.namespace)
+        agent._report_due = self._report_due
+        order = self._orders.pop(name, None)
+        if order is not None:
+            agent._turn_order = order
+        self._orders[name] = agent._turn_order
+        while len(self._orders) > MAX_REMEMBERED_ORDERS:
+            self._orders.popitem(last=False)
+        self._live[name] = agent
+        self._enter(name)
+        self.counters["activations"] += 1
+        self.counters["peak_occupied"] = max(self.counters["peak_occupied"], self.occupied)
+        if self._on_activate is not None:
+            self._spawn(self._on_activate(agent), f"{name}: recording the activation")
+        return agent
+
+    def _discard(self, agent: Agent) -> None:
+        """Drop an instance whose start-up failed (if it is still the live one)."""
+        if self._live.get(agent.name) is agent:
+            del self._live[agent.name]
+            self._spawn(agent.close(), f"{agent.name}: closing after a failed start")
+            if self._on_leave is not None:
+                self._spawn(self._on_leave(agent), f"{agent.name}: recording the leave")
+            self._wake_room_waiters()
+
+    # -- making room -----------------------------------------------------------------------------------
+    async def _make_room(self, deadline: float) -> None:
+        """Make one idle agent leave (least recently used first), or wait for one to become idle."""
+        victim = self._least_recently_used_idle()
+        if victim is not None:
+            self.counters["evictions"] += 1
+            await asyncio.shield(self._begin_leave(victim))
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            self.counters["capacity_refusals"] += 1
+            raise AgentCapacityError(
+                f"all {self.max_live} live agents of this host are busy; retry shortly", retry_after=1.0
+            )
+        waiter = asyncio.get_running_loop().create_future()
+        self._room_waiters.add(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, remaining)
+        finally:
+            self._room_waiters.discard(waiter)
+
+    def _wake_room_waiters(self) -> None:
+        for waiter in self._room_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _least_recently_used_idle(self) -> str | None:
+        now = time.monotonic()
+        for name, agent in self._live.items():
+            if self._can_leave(name, agent, now):
+                return name
+        return None
+
+    def _can_leave(self, name: str, agent: Agent, now: float) -> bool:
+        return (
+            self._busy.get(name, 0) == 0
+            and agent._is_quiet()
+            and agent._started is not None
+            and agent._started.done()
+            and self._not_before.get(name, 0.0) <= now
+        )
+
+    # -- hibernation -----------------------------------------------------------------------------------
+    def hibernate_idle(self) -> int:
+        """Start the leave of every agent idle for `idle_seconds` (the host's reaper calls this)."""
+        now, wall = time.monotonic(), time.time()
+        started = 0
+        for name, agent in list(self._live.items()):
+            idle = self.idle_seconds if agent.idle_seconds is None else agent.idle_seconds
+            if idle <= 0 or now - self._last_used.get(name, now) < idle or not self._can_leave(name, agent, now):
+                continue
+            if agent._next_due_at is not None and agent._next_due_at - wall < idle:
+                continue  # an alarm is about to fire: staying is cheaper than leaving and waking
+            self._begin_leave(name)
+            started += 1
+        return started
+
+    def _begin_leave(self, name: str) -> asyncio.Future[None]:
+        """Take `name` out of the live set now (no call can reach it any more) and finish leaving in a task
+        of its own, so a cancelled caller never leaves it half-closed. Returns when-left."""
+        agent = self._live.pop(name)
+        agent._stop_timer()
+        left = asyncio.get_running_loop().create_future()
+        self._leaving[name] = left
+        self._spawn(self._leave(name, agent, left), f"{name}: hibernating")
+        return left
+
+    async def _leave(self, name: str, agent: Agent, left: asyncio.Future[None]) -> None:
+        stays = False
+        try:
+            if await agent._prepare_to_leave():
+                await agent.close()
+                self.counters["hibernations"] += 1
+                if self._on_leave is not None:
+                    await self._on_leave(agent)
+            else:
+                stays = True
+                logger.warning("%s stays live: its next due time could not be recorded", name)
+        except Exception:
+            logger.exception("%s: error while hibernating (the instance is dropped)", name)
+        finally:
+            del self._leaving[name]
+            self._last_used.pop(name, None)
+            if stays:
+                self._live[name] = agent
+                self._last_used[name] = time.monotonic()
+                self._not_before[name] = time.monotonic() + LEAVE_RETRY_SECONDS
+            else:
+                self._not_before.pop(name, None)
+            left.set_result(None)
+            self._wake_room_waiters()
+
+    def _spawn(self, awaitable: Awaitable[Any], what: str) -> None:
+        async def run() -> None:
+            try:
+                await awaitable
+            except Exception:
+                logger.exception("%s failed", what)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "live": len(self._live),
+            "leaving": len(self._leaving),
+            "busy": len(self.busy_names()),
+            "max_live": self.max_live,
+            **self.counters,
+        }
+
+
+def _check_method(cls: type[Agent], method: str) -> None:
+    """Any callable attribute but dunders may be called; anything else is AttributeError, before activation."""
+    target = getattr(cls, method, None) if isinstance(method, str) and not method.startswith("__") else None
+    if not callable(target):
+        raise AttributeError(f"{cls.__name__} has no method {method!r}")

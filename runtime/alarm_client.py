@@ -1,0 +1,47 @@
+"""How a live agent tells its storage root's alarm scheduler when it next needs waking.
+
+The scheduler is reached by its Ray name only (no import of the scheduler's code), so the agent side never
+depends on the scheduler side: whoever creates hosts (`runtime.registry`, `runtime.init`, the scheduler
+itself) has made sure the scheduler exists first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from runtime.placement import scheduler_name
+
+if TYPE_CHECKING:
+    from runtime.agent import Agent
+
+logger = logging.getLogger("runtime.alarms")
+
+_schedulers: dict[tuple[str, str], Any] = {}
+
+
+async def scheduler_for(storage_dir: Path, namespace: str) -> Any:
+    """The scheduler actor of a storage root (looked up by name once per process)."""
+    key = (str(storage_dir), namespace)
+    handle = _schedulers.get(key)
+    if handle is None:
+        handle = await asyncio.to_thread(ray.get_actor, scheduler_name(storage_dir), namespace=namespace)
+        _schedulers[key] = handle
+    return handle
+
+
+async def report_next_due(agent: Agent, due: float | None) -> bool:
+    """Record in the scheduler's durable index when `agent` next needs waking (None: never)."""
+    key = (str(agent.storage_dir), agent.namespace)
+    try:
+        scheduler = await scheduler_for(agent.storage_dir, agent.namespace)
+        await scheduler.set_next_due.remote(agent.class_path(), agent.id, due)
+        return True
+    except Exception as exc:  # the local timer still fires; the next re-arm (or the leave) tries again
+        _schedulers.pop(key, None)
+        logger.warning("%s: could not report next due time to the alarm scheduler: %s", agent.name, exc)
+        return False

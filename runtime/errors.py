@@ -1,0 +1,36 @@
+"""The runtime's lifecycle errors: what a caller may see when an agent cannot be reached as asked.
+
+They cross Ray unchanged (handles re-raise the agent side's exception), so callers `except` them by type.
+"""
+
+from __future__ import annotations
+
+
+class AgentNotFoundError(LookupError):
+    """The agent has never been created, and the call asked not to create it (`get_agent(..., create=False)`)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no agent {name}")
+        self.name = name
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.name,))
+
+
+class AgentCapacityError(RuntimeError):
+    """Every live agent of the host is busy and the live cap is reached: retry after `retry_after` seconds.
+
+    Raised before anything of the call ran, so retrying is always safe.
+    """
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.retry_after))
+
+
+class HostRetiringError(RuntimeError):
+    """The host is leaving (it has been empty for a while); nothing of the call ran. Handles retry it on a
+    fresh host, so callers never see this."""

@@ -1,0 +1,182 @@
+"""Handles: call an agent by `(class, id)` wherever it lives, and never see its lifecycle.
+
+`await handle.method(*args)` (or a blocking call on the sync twin) sends the call to the agent's host,
+which activates the agent if it is hibernating or new. Errors come back as the agent's own exception types
+(not Ray's wrapper), so callers can `except NotOwnerError` and friends.
+
+Retries, and only the safe ones: a call refused by a host that is leaving (`HostRetiringError`, raised
+before anything ran) or that hit a host which has since exited on purpose is sent again to a fresh host.
+A host that exited on purpose no longer holds its name (or a new actor holds it); one that crashed keeps
+its name and actor id while Ray restarts it, and a call in flight then may have run, so that error is
+raised, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from runtime.agent import Agent
+from runtime.errors import HostRetiringError
+from runtime.host import ensure_host, forget_host
+from runtime.ids import actor_name, validate_agent_id
+from runtime.placement import host_count, host_name, slot_for
+from runtime.settings import runtime_settings
+from runtime.turn_order import TURN_TICKET_KWARG
+
+A = TypeVar("A", bound=Agent)
+
+RETRY_WINDOW_SECONDS = 30.0
+"""How long a handle keeps retrying a call on a fresh host before giving up with the last error."""
+
+
+def unwrap_error(error: RayTaskError) -> BaseException:
+    """The agent's own exception behind Ray's wrapper (so `except NotOwnerError` works)."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, Exception) else error
+
+
+class _HandleBase(Generic[A]):
+    """What both proxies share: where the agent lives, and the turn tickets that keep this handle's calls
+    in order."""
+
+    def __init__(
+        self, cls: type[A], agent_id: str, *, storage_dir: Path, namespace: str, create: bool = True
+    ) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, Agent)):
+            raise TypeError(f"an agent handle needs an Agent subclass, got {cls!r}")
+        self.agent_class = cls
+        self.id = validate_agent_id(agent_id)
+        self.name = actor_name(cls.agent_class_name(), agent_id)
+        self.storage_dir = Path(storage_dir)
+        self.namespace = namespace
+        self.create = create
+        self.slot = slot_for(self.name, host_count(self.storage_dir, runtime_settings().hosts))
+        self.host = ensure_host(self.storage_dir, namespace, self.slot)
+        self._new_submitter()
+
+    def _new_submitter(self) -> None:
+        self._submitter = uuid.uuid4().hex
+        self._seq = itertools.count()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_submitter"], state["_seq"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._new_submitter()  # a copy in another process is another submitter
+
+    def _stamp(self, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if getattr(getattr(self.agent_class, method, None), "__agent_turn__", False):
+            return {**kwargs, TURN_TICKET_KWARG: (self._submitter, next(self._seq))}
+        return kwargs
+
+    def _send(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self.host.call.remote(self.agent_class, self.id, method, args, kwargs, self.create)
+
+    def _check_method(self, method: str) -> None:
+        if method.startswith("__"):
+            raise AttributeError(method)
+        if not callable(getattr(self.agent_class, method, None)):
+            raise AttributeError(f"{self.agent_class.__name__} has no method {method!r}")
+
+    def _safe_to_retry(self, error: Exception, host: Any) -> bool:
+        """Whether `error` proves the call never ran (see the module docstring). Blocking (a GCS lookup)."""
+        if isinstance(error, RayTaskError):
+            return isinstance(unwrap_error(error), HostRetiringError)
+        if not isinstance(error, RayActorError):
+            return False
+        try:
+            current = ray.get_actor(host_name(self.storage_dir, self.slot), namespace=self.namespace)
+        except ValueError:
+            return True  # the name is free: the host exited on purpose
+        return current._actor_id != host._actor_id
+
+    def _refresh_host(self, failed: Any) -> None:
+        forget_host(self.storage_dir, self.namespace, self.slot, failed)
+        self.host = ensure_host(self.storage_dir, self.namespace, self.slot)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class AgentHandle(_HandleBase[A]):
+    """Async proxy: `await handle.method(*args)` calls the agent's method in its host."""
+
+    def __getattr__(self, method: str) -> Any:
+        self._check_method(method)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await self.invoke(method, *args, **kwargs)
+
+        call.__name__ = method
+        return call
+
+    async def invoke(self, method: str, *args: Any, _cancel_remote: bool = False, **kwargs: Any) -> Any:
+        """Call `method`. With `_cancel_remote`, cancelling the awaiting task cancels the call in the agent
+        too (for long-polls); by default a started call runs to its end even if its caller goes away."""
+        self._check_method(method)
+        kwargs = self._stamp(method, kwargs)
+        deadline = time.monotonic() + RETRY_WINDOW_SECONDS
+        delay = 0.01
+        while True:
+            host = self.host
+            ref = self._send(method, args, kwargs)
+            try:
+                return await ref
+            except asyncio.CancelledError:
+                if _cancel_remote:
+                    ray.cancel(ref)
+                raise
+            except (RayTaskError, RayActorError) as error:
+                if time.monotonic() > deadline or not await asyncio.to_thread(self._safe_to_retry, error, host):
+                    if isinstance(error, RayTaskError):
+                        raise unwrap_error(error) from None
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            await asyncio.to_thread(self._refresh_host, host)
+
+
+class SyncAgentHandle(_HandleBase[A]):
+    """Blocking proxy for scripts: `handle.method(*args)` waits for the result."""
+
+    def __init__(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout = timeout
+
+    def __getattr__(self, method: str) -> Any:
+        self._check_method(method)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.invoke(method, *args, **kwargs)
+
+        call.__name__ = method
+        return call
+
+    def invoke(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._check_method(method)
+        kwargs = self._stamp(method, kwargs)
+        deadline = time.monotonic() + RETRY_WINDOW_SECONDS
+        delay = 0.01
+        while True:
+            host = self.host
+            try:
+                return ray.get(self._send(method, args, kwargs), timeout=self.timeout)
+            except (RayTaskError, RayActorError) as error:
+                if time.monotonic() > deadline or not self._safe_to_retry(error, host):
+                    if isinstance(error, RayTaskError):
+                        raise unwrap_error(error) from None
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            self._refresh_host(host)

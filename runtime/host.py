@@ -1,0 +1,206 @@
+"""`AgentHost`: the Ray actor that many agents live in (one of `AGENT_HOSTS` per storage root).
+
+A process per agent would cost every thread ever used a Ray worker (~140 MiB) and every new one a cold
+Python start. A host is one long-lived, restartable, detached actor that activates agents inside itself
+on demand and lets idle ones hibernate (`runtime.activations`), so memory follows the live agents and
+waking one costs opening its SQLite file, not starting a process.
+
+- Which host an agent lives in is a hash of its name (`runtime.placement`): one live instance per id.
+- Crash: Ray restarts the host (`max_restarts=-1`); it re-activates the agents that were live at the
+  crash (a small resident list beside the alarm index), so their `on_start` recovery runs at once, as it
+  would for a restarted actor. A call in flight at the crash fails (it may have run) and is not retried.
+- A host with no live agent for `AGENT_HOST_IDLE_SECONDS` exits on purpose. Calls that reach it while
+  it leaves are refused with `HostRetiringError` before anything runs, and handles retry them on a fresh
+  host (see `runtime.handles`), so callers never see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from runtime.activations import Activations
+from runtime.agent import Agent
+from runtime.alarm_client import report_next_due
+from runtime.classes import import_agent_class
+from runtime.errors import HostRetiringError
+from runtime.placement import host_count, host_name, runtime_dir
+from runtime.settings import runtime_settings
+from runtime.storage import AgentStorage
+
+logger = logging.getLogger("runtime.host")
+
+RESIDENTS_MIGRATIONS = [
+    "CREATE TABLE residents (name TEXT PRIMARY KEY, class_path TEXT NOT NULL, agent_id TEXT NOT NULL)",
+]
+
+REAPER_TICK_SECONDS = 0.25
+"""How often a host looks for idle agents (and whether it is itself idle); a tick is O(live agents)."""
+
+_hosts: dict[tuple[str, str, str, int], Any] = {}
+
+
+@ray.remote
+class AgentHost:
+    """Hosts the live agents of one slot of a storage root; all calls go through `call`."""
+
+    def __init__(self, storage_dir: str, namespace: str, slot: int) -> None:
+        settings = runtime_settings()
+        self.storage_dir = Path(storage_dir)
+        self.namespace = namespace
+        self.slot = slot
+        self.host_idle_seconds = settings.host_idle_seconds
+        self.activations = Activations(
+            self.storage_dir,
+            namespace,
+            idle_seconds=settings.idle_seconds,
+            max_live=max(1, -(-settings.max_live // _hosts_of(self.storage_dir))),
+            activation_timeout=settings.activation_timeout,
+            report_due=report_next_due,
+            on_activate=self._remember,
+            on_leave=self._forget,
+        )
+        self._residents = AgentStorage(
+            runtime_dir(self.storage_dir) / "hosts" / f"{slot}.sqlite3", synchronous="NORMAL"
+        )
+        self._calls = 0
+        self._empty_since: float | None = time.monotonic()
+        self._retiring = False
+        self._started_at = time.time()
+        self._ready = asyncio.get_running_loop().create_task(self._start())
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _start(self) -> None:
+        await self._residents.open()
+        await self._residents.migrate("runtime.AgentHost", RESIDENTS_MIGRATIONS)
+        rows = await self._residents.fetchall("SELECT name, class_path, agent_id FROM residents")
+        for row in rows:  # live when this host last stopped (it crashed): bring them back so they recover
+            try:
+                cls = import_agent_class(row["class_path"])
+            except Exception as exc:
+                logger.warning("cannot re-activate %s (%s); it wakes on its next call", row["name"], exc)
+                await self._residents.execute("DELETE FROM residents WHERE name = ?", (row["name"],))
+                continue
+            asyncio.get_running_loop().create_task(self._reactivate(cls, row["agent_id"]))
+
+    async def _reactivate(self, cls: type[Agent], agent_id: str) -> None:
+        try:
+            await self.activations.call(cls, agent_id, "ready", create=False)
+        except Exception as exc:
+            logger.warning("re-activating %s/%s failed: %s", cls.agent_class_name(), agent_id, exc)
+
+    async def _remember(self, agent: Agent) -> None:
+        await self._ready
+        await self._residents.execute(
+            "INSERT OR REPLACE INTO residents(name, class_path, agent_id) VALUES (?, ?, ?)",
+            (agent.name, agent.class_path(), agent.id),
+        )
+
+    async def _forget(self, agent: Agent) -> None:
+        await self._ready
+        await self._residents.execute("DELETE FROM residents WHERE name = ?", (agent.name,))
+
+    # -- the one entry point ---------------------------------------------------------------------------
+    async def call(
+        self,
+        agent_class: type[Agent],
+        agent_id: str,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        create: bool = True,
+    ) -> Any:
+        """Call `method` on agent `(agent_class, agent_id)`, activating it here if it is not live."""
+        if self._retiring:
+            raise HostRetiringError(f"host {self.slot} is leaving; retry")
+        self._calls += 1
+        self._empty_since = None
+        try:
+            await asyncio.shield(self._ready)
+            return await self.activations.call(agent_class, agent_id, method, args, kwargs, create=create)
+        finally:
+            self._calls -= 1
+
+    async def stats(self) -> dict[str, Any]:
+        """What lives here (for operators, benchmarks and tests)."""
+        return {
+            "slot": self.slot,
+            "pid": os.getpid(),
+            "calls": self._calls,
+            "live_names": self.activations.live_names(),
+            "started_at": self._started_at,
+            **self.activations.stats(),
+        }
+
+    async def hibernate_idle_now(self) -> int:
+        """Start the leave of every idle agent now instead of at the next reaper tick (tests, operators)."""
+        return self.activations.hibernate_idle()
+
+    # -- idle agents and an idle host ------------------------------------------------------------------
+    async def _reap(self) -> None:
+        await self._ready
+        while True:
+            await asyncio.sleep(REAPER_TICK_SECONDS)
+            try:
+                self.activations.hibernate_idle()
+                if self._should_retire():
+                    me = ray.get_runtime_context().current_actor
+                    me._retire.remote()
+            except Exception:
+                logger.exception("host %s: reaper tick failed", self.slot)
+
+    def _should_retire(self) -> bool:
+        if self.host_idle_seconds <= 0 or self._retiring:
+            return False
+        if self._calls or not self.activations.is_empty():
+            self._empty_since = None
+            return False
+        if self._empty_since is None:
+            self._empty_since = time.monotonic()
+        return time.monotonic() - self._empty_since >= self.host_idle_seconds
+
+    async def _retire(self) -> None:
+        """Exit on purpose (Ray does not restart it): only when still empty, refusing calls from here on."""
+        if not self._should_retire():
+            return
+        self._retiring = True
+        logger.info("host %s: no live agents for %.0fs; exiting", self.slot, self.host_idle_seconds)
+        await self._residents.close()
+        ray.actor.exit_actor()
+
+
+def _hosts_of(storage_dir: Path) -> int:
+    return host_count(storage_dir, runtime_settings().hosts)
+
+
+def ensure_host(storage_dir: Path, namespace: str, slot: int) -> Any:
+    """The host actor of `slot` in this storage root, created if absent (a blocking GCS call the first time)."""
+    root = Path(storage_dir).resolve()
+    key = (ray.get_runtime_context().get_session_name(), str(root), namespace, slot)
+    handle = _hosts.get(key)
+    if handle is None:
+        handle = AgentHost.options(  # type: ignore[attr-defined]
+            name=host_name(root, slot),
+            namespace=namespace,
+            get_if_exists=True,
+            lifetime="detached",
+            max_restarts=-1,
+            num_cpus=0,
+            max_concurrency=runtime_settings().host_max_concurrency,
+        ).remote(str(root), namespace, slot)
+        _hosts[key] = handle
+    return handle
+
+
+def forget_host(storage_dir: Path, namespace: str, slot: int, handle: Any) -> None:
+    """Drop a cached host handle (its actor left); the next `ensure_host` looks it up or creates it anew."""
+    root = Path(storage_dir).resolve()
+    key = (ray.get_runtime_context().get_session_name(), str(root), namespace, slot)
+    if _hosts.get(key) is handle:
+        del _hosts[key]

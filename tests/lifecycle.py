@@ -1,0 +1,39 @@
+"""Looking inside the runtime's hosts from tests: which agents are live, and waiting for one to leave."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from runtime.placement import host_count, host_name
+from runtime.settings import runtime_settings
+from tests.waiting import eventually
+
+
+def host_handles(storage_dir: Path, namespace: str) -> list[Any]:
+    """The running host actors of a storage root (a host that exited is simply absent)."""
+    handles = []
+    for slot in range(host_count(Path(storage_dir).resolve(), runtime_settings().hosts)):
+        try:
+            handles.append(ray.get_actor(host_name(Path(storage_dir).resolve(), slot), namespace=namespace))
+        except ValueError:
+            continue
+    return handles
+
+
+async def host_stats(storage_dir: Path, namespace: str) -> list[dict[str, Any]]:
+    return [await handle.stats.remote() for handle in host_handles(storage_dir, namespace)]
+
+
+async def live_agent_names(storage_dir: Path, namespace: str) -> set[str]:
+    """Names ("Class/id") of the agents live in any host of the root right now."""
+    return {name for stats in await host_stats(storage_dir, namespace) for name in stats["live_names"]}
+
+
+async def wait_until_hibernated(storage_dir: Path, namespace: str, name: str, timeout: float = 60.0) -> None:
+    async def gone() -> bool:
+        return name not in await live_agent_names(storage_dir, namespace)
+
+    await eventually(gone, timeout=timeout, interval=0.1, what=f"{name} to hibernate")
