@@ -513,7 +513,7 @@ class AgentIngress:
         self.gateway = AgentGateway()
         self.replica = uuid.uuid4().hex[:8]
         self._jwt: JWTVerifier | None = None
-        self._wake_alarm_scheduler()
+        self._start_runtime()
 
     async def _authenticate(self, token: str) -> dict[str, Any]:
         """Verify the bearer token here too, before any agent is created or called: the agents verify it
@@ -539,16 +539,16 @@ class AgentIngress:
         return claims
 
     @staticmethod
-    def _wake_alarm_scheduler() -> None:
-        """Make sure the storage root's alarm scheduler runs, so that after a cluster restart the threads
-        waiting for approvals resume without waiting for someone to call them."""
-        from runtime.registry import resolve_namespace, resolve_storage_dir
-        from runtime.scheduler import ensure_scheduler
+    def _start_runtime() -> None:
+        """Make sure the storage root's alarm scheduler and agent hosts run: after a cluster restart the
+        threads waiting for approvals resume without waiting for someone to call them, and the first
+        request after a deploy finds its host already started."""
+        from runtime.registry import start_runtime
 
         try:
-            ensure_scheduler(resolve_storage_dir(None), resolve_namespace(None))
-        except Exception as exc:  # agents still start it on first use
-            logger.warning("could not start the alarm scheduler: %s", exc)
+            start_runtime()
+        except Exception as exc:  # handles still start them on first use
+            logger.warning("could not start the agent runtime: %s", exc)
 
     # -- service -------------------------------------------------------------------------------------
     @api.get("/healthz", response_model=Health, tags=["service"])

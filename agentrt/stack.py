@@ -264,7 +264,7 @@ class Stack:
         opts = self.options
         Path(opts.storage_dir).mkdir(parents=True, exist_ok=True)
         if opts.use_current_ray and ray.is_initialized():
-            runtime.init(storage_dir=opts.storage_dir, namespace=opts.namespace)
+            runtime.init(storage_dir=opts.storage_dir, namespace=opts.namespace, start_hosts=True)
             return
         if ray.is_initialized():
             raise StackError("Ray is already initialised in this process; use use_current_ray=True")
@@ -282,7 +282,7 @@ class Stack:
         self.log("starting Ray" if not opts.ray_address else f"connecting to Ray at {opts.ray_address}")
         ray.init(**kwargs)
         self._started_ray = True
-        runtime.init(storage_dir=opts.storage_dir, namespace=opts.namespace)
+        runtime.init(storage_dir=opts.storage_dir, namespace=opts.namespace, start_hosts=True)
 
     def _start_serve(self, timeout: float) -> None:
         from ray import serve

@@ -46,22 +46,30 @@ __all__ = [
 ]
 
 
-def init(*, storage_dir: str | Path | None = None, namespace: str | None = None, **ray_init_kwargs: Any) -> Any:
+def init(
+    *,
+    storage_dir: str | Path | None = None,
+    namespace: str | None = None,
+    start_hosts: bool = False,
+    **ray_init_kwargs: Any,
+) -> Any:
     """Connect to Ray (starting a local cluster if none is running) and start the alarm scheduler.
 
     Call it once per driver. After a full cluster restart this is what brings due schedules back:
-    the scheduler reloads its index from `storage_dir` and wakes the agents that are due.
-    Returns the scheduler's actor handle.
+    the scheduler reloads its index from `storage_dir` and wakes the agents that are due. With
+    `start_hosts`, the root's agent hosts are started too (and waited for), so that the first call pays
+    no process start. Returns the scheduler's actor handle.
     """
     import ray
 
-    from runtime.registry import resolve_namespace, resolve_storage_dir
-    from runtime.scheduler import ensure_scheduler
+    from runtime.registry import resolve_namespace, start_runtime
 
     ns = resolve_namespace(namespace)
     if not ray.is_initialized():
         ray_init_kwargs.setdefault("namespace", ns)
         ray.init(**ray_init_kwargs)
-    scheduler = ensure_scheduler(resolve_storage_dir(storage_dir), ns)
+    scheduler, hosts = start_runtime(storage_dir, ns)
     ray.get(scheduler.pending.remote())  # wait until it has loaded its index
+    if start_hosts:
+        ray.get([host.stats.remote() for host in hosts])
     return scheduler

@@ -33,7 +33,7 @@ from typing import Any
 from runtime.agent import Agent, DueReporter
 from runtime.errors import AgentCapacityError, AgentNotFoundError
 from runtime.ids import actor_name
-from runtime.turn_order import SubmissionOrder
+from runtime.turn_order import TURN_TICKET_KWARG, SubmissionOrder
 
 logger = logging.getLogger("runtime.activations")
 
@@ -120,7 +120,11 @@ class Activations:
         The call waits until the activation's start-up finished, whatever the method (decorated or not).
         """
         _check_method(cls, method)
-        agent = await self.acquire(cls, agent_id, create=create)
+        try:
+            agent = await self.acquire(cls, agent_id, create=create)
+        except (AgentNotFoundError, AgentCapacityError):
+            self._skip_ticket(cls, agent_id, kwargs)
+            raise
         try:
             try:
                 await agent._ensure_started()
@@ -157,6 +161,19 @@ class Activations:
                 await self._make_room(deadline)
                 continue
             return self._activate(cls, agent_id, name)
+
+    def _skip_ticket(self, cls: type[Agent], agent_id: str, kwargs: dict[str, Any] | None) -> None:
+        """A refused turn keeps its submitter's order: the submitter's next call must not wait for it."""
+        ticket = (kwargs or {}).get(TURN_TICKET_KWARG)
+        if ticket is None:
+            return
+        name = actor_name(cls.agent_class_name(), agent_id)
+        order = self._orders.get(name)
+        if order is None:
+            order = self._orders[name] = SubmissionOrder()
+            while len(self._orders) > MAX_REMEMBERED_ORDERS:
+                self._orders.popitem(last=False)
+        order.skip(*ticket)
 
     def release(self, agent: Agent) -> None:
         name = agent.name

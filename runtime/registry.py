@@ -9,10 +9,12 @@ and comes back transparently on the next call or due alarm.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from runtime.agent import Agent
 from runtime.handles import AgentHandle, SyncAgentHandle
+from runtime.host import ensure_host
+from runtime.placement import host_count
 from runtime.scheduler import ensure_scheduler
 from runtime.settings import runtime_settings
 
@@ -58,3 +60,12 @@ def get_agent_sync(
     root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
     ensure_scheduler(root, ns)
     return SyncAgentHandle(cls, agent_id, storage_dir=root, namespace=ns, create=create, timeout=timeout)
+
+
+def start_runtime(storage_dir: str | Path | None = None, namespace: str | None = None) -> tuple[Any, list[Any]]:
+    """Start (or find) a storage root's alarm scheduler and every one of its hosts, so that the first call
+    after a deploy pays no process start. Returns their actor handles; blocks on the GCS briefly."""
+    root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
+    scheduler = ensure_scheduler(root, ns)
+    hosts = [ensure_host(root, ns, slot) for slot in range(host_count(root, runtime_settings().hosts))]
+    return scheduler, hosts

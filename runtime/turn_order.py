@@ -38,6 +38,10 @@ class SubmissionOrder:
                 self._waiting.pop((submitter, seq), None)
         self._advance(submitter, seq)
 
+    def skip(self, submitter: str, seq: int) -> None:
+        """A call refused before it reached the agent still takes its place: the next one need not wait."""
+        self._advance(submitter, seq)
+
     def _advance(self, submitter: str, seq: int) -> None:
         self._next[submitter] = max(self._next.get(submitter, 0), seq + 1)
         self._next.move_to_end(submitter)

@@ -354,7 +354,8 @@ async def test_events_stream_survives_an_agent_restart_with_a_reset(http_api: Ht
     async with AgentRuntimeClient(http_api.url, http_api.token("alice")) as client:
         events = client.events(thread_id, reconnect=False)
         (ready,) = await read_events(events, lambda e: e.event == "ready", within=15)
-        ray.kill(get_agent(Chat, thread_id, namespace=http_api.namespace).host, no_restart=False)
+        chat = get_agent(Chat, thread_id, storage_dir=http_api.storage_dir, namespace=http_api.namespace)
+        ray.kill(chat.host, no_restart=False)
         (*_, reset) = await read_events(events, lambda e: e.event == "reset", within=45)
         assert reset.data["epoch"] != ready.data["epoch"]
         await client.send_message(thread_id, "what is NVDA trading at?")
