@@ -1,7 +1,7 @@
 """Scale benchmark: memory follows live threads, sleeping threads wake fast, pending approvals survive sleep.
 
 Starts the whole stack locally (Ray, dev authorization server, checkout API, offline model, the Serve app)
-with a short idle time and a live cap, then, through the HTTP API on 127.0.0.1:
+with a short idle time and a live cap small enough to be reached, then, through the HTTP API on 127.0.0.1:
 
 1. baseline: a message to an already-live thread (the reference every latency below is divided by);
 2. scale: T threads created one after another with a few at a time (`POST /threads`, then one message each):
@@ -173,6 +173,22 @@ async def wait_until(probe: Any, timeout: float, what: str, interval: float = 0.
         await asyncio.sleep(interval)
 
 
+async def bare_actor_rss() -> float:
+    """RSS of an empty Ray actor process: the floor under any host."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Bare:
+        def pid(self) -> int:
+            return os.getpid()
+
+    actor = Bare.remote()
+    try:
+        return rss_mib(await actor.pid.remote())
+    finally:
+        ray.kill(actor)
+
+
 async def live_names(hosts: Hosts) -> set[str]:
     return {name for stats in await hosts.stats() for name in stats["live_names"]}
 
@@ -213,6 +229,7 @@ async def run(args: argparse.Namespace, stack: Stack, storage: Path) -> dict[str
         results["live_thread_message"] = summarise(warm)
         idle_state = await sampler.sample()
         results["memory_start"] = {**idle_state, "ray_processes": ray_worker_count()}
+        results["bare_ray_actor_rss_mib"] = round(await bare_actor_rss(), 1)
         log(f"1/5 live-thread message p50 {results['live_thread_message']['p50_ms']} ms; {idle_state}")
 
         # 2. T threads, each created and given one message, a few at a time
@@ -254,10 +271,12 @@ async def run(args: argparse.Namespace, stack: Stack, storage: Path) -> dict[str
         )
         settled = await sampler.sample()
         results["scale"]["after_hibernation"] = {**settled, "ray_processes": ray_worker_count()}
-        live_after = max(1, results["scale"]["peak_live_agents"] - settled["live"])
-        results["scale"]["mib_per_live_agent"] = round(
-            max(0.0, results["scale"]["host_rss_at_peak_live_mib"] - settled["host_rss_mib"]) / live_after, 3
-        )
+        # Freed memory is kept by the Python allocator, so RSS does not fall when agents hibernate: the
+        # growth from the start (2 live) to the peak, per added live agent, is an upper bound that also
+        # counts first-use allocations (the second host's first Chat, connection pools).
+        added = max(1, results["scale"]["peak_live_agents"] - idle_state["live"])
+        growth = results["scale"]["host_rss_at_peak_live_mib"] - idle_state["host_rss_mib"]
+        results["scale"]["mib_per_live_agent_upper_bound"] = round(max(0.0, growth) / added, 3)
         log(f"3/5 first messages (new threads, hibernated threads); after hibernation {settled}")
         new_first = []
         for i in range(args.samples):
@@ -298,11 +317,15 @@ async def run(args: argparse.Namespace, stack: Stack, storage: Path) -> dict[str
 
         await asyncio.gather(*(buyer() for _ in range(args.concurrency)))
 
-        # each sleeps between its checks (every CIBA interval): approve when nearly all of them are asleep
+        # In poll mode each one wakes for every check (every CIBA interval) and sleeps again after the idle
+        # time, so about (interval - idle) / interval of them are asleep at any moment: approve once the
+        # buyers have settled into that rhythm.
+        expected = max(0.0, (args.ciba_interval + 0.5 - args.idle) / (args.ciba_interval + 0.5))
+
         async def mostly_asleep() -> float | None:
             awake = sum(1 for n in await live_names(hosts) if n.split("/", 1)[1].startswith("buy-"))
             asleep = 1 - awake / args.pending
-            return asleep if asleep >= 0.9 else None
+            return asleep if asleep >= 0.8 * expected else None
 
         asleep_share = await wait_until(mostly_asleep, timeout=args.idle * 4 + 120, what="the buyers to hibernate")
         async with httpx.AsyncClient(base_url=dev, timeout=60.0) as phone:
@@ -386,7 +409,8 @@ def print_table(report: dict[str, Any]) -> None:
     table.add_row("peak live agents", str(sc["peak_live_agents"]), f"cap {report['params']['max_live']}")
     table.add_row(
         "node memory start / peak / end",
-        f"{r['memory_start']['node_mib']:.0f} / {sc['peak_node_mib']:.0f} / {r['memory_end']['node_mib']:.0f} MiB",
+        f"{r['memory_start']['node_mib']:.0f} / {r['memory_end']['peak_node_mib']:.0f} / "
+        f"{r['memory_end']['node_mib']:.0f} MiB",
         "target: 2,000 threads within 6 GiB",
     )
     table.add_row(
@@ -394,7 +418,12 @@ def print_table(report: dict[str, Any]) -> None:
         f"{sc['host_rss_at_peak_live_mib']:.0f} / {sc['after_hibernation']['host_rss_mib']:.0f} MiB",
         f"{sc['after_hibernation']['hosts']} host processes",
     )
-    table.add_row("memory per live agent", f"{sc['mib_per_live_agent']:.2f} MiB", "host RSS growth / live agents")
+    table.add_row("bare Ray actor process RSS", f"{r['bare_ray_actor_rss_mib']:.0f} MiB", "the floor under a host")
+    table.add_row(
+        "memory per live agent (upper bound)",
+        f"{sc['mib_per_live_agent_upper_bound']:.2f} MiB",
+        "host RSS growth start -> peak / agents added",
+    )
     table.add_row(
         "Ray worker processes start / end",
         f"{r['memory_start']['ray_processes']} / {sc['after_hibernation']['ray_processes']}",
@@ -425,7 +454,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=20)
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--idle", type=float, default=2.0, help="AGENT_IDLE_SECONDS")
-    parser.add_argument("--max-live", type=int, default=200, help="AGENT_MAX_LIVE")
+    parser.add_argument("--max-live", type=int, default=40, help="AGENT_MAX_LIVE")
     parser.add_argument("--hosts", type=int, default=2, help="AGENT_HOSTS")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--ciba-interval", type=int, default=5, help="the dev server's CIBA polling interval")

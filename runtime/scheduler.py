@@ -102,6 +102,8 @@ class AlarmScheduler:
         await self._loaded
         key = (class_path, agent_id)
         if due is None:
+            if key not in self._due:
+                return  # nothing indexed (the in-memory map mirrors the index): every activation says this
             await self.index.execute(
                 "DELETE FROM alarm_index WHERE class_path = ? AND agent_id = ?", (class_path, agent_id)
             )

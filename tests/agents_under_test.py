@@ -120,7 +120,7 @@ class SlowLeavingCounter(Counter):
     idle_seconds = 0.3
 
     async def close(self) -> None:
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(1.2)
         await super().close()
 
 
