@@ -119,7 +119,7 @@ class Activations:
 
         The call waits until the activation's start-up finished, whatever the method (decorated or not).
         """
-        _check_method(cls, method)
+        check_method(cls, method)
         try:
             agent = await self.acquire(cls, agent_id, create=create)
         except (AgentNotFoundError, AgentCapacityError):
@@ -332,8 +332,18 @@ class Activations:
         }
 
 
-def _check_method(cls: type[Agent], method: str) -> None:
-    """Any callable attribute but dunders may be called; anything else is AttributeError, before activation."""
-    target = getattr(cls, method, None) if isinstance(method, str) and not method.startswith("__") else None
-    if not callable(target):
-        raise AttributeError(f"{cls.__name__} has no method {method!r}")
+RUNTIME_ENTRY_POINTS = frozenset({"_run_due_schedules"})
+"""The private methods the runtime itself calls through a host (the alarm scheduler's wake-up)."""
+
+NOT_REMOTE = frozenset({"close"})
+"""Public methods that belong to the lifecycle: only the host calls them, never a caller."""
+
+
+def check_method(cls: type[Agent], method: str) -> None:
+    """What a caller may call: public methods (and the runtime's entry points), not private ones or the
+    lifecycle's; anything else is AttributeError, raised before the agent is activated."""
+    allowed = isinstance(method, str) and (
+        method in RUNTIME_ENTRY_POINTS or (not method.startswith("_") and method not in NOT_REMOTE)
+    )
+    if not allowed or not callable(getattr(cls, method, None)):
+        raise AttributeError(f"{cls.__name__} has no method {method!r} that can be called")

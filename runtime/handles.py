@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from runtime.activations import check_method
 from runtime.agent import Agent
 from runtime.errors import HostRetiringError
 from runtime.host import ensure_host, forget_host
@@ -85,9 +86,8 @@ class _HandleBase(Generic[A]):
 
     def _check_method(self, method: str) -> None:
         if method.startswith("__"):
-            raise AttributeError(method)
-        if not callable(getattr(self.agent_class, method, None)):
-            raise AttributeError(f"{self.agent_class.__name__} has no method {method!r}")
+            raise AttributeError(method)  # keeps pickle, copy and friends away from the proxy
+        check_method(self.agent_class, method)
 
     def _safe_to_retry(self, error: Exception, host: Any) -> bool:
         """Whether `error` proves the call never ran (see the module docstring). Blocking (a GCS lookup)."""

@@ -183,3 +183,13 @@ async def test_a_crashed_host_brings_its_live_agents_back_at_once(storage_dir: P
     path = Counter.storage_path(storage_dir, "eager-1")
     await eventually(lambda: stored_value(path, "starts") == 2, timeout=60, what="re-activation after the crash")
     assert await agent.get("x") == 1
+
+
+async def test_private_and_lifecycle_methods_cannot_be_called_through_a_handle(storage_dir: Path) -> None:
+    agent = get_agent(Counter, "guarded-1", storage_dir=storage_dir)
+    for method in ("close", "_prepare_to_leave", "_start", "no_such_method"):
+        with pytest.raises(AttributeError):
+            await agent.invoke(method)
+    assert not Counter.storage_path(storage_dir, "guarded-1").exists()
+    await agent.put("k", 1)  # the agent itself is fine
+    assert await agent.get("k") == 1
