@@ -10,7 +10,9 @@
 What runs depends on the environment (`Stack.from_env()` reads it):
 
 - no `AUTH0_DOMAIN`/`AUTH_ISSUER`: the dev authorization server (OIDC discovery, JWKS, demo users, CIBA,
-  approval page) on 127.0.0.1, with an ephemeral client secret generated for this run;
+  approval page) on 127.0.0.1, with a client secret generated once and kept in the storage folder (with
+  the session encryption key, `agentrt.dev_secrets`) and its pending requests kept there too, so a restart
+  loses no pending approval;
 - no `CHECKOUT_API_URL`: the demo checkout API, trusting whichever issuer is in use;
 - no `OPENAI_API_KEY`/`OPENAI_BASE_URL`: the offline OpenAI-compatible model.
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from agentrt.dev_secrets import load_or_create as load_or_create_dev_secrets
 
 logger = logging.getLogger("agentrt.stack")
 
@@ -195,11 +198,16 @@ class Stack:
         if self.uses_dev_auth():
             from devservers.authz_server import DevAuthorizationServer
 
+            kept = load_or_create_dev_secrets(Path(opts.storage_dir))
             kwargs: dict[str, Any] = {
                 "api_audience": DEV_API_AUDIENCE,
                 "host": SERVICES_HOST,
                 "port": port_or_free(opts.authz_port, SERVICES_HOST),
                 "key_file": Path(opts.storage_dir) / "dev-authz-signing-key.pem",
+                # kept across restarts, so that a purchase pending when the service stopped can still be
+                # approved and completed after it started again
+                "clients": {kept.client_id: kept.client_secret},
+                "requests_file": Path(opts.storage_dir) / "dev-authz-requests.json",
             }
             if opts.ciba_interval is not None:
                 kwargs["default_interval"] = opts.ciba_interval
@@ -244,8 +252,8 @@ class Stack:
                 AGENTRT_DEV_AUTHZ_URL=self.authz.url,
             )
             env.pop("AUTH0_DOMAIN", None)
-        if not env.get("AUTH0_SESSION_ENCRYPTION_KEY"):
-            env["AUTH0_SESSION_ENCRYPTION_KEY"] = secrets.token_hex(32)  # ephemeral: credentials die with the run
+        if not env.get("AUTH0_SESSION_ENCRYPTION_KEY"):  # kept in the storage folder (0600), never printed
+            env["AUTH0_SESSION_ENCRYPTION_KEY"] = load_or_create_dev_secrets(Path(opts.storage_dir)).encryption_key
         if self.checkout is not None:
             env["CHECKOUT_API_URL"] = self.checkout.api_url
             env["CHECKOUT_AUDIENCE"] = self.checkout.audience

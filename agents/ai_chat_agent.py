@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from openai import APIError, AsyncOpenAI
 from openai import APITimeoutError as OpenAITimeout
@@ -28,7 +28,7 @@ from agents.events import EventLog
 from agents.messages import PENDING_STATES, ChatMessage, PendingApproval, ThreadEvent, ToolCall
 from agents.settings import ChatSettings, chat_settings
 from runtime import Agent, read, turn
-from tools.base import Tool, ToolContext, ToolError
+from tools.base import Tool, ToolContext, ToolError, TransientToolError
 from tools.interrupts import AsyncAuthorizationInterrupt
 
 logger = logging.getLogger("agents.chat")
@@ -38,6 +38,8 @@ PENDING_RESULT_TEXT = (
 )
 AWAITING_CONFIRMATION_TEXT = "Pending: waiting for the user to confirm or deny this action in the chat."
 DENIED_CONFIRMATION_TEXT = "The user denied this action."
+TOOL_RETRY_BASE_SECONDS = 1.0
+TOOL_RETRY_MAX_SECONDS = 60.0
 
 _current_claims: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("claims", default=None)
 
@@ -78,6 +80,9 @@ CHAT_MIGRATIONS = [
 
 class AIChatAgent(Agent):
     """A chat thread: persisted messages, an LLM tool loop through `openai.AsyncOpenAI`, live events."""
+
+    tool_retry_limit: ClassVar[int] = 20
+    """Runs of a tool call after transient failures (`TransientToolError`) before it ends as an error."""
 
     migrations = CHAT_MIGRATIONS
     migration_scope = "agents.AIChatAgent"
@@ -375,12 +380,30 @@ class AIChatAgent(Agent):
                 self.events.emit("interrupt", kind="async-authorization", **interrupt.to_dict())
                 await self.on_authorization_interrupt(call, interrupt)
                 return
+        except TransientToolError as exc:
+            if await self._retry_later(call, exc):
+                return
+            result = f"Error: {exc}"
         except ToolError as exc:
             result = f"Error: {exc}"
         except Exception as exc:
             logger.exception("%s: tool %s failed", self.name, call.name)
             result = f"Error: {call.name} failed ({type(exc).__name__})"
         await self._finish_call(call, result if isinstance(result, str) else json.dumps(result, default=str))
+
+    async def _retry_later(self, call: ToolCall, error: TransientToolError) -> bool:
+        """Keep a transiently failed call running and run it again later, on a durable schedule with
+        exponential backoff (the server's `retry_after` at least). False once the retries are used up."""
+        attempt = int((call.interrupt or {}).get("attempt") or 0) + 1
+        if attempt > self.tool_retry_limit:
+            logger.warning("%s: %s failed %d times in a row; giving up", self.name, call.name, attempt - 1)
+            return False
+        delay = min(TOOL_RETRY_MAX_SECONDS, max(error.retry_after, TOOL_RETRY_BASE_SECONDS * 2 ** (attempt - 1)))
+        retry = {"retrying": True, "attempt": attempt, "next_attempt_at": time.time() + delay, "reason": str(error)}
+        await self._set_call_state(call, "running", interrupt=retry)
+        await self.schedule(delay, "resume_tool_call", {"tool_call_id": call.id})
+        logger.info("%s: %s will be tried again in %.1fs (attempt %d)", self.name, call.name, delay, attempt)
+        return True
 
     # -- persistence -------------------------------------------------------------------------------
     async def _append_message(self, role: str, content: str | None) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import html
@@ -219,6 +220,8 @@ class AuthzState:
     """Users (username or sub) with no device enrolled: their requests are refused."""
     requests: dict[str, CIBARequest] = field(default_factory=dict, repr=False)
     by_auth_req_id: dict[str, str] = field(default_factory=dict, repr=False)
+    requests_file: Path | None = None
+    """Where the requests are kept (JSON, mode 0600) so that a restart forgets none; None: memory only."""
     backchannel_requests: int = 0
     token_requests: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -238,6 +241,35 @@ class AuthzState:
         # Compare against something even for an unknown client, so timing does not reveal valid ids.
         ok = hmac.compare_digest((expected or secrets.token_hex(16)).encode(), secret.encode())
         return expected is not None and ok
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def load_requests(self) -> int:
+        """Read the requests a previous run kept in `requests_file`; returns how many."""
+        if self.requests_file is None or not self.requests_file.exists():
+            return 0
+        try:
+            rows = json.loads(self.requests_file.read_text())
+            loaded = [CIBARequest(**{**row, "last_poll": None}) for row in rows]
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("could not read the kept CIBA requests (%s); starting without them", type(exc).__name__)
+            return 0
+        with self.lock:
+            for request in loaded:
+                self.requests[request.id] = request
+                self.by_auth_req_id[request.auth_req_id] = request.id
+        return len(loaded)
+
+    def save_requests(self) -> None:
+        """Write every request to `requests_file` (atomically, readable by this user only)."""
+        if self.requests_file is None:
+            return
+        with self.lock:
+            rows = [dataclasses.asdict(r) for r in self.requests.values()]
+            temporary = self.requests_file.with_name(self.requests_file.name + ".tmp")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(rows, out)
+            os.replace(temporary, self.requests_file)
 
     # -- CIBA ----------------------------------------------------------------------------------------
     def create_request(
@@ -271,6 +303,7 @@ class AuthzState:
             self.requests[request.id] = request
             self.by_auth_req_id[request.auth_req_id] = request.id
             self._forget_old(now)
+            self.save_requests()
         return request
 
     def _forget_old(self, now: float, keep_for: float = 3600.0) -> None:
@@ -306,12 +339,19 @@ class AuthzState:
             if status == "pending":
                 request.status = wanted
                 request.decided_at = now
+                self.save_requests()
             elif status != wanted:
                 raise ValueError(f"the request is already {status}")
             return request.public(now)
 
     def poll(self, client_id: str, auth_req_id: str) -> dict[str, Any]:
         """The token endpoint's CIBA grant: tokens, or an `OAuthError` (pending, slow_down, ...)."""
+        try:
+            return self._poll(client_id, auth_req_id)
+        finally:
+            self.save_requests()  # a spent auth_req_id, a new interval: a restart must know them
+
+    def _poll(self, client_id: str, auth_req_id: str) -> dict[str, Any]:
         now, mono = time.time(), time.monotonic()
         with self.lock:
             request_id = self.by_auth_req_id.get(auth_req_id)
@@ -436,7 +476,7 @@ def create_state(
         else {"dev-agent-" + secrets.token_hex(6): secrets.token_urlsafe(32)}
     )
     key = SigningKey.from_file(Path(key_file)) if key_file is not None else SigningKey.generate()
-    return AuthzState(
+    state = AuthzState(
         issuer=issuer,
         api_audience=api_audience,
         clients=client_map,
@@ -444,6 +484,8 @@ def create_state(
         signing_key=key,
         **options,
     )
+    state.load_requests()
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ Dev/test helpers: `GET /api/checkout/orders` (listing, no auth), `GET /api/check
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import logging
@@ -478,6 +479,7 @@ def create_checkout_app(
     app.state.store = store
     app.state.verifier = verifier
     app.state.prices = price_table
+    app.state.faults = collections.deque()  # statuses the next order requests answer with (fault injection)
 
     @app.exception_handler(CheckoutError)
     async def _checkout_error(_request: Request, exc: CheckoutError) -> JSONResponse:
@@ -518,6 +520,9 @@ def create_checkout_app(
 
     @app.post(f"{API_PREFIX}/orders")
     async def create_order(request: Request) -> JSONResponse:
+        if app.state.faults:  # an injected outage: answered before anything is recorded
+            status = app.state.faults.popleft()
+            return _error_response(status, "unavailable", "the checkout API is unavailable", {"Retry-After": "1"})
         claims = await verifier.verify(request.headers.get("authorization"))
         key = _idempotency_key(request)
         try:
@@ -614,6 +619,11 @@ class CheckoutServer(ServerThread):
     @property
     def api_url(self) -> str:
         return self.url + API_PREFIX
+
+    def fail_next(self, status: int, count: int = 1) -> None:
+        """Answer the next `count` order requests with `status` (before recording anything): an outage, as
+        tests need one. Real HTTP answers from the real server, so the client side is exercised for real."""
+        self.app.state.faults.extend([status] * count)
 
     def start(self, timeout: float = 15.0) -> CheckoutServer:
         super().start(timeout)

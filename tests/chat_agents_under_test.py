@@ -33,7 +33,8 @@ class ConfirmingChat(Chat):
 
 
 class CrashableChat(Chat):
-    """`buy_stock` that dies (SIGKILL) before it runs or after the order was placed, once per marker file."""
+    """`buy_stock` that dies (SIGKILL) before it runs, after the order was placed, or after the tool
+    returned but before the thread recorded its result, once per marker file."""
 
     def crash_marker(self, point: str) -> str:
         return str(self.storage_dir / "crash-points" / f"{self.id}.{point}")
@@ -57,6 +58,11 @@ class CrashableChat(Chat):
             return result
 
         return Tool(buy_stock, name=real.name, description=real.description, parameters=real.parameters)
+
+    async def _finish_call(self, call: Any, result: str) -> None:
+        if call.name == "buy_stock":
+            self.crash_if_marked("before-result")
+        await super()._finish_call(call, result)
 
 
 class HibernatingChat(Chat):

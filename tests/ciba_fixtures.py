@@ -20,7 +20,7 @@ import pytest_asyncio
 from pydantic import BaseModel
 
 from devservers.authz_server import DevAuthorizationServer
-from tools.base import Tool, ToolContext
+from tools.base import Tool, ToolContext, TransientToolError
 from tools.ciba_client import CIBAClient, RetryPolicy
 from tools.credential_store import SQLiteCredentialStore
 from tools.credentials_context import get_ciba_credentials
@@ -126,19 +126,21 @@ class BuyArgs(BaseModel):
 
 
 class RecordingTool:
-    """A raw tool that records each run and the credential it saw (fails on demand)."""
+    """A raw tool that records each run and the credential it saw (fails on demand: `fail_next` is the
+    exception its next run raises, or True for a transient outage)."""
 
     def __init__(self) -> None:
         self.runs: list[dict[str, Any]] = []
-        self.fail_next = False
+        self.fail_next: bool | Exception = False
 
     def tool(self) -> Tool:
         async def buy(ticker: str, quantity: int) -> str:
             credentials = get_ciba_credentials()
             self.runs.append({"ticker": ticker, "quantity": quantity, "credentials": credentials})
             if self.fail_next:
+                failure = self.fail_next
                 self.fail_next = False
-                raise RuntimeError("checkout unavailable")
+                raise failure if isinstance(failure, Exception) else TransientToolError("checkout unavailable", 1.0)
             return f"bought {quantity} {ticker}"
 
         return Tool(buy, name="buy", description="Buy shares.", parameters=BuyArgs)

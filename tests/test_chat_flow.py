@@ -172,7 +172,7 @@ def mark_crash(storage_dir: Path, thread_id: str, point: str) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("crash_point", ["after-request", "before-tool", "after-order"])
+@pytest.mark.parametrize("crash_point", ["after-request", "before-tool", "after-order", "before-result"])
 async def test_crash_at_any_step_still_buys_exactly_once(
     chat_world: ChatWorld, storage_dir: Path, crash_point: str
 ) -> None:
@@ -190,7 +190,7 @@ async def test_crash_at_any_step_still_buys_exactly_once(
         await kill(agent)  # (a) the CIBA request is out; the process dies before anything else
         world.decide(request["id"], approve=True)
     else:
-        marker = mark_crash(storage_dir, thread_id, crash_point)  # (b) or (c): die inside the resume
+        marker = mark_crash(storage_dir, thread_id, crash_point)  # (b), (c) or (d): die inside the resume
         world.decide(request["id"], approve=True)
         await eventually(lambda: not marker.exists(), timeout=20, what=f"crash at {crash_point}")
 

@@ -36,7 +36,7 @@ from tools.async_confirmation import (
     get_ciba_credentials,
     with_async_user_confirmation,
 )
-from tools.base import Tool, ToolContext, ToolError
+from tools.base import Tool, ToolContext, ToolError, TransientToolError
 from tools.ciba_client import CIBAClient
 from tools.credential_store import SQLiteCredentialStore
 from tools.interrupts import (
@@ -123,18 +123,17 @@ async def test_pending_then_approved_runs_once_with_its_credential(
     )
     assert claims["sub"] == ALICE and "stock:buy" in claims["scope"].split()
     assert get_ciba_credentials() is None  # visible only inside the tool call
-    assert await store.get(CREDENTIALS_NAMESPACE, "thread-1:buy:call-1") is None  # consumed
+    assert_spent(await store.get(CREDENTIALS_NAMESPACE, "thread-1:buy:call-1"), result="bought 10 MSFT")
     assert await store.get(PENDING_NAMESPACE, "thread-1:buy:call-1") is None
     counters = await stats(authz)
     assert counters["backchannel_requests"] == 1
     assert counters["polls_by_request"][request["id"]] == counters["token_requests"] <= 3
 
-    # Single use: calling the same tool call again does not run the tool with the old credential; it
-    # needs a new approval.
-    with pytest.raises(AuthorizationPendingInterrupt):
-        await tool.run(ARGS, ctx)
+    # Single use: calling the same tool call again (a crash before the agent recorded the result) does
+    # not run the tool again, and does not ask the user again: it gets the outcome back.
+    assert await tool.run(ARGS, ctx) == "bought 10 MSFT"
     assert len(raw.runs) == 1
-    assert (await stats(authz))["backchannel_requests"] == 2
+    assert (await stats(authz))["backchannel_requests"] == 1
 
 
 async def test_concurrent_calls_for_one_tool_call_send_one_request(
@@ -238,7 +237,13 @@ async def test_slow_down_is_persisted_and_respected(
     assert (await stats(authz))["token_requests"] == polls
 
 
-async def test_tool_failure_keeps_the_credential_for_a_retry(
+def assert_spent(stored: Any, *, result: Any = None, error: str | None = None) -> None:
+    """The credential row now holds the call's outcome, and no token any more."""
+    assert stored is not None and stored.get("done") is True and "credentials" not in stored, stored
+    assert stored["result"] == result and stored["error"] == error
+
+
+async def test_a_transient_tool_failure_keeps_the_credential_for_a_retry(
     authz: DevAuthorizationServer,  # noqa: F811
     client: CIBAClient,  # noqa: F811
     store: SQLiteCredentialStore,  # noqa: F811
@@ -250,14 +255,37 @@ async def test_tool_failure_keeps_the_credential_for_a_retry(
     with pytest.raises(AuthorizationPendingInterrupt):
         await tool.run(ARGS, ctx)
     await decide(authz, (await only_request(authz))["id"], approve=True)
-    with pytest.raises(RuntimeError, match="checkout unavailable"):
+    with pytest.raises(TransientToolError, match="checkout unavailable"):
         await run_until_done(tool, ctx)
-    assert await store.get(CREDENTIALS_NAMESPACE, "thread-1:buy:call-retry") is not None
+    assert "credentials" in await store.get(CREDENTIALS_NAMESPACE, "thread-1:buy:call-retry")
     assert await tool.run(ARGS, ctx) == "bought 10 MSFT"  # the retry needs no new approval
     first, second = raw.runs
     assert first["credentials"].access_token == second["credentials"].access_token
     assert (await stats(authz))["backchannel_requests"] == 1
-    assert await store.get(CREDENTIALS_NAMESPACE, "thread-1:buy:call-retry") is None
+    assert_spent(await store.get(CREDENTIALS_NAMESPACE, "thread-1:buy:call-retry"), result="bought 10 MSFT")
+    # a re-run after a crash before the agent recorded the result: the outcome, no run, no new request
+    assert await tool.run(ARGS, ctx) == "bought 10 MSFT"
+    assert len(raw.runs) == 2 and (await stats(authz))["backchannel_requests"] == 1
+
+
+async def test_a_permanent_tool_failure_spends_the_credential(
+    authz: DevAuthorizationServer,  # noqa: F811
+    client: CIBAClient,  # noqa: F811
+    store: SQLiteCredentialStore,  # noqa: F811
+) -> None:
+    raw = RecordingTool()
+    raw.fail_next = ToolError("the order was rejected")
+    tool = wrap(raw.tool(), store, client)
+    ctx = tool_context("call-rejected")
+    with pytest.raises(AuthorizationPendingInterrupt):
+        await tool.run(ARGS, ctx)
+    await decide(authz, (await only_request(authz))["id"], approve=True)
+    with pytest.raises(ToolError, match="rejected"):
+        await run_until_done(tool, ctx)
+    assert_spent(await store.get(CREDENTIALS_NAMESPACE, "thread-1:buy:call-rejected"), error="the order was rejected")
+    with pytest.raises(ToolError, match="rejected"):  # replayed, never run again, nobody asked again
+        await tool.run(ARGS, ctx)
+    assert len(raw.runs) == 1 and (await stats(authz))["backchannel_requests"] == 1
 
 
 async def test_refusals_are_typed_results_without_pushing(
@@ -392,3 +420,30 @@ async def test_an_approval_is_bound_to_the_approved_arguments(
     assert "other arguments" in result
     assert raw.runs == []
     assert await store.get(CREDENTIALS_NAMESPACE, "thread-1:buy:call-swap") is None
+
+
+@pytest.mark.parametrize("approved_first", [False, True])
+async def test_records_that_cannot_be_decrypted_end_the_call_clearly(
+    authz: DevAuthorizationServer,  # noqa: F811
+    client: CIBAClient,  # noqa: F811
+    store: SQLiteCredentialStore,  # noqa: F811
+    approved_first: bool,
+) -> None:
+    """The encryption key changed while a purchase waited (pending) or after its approval: the call ends
+    with a clear "lost, ask again" result at once, never a hang and never a second push by itself."""
+    raw = RecordingTool()
+    ctx = tool_context(f"call-rotated-{approved_first}")
+    with pytest.raises(AuthorizationPendingInterrupt):
+        await wrap(raw.tool(), store, client).run(ARGS, ctx)
+    if approved_first:  # an approved credential, written under the old key
+        approved = {"credentials": {"access_token": "token-under-the-old-key"}}
+        await store.put(CREDENTIALS_NAMESPACE, f"thread-1:buy:{ctx.tool_call_id}", approved, ttl=60)
+    rotated = SQLiteCredentialStore(store.path, "a different key that is long enough for the check")
+    try:
+        with pytest.raises(ToolError, match="lost.*ask again"):
+            await wrap(raw.tool(), rotated, client).run(ARGS, ctx)
+        with pytest.raises(ToolError, match="lost.*ask again"):  # and it stays so, readable under the new key
+            await wrap(raw.tool(), rotated, client).run(ARGS, ctx)
+    finally:
+        await rotated.close()
+    assert (await stats(authz))["backchannel_requests"] == 1

@@ -7,7 +7,7 @@ import pytest
 
 from devservers.server_thread import free_port
 from tests.jwks_helpers import CHECKOUT_AUDIENCE as AUDIENCE
-from tools.base import ToolContext, ToolError
+from tools.base import ToolContext, ToolError, TransientToolError
 from tools.credentials_context import CIBACredentials, use_ciba_credentials
 from tools.stocks import (
     BINDING_MESSAGE_RE,
@@ -87,9 +87,10 @@ async def test_buy_stock_rejected_token_never_leaks(issuer, checkout):
     assert _stats(checkout) == before
 
 
-async def test_buy_stock_unreachable_checkout(issuer):
+async def test_buy_stock_unreachable_checkout_is_transient(issuer):
+    """A checkout that cannot be reached is worth trying again later (the order is idempotent)."""
     tool = make_buy_stock_tool(f"http://127.0.0.1:{free_port()}", timeout=2)
-    with use_ciba_credentials(_credentials(issuer)), pytest.raises(ToolError, match="could not reach"):
+    with use_ciba_credentials(_credentials(issuer)), pytest.raises(TransientToolError, match="could not reach"):
         await tool.run(tool.parse_arguments({"ticker": "MSFT", "quantity": 1}), _ctx("call_unreachable"))
 
 

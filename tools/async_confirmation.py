@@ -14,10 +14,13 @@ Each call of the wrapped tool moves one tool call (key `"{thread_id}:{tool name}
 through CIBA, never blocking on the user:
 
 1. An approved credential is stored for the call: run the tool inside `use_ciba_credentials(cred)` (the
-   tool reads it with `get_ciba_credentials()`), then delete the credential: it is single use and bound
+   tool reads it with `get_ciba_credentials()`), then consume the credential: it is single use and bound
    to this one call and to the arguments it was approved for (a re-run with other arguments does not
-   spend it). If the tool raises, the credential stays so a retry can run it again (the tool's side
-   effect must therefore be idempotent by tool call id, as `buy_stock`'s Idempotency-Key is).
+   spend it). Consuming overwrites the token with the call's outcome in one write, so a crash before the
+   agent recorded the result replays that outcome instead of asking the user again. If the tool raises
+   `TransientToolError` (the checkout is down for a moment) the credential stays, so the agent's retry
+   runs it again (the tool's side effect must therefore be idempotent by tool call id, as `buy_stock`'s
+   Idempotency-Key is), until the token expires; any other failure is final and consumes it.
 2. Nothing is pending: atomically create a pending record (`create_if_absent`), send the backchannel
    request, store `auth_req_id`, expiry, interval and next poll time, raise `AuthorizationPendingInterrupt`.
    Racing calls (same process or another one after a restart) lose the create and send nothing, so the
@@ -55,7 +58,7 @@ from typing import Any, NoReturn, TypeVar, overload
 
 from pydantic import BaseModel
 
-from tools.base import Tool, ToolContext, ToolError, current_tool_context
+from tools.base import Tool, ToolContext, ToolError, TransientToolError, current_tool_context
 from tools.ciba_client import (
     AccessDenied,
     Approved,
@@ -124,6 +127,19 @@ class AsyncConfirmationOptions:
 
 
 @dataclass(frozen=True)
+class _Outcome:
+    """What a spent credential's call ended with (replayed on a re-run after a crash)."""
+
+    result: Any
+    error: str | None
+
+    def replay(self) -> Any:
+        if self.error is not None:
+            raise ToolError(self.error)
+        return self.result
+
+
+@dataclass(frozen=True)
 class _Params:
     user_id: str
     binding_message: str
@@ -178,6 +194,14 @@ class AsyncUserConfirmation:
         # processes the store's create_if_absent is the guard.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
+    async def _consume(self, key: str, *, result: Any = None, error: str | None = None) -> None:
+        """Replace the credential by the call's outcome (one row, one write): the token is gone, and a re-run
+        after a crash gets the outcome back without running the tool or asking the user again."""
+        if not isinstance(result, str | int | float | bool | list | dict | type(None)):
+            result = str(result)
+        outcome = {"done": True, "result": result, "error": error}
+        await self.store.put(CREDENTIALS_NAMESPACE, key, outcome, ttl=self.options.pending_retention)
+
     def key_for(self, ctx: ToolContext) -> str:
         return f"{ctx.thread_id}:{self.tool.name}:{ctx.tool_call_id}"
 
@@ -202,10 +226,20 @@ class AsyncUserConfirmation:
                     return await self._unauthorized(interrupt, ctx)
                 await self._notify(interrupt, ctx)
                 raise
+            if isinstance(credentials, _Outcome):
+                return credentials.replay()
             with use_ciba_credentials(credentials):
-                result = await self.tool.run(args, ctx)
-            # Only after success: a tool that raised may run again with the same credential.
-            await self.store.delete(CREDENTIALS_NAMESPACE, key)
+                try:
+                    result = await self.tool.run(args, ctx)
+                except TransientToolError:
+                    raise  # the credential stays: the agent runs this call again later
+                except ToolError as exc:
+                    await self._consume(key, error=str(exc))
+                    raise
+                except Exception as exc:
+                    await self._consume(key, error=f"{self.tool.name} failed ({type(exc).__name__})")
+                    raise
+            await self._consume(key, result=result)
             return result
 
     async def _notify(self, interrupt: AsyncAuthorizationInterrupt, ctx: ToolContext) -> None:
@@ -223,12 +257,15 @@ class AsyncUserConfirmation:
         return DENIED_TEXT if isinstance(interrupt, AccessDeniedInterrupt) else interrupt.message
 
     # -- the state machine ---------------------------------------------------------------------------
-    async def _obtain(self, ctx: ToolContext, key: str, arguments: Mapping[str, Any]) -> CIBACredentials:
-        """The approved credential for this call, or raise the interrupt that says why not (yet)."""
+    async def _obtain(self, ctx: ToolContext, key: str, arguments: Mapping[str, Any]) -> CIBACredentials | _Outcome:
+        """The approved credential for this call (or the outcome of its spent one), or raise the interrupt
+        that says why not (yet)."""
         for _ in range(3):  # re-read after losing a race; more than twice means another writer churns
             stored = await self.store.get(CREDENTIALS_NAMESPACE, key)
             if stored is not None:
                 return await self._bound_credentials(ctx, key, stored, arguments)
+            if await self.store.exists(CREDENTIALS_NAMESPACE, key):
+                return await self._lost(ctx, key)
             record = await self.store.get(PENDING_NAMESPACE, key)
             if record is None:
                 params = await self._params(ctx, arguments)
@@ -236,6 +273,10 @@ class AsyncUserConfirmation:
                 fresh = self._new_record(ctx, params, now)
                 if await self.store.create_if_absent(PENDING_NAMESPACE, key, fresh, ttl=self._record_ttl()):
                     await self._send_request(ctx, key, params, fresh)  # always raises
+                if await self.store.get(PENDING_NAMESPACE, key) is None and await self.store.exists(
+                    PENDING_NAMESPACE, key
+                ):
+                    return await self._lost(ctx, key)
                 continue
             if record.get("state") == "requesting":
                 await self._resume_requesting(ctx, key, arguments, record)  # raises unless it lost a race
@@ -244,13 +285,30 @@ class AsyncUserConfirmation:
             return await self._bound_credentials(ctx, key, stored, arguments)
         raise self._interrupt(AuthorizationPendingInterrupt, ctx, None, next_check_at=self.clock() + 1.0)
 
+    async def _lost(self, ctx: ToolContext, key: str) -> _Outcome:
+        """This call's records exist but cannot be decrypted (`AUTH0_SESSION_ENCRYPTION_KEY` changed): end
+        the call with a clear result instead of waiting forever, and leave no unreadable row behind. It does
+        not ask the user again by itself: they may have approved already, and a second push for the same
+        purchase would be a surprise; the model tells them to ask again."""
+        log.warning("the CIBA records of tool call %s cannot be decrypted (was the key changed?)", ctx.tool_call_id)
+        await self.store.delete(PENDING_NAMESPACE, key)
+        error = (
+            f"the approval for {self.tool.name} was lost: it can no longer be read (the encryption key "
+            "changed); please ask again"
+        )
+        await self._consume(key, error=error)
+        return _Outcome(None, error)
+
     async def _bound_credentials(
         self, ctx: ToolContext, key: str, stored: Mapping[str, Any], arguments: Mapping[str, Any]
-    ) -> CIBACredentials:
-        """The stored credential, if it was approved for these very arguments.
+    ) -> CIBACredentials | _Outcome:
+        """The stored credential, if it was approved for these very arguments and is still valid.
 
         The user approved one action (the binding message shows it); a re-run of the tool call with other
-        arguments must not spend that approval. Refused, the credential is dropped."""
+        arguments must not spend that approval. Refused, the credential is dropped. A spent credential is
+        its outcome; one that expired while the tool was being retried ends the call (ask again)."""
+        if stored.get("done"):
+            return _Outcome(stored.get("result"), stored.get("error"))
         approved_for = stored.get("arguments_sha256")
         if approved_for is not None and approved_for != _digest(arguments):
             await self.store.delete(CREDENTIALS_NAMESPACE, key)
@@ -262,12 +320,15 @@ class AsyncUserConfirmation:
                 "The approval was given for other arguments of this tool call; it was not used",
                 error="arguments_changed",
             )
-        return CIBACredentials.model_validate(stored.get("credentials", stored))
+        credentials = CIBACredentials.model_validate(stored.get("credentials", stored))
+        if credentials.expires_at is not None and credentials.expires_at <= self.clock():
+            error = f"the approval expired before {self.tool.name} could complete; please ask again"
+            await self._consume(key, error=error)
+            return _Outcome(None, error)
+        return credentials
 
     async def _params(self, ctx: ToolContext, arguments: Mapping[str, Any]) -> _Params:
-        user_id = (
-            await _resolve(self.options.user_id, arguments) if self.options.user_id is not None else None
-        )
+        user_id = await _resolve(self.options.user_id, arguments) if self.options.user_id is not None else None
         user_id = user_id or ctx.owner
         if not isinstance(user_id, str) or not user_id:
             raise ToolError(f"{self.tool.name} needs the user's approval, but the thread has no owner to ask")
@@ -328,8 +389,7 @@ class AsyncUserConfirmation:
             return
         if not record.get("failures"):
             log.warning(
-                "CIBA request for tool call %s was left half-sent (the process stopped mid-request?); "
-                "sending it again",
+                "CIBA request for tool call %s was left half-sent (the process stopped mid-request?); sending it again",
                 ctx.tool_call_id,
             )
         record.update(
@@ -341,9 +401,7 @@ class AsyncUserConfirmation:
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl())
         await self._send_request(ctx, key, params, record)
 
-    async def _send_request(
-        self, ctx: ToolContext, key: str, params: _Params, record: dict[str, Any]
-    ) -> NoReturn:
+    async def _send_request(self, ctx: ToolContext, key: str, params: _Params, record: dict[str, Any]) -> NoReturn:
         try:
             response = await self.client.authorize(
                 user_id=params.user_id,
@@ -359,11 +417,9 @@ class AsyncUserConfirmation:
         except CIBATransientError as exc:
             now = self.clock()
             failures = int(record.get("failures") or 0) + 1
-            backoff = self._backoff(failures, 0.0)
+            backoff = max(self._backoff(failures, 0.0), exc.retry_after or 0.0)  # the server's Retry-After wins
             if exc.maybe_sent:
-                log.warning(
-                    "CIBA request for tool call %s may have reached the server; will retry", ctx.tool_call_id
-                )
+                log.warning("CIBA request for tool call %s may have reached the server; will retry", ctx.tool_call_id)
             record.update(failures=failures, lease_until=now, next_poll_at=now + backoff)
             await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl())
             raise self._interrupt(
@@ -386,9 +442,7 @@ class AsyncUserConfirmation:
             requested_at=now,
         )
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl(response.expires_in))
-        raise self._interrupt(
-            AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"]
-        )
+        raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"])
 
     async def _check(self, ctx: ToolContext, key: str, record: dict[str, Any]) -> dict[str, Any]:
         """Poll once if due; return the stored credential record on approval, else raise."""
@@ -401,12 +455,12 @@ class AsyncUserConfirmation:
         interval = int(record.get("interval") or 5)
         try:
             result = await self.client.poll(record["auth_req_id"], interval=interval)
-        except CIBATransientError:
+        except CIBATransientError as exc:
             if past_deadline:
                 await self.store.delete(PENDING_NAMESPACE, key)
                 raise self._interrupt(AuthorizationRequestExpiredInterrupt, ctx, record) from None
             failures = int(record.get("failures") or 0) + 1
-            backoff = self._backoff(failures, interval)
+            backoff = max(self._backoff(failures, interval), exc.retry_after or 0.0)  # Retry-After wins
             after = self.clock()
             record.update(failures=failures, next_poll_at=after + backoff)
             await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
@@ -432,7 +486,8 @@ class AsyncUserConfirmation:
                 "credentials": credentials.model_dump(mode="json"),
                 "arguments_sha256": record.get("arguments_sha256"),
             }
-            await self.store.put(CREDENTIALS_NAMESPACE, key, stored, ttl=max(ttl, 1.0))
+            # Kept past the token's expiry, so an expiry during the tool's retries is seen as such.
+            await self.store.put(CREDENTIALS_NAMESPACE, key, stored, ttl=max(ttl, 1.0) + self.options.pending_retention)
             await self.store.delete(PENDING_NAMESPACE, key)
             return stored
         if isinstance(result, AccessDenied):
@@ -463,9 +518,7 @@ class AsyncUserConfirmation:
         assert isinstance(result, Pending)
         record.update(next_poll_at=after + interval, failures=0)
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
-        raise self._interrupt(
-            AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"]
-        )
+        raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"])
 
     def _record_ttl_left(self, record: dict[str, Any], now: float) -> float:
         return max(1.0, float(record["expires_at"]) - now) + self.options.pending_retention
@@ -602,9 +655,7 @@ class AsyncAuthorizer:
     def with_async_user_confirmation(self, tool: Tool, /, **options: Any) -> AsyncAuthorizationTool: ...
 
     @overload
-    def with_async_user_confirmation(
-        self, tool: None = None, /, **options: Any
-    ) -> Callable[[Tool], Tool]: ...
+    def with_async_user_confirmation(self, tool: None = None, /, **options: Any) -> Callable[[Tool], Tool]: ...
 
     def with_async_user_confirmation(
         self, tool: Tool | None = None, /, **options: Any

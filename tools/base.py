@@ -21,6 +21,19 @@ class ToolError(Exception):
     """A failure the LLM should see as the tool's result (bad arguments, unknown ticker, ...)."""
 
 
+class TransientToolError(Exception):
+    """The tool could not finish for a reason that may pass (a 503, a timeout, a refused connection), and
+    running it again is safe (its side effect is idempotent). The agent keeps the call running and runs it
+    again on a durable schedule, after `retry_after` seconds at least, instead of reporting a failure."""
+
+    def __init__(self, message: str, retry_after: float = 2.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.retry_after))
+
+
 @dataclass(frozen=True)
 class ToolContext:
     """Who is calling a tool, and for which tool call: the key of every durable decision about it."""

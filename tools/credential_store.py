@@ -63,6 +63,11 @@ class CredentialStore(Protocol):
         """Store `value` only if no live value exists under `key`; True if this call stored it."""
         ...
 
+    async def exists(self, namespace: str, key: str) -> bool:
+        """Whether a live value is stored under `key`, readable or not (`get` returns None for both
+        "absent" and "cannot be decrypted"; this tells them apart)."""
+        ...
+
 
 def _expires_at(ttl: float | None, now: float) -> float | None:
     if ttl is None:
@@ -113,6 +118,9 @@ class MemoryCredentialStore:
             return False
         self._data[(namespace, key)] = (_encode(value), _expires_at(ttl, now))
         return True
+
+    async def exists(self, namespace: str, key: str) -> bool:
+        return self._live(namespace, key, time.time()) is not None
 
     def __len__(self) -> int:
         return len(self._data)
@@ -255,11 +263,7 @@ class SQLiteCredentialStore:
 
     def _seal(self, namespace: str, key: str, value: Any) -> bytes:
         nonce = secrets.token_bytes(NONCE_BYTES)
-        return (
-            bytes([FORMAT_VERSION])
-            + nonce
-            + self._aead.encrypt(nonce, _encode(value), self._aad(namespace, key))
-        )
+        return bytes([FORMAT_VERSION]) + nonce + self._aead.encrypt(nonce, _encode(value), self._aad(namespace, key))
 
     def _open(self, namespace: str, key: str, blob: bytes) -> Any | None:
         if len(blob) < 1 + NONCE_BYTES + 16 or blob[0] != FORMAT_VERSION:
@@ -270,8 +274,7 @@ class SQLiteCredentialStore:
             plaintext = self._aead.decrypt(nonce, ciphertext, self._aad(namespace, key))
         except InvalidTag:
             log.warning(
-                "credential %s/%s could not be decrypted (wrong AUTH0_SESSION_ENCRYPTION_KEY or tampered); "
-                "ignoring it",
+                "credential %s/%s could not be decrypted (wrong AUTH0_SESSION_ENCRYPTION_KEY or tampered); ignoring it",
                 namespace,
                 key,
             )
@@ -327,13 +330,19 @@ class SQLiteCredentialStore:
         await self._maybe_purge(db, now)
         return created
 
+    async def exists(self, namespace: str, key: str) -> bool:
+        db = await self._conn()
+        async with db.execute(
+            "SELECT 1 FROM credentials WHERE namespace = ? AND key = ? AND (expires_at IS NULL OR expires_at > ?)",
+            (namespace, key, time.time()),
+        ) as cursor:
+            return await cursor.fetchone() is not None
+
     async def purge_expired(self) -> int:
         """Delete every expired row now; return how many went."""
         db = await self._conn()
         now = time.time()
-        cursor = await db.execute(
-            "DELETE FROM credentials WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
-        )
+        cursor = await db.execute("DELETE FROM credentials WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
         count = cursor.rowcount
         await cursor.close()
         self._last_purge = now
@@ -342,9 +351,7 @@ class SQLiteCredentialStore:
     async def _maybe_purge(self, db: aiosqlite.Connection, now: float) -> None:
         if now - self._last_purge >= self.purge_interval:
             self._last_purge = now
-            await db.execute(
-                "DELETE FROM credentials WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
-            )
+            await db.execute("DELETE FROM credentials WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
 
 
 __all__ = ["CredentialStore", "MemoryCredentialStore", "SQLiteCredentialStore", "derive_key"]

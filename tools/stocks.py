@@ -17,7 +17,7 @@ import httpx
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tools.base import Tool, ToolContext, ToolError, current_tool_context
+from tools.base import Tool, ToolContext, ToolError, TransientToolError, current_tool_context
 from tools.credentials_context import get_ciba_credentials
 from tools.stock_prices import CURRENCY, MAX_QUANTITY, UnknownTickerError, get_price, normalize_ticker
 
@@ -121,13 +121,26 @@ def _error_detail(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}"
 
 
-_RETRY_STATUSES = {502, 503, 504}
+_RETRY_STATUSES = {429, 500, 502, 503, 504}
 _RETRY_DELAYS = (0.2, 0.6)
+DEFAULT_RETRY_AFTER = 2.0
+"""Seconds before the agent tries an order again after the checkout failed transiently (no Retry-After)."""
+
+
+def _retry_after(response: httpx.Response | None) -> float:
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return min(300.0, max(DEFAULT_RETRY_AFTER, float(value))) if value else DEFAULT_RETRY_AFTER
+    except ValueError:
+        return DEFAULT_RETRY_AFTER
 
 
 async def _place_order(
     url: str, body: dict[str, Any], *, access_token: str, idempotency_key: str, request_timeout: float
 ) -> dict[str, Any]:
+    """POST the order. Transient failures (no connection, a timeout, 429 or 5xx) are retried here briefly,
+    then raised as `TransientToolError` so the agent retries later on a durable schedule: the
+    Idempotency-Key makes every retry safe. A 4xx is final (`ToolError`)."""
     headers = {
         "Authorization": f"Bearer {access_token}",
         "Idempotency-Key": idempotency_key,
@@ -136,14 +149,16 @@ async def _place_order(
     response: httpx.Response | None = None
     async with httpx.AsyncClient(timeout=request_timeout) as client:
         for attempt in range(len(_RETRY_DELAYS) + 1):
-            # Retrying is safe: the Idempotency-Key makes the checkout record the order at most once.
             try:
                 response = await client.post(url, json=body, headers=headers)
             except httpx.HTTPError as exc:
                 if attempt < len(_RETRY_DELAYS):
                     await asyncio.sleep(_RETRY_DELAYS[attempt])
                     continue
-                raise ToolError(f"buy_stock could not reach the checkout API at {url} ({type(exc).__name__})") from None
+                raise TransientToolError(
+                    f"buy_stock could not reach the checkout API ({type(exc).__name__}); it will try again",
+                    DEFAULT_RETRY_AFTER,
+                ) from None
             if response.status_code in _RETRY_STATUSES and attempt < len(_RETRY_DELAYS):
                 await asyncio.sleep(_RETRY_DELAYS[attempt])
                 continue
@@ -158,6 +173,10 @@ async def _place_order(
         if not isinstance(order, dict):
             raise ToolError("the checkout API answered with an unreadable order")
         return order
+    if status in _RETRY_STATUSES:
+        raise TransientToolError(
+            f"the checkout API is unavailable (HTTP {status}); it will try again", _retry_after(response)
+        )
     detail = _redact(_error_detail(response), access_token)
     if status == 401:
         message = f"the checkout API rejected the authorization (401 {detail})"

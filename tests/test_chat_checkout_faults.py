@@ -1,0 +1,87 @@
+"""Approved means done, exactly once (issue 9): a checkout outage after approval is retried on a durable
+schedule with the same Idempotency-Key; a permanent refusal ends the call and spends its credential."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from agents.chat import Chat
+from runtime import get_agent
+from tests.chat_world import ChatWorld
+from tests.test_chat_flow import final_text, new_thread_id, tool_messages, wait_for_requests
+from tests.waiting import eventually
+from tools.async_confirmation import CREDENTIALS_NAMESPACE
+from tools.credential_store import SQLiteCredentialStore
+
+pytestmark = pytest.mark.usefixtures("chat_world")
+
+
+async def watch_until_result(agent: Any, token: str, seen: list[tuple[str, str | None]]) -> list[Any]:
+    """Read the thread until its purchase has a result, noting every state the call was seen in."""
+
+    async def resolved() -> list[Any] | None:
+        messages = await agent.get_messages(token)
+        (tool,) = tool_messages(messages)
+        seen.append((tool.state, tool.content))
+        return messages if tool.state == "result" and "approve" not in final_text(messages).lower() else None
+
+    return await eventually(resolved, timeout=60, interval=0.05, what="the purchase's result")
+
+
+async def test_a_checkout_outage_after_approval_is_retried_until_the_order_is_placed(
+    chat_world: ChatWorld, storage_dir: Path
+) -> None:
+    world = chat_world
+    alice = world.token("alice")
+    agent = get_agent(Chat, new_thread_id(), storage_dir=storage_dir)
+    orders_before, requests_before = world.orders(), world.stats()["backchannel_requests"]
+    await agent.send_message(alice, "Buy 2 shares of MSFT")
+    (request,) = await wait_for_requests(world, "alice", 1)
+
+    world.checkout.fail_next(503, 5)  # more than one run's quick retries: the durable retry must take over
+    world.decide(request["id"], approve=True)
+    seen: list[tuple[str, str | None]] = []
+    messages = await watch_until_result(agent, alice, seen)
+
+    (tool,) = tool_messages(messages)
+    assert tool.content == "Purchased 2 shares of MSFT at 25.0"
+    assert "running" in [state for state, _ in seen]  # seen waiting for its retry ...
+    assert [content for state, content in seen if state == "result"] == [tool.content] * len(
+        [s for s, _ in seen if s == "result"]
+    )  # ... and never as a failed result
+    assert "Purchased 2 shares of MSFT" in final_text(messages)
+    assert world.orders() == orders_before + 1
+    assert world.stats()["backchannel_requests"] == requests_before + 1
+
+
+async def test_a_permanent_checkout_refusal_ends_the_call_and_spends_the_credential(
+    chat_world: ChatWorld, storage_dir: Path
+) -> None:
+    world = chat_world
+    alice = world.token("alice")
+    thread_id = new_thread_id()
+    agent = get_agent(Chat, thread_id, storage_dir=storage_dir)
+    orders_before = world.orders()
+    await agent.send_message(alice, "Buy 3 shares of AAPL")
+    (request,) = await wait_for_requests(world, "alice", 1)
+
+    world.checkout.fail_next(400, 1)
+    world.decide(request["id"], approve=True)
+    messages = await watch_until_result(agent, alice, [])
+
+    (tool,) = tool_messages(messages)
+    assert tool.content.startswith("Error: buy_stock failed: the checkout API rejected the order (400")
+    assert world.orders() == orders_before
+    store = SQLiteCredentialStore(
+        Chat.storage_path(storage_dir, thread_id).with_suffix(".credentials.sqlite3"),
+        SecretStr(world.env["AUTH0_SESSION_ENCRYPTION_KEY"]),
+    )
+    try:
+        left = await store.get(CREDENTIALS_NAMESPACE, f"{thread_id}:buy_stock:{tool.tool_call_id}")
+    finally:
+        await store.close()
+    assert left is not None and left["done"] is True and "credentials" not in left  # the token is gone
