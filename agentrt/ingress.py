@@ -47,7 +47,7 @@ from agents.errors import ChatError, NotOwnerError
 from agents.messages import ChatMessage, PendingApproval, ThreadEvent
 from runtime import AgentCapacityError, AgentNotFoundError, InvalidAgentIdError, validate_agent_id
 from tools.auth_settings import AuthConfigError, AuthSettings
-from tools.jwt_verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError
+from tools.jwt_verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError, shared_verifier
 
 logger = logging.getLogger("agentrt.ingress")
 
@@ -518,9 +518,9 @@ class AgentIngress:
     async def _authenticate(self, token: str) -> dict[str, Any]:
         """Verify the bearer token here too, before any agent is created or called: the agents verify it
         again (they trust no one), but an unauthenticated request never costs the cluster an actor."""
-        if self._jwt is None:
+        if self._jwt is None:  # the process's one verifier (one JWKS cache), as the agents use
             settings = AuthSettings()
-            self._jwt = JWTVerifier(issuer=settings.issuer, audience=settings.require_api_audience())
+            self._jwt = shared_verifier(settings.issuer, settings.require_api_audience())
         try:
             claims = await self._jwt.verify(token)
         except SigningKeysUnavailableError:

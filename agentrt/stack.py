@@ -23,6 +23,7 @@ secret and the session encryption key stay out of the output and the URLs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -59,6 +60,9 @@ PASSTHROUGH_ENV = (
     "AUTH0_AUDIENCE",
     "AUTH0_SESSION_ENCRYPTION_KEY",
     "CIBA_CLIENT_AUTH_METHOD",
+    "CIBA_CLIENT_ASSERTION_KEY",
+    "CIBA_CLIENT_ASSERTION_KEY_FILE",
+    "CIBA_CLIENT_ASSERTION_KID",
     "CIBA_LOGIN_HINT_FORMAT",
     "CHECKOUT_AUDIENCE",
     "CHECKOUT_API_URL",
@@ -172,9 +176,10 @@ class Stack:
         return not (self.env.get("OPENAI_API_KEY") or self.env.get("OPENAI_BASE_URL"))
 
     def _check_external_auth(self) -> None:
-        missing = [
-            name for name in ("AUTH0_CLIENT_ID", "AUTH0_CLIENT_SECRET", "AUTH0_AUDIENCE") if not self.env.get(name)
-        ]
+        needed = ["AUTH0_CLIENT_ID", "AUTH0_AUDIENCE"]
+        if self.env.get("CIBA_CLIENT_AUTH_METHOD") != "private_key_jwt":
+            needed.insert(1, "AUTH0_CLIENT_SECRET")
+        missing = [name for name in needed if not self.env.get(name)]
         if missing:
             raise StackError(
                 "AUTH0_DOMAIN/AUTH_ISSUER is set, so the real authorization server is used; also set "
@@ -186,12 +191,43 @@ class Stack:
         try:
             self._start_services()
             self.agent_env = self._agent_env()
+            self._check_ciba_client()
             self._start_ray()
             self._start_serve(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _ciba_settings(self) -> Any:
+        from tools.auth_settings import AuthSettings
+
+        return AuthSettings(**{k: v for k, v in self.agent_env.items() if k.startswith(("AUTH", "CIBA_"))})
+
+    def _check_ciba_client(self) -> None:
+        """Fail at start-up, with a message naming what to fix, when the CIBA client cannot authenticate
+        (a missing or unusable key, a wrong secret or key): otherwise every purchase would fail later."""
+        from tools.auth_settings import AuthConfigError
+        from tools.ciba_client import CIBAClient, CIBAError, CIBATransientError
+
+        try:
+            client = CIBAClient.from_settings(self._ciba_settings())
+        except AuthConfigError as exc:
+            raise StackError(str(exc)) from None
+
+        async def check() -> None:
+            async with client:
+                await client.check_client_authentication()
+
+        try:
+            asyncio.run(check())
+        except CIBAError as exc:
+            raise StackError(
+                f"the authorization server refused the CIBA client ({exc.error}): check AUTH0_CLIENT_ID and "
+                "its secret (AUTH0_CLIENT_SECRET) or key (CIBA_CLIENT_ASSERTION_KEY_FILE)"
+            ) from None
+        except CIBATransientError as exc:
+            self.log(f"warning: the authorization server did not answer the client check ({exc})")
 
     def _start_services(self) -> None:
         opts = self.options
@@ -211,6 +247,8 @@ class Stack:
             }
             if opts.ciba_interval is not None:
                 kwargs["default_interval"] = opts.ciba_interval
+            if self.env.get("CIBA_CLIENT_AUTH_METHOD") == "private_key_jwt":
+                kwargs["client_keys"] = {kept.client_id: self._dev_client_public_key(kept.client_id)}
             self.authz = DevAuthorizationServer(**kwargs).start()
             self.log(f"dev authorization server on {self.authz.url}")
         else:
@@ -238,6 +276,16 @@ class Stack:
                 chunk_delay=opts.model_chunk_delay,
             ).start()
             self.log(f"offline model on {self.model.base_url}")
+
+    def _dev_client_public_key(self, client_id: str) -> bytes:
+        """private_key_jwt against the dev server: it registers the public half of the configured key."""
+        from tools.auth_settings import AuthConfigError, AuthSettings
+
+        env = {k: v for k, v in self.env.items() if k.startswith("CIBA_")}
+        try:
+            return AuthSettings(AUTH0_CLIENT_ID=client_id, **env).require_assertion_signer().public_key_pem()
+        except AuthConfigError as exc:
+            raise StackError(str(exc)) from None
 
     def _agent_env(self) -> dict[str, str]:
         """Everything the agents and the ingress read, for the Ray job's runtime_env."""

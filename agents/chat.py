@@ -2,9 +2,10 @@
 
     class Chat(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAgent)
 
-Its tools: `get_stock_price`, and `buy_stock` wrapped with `with_async_user_confirmation` so that a
+Its tools: `get_stock_price`; `buy_stock` wrapped with `with_async_user_confirmation` so that a
 purchase waits for the thread owner's approval on their device (CIBA), then runs exactly once with the
-approved token. The CIBA user is always the thread's owner, never something the model chose.
+approved token; and a watchlist (`watch_stock`, confirmed in the chat itself, and `get_watchlist`). The
+CIBA user is always the thread's owner, never something the model chose.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from tools.auth_settings import AuthSettings
 from tools.base import Tool, current_tool_context
 from tools.ciba_client import CIBAClient
 from tools.credential_store import SQLiteCredentialStore
+from tools.order_details import purchase_details
 from tools.stocks import binding_message_for, get_stock_price, make_buy_stock_tool
+from tools.watchlist import make_watchlist_tools
 
 
 def thread_owner(**_: Any) -> str:
@@ -55,11 +58,12 @@ class Chat(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAgent):
             scopes=["stock:buy"],
             audience=settings.checkout_audience,
             binding_message=binding_message_for,
+            authorization_details=purchase_details,  # RAR: the token approves this very order only
             requested_expiry=self.ciba_requested_expiry,
             store=store,
             client=CIBAClient.shared(settings),
         )
-        return [get_stock_price, buy_stock]
+        return [get_stock_price, buy_stock, *make_watchlist_tools(self.storage)]
 
     async def close(self) -> None:
         """Hibernating: also close the credential store's file."""

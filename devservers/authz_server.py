@@ -55,6 +55,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from devservers.server_thread import ServerThread, free_port
+from tools.client_assertion import CLIENT_ASSERTION_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,14 @@ class CIBARequest:
         }
 
 
+ENDPOINT_PATHS: dict[str, dict[str, str]] = {
+    "auth0": {"jwks": ".well-known/jwks.json", "token": "oauth/token", "backchannel": "bc-authorize"},
+    "generic": {"jwks": "jwks", "token": "oauth2/token", "backchannel": "oauth2/bc-authorize"},
+}
+"""Where the server puts its endpoints: Auth0's paths, or other ones, to prove that clients take every
+endpoint from discovery (an OpenID provider may put them anywhere)."""
+
+
 @dataclass
 class AuthzState:
     """Everything the server knows; shared by restarts of its HTTP front. Thread-safe (one lock)."""
@@ -220,6 +229,13 @@ class AuthzState:
     """Users (username or sub) with no device enrolled: their requests are refused."""
     requests: dict[str, CIBARequest] = field(default_factory=dict, repr=False)
     by_auth_req_id: dict[str, str] = field(default_factory=dict, repr=False)
+    endpoint_paths: Literal["auth0", "generic"] = "auth0"
+    authorization_details_supported: bool = True
+    """RAR: advertise `authorization_details_types_supported` and put the details in the token; False plays a
+    provider without RAR (it ignores the parameter)."""
+    client_keys: dict[str, Any] = field(default_factory=dict, repr=False)
+    """private_key_jwt clients: client id -> public key (PEM bytes or a key object)."""
+    seen_assertions: dict[str, float] = field(default_factory=dict, repr=False)
     requests_file: Path | None = None
     """Where the requests are kept (JSON, mode 0600) so that a restart forgets none; None: memory only."""
     backchannel_requests: int = 0
@@ -235,6 +251,43 @@ class AuthzState:
             if sub == value:
                 return username, sub
         return None
+
+    def check_client_assertion(self, form: Mapping[str, str]) -> str:
+        """private_key_jwt (RFC 7523 2.2): the assertion is signed by the client's registered key, names the
+        client as `iss` and `sub`, this server as `aud`, is unexpired, and its `jti` was never seen."""
+        if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE or not form.get("client_assertion"):
+            raise OAuthError("invalid_client", "unsupported client assertion", 401)
+        assertion = form["client_assertion"]
+        try:
+            claimed = jwt.decode(assertion, options={"verify_signature": False}).get("iss")
+        except jwt.PyJWTError:
+            raise OAuthError("invalid_client", "the client assertion is not a JWT", 401) from None
+        client_id = form.get("client_id") or claimed
+        key = self.client_keys.get(str(client_id))
+        if key is None or claimed != client_id:
+            raise OAuthError("invalid_client", "client authentication failed", 401)
+        paths = ENDPOINT_PATHS[self.endpoint_paths]
+        audiences = [self.issuer, self.issuer + paths["token"], self.issuer + paths["backchannel"]]
+        try:
+            claims = jwt.decode(
+                assertion,
+                key,
+                algorithms=["RS256", "ES256"],
+                audience=audiences,
+                leeway=5,
+                options={"require": ["iss", "sub", "aud", "exp", "jti"]},
+            )
+        except jwt.PyJWTError:
+            raise OAuthError("invalid_client", "client authentication failed", 401) from None
+        if claims["sub"] != client_id:
+            raise OAuthError("invalid_client", "client authentication failed", 401)
+        now = time.time()
+        with self.lock:
+            self.seen_assertions = {jti: exp for jti, exp in self.seen_assertions.items() if exp > now}
+            if claims["jti"] in self.seen_assertions:
+                raise OAuthError("invalid_client", "the client assertion was already used", 401)
+            self.seen_assertions[claims["jti"]] = float(claims["exp"]) + 5
+        return str(client_id)
 
     def check_client(self, client_id: str, secret: str) -> bool:
         expected = self.clients.get(client_id)
@@ -512,7 +565,11 @@ async def _read_form(request: Request) -> dict[str, str]:
 
 
 def _authenticate_client(state: AuthzState, request: Request, form: dict[str, str]) -> str:
-    """The authenticated client id (`client_secret_basic` or `client_secret_post`, not both)."""
+    """The authenticated client id (`client_secret_basic`, `client_secret_post` or `private_key_jwt`, one)."""
+    if "client_assertion" in form or "client_assertion_type" in form:
+        if request.headers.get("authorization") is not None or "client_secret" in form:
+            raise OAuthError("invalid_request", "use one client authentication method, not two")
+        return state.check_client_assertion(form)
     header = request.headers.get("authorization")
     basic_challenge = {"WWW-Authenticate": 'Basic realm="dev-authz"'}
     if header is not None:
@@ -623,25 +680,32 @@ def create_authz_app(
         )
     st = state
 
+    paths = ENDPOINT_PATHS[st.endpoint_paths]
+
     async def discovery(_: Request) -> JSONResponse:
         base = st.issuer
         return JSONResponse(
             {
                 "issuer": base,
-                "jwks_uri": base + ".well-known/jwks.json",
-                "token_endpoint": base + "oauth/token",
-                "backchannel_authentication_endpoint": base + "bc-authorize",
+                "jwks_uri": base + paths["jwks"],
+                "token_endpoint": base + paths["token"],
+                "backchannel_authentication_endpoint": base + paths["backchannel"],
                 "grant_types_supported": [CIBA_GRANT_TYPE],
                 "backchannel_token_delivery_modes_supported": ["poll"],
                 "backchannel_user_code_parameter_supported": False,
-                "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "client_secret_basic",
+                    "private_key_jwt",
+                ],
+                "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
                 "response_types_supported": ["token"],
                 "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": ["RS256"],
                 "scopes_supported": ["openid", "profile", "email", "offline_access"],
-                "authorization_details_types_supported": ["*"],
                 "dev_login_endpoint": base + "dev/login",
                 "dev_approvals_page": base + "approvals",
+                **({"authorization_details_types_supported": ["*"]} if st.authorization_details_supported else {}),
             }
         )
 
@@ -680,7 +744,11 @@ def create_authz_app(
                     )
                 expires_in = int(expiry_raw)
             audience = form.get("audience") or st.issuer + "userinfo"
-            details = _parse_authorization_details(form.get("authorization_details"))
+            details = (
+                _parse_authorization_details(form.get("authorization_details"))
+                if st.authorization_details_supported
+                else None
+            )
             if username in st.users_without_push or sub in st.users_without_push:
                 raise OAuthError("invalid_request", "the user does not have push notifications enabled")
         except OAuthError as exc:
@@ -791,9 +859,9 @@ def create_authz_app(
         routes=[
             Route("/", index),
             Route("/.well-known/openid-configuration", discovery),
-            Route("/.well-known/jwks.json", jwks),
-            Route("/bc-authorize", bc_authorize, methods=["POST"]),
-            Route("/oauth/token", token, methods=["POST"]),
+            Route("/" + paths["jwks"], jwks),
+            Route("/" + paths["backchannel"], bc_authorize, methods=["POST"]),
+            Route("/" + paths["token"], token, methods=["POST"]),
             Route("/dev/login", login, methods=["GET", "POST"]),
             Route("/dev/ciba/requests", list_requests),
             Route("/dev/ciba/requests/{request_id}/approve", approve, methods=["POST"]),
@@ -1078,7 +1146,7 @@ class DevAuthorizationServer:
 
     @property
     def jwks_url(self) -> str:
-        return self.issuer + ".well-known/jwks.json"
+        return self.issuer + ENDPOINT_PATHS[self.state.endpoint_paths]["jwks"]
 
     @property
     def approvals_url(self) -> str:

@@ -3,7 +3,7 @@
 `POST /api/checkout/orders` takes `{"ticker", "quantity", "price"?}` (price = optional limit price; the order
 fills at the demo market price, and is refused if the limit is below it), a `Authorization: Bearer <JWT>`
 and a required `Idempotency-Key`. The JWT must be an RS256 token from `issuer` (signature checked against
-the issuer's JWKS, fetched with httpx and cached, refreshed on an unknown `kid`), for `audience`, unexpired,
+the issuer's JWKS, found through OIDC discovery, cached, refreshed on an unknown `kid`), for `audience`, unexpired,
 with `stock:buy` in its `scope`. Each idempotency key records at most one order: a replay with the same body
 returns the same order (200, `Idempotent-Replayed: true`), a different body gets 409. Orders live in SQLite,
 so a file-backed API keeps its orders across restarts.
@@ -31,14 +31,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiosqlite
-import httpx
-import jwt
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from devservers.server_thread import ServerThread
+from tools.jwt_verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError
+from tools.order_details import approves_order
 from tools.stock_prices import (
     CURRENCY,
     DEMO_PRICES,
@@ -76,78 +76,6 @@ def _error_response(status: int, error: str, detail: Any, headers: dict[str, str
 # Token verification
 
 
-class JWKSCache:
-    """The issuer's signing keys, fetched with httpx and cached; refetched on an unknown `kid`.
-
-    A refetch for an unknown kid happens at most once per `min_refresh_interval` seconds, so a stream of
-    tokens with made-up kids cannot hammer the issuer.
-    """
-
-    def __init__(
-        self,
-        jwks_url: str,
-        *,
-        ttl: float = 600.0,
-        min_refresh_interval: float = 1.0,
-        timeout: float = 5.0,
-    ) -> None:
-        self.jwks_url = jwks_url
-        self.ttl = ttl
-        self.min_refresh_interval = min_refresh_interval
-        self.timeout = timeout
-        self.fetches = 0
-        self._keys: dict[str | None, jwt.PyJWK] = {}
-        self._fetched_at: float | None = None
-        self._last_attempt = -math.inf
-        self._lock = asyncio.Lock()
-
-    def _fresh(self) -> bool:
-        return self._fetched_at is not None and time.monotonic() - self._fetched_at < self.ttl
-
-    async def _refresh(self) -> None:
-        self._last_attempt = time.monotonic()
-        self.fetches += 1
-        try:
-            async with httpx.AsyncClient(timeout=self.timeout) as client:
-                response = await client.get(self.jwks_url, headers={"Accept": "application/json"})
-                response.raise_for_status()
-                document = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            log.warning("fetching JWKS from %s failed: %s", self.jwks_url, type(exc).__name__)
-            raise CheckoutError(503, "jwks_unavailable", "the issuer's signing keys could not be fetched") from None
-        keys: dict[str | None, jwt.PyJWK] = {}
-        for entry in document.get("keys", []) if isinstance(document, dict) else []:
-            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
-                continue
-            try:
-                key = jwt.PyJWK(entry)
-            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
-                continue
-            keys[entry.get("kid")] = key
-        self._keys = keys
-        self._fetched_at = time.monotonic()
-
-    def _lookup(self, kid: str | None) -> jwt.PyJWK | None:
-        if kid is None and len(self._keys) == 1:
-            return next(iter(self._keys.values()))
-        return self._keys.get(kid)
-
-    async def get_signing_key(self, kid: str | None) -> jwt.PyJWK:
-        key = self._lookup(kid) if self._fresh() else None
-        if key is not None:
-            return key
-        async with self._lock:
-            key = self._lookup(kid) if self._fresh() else None
-            if key is not None:
-                return key
-            if not self._fresh() or time.monotonic() - self._last_attempt >= self.min_refresh_interval:
-                await self._refresh()
-            key = self._lookup(kid)
-        if key is None:
-            raise CheckoutError(401, "invalid_token", "the token's signing key is not one of the issuer's keys")
-        return key
-
-
 def _bearer_challenge(error: str | None = None, scope: str | None = None) -> dict[str, str]:
     parts = ['Bearer realm="checkout"']
     if error:
@@ -155,25 +83,6 @@ def _bearer_challenge(error: str | None = None, scope: str | None = None) -> dic
     if scope:
         parts.append(f'scope="{scope}"')
     return {"WWW-Authenticate": ", ".join(parts)}
-
-
-_JWT_ERROR_DETAILS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
-    (jwt.ExpiredSignatureError, "the token has expired"),
-    (jwt.InvalidAudienceError, "the token is not for the checkout audience"),
-    (jwt.InvalidIssuerError, "the token was not issued by the trusted issuer"),
-    (jwt.ImmatureSignatureError, "the token is not valid yet"),
-    (jwt.InvalidSignatureError, "the token signature is invalid"),
-)
-
-
-def _describe_jwt_error(exc: jwt.PyJWTError) -> str:
-    """A client-safe description of why a token failed (never the token itself)."""
-    for kind, detail in _JWT_ERROR_DETAILS:
-        if isinstance(exc, kind):
-            return detail
-    if isinstance(exc, jwt.MissingRequiredClaimError):
-        return f"the token lacks the {exc.claim!r} claim"
-    return f"the token is invalid ({type(exc).__name__})"
 
 
 def _token_scopes(claims: Mapping[str, Any]) -> set[str]:
@@ -188,7 +97,9 @@ def _token_scopes(claims: Mapping[str, Any]) -> set[str]:
 
 
 class TokenVerifier:
-    """Verify a checkout access token: signature (JWKS), algorithm allow-list, `iss`, `aud`, `exp`/`nbf`."""
+    """Verify a checkout access token with the project's one JWT verifier (`tools.jwt_verifier`): signature
+    against the issuer's keys (`jwks_uri` from OIDC discovery unless `jwks_url` is given: no provider's
+    paths are assumed), asymmetric algorithm allow-list, `iss`, `aud`, `exp`/`nbf`; then the scope."""
 
     def __init__(
         self,
@@ -203,13 +114,17 @@ class TokenVerifier:
         if not algorithms or any(a.lower() == "none" or a.upper().startswith("HS") for a in algorithms):
             raise ValueError("the checkout API only accepts asymmetric signature algorithms")
         self.issuer = issuer
-        # "https://tenant/" and "https://tenant" name the same issuer; accept either spelling.
-        self._issuers = sorted({issuer, issuer.rstrip("/"), issuer.rstrip("/") + "/"})
         self.audience = audience
-        self.algorithms = list(algorithms)
-        self.leeway = leeway
         self.required_scope = required_scope
-        self.jwks = JWKSCache(jwks_url or issuer.rstrip("/") + "/.well-known/jwks.json")
+        self.jwks = JWTVerifier(
+            issuer=issuer,
+            audience=audience,
+            algorithms=algorithms,
+            jwks_uri=jwks_url,
+            leeway=leeway,
+            required_claims=("exp", "iss", "aud"),
+            min_refresh_interval=1.0,
+        )
 
     async def verify(self, authorization: str | None) -> dict[str, Any]:
         if not authorization:
@@ -228,32 +143,12 @@ class TokenVerifier:
                 "the Authorization header must use the Bearer scheme",
                 _bearer_challenge("invalid_request"),
             )
-        challenge = _bearer_challenge("invalid_token")
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise CheckoutError(401, "invalid_token", "the token is not a well-formed JWT", challenge) from None
-        alg = header.get("alg")
-        if alg not in self.algorithms:
-            raise CheckoutError(401, "invalid_token", f"token algorithm {alg!r} is not accepted", challenge)
-        try:
-            key = await self.jwks.get_signing_key(header.get("kid"))
-        except CheckoutError as exc:
-            if exc.status == 401:
-                exc.headers = challenge
-            raise
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=self.algorithms,
-                audience=self.audience,
-                issuer=self._issuers,
-                leeway=self.leeway,
-                options={"require": ["exp", "iss", "aud"]},
-            )
-        except jwt.PyJWTError as exc:
-            raise CheckoutError(401, "invalid_token", _describe_jwt_error(exc), challenge) from None
+            claims = await self.jwks.verify(token)
+        except SigningKeysUnavailableError:
+            raise CheckoutError(503, "jwks_unavailable", "the issuer's signing keys could not be fetched") from None
+        except InvalidTokenError as exc:
+            raise CheckoutError(401, "invalid_token", exc.reason, _bearer_challenge("invalid_token")) from None
         if self.required_scope not in _token_scopes(claims):
             raise CheckoutError(
                 403,
@@ -458,7 +353,7 @@ def create_checkout_app(
 ) -> FastAPI:
     """The checkout API as an ASGI app.
 
-    `jwks_url` defaults to `{issuer}/.well-known/jwks.json`; `prices` to the shared demo table
+    `jwks_url` defaults to the `jwks_uri` of the issuer's discovery document; `prices` to the shared demo table
     (`tools.stock_prices.DEMO_PRICES`); `db_path` to an in-memory database (orders then die with the app).
     """
     price_table: Mapping[str, float] = {
@@ -530,6 +425,14 @@ def create_checkout_app(
         except ValueError:
             raise CheckoutError(400, "invalid_json", "the body is not valid JSON") from None
         ticker, quantity, limit, market_price = _parse_order_body(body, price_table)
+        details = claims.get("authorization_details")
+        if details is not None and not (isinstance(details, list) and approves_order(details, ticker, quantity, limit)):
+            raise CheckoutError(
+                403,
+                "authorization_details_mismatch",
+                "the token's authorization_details approve another order than this one",
+                _bearer_challenge("insufficient_scope"),
+            )
         subject = claims.get("sub")
         fingerprint = _fingerprint(subject, ticker, quantity, limit)
 

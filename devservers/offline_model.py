@@ -7,6 +7,8 @@ LLM would in the stock demo, so the agent always speaks through the `openai` SDK
   - a purchase ("buy 100 shares of MSFT", "Buy 10 MSFT at 30", "purchase 5 aapl", "buy 2 shares of
     Microsoft", "buy 10 MSFT and 5 AAPL") -> one `buy_stock` tool call per item, `{"ticker", "quantity"
     [, "price"]}` (only if `buy_stock` was offered);
+  - a watchlist request ("watch MSFT", "add AAPL to my watchlist") -> `watch_stock` calls, which the user
+    confirms in the chat; "show my watchlist" -> `get_watchlist`;
   - a price question ("what is MSFT trading at", "price of AAPL", "how much is nvda", "quote for TSLA")
     -> `get_stock_price` calls (only if offered);
   - anything else -> a short friendly answer saying what it can do.
@@ -44,6 +46,8 @@ MODEL_NAME = "offline-demo-model"
 OWNER = "ray-agent-runtime"
 BUY_TOOL = "buy_stock"
 PRICE_TOOL = "get_stock_price"
+WATCH_TOOL = "watch_stock"
+WATCHLIST_TOOL = "get_watchlist"
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -103,6 +107,8 @@ _PRICE_INTENT = re.compile(
     r"\b(?:price|prices|priced|trading|trade|trades|quote|worth|cost|costs|value|valued|how\s+much|going\s+for)\b",
     re.I,
 )
+_WATCH = re.compile(r"\b(?:watch|watchlist|watch\s+list|track|follow)\b", re.I)
+_SHOW = re.compile(r"\b(?:show|list|what'?s|what\s+is|which|my)\b", re.I)
 _WORD = re.compile(r"\$?[A-Za-z]+")
 
 
@@ -229,6 +235,15 @@ def _answer_tool_results(messages: list[dict[str, Any]]) -> str:
                 sentences.append("I've asked you to approve the purchase on your device; I'll finish it then.")
             else:
                 sentences.append(f"The purchase was not made: {_sentence(text)}")
+        elif name == WATCH_TOOL:
+            if re.search(r"\bwaiting for the user to confirm\b", text, re.I):
+                sentences.append("Please confirm in the chat that I should add it to your watchlist.")
+            elif re.search(r"\bdenied\b", text, re.I):
+                sentences.append("OK, I did not add it to your watchlist.")
+            else:
+                sentences.append(_sentence(text))
+        elif name == WATCHLIST_TOOL:
+            sentences.append(_sentence(text))
         elif name == PRICE_TOOL:
             if re.search(r"\b(?:unknown|invalid|error|failed)\b", text, re.I):
                 sentences.append(f"I couldn't get that price: {_sentence(text)}")
@@ -245,6 +260,8 @@ def _help_text(offered: set[str]) -> str:
         abilities.append('look up a demo stock price (try "What is MSFT trading at?")')
     if BUY_TOOL in offered:
         abilities.append('buy shares for you (try "Buy 10 shares of MSFT"), which you approve on your phone')
+    if WATCH_TOOL in offered:
+        abilities.append('keep a watchlist (try "Watch MSFT"), which you confirm here in the chat')
     if not abilities:
         return "Hi! I'm the offline demo model. No tools are available in this conversation, so I can only chat."
     return "Hi! I'm the offline demo model. I can " + " or ".join(abilities) + "."
@@ -278,6 +295,18 @@ def plan_reply(
         if BUY_TOOL not in offered:
             return OfflineReply(content="I can't place orders here: no buy_stock tool was offered to me.")
         calls = [OfflineToolCall(BUY_TOOL, item) for item in items]
+    elif text and _WATCH.search(text):
+        symbols = _mentioned_symbols(_WATCH.split(text, maxsplit=1)[-1]) or _mentioned_symbols(text)
+        if not symbols and _SHOW.search(text):
+            if WATCHLIST_TOOL not in offered:
+                return OfflineReply(content="I can't read a watchlist here: no get_watchlist tool was offered to me.")
+            calls = [OfflineToolCall(WATCHLIST_TOOL, {})]
+        elif not symbols:
+            return OfflineReply(content='Which stock should I watch for you? For example: "Watch MSFT".')
+        elif WATCH_TOOL not in offered:
+            return OfflineReply(content="I can't keep a watchlist here: no watch_stock tool was offered to me.")
+        else:
+            calls = [OfflineToolCall(WATCH_TOOL, {"ticker": s}) for s in symbols]
     elif text and _PRICE_INTENT.search(text):
         symbols = _mentioned_symbols(text)
         if not symbols:

@@ -70,8 +70,14 @@ class ChatWorld:
 
 
 def start_world(*, ciba_interval: int = 1) -> ChatWorld:
+    # Its endpoints at non-Auth0 paths (`/jwks`, `/oauth2/token`, `/oauth2/bc-authorize`): every chat,
+    # HTTP and browser test then proves that the agents, the ingress and the checkout API take each
+    # endpoint from discovery (`agentrt serve`, in the CLI tests, serves Auth0's paths).
     authz = DevAuthorizationServer(
-        api_audience=API_AUDIENCE, default_interval=ciba_interval, users=("alice", "bob", "carol")
+        api_audience=API_AUDIENCE,
+        default_interval=ciba_interval,
+        users=("alice", "bob", "carol"),
+        endpoint_paths="generic",
     ).start()
     checkout = CheckoutServer(issuer=authz.issuer, audience=CHECKOUT_AUDIENCE).start()
     model = OfflineModelServer().start()

@@ -105,6 +105,21 @@ def test_buy_stock_approve_in_a_second_tab_and_see_the_purchase_live(http_api: H
         chat.screenshot(path=str(ARTIFACTS / "browser-3-purchased.png"), full_page=True)
         assert chat.locator("#thread-id").inner_text() == thread_id
 
+        # An in-chat confirmation: the watchlist asks here, in the chat, not on the phone.
+        chat.locator("#message-input").fill("watch NVDA")
+        chat.locator("#message-input").press("Enter")
+        confirm = chat.locator(".approval-card")
+        expect(confirm).to_be_visible()
+        chat.screenshot(path=str(ARTIFACTS / "browser-4-confirm-in-chat.png"))
+        confirm.get_by_role("button", name="Approve").click()
+        expect(chat.locator(".msg.assistant").filter(has_text="Added NVDA to your watchlist")).to_be_visible()
+        expect(chat.locator(".approval-card")).to_have_count(0)
+        chat.locator("#message-input").fill("watch TSLA")
+        chat.locator("#message-input").press("Enter")
+        chat.locator(".approval-card").get_by_role("button", name="Deny").click()
+        expect(chat.locator(".msg.assistant").filter(has_text="did not add it")).to_be_visible()
+        expect(chat.locator(".approval-card")).to_have_count(0)
+
         # Signing in with a pasted token works too, and bob does not see alice's thread.
         chat.locator("#sign-out").click()
         expect(chat.locator("#signin")).to_be_visible()

@@ -22,6 +22,7 @@ from tests.chat_world import ChatWorld
 from tests.conftest import ray_init_kwargs
 from tests.test_runtime_identity_storage import RESTARTING
 from tests.waiting import eventually
+from tools.order_details import purchase_details
 
 pytestmark = pytest.mark.usefixtures("chat_world")
 
@@ -84,6 +85,8 @@ async def test_buy_stock_waits_for_approval_then_resumes_by_itself(chat_world: C
     (request,) = await wait_for_requests(world, "alice", 1)
     assert request["binding_message"] == "Buy 100 MSFT"
     assert "stock:buy" in request["scope"]
+    # RAR: the user approves this very order, and the checkout will place nothing else with the token
+    assert request["authorization_details"] == purchase_details("MSFT", 100)
     assert world.stats()["backchannel_requests"] == before + 1
     assert world.orders() == orders_before
 

@@ -13,6 +13,7 @@ import pytest
 from devservers.checkout_api import CheckoutError, CheckoutServer, TokenVerifier
 from tests.jwks_helpers import CHECKOUT_AUDIENCE as AUDIENCE
 from tests.jwks_helpers import JWKSServer, RSAKey
+from tools.order_details import purchase_details
 from tools.stock_prices import DEMO_PRICES
 
 
@@ -286,3 +287,25 @@ async def test_verifier_refetches_jwks_for_a_new_kid_but_rate_limits():
                 await verifier.verify("Bearer " + rotating.token(audience=AUDIENCE, signer=stranger, kid=stranger.kid))
             assert raised.value.status == 401
         assert rotating.hits["jwks"] == 2
+
+
+async def test_a_token_approved_for_one_order_buys_that_order_only(issuer, client):
+    """RAR: the token's `authorization_details` name the order the user approved; anything else is 403."""
+    approved = purchase_details("MSFT", 10)
+    token = issuer.token(audience=AUDIENCE, authorization_details=approved)
+    before = await _count(client)
+    for other in (
+        {"ticker": "TSLA", "quantity": 1000},
+        {"ticker": "MSFT", "quantity": 11},
+        {"ticker": "MSFT", "quantity": 10, "price": 30.0},
+    ):
+        _assert_error(await _buy(client, token, other, _key()), 403, "authorization_details_mismatch")
+    assert await _count(client) == before
+    assert (await _buy(client, token, {"ticker": "msft", "quantity": 10}, _key())).status_code == 201
+
+    limited = issuer.token(audience=AUDIENCE, authorization_details=purchase_details("AAPL", 2, 30.0))
+    assert (await _buy(client, limited, {"ticker": "AAPL", "quantity": 2, "price": 30.0}, _key())).status_code == 201
+    _assert_error(await _buy(client, limited, {"ticker": "AAPL", "quantity": 2}, _key()), 403)
+    # a provider without RAR: a token without details is judged by its scope alone
+    plain = issuer.token(audience=AUDIENCE)
+    assert (await _buy(client, plain, {"ticker": "NVDA", "quantity": 1}, _key())).status_code == 201

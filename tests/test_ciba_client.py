@@ -34,12 +34,11 @@ from tools.ciba_client import (
     SlowDown,
     validate_binding_message,
 )
+from tools.client_assertion import CLIENT_ASSERTION_TYPE, ClientAssertionSigner, generate_private_key_pem
 from tools.jwt_verifier import JWTVerifier
 
 
-async def poll_until_decided(
-    ciba: CIBAClient, response: BackchannelResponse, timeout: float = 10.0
-) -> object:
+async def poll_until_decided(ciba: CIBAClient, response: BackchannelResponse, timeout: float = 10.0) -> object:
     """Poll honouring the interval (and any slow_down) until the outcome is not pending."""
     interval = response.interval
     deadline = time.time() + timeout
@@ -188,9 +187,7 @@ async def test_wrong_client_secret_is_invalid_client_and_never_echoed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     secret = "wrong-" + authz.client_secret
-    bad = CIBAClient(
-        issuer=authz.issuer, client_id=authz.client_id, client_secret=secret, auth_method=auth_method
-    )  # type: ignore[arg-type]
+    bad = CIBAClient(issuer=authz.issuer, client_id=authz.client_id, client_secret=secret, auth_method=auth_method)  # type: ignore[arg-type]
     async with bad:
         with pytest.raises(CIBAError) as caught:
             await bad.authorize(ALICE, "stock:buy", "Buy 1 MSFT")
@@ -265,6 +262,7 @@ async def test_discovery_is_cached_and_advertises_ciba(
     assert set(metadata.raw["token_endpoint_auth_methods_supported"]) == {
         "client_secret_post",
         "client_secret_basic",
+        "private_key_jwt",
     }
     assert "urn:openid:params:grant-type:ciba" in metadata.raw["grant_types_supported"]
 
@@ -322,9 +320,7 @@ async def test_server_is_strict_like_auth0(authz: DevAuthorizationServer) -> Non
         creds = {"client_id": authz.client_id, "client_secret": authz.client_secret}
         grant = await http.post("/oauth/token", data={**creds, "grant_type": "password"})
         assert grant.json()["error"] == "unsupported_grant_type"
-        missing = await http.post(
-            "/oauth/token", data={**creds, "grant_type": "urn:openid:params:grant-type:ciba"}
-        )
+        missing = await http.post("/oauth/token", data={**creds, "grant_type": "urn:openid:params:grant-type:ciba"})
         assert missing.json()["error"] == "invalid_request"
         unknown = await http.post(
             "/oauth/token",
@@ -346,13 +342,9 @@ async def test_dev_login_and_approval_page(authz: DevAuthorizationServer, client
         assert (await http.post("/dev/login", json={"username": "mallory"})).status_code == 404
         assert "<form" in (await http.get("/dev/login")).text
 
-        await client.authorize(
-            ALICE, "stock:buy", "Buy 10 MSFT", authorization_details=[{"type": "buy", "n": 1}]
-        )
+        await client.authorize(ALICE, "stock:buy", "Buy 10 MSFT", authorization_details=[{"type": "buy", "n": 1}])
         page = (await http.get("/approvals")).text
-        assert (
-            "Buy 10 MSFT" in page and "data-request-id" in page and ">Approve<" in page and ">Deny<" in page
-        )
+        assert "Buy 10 MSFT" in page and "data-request-id" in page and ">Approve<" in page and ">Deny<" in page
         assert "<script>" not in (await only_request(authz))["binding_message"]
 
         # The no-JavaScript path: a form post, then back to the page.
@@ -369,3 +361,77 @@ async def test_dev_login_and_approval_page(authz: DevAuthorizationServer, client
 def test_dev_server_refuses_non_loopback_hosts() -> None:
     with pytest.raises(ValueError, match="loopback"):
         DevAuthorizationServer(api_audience="x", host="0.0.0.0")
+
+
+async def test_authorization_details_fall_back_to_scope_and_message_without_rar() -> None:
+    """A provider that does not advertise RAR gets no `authorization_details` (it might refuse them, or
+    ignore them silently): the scope and the binding message still say what the user approves."""
+    with DevAuthorizationServer(api_audience="urn:test:api", authorization_details_supported=False) as plain:
+        async with make_client(plain) as ciba:
+            metadata = await ciba.discover()
+            assert not metadata.supports_authorization_details(["stock_purchase"])
+            await ciba.authorize(
+                user_id=ALICE,
+                scope=["stock:buy"],
+                binding_message="Buy 1 MSFT",
+                audience=CHECKOUT_AUDIENCE,
+                authorization_details=[{"type": "stock_purchase", "ticker": "MSFT", "quantity": 1}],
+            )
+        (request,) = plain.state.list_requests()
+        assert request["authorization_details"] is None and request["binding_message"] == "Buy 1 MSFT"
+
+
+async def test_private_key_jwt_end_to_end_and_a_wrong_key_is_refused_at_once() -> None:
+    """The client signs a fresh assertion per request (RFC 7523); the dev server verifies it against the
+    registered public key. A key the server does not know is `invalid_client`, found by the start-up check."""
+    signer = ClientAssertionSigner("pkj-agent", generate_private_key_pem(), kid="k1")
+    with DevAuthorizationServer(
+        api_audience="urn:test:api", default_interval=1, client_keys={"pkj-agent": signer.public_key_pem()}
+    ) as server:
+        async with CIBAClient(
+            issuer=server.issuer, client_id="pkj-agent", auth_method="private_key_jwt", assertion_signer=signer
+        ) as ciba:
+            await ciba.check_client_authentication()  # accepted: the start-up check passes
+            started = await ciba.authorize(
+                user_id=ALICE, scope=["stock:buy"], binding_message="Buy 1 MSFT", audience=CHECKOUT_AUDIENCE
+            )
+            (request,) = server.state.list_requests()
+            server.state.decide(request["id"], approve=True)
+            await sleep_until(time.time() + 1.05)
+            result = await ciba.poll(started.auth_req_id, interval=1)
+            assert isinstance(result, Approved) and result.tokens.access_token
+
+        stranger = ClientAssertionSigner("pkj-agent", generate_private_key_pem())
+        async with CIBAClient(
+            issuer=server.issuer, client_id="pkj-agent", auth_method="private_key_jwt", assertion_signer=stranger
+        ) as wrong:
+            started_at = time.monotonic()
+            with pytest.raises(CIBAError) as refused:
+                await wrong.check_client_authentication()
+            assert refused.value.error == "invalid_client" and time.monotonic() - started_at < 5
+
+        # an assertion is good for one request only: a replay is refused
+        assertion = signer.assertion(audience=server.issuer)
+        form = {
+            "grant_type": "urn:openid:params:grant-type:ciba",
+            "auth_req_id": "nope",
+            "client_id": "pkj-agent",
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": assertion,
+        }
+        async with httpx.AsyncClient(timeout=5) as http:
+            first = await http.post(server.issuer + "oauth/token", data=form)
+            again = await http.post(server.issuer + "oauth/token", data=form)
+        assert first.json()["error"] == "invalid_grant" and again.json()["error"] == "invalid_client"
+
+
+def test_an_unusable_private_key_is_a_configuration_error_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tools.auth_settings import AuthConfigError, AuthSettings
+
+    monkeypatch.setenv("AUTH_ISSUER", "https://issuer.example/")
+    monkeypatch.setenv("AUTH0_CLIENT_ID", "pkj-agent")
+    monkeypatch.setenv("CIBA_CLIENT_AUTH_METHOD", "private_key_jwt")
+    monkeypatch.setenv("CIBA_CLIENT_ASSERTION_KEY", "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----")
+    with pytest.raises(AuthConfigError, match="CIBA_CLIENT_ASSERTION_KEY is not a usable private key") as raised:
+        CIBAClient.from_settings(AuthSettings())
+    assert "not a key" not in str(raised.value)

@@ -76,7 +76,7 @@ def test_missing_and_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_invalid_choices_fail_without_echoing_input(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError) as caught:
-        settings(monkeypatch, CIBA_CLIENT_AUTH_METHOD="private_key_jwt", AUTH0_CLIENT_SECRET=SECRET)
+        settings(monkeypatch, CIBA_CLIENT_AUTH_METHOD="tls_client_auth", AUTH0_CLIENT_SECRET=SECRET)
     assert "CIBA_CLIENT_AUTH_METHOD" in str(caught.value) and SECRET not in str(caught.value)
     with pytest.raises(ValidationError):
         settings(monkeypatch, CIBA_LOGIN_HINT_FORMAT="email")

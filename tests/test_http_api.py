@@ -409,3 +409,48 @@ async def test_the_per_user_thread_quota_answers_429_and_leaves_existing_threads
         assert [m["content"] for m in messages if m["role"] == "user"] == ["what is MSFT at?"]
         again = await http.post(f"/threads/{kept}/messages", json={"content": "and AAPL?"}, headers=carol)
         assert again.status_code == 200
+
+
+async def test_the_watchlist_is_confirmed_in_the_chat_approve_and_deny(http_api: HttpApi) -> None:
+    alice = http_api.headers("alice")
+    thread_id = new_id()
+    async with http_api.client() as http:
+        asked = (
+            await http.post(f"/threads/{thread_id}/messages", json={"content": "watch MSFT"}, headers=alice)
+        ).json()
+        (tool,) = [m for m in asked["messages"] if m["role"] == "tool"]
+        assert tool["name"] == "watch_stock" and tool["state"] == "awaiting-confirmation"
+        (pending,) = (await http.get(f"/threads/{thread_id}/interrupts", headers=alice)).json()["interrupts"]
+        assert pending["kind"] == "confirmation" and pending["arguments"] == {"ticker": "MSFT"}
+        approved = await http.post(
+            f"/threads/{thread_id}/tool-results",
+            json={"tool_call_id": tool["tool_call_id"], "approved": True},
+            headers=alice,
+        )
+        assert approved.status_code == 200, approved.text
+        texts = [m["content"] for m in approved.json()["messages"] if m["role"] == "assistant"]
+        assert any("Added MSFT to your watchlist" in (t or "") for t in texts)
+
+        asked = (
+            await http.post(f"/threads/{thread_id}/messages", json={"content": "watch TSLA"}, headers=alice)
+        ).json()
+        (tool,) = [m for m in asked["messages"] if m["role"] == "tool"]
+        denied = await http.post(
+            f"/threads/{thread_id}/tool-results",
+            json={"tool_call_id": tool["tool_call_id"], "approved": False},
+            headers=alice,
+        )
+        texts = [m["content"] for m in denied.json()["messages"] if m["role"] == "assistant"]
+        assert any("did not add it" in (t or "") for t in texts)
+        again = await http.post(
+            f"/threads/{thread_id}/tool-results",
+            json={"tool_call_id": tool["tool_call_id"], "approved": True},
+            headers=alice,
+        )
+        assert_error(again, 409, "tool_call_not_awaiting_confirmation")  # answered once, for good
+
+        shown = (
+            await http.post(f"/threads/{thread_id}/messages", json={"content": "show my watchlist"}, headers=alice)
+        ).json()
+        assert "Your watchlist: MSFT." in [m["content"] for m in shown["messages"] if m["role"] == "assistant"][-1]
+        assert (await http.get(f"/threads/{thread_id}/interrupts", headers=alice)).json()["interrupts"] == []

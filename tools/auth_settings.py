@@ -7,12 +7,15 @@ up in a repr, a log line or a validation error, and `AuthConfigError` only ever 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ClientAuthMethod = Literal["client_secret_post", "client_secret_basic"]
+from tools.client_assertion import ClientAssertionSigner
+
+ClientAuthMethod = Literal["client_secret_post", "client_secret_basic", "private_key_jwt"]
 LoginHintFormat = Literal["iss_sub", "plain"]
 
 #: The smallest accepted `AUTH0_SESSION_ENCRYPTION_KEY` (characters). `openssl rand -hex 32` gives 64.
@@ -51,6 +54,14 @@ class AuthSettings(BaseSettings):
     ciba_client_auth_method: ClientAuthMethod = Field(
         default="client_secret_post", validation_alias=_env("CIBA_CLIENT_AUTH_METHOD")
     )
+    ciba_client_assertion_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("CIBA_CLIENT_ASSERTION_KEY")
+    )
+    """private_key_jwt: the client's private key, PEM text (or see the `_FILE` variant)."""
+    ciba_client_assertion_key_file: Path | None = Field(
+        default=None, validation_alias=_env("CIBA_CLIENT_ASSERTION_KEY_FILE")
+    )
+    ciba_client_assertion_kid: str | None = Field(default=None, validation_alias=_env("CIBA_CLIENT_ASSERTION_KID"))
     ciba_login_hint_format: LoginHintFormat = Field(
         default="iss_sub", validation_alias=_env("CIBA_LOGIN_HINT_FORMAT")
     )
@@ -97,6 +108,32 @@ class AuthSettings(BaseSettings):
             raise AuthConfigError("set AUTH0_CLIENT_SECRET (the CIBA client's secret)")
         return self.auth0_client_secret
 
+    @property
+    def uses_client_secret(self) -> bool:
+        return self.ciba_client_auth_method != "private_key_jwt"
+
+    def require_assertion_signer(self) -> ClientAssertionSigner:
+        """private_key_jwt: the signer of the client's assertions, from `CIBA_CLIENT_ASSERTION_KEY_FILE` or
+        `CIBA_CLIENT_ASSERTION_KEY` (an unreadable or unusable key is an `AuthConfigError` at once)."""
+        client_id = self.require_client_id()
+        if self.ciba_client_assertion_key_file is not None:
+            try:
+                pem = Path(self.ciba_client_assertion_key_file).read_bytes()
+            except OSError:
+                raise AuthConfigError("CIBA_CLIENT_ASSERTION_KEY_FILE cannot be read") from None
+            source = "CIBA_CLIENT_ASSERTION_KEY_FILE"
+        elif self.ciba_client_assertion_key is not None and self.ciba_client_assertion_key.get_secret_value():
+            pem = self.ciba_client_assertion_key.get_secret_value().encode()
+            source = "CIBA_CLIENT_ASSERTION_KEY"
+        else:
+            raise AuthConfigError(
+                "set CIBA_CLIENT_ASSERTION_KEY_FILE (or CIBA_CLIENT_ASSERTION_KEY) for private_key_jwt"
+            )
+        try:
+            return ClientAssertionSigner(client_id, pem, kid=self.ciba_client_assertion_kid or None)
+        except ValueError as exc:
+            raise AuthConfigError(f"{source} is not a usable private key ({exc})") from None
+
     def require_api_audience(self) -> str:
         """`AUTH0_AUDIENCE`: the audience of the tokens callers present to the agent API."""
         if not self.auth0_audience or not self.auth0_audience.strip():
@@ -122,7 +159,7 @@ class AuthSettings(BaseSettings):
         for check in (
             lambda: self.issuer,
             self.require_client_id,
-            self.require_client_secret,
+            self.require_client_secret if self.uses_client_secret else self.require_assertion_signer,
             self.require_encryption_key,
         ):
             try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import hashlib
 import json
 import logging
 import random
@@ -33,6 +34,7 @@ from urllib.parse import quote_plus
 import httpx
 from pydantic import SecretStr
 
+from tools.client_assertion import CLIENT_ASSERTION_TYPE, ClientAssertionSigner
 from tools.credentials_context import CIBACredentials
 
 if TYPE_CHECKING:
@@ -48,7 +50,7 @@ SLOW_DOWN_INCREMENT = 5
 #: Auth0's rule for `binding_message`: 1-64 of letters, digits, spaces and `+-_.,:#`.
 BINDING_MESSAGE_RE = re.compile(r"[A-Za-z0-9 +\-_.,:#]{1,64}")
 
-ClientAuthMethod = Literal["client_secret_post", "client_secret_basic"]
+ClientAuthMethod = Literal["client_secret_post", "client_secret_basic", "private_key_jwt"]
 LoginHintFormat = Literal["iss_sub", "plain"]
 
 
@@ -261,6 +263,14 @@ class ProviderMetadata:
     jwks_uri: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
+    def supports_authorization_details(self, types: Sequence[str]) -> bool:
+        """Whether the provider accepts RAR `authorization_details` of all these types (RFC 9396 section 10:
+        it lists them as `authorization_details_types_supported`; "*" is taken as any)."""
+        supported = self.raw.get("authorization_details_types_supported")
+        if not isinstance(supported, list):
+            return False
+        return "*" in supported or all(t in supported for t in types)
+
 
 # ---------------------------------------------------------------------------------------------------
 # The client
@@ -317,7 +327,8 @@ class CIBAClient:
     """A CIBA poll-mode client for one OAuth client of one issuer.
 
     `auth_method` is how the client authenticates (`client_secret_post` puts id and secret in the form,
-    `client_secret_basic` in an HTTP Basic header, RFC 6749 section 2.3.1). `login_hint_format` chooses
+    `client_secret_basic` in an HTTP Basic header, RFC 6749 section 2.3.1; `private_key_jwt` signs a fresh
+    assertion with `assertion_signer` for every request, RFC 7523, and needs no secret). `login_hint_format` chooses
     Auth0's `{"format":"iss_sub","iss":...,"sub":...}` JSON hint or the plain user id. Pass `http` to share
     an `httpx.AsyncClient`; otherwise one is created on first use (per event loop) and closed by `aclose()`.
     """
@@ -327,16 +338,19 @@ class CIBAClient:
         *,
         issuer: str,
         client_id: str,
-        client_secret: str | SecretStr,
+        client_secret: str | SecretStr | None = None,
         auth_method: ClientAuthMethod = "client_secret_post",
+        assertion_signer: ClientAssertionSigner | None = None,
         login_hint_format: LoginHintFormat = "iss_sub",
         retry: RetryPolicy | None = None,
         timeout: float = 10.0,
         discovery_ttl: float = 3600.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        if auth_method not in ("client_secret_post", "client_secret_basic"):
+        if auth_method not in ("client_secret_post", "client_secret_basic", "private_key_jwt"):
             raise ValueError(f"unsupported client auth method {auth_method!r}")
+        if auth_method == "private_key_jwt" and assertion_signer is None:
+            raise ValueError("private_key_jwt needs an assertion_signer")
         if login_hint_format not in ("iss_sub", "plain"):
             raise ValueError(f"unsupported login hint format {login_hint_format!r}")
         if not client_id:
@@ -344,10 +358,11 @@ class CIBAClient:
         self.issuer = issuer
         self.client_id = client_id
         self._client_secret = (
-            client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret)
+            client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret or "")
         )
-        if not self._client_secret.get_secret_value():
+        if auth_method != "private_key_jwt" and not self._client_secret.get_secret_value():
             raise ValueError("client_secret is required")
+        self._signer = assertion_signer
         self.auth_method: ClientAuthMethod = auth_method
         self.login_hint_format: LoginHintFormat = login_hint_format
         self.retry = retry or RetryPolicy()
@@ -363,10 +378,12 @@ class CIBAClient:
     @classmethod
     def from_settings(cls, settings: AuthSettings, **kwargs: Any) -> CIBAClient:
         """A client configured from `AUTH0_*` / `AUTH_ISSUER` / `CIBA_*` (raises `AuthConfigError`)."""
+        private_key = not settings.uses_client_secret
         return cls(
             issuer=settings.issuer,
             client_id=settings.require_client_id(),
-            client_secret=settings.require_client_secret(),
+            client_secret=None if private_key else settings.require_client_secret(),
+            assertion_signer=settings.require_assertion_signer() if private_key else None,
             auth_method=settings.ciba_client_auth_method,
             login_hint_format=settings.ciba_login_hint_format,
             **kwargs,
@@ -376,10 +393,16 @@ class CIBAClient:
     def shared(cls, settings: AuthSettings) -> CIBAClient:
         """The process's one client for these settings: discovery is fetched once per process, not once
         per agent activation, and its connections are pooled across the agents of a host."""
+        if settings.uses_client_secret:
+            credential = settings.require_client_secret().get_secret_value()
+        else:
+            credential = repr((settings.ciba_client_assertion_key_file, settings.ciba_client_assertion_kid))
+            if settings.ciba_client_assertion_key is not None:
+                credential += hashlib.sha256(settings.ciba_client_assertion_key.get_secret_value().encode()).hexdigest()
         key = (
             settings.issuer,
             settings.require_client_id(),
-            settings.require_client_secret().get_secret_value(),
+            credential,
             settings.ciba_client_auth_method,
             settings.ciba_login_hint_format,
         )
@@ -418,8 +441,31 @@ class CIBAClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def _assertion(self) -> str:
+        assert self._signer is not None
+        return self._signer.assertion(audience=self.issuer)
+
+    async def check_client_authentication(self) -> None:
+        """Ask the token endpoint about an auth_req_id that cannot exist: `invalid_grant` means the client's
+        credentials were accepted; `invalid_client` (a wrong secret or key) raises `CIBAError` at once.
+        For a start-up check, so a misconfigured client is an error on the console, not a silent hang."""
+        metadata = await self.discover()
+        form = {"grant_type": CIBA_GRANT_TYPE, "auth_req_id": "agentrt-configuration-check"}
+        headers = self._authenticate(form)
+        response = await self._send(
+            "client check", "POST", metadata.token_endpoint, form=form, headers=headers, replay_safe=True
+        )
+        error, description = _oauth_error(response)
+        if error in ("invalid_client", "unauthorized_client"):
+            raise CIBAError(error, description, status=response.status_code)
+
     def _authenticate(self, form: dict[str, str]) -> dict[str, str]:
         """Add client authentication to `form` or to the returned headers."""
+        if self.auth_method == "private_key_jwt":
+            form["client_id"] = self.client_id
+            form["client_assertion_type"] = CLIENT_ASSERTION_TYPE
+            form["client_assertion"] = self._assertion()
+            return {}
         secret = self._client_secret.get_secret_value()
         if self.auth_method == "client_secret_post":
             form["client_id"] = self.client_id
@@ -445,6 +491,8 @@ class CIBAClient:
         last_retry_after: float | None = None
         reason = "no attempt"
         for attempt in range(attempts):
+            if attempt and form is not None and "client_assertion" in form:
+                form = {**form, "client_assertion": self._assertion()}  # a jti is used once, retries too
             try:
                 response = await self._http().request(method, url, data=form, headers=headers)
             except _CONNECT_ERRORS as exc:
@@ -581,6 +629,12 @@ class CIBAClient:
                 raise CIBAError("invalid_request", "each authorization_details entry needs a string 'type'")
             details_json = json.dumps([dict(d) for d in details], separators=(",", ":"))
         metadata = await self.discover()
+        if details_json is not None and not metadata.supports_authorization_details(
+            [d["type"] for d in authorization_details or ()]
+        ):
+            # A provider without RAR: the scope and the binding message still say what is approved.
+            log.info("the provider does not support authorization_details; asking with scope and message only")
+            details_json = None
         form: dict[str, str] = {
             "scope": " ".join(_scopes(scope)),
             "login_hint": self.login_hint(user_id, metadata.issuer),
