@@ -47,6 +47,7 @@ from agents.errors import ChatError, NotOwnerError
 from agents.messages import ChatMessage, PendingApproval, ThreadEvent
 from runtime import AgentCapacityError, AgentNotFoundError, InvalidAgentIdError, validate_agent_id
 from tools.auth_settings import AuthConfigError, AuthSettings
+from tools.ciba_ping import notification_target
 from tools.jwt_verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError, shared_verifier
 
 logger = logging.getLogger("agentrt.ingress")
@@ -155,6 +156,10 @@ class ToolResultRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tool_call_id: StrictStr
     approved: StrictBool
+
+
+class CibaPing(BaseModel):
+    auth_req_id: StrictStr = Field(max_length=1024, description="The request the user decided on.")
 
 
 class Health(BaseModel):
@@ -596,6 +601,37 @@ class AgentIngress:
         if upstream.status_code >= 400:
             raise ApiError(502, "authz_error", "the dev authorization server refused the login")
         return JSONResponse(upstream.json(), headers={"Cache-Control": "no-store"})
+
+    @api.post(
+        "/ciba/notify",
+        status_code=204,
+        responses={
+            204: {"description": "The ping was accepted: the thread checks the approval now."},
+            401: {"model": ErrorBody, "description": "Not a notification token of a pending approval."},
+        },
+        tags=["approvals"],
+    )
+    async def ciba_notify(self, body: CibaPing, request: Request) -> Response:
+        """CIBA ping mode (CIBA Core 1.0 section 10.2): the provider's notification that the user decided.
+
+        The bearer is the `client_notification_token` of one pending approval; it names the thread, which
+        then polls the token endpoint at once (a ping alone never approves anything). An unknown, wrong or
+        replayed token is 401 and wakes nothing."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        target = notification_target(token.strip()) if scheme.lower() == "bearer" else None
+        refused = ApiError(401, "invalid_token", "not a valid notification token", {"WWW-Authenticate": "Bearer"})
+        if target is None:
+            raise refused
+        try:
+            chat = await self.gateway.chat(validate_agent_id(target.thread_id))
+            accepted = await self.gateway.call(chat, "notify_ciba_ping", token.strip(), body.auth_req_id)
+        except (ApiError, InvalidAgentIdError) as exc:
+            if isinstance(exc, ApiError) and exc.status == 503:
+                raise
+            raise refused from None
+        if not accepted:
+            raise refused
+        return Response(status_code=204)
 
     @api.get("/", include_in_schema=False)
     async def index(self) -> Response:

@@ -63,6 +63,8 @@ PASSTHROUGH_ENV = (
     "CIBA_CLIENT_ASSERTION_KEY",
     "CIBA_CLIENT_ASSERTION_KEY_FILE",
     "CIBA_CLIENT_ASSERTION_KID",
+    "CIBA_DELIVERY_MODE",
+    "CIBA_PING_FALLBACK_SECONDS",
     "CIBA_LOGIN_HINT_FORMAT",
     "CHECKOUT_AUDIENCE",
     "CHECKOUT_API_URL",
@@ -299,6 +301,8 @@ class Stack:
                 AUTH0_AUDIENCE=DEV_API_AUDIENCE,
                 AGENTRT_DEV_AUTHZ_URL=self.authz.url,
             )
+            # the dev server pings the API when the user decided (CIBA ping mode), polling stays the fallback
+            env.setdefault("CIBA_DELIVERY_MODE", "ping")
             env.pop("AUTH0_DOMAIN", None)
         if not env.get("AUTH0_SESSION_ENCRYPTION_KEY"):  # kept in the storage folder (0600), never printed
             env["AUTH0_SESSION_ENCRYPTION_KEY"] = load_or_create_dev_secrets(Path(opts.storage_dir)).encryption_key
@@ -361,6 +365,8 @@ class Stack:
         shown_host = "127.0.0.1" if opts.host in ("0.0.0.0", "::", "") else opts.host
         api = f"http://{shown_host}:{port}"
         wait_for_http(api + "/healthz", timeout=timeout)
+        if self.authz is not None:  # the dev client's backchannel_client_notification_endpoint
+            self.authz.state.notification_endpoints[self.authz.client_id] = api + "/ciba/notify"
         approvals = self.agent_env.get("AGENTRT_APPROVALS_URL") or (
             self.authz.url + "/approvals" if self.authz is not None else None
         )

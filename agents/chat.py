@@ -62,6 +62,8 @@ class Chat(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAgent):
             requested_expiry=self.ciba_requested_expiry,
             store=store,
             client=CIBAClient.shared(settings),
+            delivery_mode=settings.ciba_delivery_mode,
+            ping_fallback=settings.ciba_ping_fallback_seconds,
         )
         return [get_stock_price, buy_stock, *make_watchlist_tools(self.storage)]
 

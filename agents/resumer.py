@@ -17,6 +17,9 @@ import time
 from typing import Any
 
 from agents.messages import ToolCall
+from runtime import turn
+from tools.base import ToolContext
+from tools.ciba_ping import notification_target
 from tools.interrupts import AsyncAuthorizationInterrupt
 
 CHECK_CALLBACK = "check_async_user_confirmation"
@@ -41,6 +44,31 @@ class AsyncUserConfirmationResumer:
             if existing.callback == CHECK_CALLBACK and existing.payload == payload:
                 await self.cancel_schedule(existing.id)  # type: ignore[attr-defined]
         await self.schedule(max(0.0, float(next_check) - time.time()), CHECK_CALLBACK, payload)  # type: ignore[attr-defined]
+
+    @turn
+    async def notify_ciba_ping(self, notification_token: str, auth_req_id: str | None = None) -> bool:
+        """A CIBA ping (the provider says the user decided): if the token is the one a pending call's request
+        carries, check that call now instead of at its next timer. True if accepted; False for anything
+        else (unknown, mismatched, replayed), which changes nothing."""
+        target = notification_target(notification_token)
+        if target is None or target.thread_id != self.id:  # type: ignore[attr-defined]
+            return False
+        call = await self._get_call(target.tool_call_id)  # type: ignore[attr-defined]
+        if call is None or call.state != "pending-authorization":
+            return False
+        confirmation = getattr(self.tools.get(call.name), "confirmation", None)  # type: ignore[attr-defined]
+        if confirmation is None:
+            return False
+        ctx = ToolContext(
+            tool_call_id=call.id,
+            thread_id=self.id,  # type: ignore[attr-defined]
+            owner=await self.get_owner(),  # type: ignore[attr-defined]
+            agent_name=self.name,  # type: ignore[attr-defined]
+        )
+        if not await confirmation.accept_ping(ctx, notification_token, auth_req_id):
+            return False
+        await self.schedule_async_user_confirmation_check(call.id, {"next_check_at": time.time()})
+        return True
 
     async def check_async_user_confirmation(self, payload: dict[str, Any]) -> None:
         """The alarm: poll once by re-running the tool call (a no-op if it already finished)."""

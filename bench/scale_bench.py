@@ -230,10 +230,10 @@ async def run(args: argparse.Namespace, stack: Stack, storage: Path) -> dict[str
         idle_state = await sampler.sample()
         results["memory_start"] = {**idle_state, "ray_processes": ray_worker_count()}
         results["bare_ray_actor_rss_mib"] = round(await bare_actor_rss(), 1)
-        log(f"1/5 live-thread message p50 {results['live_thread_message']['p50_ms']} ms; {idle_state}")
+        log(f"1/6 live-thread message p50 {results['live_thread_message']['p50_ms']} ms; {idle_state}")
 
         # 2. T threads, each created and given one message, a few at a time
-        log(f"2/5 creating {args.threads} threads with one message each ({args.concurrency} at a time) ...")
+        log(f"2/6 creating {args.threads} threads with one message each ({args.concurrency} at a time) ...")
         sampler.start()
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(args.threads):
@@ -277,7 +277,7 @@ async def run(args: argparse.Namespace, stack: Stack, storage: Path) -> dict[str
         added = max(1, results["scale"]["peak_live_agents"] - idle_state["live"])
         growth = results["scale"]["host_rss_at_peak_live_mib"] - idle_state["host_rss_mib"]
         results["scale"]["mib_per_live_agent_upper_bound"] = round(max(0.0, growth) / added, 3)
-        log(f"3/5 first messages (new threads, hibernated threads); after hibernation {settled}")
+        log(f"3/6 first messages (new threads, hibernated threads); after hibernation {settled}")
         new_first = []
         for i in range(args.samples):
             path = f"/threads/first-{i:03d}/messages"
@@ -293,14 +293,14 @@ async def run(args: argparse.Namespace, stack: Stack, storage: Path) -> dict[str
         results["first_message_hibernated_thread"] = summarise(woken)
 
         # 4. a burst of B new threads at once
-        log(f"4/5 a burst of {args.burst} threads created at once ...")
+        log(f"4/6 a burst of {args.burst} threads created at once ...")
         burst = await asyncio.gather(
             *(new_thread_with_message(http, f"burst-{i:03d}", "what is AAPL trading at?") for i in range(args.burst))
         )
         results["burst_new_threads"] = summarise(list(burst))
 
         # 5. P pending purchases, hibernated, approved at once
-        log(f"5/5 {args.pending} threads with a pending purchase ...")
+        log(f"5/6 {args.pending} threads with a pending purchase ...")
         before_orders = (await fetch_json(f"{stack.urls.checkout}/stats"))["orders"]
         before_requests = (await fetch_json(f"{dev}/dev/stats"))["backchannel_requests"]
         queue = asyncio.Queue()
@@ -320,7 +320,8 @@ async def run(args: argparse.Namespace, stack: Stack, storage: Path) -> dict[str
         # In poll mode each one wakes for every check (every CIBA interval) and sleeps again after the idle
         # time, so about (interval - idle) / interval of them are asleep at any moment: approve once the
         # buyers have settled into that rhythm.
-        expected = max(0.0, (args.ciba_interval + 0.5 - args.idle) / (args.ciba_interval + 0.5))
+        gap = max(args.ciba_interval, 30.0) if args.delivery == "ping" else args.ciba_interval  # timer checks
+        expected = max(0.0, (gap + 0.5 - args.idle) / (gap + 0.5))
 
         async def mostly_asleep() -> float | None:
             awake = sum(1 for n in await live_names(hosts) if n.split("/", 1)[1].startswith("buy-"))
@@ -370,7 +371,27 @@ async def run(args: argparse.Namespace, stack: Stack, storage: Path) -> dict[str
             "exactly_once": orders == args.pending and requests == args.pending,
             "asleep_when_approved": round(asleep_share, 3),
             "ciba_interval_s": args.ciba_interval,
+            "delivery_mode": args.delivery,
         }
+
+        # 6. one approval at a time, each thread asleep when its user approves
+        log(f"6/6 {args.samples} single approvals, one at a time, each thread asleep ({args.delivery} mode) ...")
+        singles: list[float] = []
+        async with httpx.AsyncClient(base_url=dev, timeout=60.0) as phone:
+            for i in range(args.samples):
+                thread_id = f"single-{i:03d}"
+                await new_thread_with_message(http, thread_id, f"buy {i + 1} shares of NVDA")
+                await wait_until(lambda t=thread_id: _none_live(hosts, t), timeout=args.idle * 4 + 30, what="sleep")
+                pending = (await phone.get("/dev/ciba/requests", params={"user": "alice", "status": "pending"})).json()
+                (request,) = [r for r in pending if r["binding_message"] == f"Buy {i + 1} NVDA"]
+                approved = time.time()
+                (await phone.post(f"/dev/ciba/requests/{request['id']}/approve")).raise_for_status()
+                path = Chat.storage_path(storage, thread_id)
+                at = await wait_until(
+                    lambda p=path, a=approved: _final_at(p, a), timeout=120, what="the answer", interval=0.005
+                )
+                singles.append(at - approved)
+        results["single_approvals"] = {"approval_to_final_message": summarise(singles), "mode": args.delivery}
         sampler.stop()
         final = await sampler.sample()
         results["memory_end"] = {**final, "peak_node_mib": round(sampler.peak_node_mib, 1)}
@@ -379,6 +400,10 @@ async def run(args: argparse.Namespace, stack: Stack, storage: Path) -> dict[str
     for key in ("first_message_new_thread", "first_message_hibernated_thread", "burst_new_threads"):
         results[key]["p50_vs_live"] = round(results[key]["p50_ms"] / reference, 2)
     return results
+
+
+async def _final_at(path: Path, after: float) -> float | None:
+    return final_message_at(path, after)
 
 
 async def _none_live(hosts: Hosts, prefix: str) -> bool:
@@ -439,6 +464,12 @@ def print_table(report: dict[str, Any]) -> None:
         f"p50 {a2f['p50_ms']:.0f} ms / p99 {a2f['p99_ms']:.0f} ms",
         "",
     )
+    single = r["single_approvals"]["approval_to_final_message"]
+    table.add_row(
+        f"one approval at a time, thread asleep ({r['single_approvals']['mode']})",
+        f"p50 {single['p50_ms']:.0f} ms / p99 {single['p99_ms']:.0f} ms",
+        "approval -> final answer; target (ping) p99 <= 150 ms",
+    )
     table.add_row(
         "orders / CIBA requests",
         f"{pa['orders']} / {pa['ciba_requests']}",
@@ -458,6 +489,7 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=2, help="AGENT_HOSTS")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--ciba-interval", type=int, default=5, help="the dev server's CIBA polling interval")
+    parser.add_argument("--delivery", choices=["ping", "poll"], default="ping", help="CIBA token delivery mode")
     parser.add_argument("--quick", action="store_true", help="200 threads, 20 pending: a smoke run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale_bench.json")
     args = parser.parse_args()
@@ -470,6 +502,7 @@ def main() -> None:
         "AGENT_MAX_LIVE": str(args.max_live),
         "AGENT_HOSTS": str(args.hosts),
         "AGENT_MAX_THREADS_PER_USER": str(args.threads + args.pending + 1000),
+        "CIBA_DELIVERY_MODE": args.delivery,
     }
     os.environ.update(extra)  # the driver decides the root's host count first
     stack = Stack(

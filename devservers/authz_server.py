@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote_plus
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -171,6 +172,8 @@ class CIBARequest:
     """A final answer (tokens, denial, expiry) was delivered: the auth_req_id is spent."""
     last_poll: float | None = None
     polls: int = 0
+    client_notification_token: str | None = field(default=None, repr=False)
+    """Ping mode: the bearer token the server sends to the client's notification endpoint."""
 
     def current_status(self, now: float) -> RequestStatus:
         if self.status == "pending" and now >= self.expires_at:
@@ -233,6 +236,11 @@ class AuthzState:
     authorization_details_supported: bool = True
     """RAR: advertise `authorization_details_types_supported` and put the details in the token; False plays a
     provider without RAR (it ignores the parameter)."""
+    notification_endpoints: dict[str, str] = field(default_factory=dict)
+    """Ping mode (CIBA 10.2): client id -> its `backchannel_client_notification_endpoint`."""
+    drop_pings: bool = False
+    """Lose every ping (a test hook: the client must still complete by polling)."""
+    pings_sent: int = 0
     client_keys: dict[str, Any] = field(default_factory=dict, repr=False)
     """private_key_jwt clients: client id -> public key (PEM bytes or a key object)."""
     seen_assertions: dict[str, float] = field(default_factory=dict, repr=False)
@@ -336,6 +344,7 @@ class AuthzState:
         binding_message: str,
         authorization_details: list[dict[str, Any]] | None,
         expires_in: int,
+        client_notification_token: str | None = None,
     ) -> CIBARequest:
         now = time.time()
         request = CIBARequest(
@@ -351,6 +360,7 @@ class AuthzState:
             created_at=now,
             expires_at=now + expires_in,
             interval=self.default_interval,
+            client_notification_token=client_notification_token,
         )
         with self.lock:
             self.requests[request.id] = request
@@ -389,13 +399,39 @@ class AuthzState:
             if request is None:
                 raise LookupError(request_id)
             status = request.current_status(now)
-            if status == "pending":
+            decided = status == "pending"
+            if decided:
                 request.status = wanted
                 request.decided_at = now
                 self.save_requests()
             elif status != wanted:
                 raise ValueError(f"the request is already {status}")
-            return request.public(now)
+            public = request.public(now)
+        if decided:
+            self._ping(request)
+        return public
+
+    def _ping(self, request: CIBARequest) -> None:
+        """Ping mode: tell the client the result is ready (a POST with the request's token, off the caller's
+        thread). The client then fetches it at the token endpoint."""
+        endpoint = self.notification_endpoints.get(request.client_id)
+        if not endpoint or not request.client_notification_token or self.drop_pings:
+            return
+        with self.lock:
+            self.pings_sent += 1
+
+        def send() -> None:
+            try:
+                httpx.post(
+                    endpoint,
+                    json={"auth_req_id": request.auth_req_id},
+                    headers={"Authorization": f"Bearer {request.client_notification_token}"},
+                    timeout=10.0,
+                )
+            except httpx.HTTPError as exc:
+                log.warning("ping to %s failed: %s", endpoint, type(exc).__name__)
+
+        threading.Thread(target=send, name=f"ciba-ping-{request.id}", daemon=True).start()
 
     def poll(self, client_id: str, auth_req_id: str) -> dict[str, Any]:
         """The token endpoint's CIBA grant: tokens, or an `OAuthError` (pending, slow_down, ...)."""
@@ -507,6 +543,7 @@ class AuthzState:
             return {
                 "backchannel_requests": self.backchannel_requests,
                 "token_requests": self.token_requests,
+                "pings_sent": self.pings_sent,
                 "polls_by_request": {r.id: r.polls for r in self.requests.values()},
             }
 
@@ -691,7 +728,7 @@ def create_authz_app(
                 "token_endpoint": base + paths["token"],
                 "backchannel_authentication_endpoint": base + paths["backchannel"],
                 "grant_types_supported": [CIBA_GRANT_TYPE],
-                "backchannel_token_delivery_modes_supported": ["poll"],
+                "backchannel_token_delivery_modes_supported": ["poll", "ping"],
                 "backchannel_user_code_parameter_supported": False,
                 "token_endpoint_auth_methods_supported": [
                     "client_secret_post",
@@ -744,6 +781,9 @@ def create_authz_app(
                     )
                 expires_in = int(expiry_raw)
             audience = form.get("audience") or st.issuer + "userinfo"
+            notification_token = form.get("client_notification_token") or None
+            if notification_token is not None and len(notification_token) > 1024:
+                raise OAuthError("invalid_request", "client_notification_token is too long")
             details = (
                 _parse_authorization_details(form.get("authorization_details"))
                 if st.authorization_details_supported
@@ -763,6 +803,7 @@ def create_authz_app(
             binding_message=binding,
             authorization_details=details,
             expires_in=expires_in,
+            client_notification_token=notification_token,
         )
         return JSONResponse(
             {"auth_req_id": created.auth_req_id, "expires_in": expires_in, "interval": created.interval},

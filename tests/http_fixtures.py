@@ -84,6 +84,10 @@ def ensure_http_api(world: Any, *, timeout: float = 120.0) -> HttpApi:
         "AGENTRT_DEV_AUTHZ_URL": world.authz.url,
         "AGENTRT_SSE_PING_SECONDS": "2",
         "AGENT_MAX_THREADS_PER_USER": str(THREADS_PER_USER),
+        # CIBA ping mode for the threads behind the HTTP API (their hosts inherit the replicas' env); the
+        # dev server pings /ciba/notify, and a lost ping is caught by a poll every 2 s
+        "CIBA_DELIVERY_MODE": "ping",
+        "CIBA_PING_FALLBACK_SECONDS": "2",
     }
     with contextlib.suppress(Exception):
         serve.shutdown()  # a previous session's (or a stale) Serve instance: start clean on a new port
@@ -92,6 +96,7 @@ def ensure_http_api(world: Any, *, timeout: float = 120.0) -> HttpApi:
     serve.run(build_app(env), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
     wait_for_http(url + "/healthz", timeout=timeout)
+    world.authz.state.notification_endpoints[world.authz.client_id] = url + "/ciba/notify"
     _current = HttpApi(url=url, world=world, storage_dir=storage, namespace=namespace, session=session)
     return _current
 

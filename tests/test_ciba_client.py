@@ -258,7 +258,7 @@ async def test_discovery_is_cached_and_advertises_ciba(
     assert metadata.issuer == authz.issuer
     assert metadata.backchannel_authentication_endpoint == authz.issuer + "bc-authorize"
     assert metadata.token_endpoint == authz.issuer + "oauth/token"
-    assert metadata.raw["backchannel_token_delivery_modes_supported"] == ["poll"]
+    assert metadata.raw["backchannel_token_delivery_modes_supported"] == ["poll", "ping"]
     assert set(metadata.raw["token_endpoint_auth_methods_supported"]) == {
         "client_secret_post",
         "client_secret_basic",

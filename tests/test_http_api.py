@@ -454,3 +454,91 @@ async def test_the_watchlist_is_confirmed_in_the_chat_approve_and_deny(http_api:
         ).json()
         assert "Your watchlist: MSFT." in [m["content"] for m in shown["messages"] if m["role"] == "assistant"][-1]
         assert (await http.get(f"/threads/{thread_id}/interrupts", headers=alice)).json()["interrupts"] == []
+
+
+async def _pending_purchase(http: httpx.AsyncClient, http_api: HttpApi, thread_id: str, text: str) -> dict[str, Any]:
+    alice = http_api.headers("alice")
+    sent = await http.post(f"/threads/{thread_id}/messages", json={"content": text}, headers=alice)
+    assert sent.status_code == 200, sent.text
+    binding = (await http.get(f"/threads/{thread_id}/interrupts", headers=alice)).json()["interrupts"][0]
+    (request,) = [r for r in http_api.world.requests_for("alice") if r["binding_message"] == binding["binding_message"]]
+    return request
+
+
+async def _final_purchase(http: httpx.AsyncClient, http_api: HttpApi, thread_id: str, within: float) -> str:
+    alice = http_api.headers("alice")
+
+    async def purchased() -> str | None:
+        messages = (await http.get(f"/threads/{thread_id}/messages", headers=alice)).json()["messages"]
+        tools = [m for m in messages if m["role"] == "tool" and m["state"] == "result"]
+        return tools[0]["content"] if tools else None
+
+    return await eventually(purchased, timeout=within, interval=0.02, what="the purchase after approval")
+
+
+async def test_ping_mode_a_ping_makes_the_thread_fetch_the_token_at_once(http_api: HttpApi) -> None:
+    """CIBA ping mode: the dev server notifies /ciba/notify when the user approves; the thread polls the
+    token endpoint once, right then (its timer would only check again 2 s later)."""
+    thread_id = new_id()
+    async with http_api.client() as http:
+        request = await _pending_purchase(http, http_api, thread_id, "buy 2 shares of AAPL")
+        polls_before = http_api.world.stats()["polls_by_request"][request["id"]]
+        pings_before = http_api.world.stats()["pings_sent"]
+        approved_at = time.monotonic()
+        http_api.world.decide(request["id"], approve=True)
+        assert await _final_purchase(http, http_api, thread_id, within=30) == "Purchased 2 shares of AAPL at 19.5"
+        took = time.monotonic() - approved_at
+        # the same ping again (a replay): refused, nothing happens
+        token = http_api.world.authz.state.requests[request["id"]].client_notification_token
+        assert token
+        replay = await http.post(
+            "/ciba/notify", json={"auth_req_id": "x"}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert_error(replay, 401, "invalid_token")
+    stats = http_api.world.stats()
+    assert stats["pings_sent"] == pings_before + 1
+    if took < 1.5:  # finished before any timer check was due: the ping alone did it, with one poll
+        assert stats["polls_by_request"][request["id"]] == polls_before + 1
+
+
+async def test_ping_mode_refuses_unknown_wrong_and_replayed_notification_tokens(http_api: HttpApi) -> None:
+    from tools.ciba_ping import new_notification_token
+
+    thread_id = new_id()
+    async with http_api.client() as http:
+        request = await _pending_purchase(http, http_api, thread_id, "buy 3 shares of AAPL")
+        body = {"auth_req_id": "whatever"}
+        for token in (
+            "not-a-token",
+            new_notification_token(thread_id, "call_forged"),
+            new_notification_token("nope", "x"),
+        ):
+            response = await http.post("/ciba/notify", json=body, headers={"Authorization": f"Bearer {token}"})
+            assert_error(response, 401, "invalid_token")
+        assert_error(await http.post("/ciba/notify", json=body), 401, "invalid_token")
+        assert_error(await http.post("/ciba/notify", json={}, headers={"Authorization": "Bearer x.y.z"}), 422)
+        # nothing was approved by any of that: the request and the call are still pending
+        assert [r["status"] for r in http_api.world.requests_for("alice", status=None) if r["id"] == request["id"]] == [
+            "pending"
+        ]
+        interrupts = (await http.get(f"/threads/{thread_id}/interrupts", headers=http_api.headers("alice"))).json()
+        assert [i["kind"] for i in interrupts["interrupts"]] == ["async-authorization"]
+        http_api.world.decide(request["id"], approve=False)
+        await eventually(lambda: _tool_state(http, http_api, thread_id), timeout=30, what="the denial to be recorded")
+
+
+async def _tool_state(http: httpx.AsyncClient, http_api: HttpApi, thread_id: str) -> bool:
+    messages = (await http.get(f"/threads/{thread_id}/messages", headers=http_api.headers("alice"))).json()["messages"]
+    return any(m["role"] == "tool" and m["state"] == "result" for m in messages)
+
+
+async def test_ping_mode_a_lost_ping_still_completes_by_polling(http_api: HttpApi) -> None:
+    thread_id = new_id()
+    async with http_api.client() as http:
+        request = await _pending_purchase(http, http_api, thread_id, "buy 4 shares of AAPL")
+        http_api.world.authz.state.drop_pings = True
+        try:
+            http_api.world.decide(request["id"], approve=True)
+            assert await _final_purchase(http, http_api, thread_id, within=30) == "Purchased 4 shares of AAPL at 19.5"
+        finally:
+            http_api.world.authz.state.drop_pings = False

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import inspect
 import json
 import logging
@@ -72,6 +73,7 @@ from tools.ciba_client import (
     SlowDown,
     validate_binding_message,
 )
+from tools.ciba_ping import new_notification_token, token_digest, token_matches
 from tools.credential_store import CredentialStore
 from tools.credentials_context import (
     CIBACredentials,
@@ -124,6 +126,10 @@ class AsyncConfirmationOptions:
     """(first, max) seconds between attempts while the authorization server is unreachable."""
     pending_retention: float = 3600.0
     """How long a pending record outlives its request, so a late check still reports "expired"."""
+    delivery_mode: str = "poll"
+    """"ping": each request carries a notification token and the provider's ping makes the next check
+    happen at once (`accept_ping`); checks on a timer still happen every `ping_fallback` seconds."""
+    ping_fallback: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -402,6 +408,11 @@ class AsyncUserConfirmation:
         await self._send_request(ctx, key, params, record)
 
     async def _send_request(self, ctx: ToolContext, key: str, params: _Params, record: dict[str, Any]) -> NoReturn:
+        notification_token = None
+        if self.options.delivery_mode == "ping":
+            notification_token = new_notification_token(ctx.thread_id, ctx.tool_call_id)
+            record["notification_token_sha256"] = token_digest(notification_token)
+            record.pop("pinged_at", None)
         try:
             response = await self.client.authorize(
                 user_id=params.user_id,
@@ -410,6 +421,7 @@ class AsyncUserConfirmation:
                 audience=self.options.audience,
                 requested_expiry=self.options.requested_expiry,
                 authorization_details=params.authorization_details,
+                client_notification_token=notification_token,
             )
         except CIBAError as exc:
             await self.store.delete(PENDING_NAMESPACE, key)
@@ -436,7 +448,7 @@ class AsyncUserConfirmation:
             auth_req_id=response.auth_req_id,
             expires_at=now + response.expires_in,
             interval=response.interval,
-            next_poll_at=now + response.interval,
+            next_poll_at=now + self._poll_gap(response.interval),
             failures=0,
             lease_until=None,
             requested_at=now,
@@ -516,9 +528,34 @@ class AsyncUserConfirmation:
                 reason="slow_down",
             )
         assert isinstance(result, Pending)
-        record.update(next_poll_at=after + interval, failures=0)
+        record.update(next_poll_at=after + self._poll_gap(interval), failures=0)
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
         raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"])
+
+    def _poll_gap(self, interval: float) -> float:
+        """Seconds to the next check: the interval, or in ping mode the (longer) fallback."""
+        if self.options.delivery_mode == "ping":
+            return max(float(interval), self.options.ping_fallback)
+        return float(interval)
+
+    async def accept_ping(self, ctx: ToolContext, token: str, auth_req_id: str | None = None) -> bool:
+        """A ping for this tool call: if `token` is the one its pending request carries (and `auth_req_id`,
+        if given, is its request), make the next check due now and return True. A ping never approves
+        anything by itself: the check polls the token endpoint. Anything else, a second ping included, is
+        False."""
+        key = self.key_for(ctx)
+        async with self._hold(key):
+            record = await self.store.get(PENDING_NAMESPACE, key)
+            if record is None or record.get("state") != "pending" or record.get("pinged_at"):
+                return False
+            if not token_matches(token, record.get("notification_token_sha256")):
+                return False
+            if auth_req_id is not None and not hmac.compare_digest(str(record.get("auth_req_id")), auth_req_id):
+                return False
+            now = self.clock()
+            record.update(pinged_at=now, next_poll_at=now)
+            await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, now))
+            return True
 
     def _record_ttl_left(self, record: dict[str, Any], now: float) -> float:
         return max(1.0, float(record["expires_at"]) - now) + self.options.pending_retention
@@ -613,6 +650,8 @@ def with_async_user_confirmation(
     on_authorization_interrupt: InterruptCallback | None = None,
     on_unauthorized: InterruptCallback | None = None,
     retry_backoff: tuple[float, float] = (2.0, 60.0),
+    delivery_mode: str = "poll",
+    ping_fallback: float = 30.0,
 ) -> AsyncAuthorizationTool:
     """Wrap `tool` so each call runs only after the user approved it via CIBA (see the module docstring).
 
@@ -623,7 +662,9 @@ def with_async_user_confirmation(
     `requested_expiry` is the seconds the user has to answer. `on_authorization_interrupt(interrupt, ctx)`
     sees every pending/polling interrupt before it is raised; `on_unauthorized(interrupt, ctx)`'s return
     value becomes the tool result of a terminal outcome. `retry_backoff` is (first, max) seconds between
-    attempts while the authorization server is unreachable.
+    attempts while the authorization server is unreachable. `delivery_mode="ping"` asks the provider to
+    notify the client when the user decided (see `AsyncUserConfirmation.accept_ping`); `ping_fallback` is
+    then the time between checks on a timer, in case a ping is lost.
     """
     options = AsyncConfirmationOptions(
         scopes=tuple(scopes),
@@ -635,6 +676,8 @@ def with_async_user_confirmation(
         on_authorization_interrupt=on_authorization_interrupt,
         on_unauthorized=on_unauthorized,
         retry_backoff=retry_backoff,
+        delivery_mode=delivery_mode,
+        ping_fallback=ping_fallback,
     )
     return AsyncAuthorizationTool(tool, AsyncUserConfirmation(tool, options, store=store, client=client))
 

@@ -62,6 +62,12 @@ class AuthSettings(BaseSettings):
         default=None, validation_alias=_env("CIBA_CLIENT_ASSERTION_KEY_FILE")
     )
     ciba_client_assertion_kid: str | None = Field(default=None, validation_alias=_env("CIBA_CLIENT_ASSERTION_KID"))
+    ciba_delivery_mode: Literal["poll", "ping"] = Field(default="poll", validation_alias=_env("CIBA_DELIVERY_MODE"))
+    """ping: the provider notifies the ingress's `/ciba/notify` when the user decided (poll stays the fallback)."""
+    ciba_ping_fallback_seconds: float = Field(
+        default=30.0, ge=1.0, validation_alias=_env("CIBA_PING_FALLBACK_SECONDS")
+    )
+    """ping mode: seconds between fallback polls, in case a ping is lost."""
     ciba_login_hint_format: LoginHintFormat = Field(
         default="iss_sub", validation_alias=_env("CIBA_LOGIN_HINT_FORMAT")
     )

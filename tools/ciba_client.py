@@ -607,6 +607,7 @@ class CIBAClient:
         audience: str | None = None,
         requested_expiry: int | None = None,
         authorization_details: Sequence[Mapping[str, Any]] | None = None,
+        client_notification_token: str | None = None,
     ) -> BackchannelResponse:
         """Start a backchannel authentication request for `user_id` (Auth0: the user's `sub`).
 
@@ -646,6 +647,8 @@ class CIBAClient:
             form["requested_expiry"] = str(requested_expiry)
         if details_json is not None:
             form["authorization_details"] = details_json
+        if client_notification_token:  # ping mode: the provider calls us back with it (CIBA 10.2)
+            form["client_notification_token"] = client_notification_token
         headers = self._authenticate(form)
         response = await self._send(
             "backchannel authentication",
