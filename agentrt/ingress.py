@@ -47,7 +47,7 @@ from agents.errors import ChatError, NotOwnerError
 from agents.messages import ChatMessage, PendingApproval, ThreadEvent
 from runtime import AgentCapacityError, AgentNotFoundError, InvalidAgentIdError, validate_agent_id
 from tools.auth_settings import AuthConfigError, AuthSettings
-from tools.ciba_ping import notification_target
+from tools.ciba_ping import notification_target, ping_key
 from tools.jwt_verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError, shared_verifier
 
 logger = logging.getLogger("agentrt.ingress")
@@ -55,6 +55,8 @@ logger = logging.getLogger("agentrt.ingress")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+PING_ANSWER_SECONDS = 3.0
+"""How long a CIBA ping waits for its thread's answer before it is acknowledged (202) and delivered later."""
 FAR_AFTER = 2**62  # "after everything": ask an agent for its epoch and last seq without waiting
 
 
@@ -518,6 +520,7 @@ class AgentIngress:
         self.gateway = AgentGateway()
         self.replica = uuid.uuid4().hex[:8]
         self._jwt: JWTVerifier | None = None
+        self._ping_mac_key: bytes | None = None
         self._start_runtime()
 
     async def _authenticate(self, token: str) -> dict[str, Any]:
@@ -607,6 +610,7 @@ class AgentIngress:
         status_code=204,
         responses={
             204: {"description": "The ping was accepted: the thread checks the approval now."},
+            202: {"description": "Genuine, and queued for its thread (every live thread is busy): checked soon."},
             401: {"model": ErrorBody, "description": "Not a notification token of a pending approval."},
         },
         tags=["approvals"],
@@ -618,20 +622,32 @@ class AgentIngress:
         then polls the token endpoint at once (a ping alone never approves anything). An unknown, wrong or
         replayed token is 401 and wakes nothing."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        target = notification_target(token.strip()) if scheme.lower() == "bearer" else None
+        target = notification_target(self._ping_key(), token.strip()) if scheme.lower() == "bearer" else None
         refused = ApiError(401, "invalid_token", "not a valid notification token", {"WWW-Authenticate": "Bearer"})
-        if target is None:
+        if target is None:  # not signed by us: refused here, no agent is woken
             raise refused
         try:
             chat = await self.gateway.chat(validate_agent_id(target.thread_id))
-            accepted = await self.gateway.call(chat, "notify_ciba_ping", token.strip(), body.auth_req_id)
-        except (ApiError, InvalidAgentIdError) as exc:
-            if isinstance(exc, ApiError) and exc.status == 503:
+        except InvalidAgentIdError:
+            raise refused from None
+        delivery = asyncio.ensure_future(self.gateway.call(chat, "notify_ciba_ping", token.strip(), body.auth_req_id))
+        delivery.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:  # a thread waiting for room (every live agent busy) still gets it; the provider need not wait
+            accepted = await asyncio.wait_for(asyncio.shield(delivery), PING_ANSWER_SECONDS)
+        except TimeoutError:
+            return Response(status_code=202)
+        except ApiError as exc:
+            if exc.status == 503:
                 raise
             raise refused from None
         if not accepted:
             raise refused
         return Response(status_code=204)
+
+    def _ping_key(self) -> bytes:
+        if self._ping_mac_key is None:
+            self._ping_mac_key = ping_key(AuthSettings().require_encryption_key().get_secret_value())
+        return self._ping_mac_key
 
     @api.get("/", include_in_schema=False)
     async def index(self) -> Response:

@@ -20,6 +20,7 @@ from tools.async_confirmation import with_async_user_confirmation
 from tools.auth_settings import AuthSettings
 from tools.base import Tool, current_tool_context
 from tools.ciba_client import CIBAClient
+from tools.ciba_ping import ping_key
 from tools.credential_store import SQLiteCredentialStore
 from tools.order_details import purchase_details
 from tools.stocks import binding_message_for, get_stock_price, make_buy_stock_tool
@@ -64,6 +65,7 @@ class Chat(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAgent):
             client=CIBAClient.shared(settings),
             delivery_mode=settings.ciba_delivery_mode,
             ping_fallback=settings.ciba_ping_fallback_seconds,
+            ping_key=ping_key(settings.require_encryption_key().get_secret_value()),
         )
         return [get_stock_price, buy_stock, *make_watchlist_tools(self.storage)]
 

@@ -18,8 +18,9 @@ from typing import Any
 
 from agents.messages import ToolCall
 from runtime import turn
+from tools.auth_settings import AuthSettings
 from tools.base import ToolContext
-from tools.ciba_ping import notification_target
+from tools.ciba_ping import notification_target, ping_key
 from tools.interrupts import AsyncAuthorizationInterrupt
 
 CHECK_CALLBACK = "check_async_user_confirmation"
@@ -40,17 +41,23 @@ class AsyncUserConfirmationResumer:
         data = interrupt.to_dict() if isinstance(interrupt, AsyncAuthorizationInterrupt) else interrupt
         next_check = data.get("next_check_at") or time.time() + float(data.get("interval") or DEFAULT_INTERVAL_SECONDS)
         payload = {"tool_call_id": tool_call_id}
-        for existing in await self.get_schedules(status="pending"):  # type: ignore[attr-defined]
-            if existing.callback == CHECK_CALLBACK and existing.payload == payload:
-                await self.cancel_schedule(existing.id)  # type: ignore[attr-defined]
+        earlier = [
+            s.id
+            for s in await self.get_schedules(status="pending")  # type: ignore[attr-defined]
+            if s.callback == CHECK_CALLBACK and s.payload == payload
+        ]
+        # the new check first, then the old ones go: whatever stops this half-way leaves a check behind
         await self.schedule(max(0.0, float(next_check) - time.time()), CHECK_CALLBACK, payload)  # type: ignore[attr-defined]
+        for schedule_id in earlier:
+            await self.cancel_schedule(schedule_id)  # type: ignore[attr-defined]
 
     @turn
     async def notify_ciba_ping(self, notification_token: str, auth_req_id: str | None = None) -> bool:
         """A CIBA ping (the provider says the user decided): if the token is the one a pending call's request
         carries, check that call now instead of at its next timer. True if accepted; False for anything
         else (unknown, mismatched, replayed), which changes nothing."""
-        target = notification_target(notification_token)
+        key = ping_key(AuthSettings().require_encryption_key().get_secret_value())
+        target = notification_target(key, notification_token)
         if target is None or target.thread_id != self.id:  # type: ignore[attr-defined]
             return False
         call = await self._get_call(target.tool_call_id)  # type: ignore[attr-defined]

@@ -118,6 +118,9 @@ class Activations:
         """Run `method` on the live instance of `(cls, agent_id)`, activating it first if needed.
 
         The call waits until the activation's start-up finished, whatever the method (decorated or not).
+        A turn, once started, runs to its end even if its caller is cancelled (a client that disconnects,
+        Ray cancelling a request): half a turn would leave its work half done, for example a schedule
+        cancelled and its replacement never made. Reads are cancelled with their caller.
         """
         check_method(cls, method)
         try:
@@ -125,18 +128,34 @@ class Activations:
         except (AgentNotFoundError, AgentCapacityError):
             self._skip_ticket(cls, agent_id, kwargs)
             raise
+        handed_over = False
         try:
             try:
                 await agent._ensure_started()
             except Exception:
                 self._discard(agent)  # a failed start-up is not kept: the next call tries afresh
                 raise
-            result = getattr(agent, method)(*args, **(kwargs or {}))
-            if inspect.isawaitable(result):
-                result = await result
-            return result
+            outcome = getattr(agent, method)(*args, **(kwargs or {}))
+            if not inspect.isawaitable(outcome):
+                return outcome
+            if not getattr(getattr(cls, method, None), "__agent_turn__", False):
+                return await outcome
+            task = asyncio.ensure_future(outcome)
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.done():  # the turn goes on; the agent stays busy (never evicted) until it ends
+                    handed_over = True
+                    task.add_done_callback(lambda done: self._turn_finished(agent, done))
+                raise
         finally:
-            self.release(agent)
+            if not handed_over:
+                self.release(agent)
+
+    def _turn_finished(self, agent: Agent, task: asyncio.Future[Any]) -> None:
+        self.release(agent)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("%s: a turn whose caller had gone failed: %s", agent.name, task.exception())
 
     async def acquire(self, cls: type[Agent], agent_id: str, *, create: bool = True) -> Agent:
         """The live instance, counted busy until `release`; activated (making room first) if absent."""

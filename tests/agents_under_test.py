@@ -82,6 +82,12 @@ class Counter(Agent):
         finally:
             self._active_turns -= 1
 
+    @turn
+    async def slow_put(self, key: str, value: Any, seconds: float) -> None:
+        """A turn that writes only after a while (so a test can cancel its caller in between)."""
+        await asyncio.sleep(seconds)
+        await self.storage.put(key, value)
+
     @read
     async def turn_stats(self) -> dict[str, Any]:
         return {"max_active_turns": self.max_active_turns, "busy": self.busy}

@@ -502,16 +502,20 @@ async def test_ping_mode_a_ping_makes_the_thread_fetch_the_token_at_once(http_ap
 
 
 async def test_ping_mode_refuses_unknown_wrong_and_replayed_notification_tokens(http_api: HttpApi) -> None:
-    from tools.ciba_ping import new_notification_token
+    from tools.ciba_ping import new_notification_token, ping_key
 
+    real_key = ping_key(http_api.world.env["AUTH0_SESSION_ENCRYPTION_KEY"])
     thread_id = new_id()
     async with http_api.client() as http:
         request = await _pending_purchase(http, http_api, thread_id, "buy 3 shares of AAPL")
+        (tool_call_id,) = [i["tool_call_id"] for i in await _interrupts(http, http_api, thread_id)]
         body = {"auth_req_id": "whatever"}
         for token in (
             "not-a-token",
-            new_notification_token(thread_id, "call_forged"),
-            new_notification_token("nope", "x"),
+            new_notification_token(ping_key("a key of someone else, long enough"), thread_id, tool_call_id),  # forged
+            new_notification_token(real_key, thread_id, "call_of_nothing"),  # ours, but no such pending call
+            new_notification_token(real_key, thread_id, tool_call_id),  # ours, right call, not its request's
+            new_notification_token(real_key, "no-such-thread", "x"),
         ):
             response = await http.post("/ciba/notify", json=body, headers={"Authorization": f"Bearer {token}"})
             assert_error(response, 401, "invalid_token")
@@ -525,6 +529,11 @@ async def test_ping_mode_refuses_unknown_wrong_and_replayed_notification_tokens(
         assert [i["kind"] for i in interrupts["interrupts"]] == ["async-authorization"]
         http_api.world.decide(request["id"], approve=False)
         await eventually(lambda: _tool_state(http, http_api, thread_id), timeout=30, what="the denial to be recorded")
+
+
+async def _interrupts(http: httpx.AsyncClient, http_api: HttpApi, thread_id: str) -> list[dict[str, Any]]:
+    response = await http.get(f"/threads/{thread_id}/interrupts", headers=http_api.headers("alice"))
+    return response.json()["interrupts"]
 
 
 async def _tool_state(http: httpx.AsyncClient, http_api: HttpApi, thread_id: str) -> bool:

@@ -11,6 +11,7 @@ from runtime import AgentNotFoundError, turn_order
 from runtime.activations import Activations
 from runtime.turn_order import TURN_TICKET_KWARG
 from tests.agents_under_test import Counter
+from tests.waiting import eventually
 
 
 async def test_a_turn_refused_before_it_ran_does_not_hold_up_the_next(
@@ -27,5 +28,25 @@ async def test_a_turn_refused_before_it_ran_does_not_hold_up_the_next(
     call = activations.call(Counter, "new-1", "put", ("k", 2), {TURN_TICKET_KWARG: ("me", 1)}, create=True)
     await asyncio.wait_for(call, timeout=10)
     assert await activations.call(Counter, "new-1", "get", ("k",)) == 2
+    for name in activations.live_names():
+        await activations._live[name].close()
+
+
+async def test_a_started_turn_runs_to_its_end_when_its_caller_is_cancelled(storage_dir: Path) -> None:
+    """A client that disconnects (Serve then cancels its request) must not leave a turn half done."""
+    activations = Activations(storage_dir, "ns", idle_seconds=0, max_live=10, activation_timeout=1)
+    await activations.call(Counter, "turn-1", "put", ("ready", True))
+    caller = asyncio.ensure_future(activations.call(Counter, "turn-1", "slow_put", ("k", "written", 0.3)))
+    await eventually(lambda: activations.busy_names(), timeout=5, what="the turn to start")
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert activations.busy_names() == ["Counter/turn-1"]  # still busy: it cannot be evicted mid-turn
+
+    async def written() -> bool:
+        return await activations.call(Counter, "turn-1", "get", ("k",)) == "written"
+
+    await eventually(written, timeout=5, what="the cancelled caller's turn to finish")
+    await eventually(lambda: not activations.busy_names(), timeout=5, what="the agent to be released")
     for name in activations.live_names():
         await activations._live[name].close()

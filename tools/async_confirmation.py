@@ -130,6 +130,8 @@ class AsyncConfirmationOptions:
     """"ping": each request carries a notification token and the provider's ping makes the next check
     happen at once (`accept_ping`); checks on a timer still happen every `ping_fallback` seconds."""
     ping_fallback: float = 30.0
+    ping_key: bytes | None = None
+    """The MAC key of notification tokens (`tools.ciba_ping.ping_key`); required in ping mode."""
 
 
 @dataclass(frozen=True)
@@ -409,8 +411,8 @@ class AsyncUserConfirmation:
 
     async def _send_request(self, ctx: ToolContext, key: str, params: _Params, record: dict[str, Any]) -> NoReturn:
         notification_token = None
-        if self.options.delivery_mode == "ping":
-            notification_token = new_notification_token(ctx.thread_id, ctx.tool_call_id)
+        if self.options.delivery_mode == "ping" and self.options.ping_key:
+            notification_token = new_notification_token(self.options.ping_key, ctx.thread_id, ctx.tool_call_id)
             record["notification_token_sha256"] = token_digest(notification_token)
             record.pop("pinged_at", None)
         try:
@@ -652,6 +654,7 @@ def with_async_user_confirmation(
     retry_backoff: tuple[float, float] = (2.0, 60.0),
     delivery_mode: str = "poll",
     ping_fallback: float = 30.0,
+    ping_key: bytes | None = None,
 ) -> AsyncAuthorizationTool:
     """Wrap `tool` so each call runs only after the user approved it via CIBA (see the module docstring).
 
@@ -664,7 +667,7 @@ def with_async_user_confirmation(
     value becomes the tool result of a terminal outcome. `retry_backoff` is (first, max) seconds between
     attempts while the authorization server is unreachable. `delivery_mode="ping"` asks the provider to
     notify the client when the user decided (see `AsyncUserConfirmation.accept_ping`); `ping_fallback` is
-    then the time between checks on a timer, in case a ping is lost.
+    then the time between checks on a timer, in case a ping is lost, and `ping_key` signs the tokens.
     """
     options = AsyncConfirmationOptions(
         scopes=tuple(scopes),
@@ -678,6 +681,7 @@ def with_async_user_confirmation(
         retry_backoff=retry_backoff,
         delivery_mode=delivery_mode,
         ping_fallback=ping_fallback,
+        ping_key=ping_key,
     )
     return AsyncAuthorizationTool(tool, AsyncUserConfirmation(tool, options, store=store, client=client))
 

@@ -2,10 +2,12 @@
 
 In ping mode the backchannel request carries a `client_notification_token`; when the user has decided, the
 provider POSTs `{"auth_req_id"}` to the client's notification endpoint with that token as its bearer. The
-token here is `<thread id>.<tool call id>.<secret>` (the ids base64url-encoded), so the ingress knows which
-thread to wake without a lookup table; the secret is 32 random bytes and only its SHA-256 is stored, with
-the pending request. A ping proves nothing by itself: it only makes the thread poll the token endpoint now,
-so a forged ping can never approve anything; an unknown, mismatched or replayed token wakes nothing.
+token here is `<thread id>.<tool call id>.<nonce>.<mac>` (ids base64url-encoded): the MAC (HMAC-SHA256 with
+a key derived from `AUTH0_SESSION_ENCRYPTION_KEY`) lets the ingress refuse a forged token without waking
+any agent, and the ids tell it which thread to wake for a genuine one. The agent then checks that it is
+the token of the call's current request (only its SHA-256 is stored) and that it was not used before. A
+ping proves nothing by itself: it only makes the thread poll the token endpoint now, so even a genuine
+token cannot approve anything.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+_INFO = b"agentrt ciba ping token v1"
+
 
 @dataclass(frozen=True)
 class NotificationTarget:
@@ -24,28 +31,42 @@ class NotificationTarget:
     tool_call_id: str
 
 
-def _encode(text: str) -> str:
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+def ping_key(secret: str | bytes) -> bytes:
+    """The MAC key of notification tokens, derived from the deployment's encryption key."""
+    material = secret.encode() if isinstance(secret, str) else bytes(secret)
+    if not material:
+        raise ValueError("the ping key needs a non-empty secret")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(material)
 
 
-def _decode(text: str) -> str:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+def _encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def new_notification_token(thread_id: str, tool_call_id: str) -> str:
-    """A fresh, unguessable token bound to one thread and one tool call."""
-    return f"{_encode(thread_id)}.{_encode(tool_call_id)}.{secrets.token_urlsafe(32)}"
+def _decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def notification_target(token: str) -> NotificationTarget | None:
-    """Which thread and tool call `token` names (None if it is not one of ours); says nothing of validity."""
+def _mac(key: bytes, body: str) -> str:
+    return _encode(hmac.new(key, body.encode(), hashlib.sha256).digest())
+
+
+def new_notification_token(key: bytes, thread_id: str, tool_call_id: str) -> str:
+    """A fresh token for one thread and one tool call, signed with `key`."""
+    body = f"{_encode(thread_id.encode())}.{_encode(tool_call_id.encode())}.{secrets.token_urlsafe(16)}"
+    return f"{body}.{_mac(key, body)}"
+
+
+def notification_target(key: bytes, token: str) -> NotificationTarget | None:
+    """The thread and tool call a genuine token names; None for anything we did not sign."""
     if not isinstance(token, str) or len(token) > 1024:
         return None
-    parts = token.split(".")
-    if len(parts) != 3 or not all(parts):
+    body, _, mac = token.rpartition(".")
+    parts = body.split(".")
+    if len(parts) != 3 or not all(parts) or not hmac.compare_digest(_mac(key, body), mac):
         return None
     try:
-        return NotificationTarget(thread_id=_decode(parts[0]), tool_call_id=_decode(parts[1]))
+        return NotificationTarget(thread_id=_decode(parts[0]).decode(), tool_call_id=_decode(parts[1]).decode())
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
 
