@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import tempfile
@@ -31,8 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agentrt.client import dev_login  # noqa: E402
-from agentrt.stack import Stack, StackOptions  # noqa: E402
-from bench.common import log, machine_info, summarise  # noqa: E402
+from agentrt.stack import Stack  # noqa: E402
+from bench.common import local_stack, log, machine_info, summarise  # noqa: E402
 from bench.scale_bench import final_message_at, new_thread_with_message, wait_until  # noqa: E402
 
 MODES = (("poll", 1), ("poll", 5), ("ping", 5))
@@ -82,19 +81,7 @@ async def measure(stack: Stack, storage: Path, mode: str, interval: int, approva
 def run_mode(mode: str, interval: int, approvals: int) -> dict[str, Any]:
     storage = Path(tempfile.mkdtemp(prefix=f"agentrt-approvals-{mode}-"))
     extra = {"CIBA_DELIVERY_MODE": mode, "AGENT_IDLE_SECONDS": "600", "CIBA_PING_FALLBACK_SECONDS": "30"}
-    os.environ.update(extra)
-    stack = Stack(
-        StackOptions(
-            port=0,
-            authz_port=None,
-            checkout_port=None,
-            model_port=None,
-            storage_dir=storage,
-            namespace=f"agents-approval-bench-{mode}-{interval}",
-            ciba_interval=interval,
-            extra_env=extra,
-        )
-    )
+    stack = local_stack(storage, f"agents-approval-bench-{mode}-{interval}", interval, extra)
     log(f"{mode} mode, interval {interval} s: starting the stack ...")
     stack.start()
     try:

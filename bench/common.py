@@ -108,3 +108,23 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "ray_version": ray.__version__,
     }
+
+
+def local_stack(storage_dir: Path, namespace: str, ciba_interval: int, env: dict[str, str]) -> Any:
+    """The whole stack on free ports with a fresh storage root, configured by `env` (set here in this
+    process too: the driver decides a root's host count first). Not started yet."""
+    from agentrt.stack import Stack, StackOptions
+
+    os.environ.update(env)
+    return Stack(
+        StackOptions(
+            port=0,
+            authz_port=None,
+            checkout_port=None,
+            model_port=None,
+            storage_dir=storage_dir,
+            namespace=namespace,
+            ciba_interval=ciba_interval,
+            extra_env=env,
+        )
+    )

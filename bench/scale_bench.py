@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agentrt.client import dev_login  # noqa: E402
-from agentrt.stack import Stack, StackOptions  # noqa: E402
-from bench.common import log, machine_info, summarise  # noqa: E402
+from agentrt.stack import Stack  # noqa: E402
+from bench.common import local_stack, log, machine_info, summarise  # noqa: E402
 
 NAMESPACE = "agents-scale-bench"
 
@@ -504,19 +504,7 @@ def main() -> None:
         "AGENT_MAX_THREADS_PER_USER": str(args.threads + args.pending + 1000),
         "CIBA_DELIVERY_MODE": args.delivery,
     }
-    os.environ.update(extra)  # the driver decides the root's host count first
-    stack = Stack(
-        StackOptions(
-            port=0,
-            authz_port=None,
-            checkout_port=None,
-            model_port=None,
-            storage_dir=storage,
-            namespace=NAMESPACE,
-            ciba_interval=args.ciba_interval,
-            extra_env=extra,
-        )
-    )
+    stack = local_stack(storage, NAMESPACE, args.ciba_interval, extra)
     node_before = node_used_mib()
     log("starting the stack (Ray, dev services, Serve) ...")
     stack.start()

@@ -101,6 +101,16 @@ class _HandleBase(Generic[A]):
             return True  # the name is free: the host exited on purpose
         return current._actor_id != host._actor_id
 
+    def _pause_before_retry(self, error: Exception, host: Any, deadline: float, delay: float) -> float:
+        """After a failed call: the pause before sending it again to a fresh host (the next one doubles,
+        up to 0.5 s), or raise, as the agent's own exception, when retrying is not safe or took too long.
+        Blocking (a GCS lookup)."""
+        if time.monotonic() > deadline or not self._safe_to_retry(error, host):
+            if isinstance(error, RayTaskError):
+                raise unwrap_error(error) from None
+            raise error
+        return delay
+
     def _refresh_host(self, failed: Any) -> None:
         forget_host(self.storage_dir, self.namespace, self.slot, failed)
         self.host = ensure_host(self.storage_dir, self.namespace, self.slot)
@@ -138,12 +148,9 @@ class AgentHandle(_HandleBase[A]):
                     ray.cancel(ref)
                 raise
             except (RayTaskError, RayActorError) as error:
-                if time.monotonic() > deadline or not await asyncio.to_thread(self._safe_to_retry, error, host):
-                    if isinstance(error, RayTaskError):
-                        raise unwrap_error(error) from None
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+                pause = await asyncio.to_thread(self._pause_before_retry, error, host, deadline, delay)
+            await asyncio.sleep(pause)
+            delay = min(pause * 2, 0.5)
             await asyncio.to_thread(self._refresh_host, host)
 
 
@@ -173,10 +180,7 @@ class SyncAgentHandle(_HandleBase[A]):
             try:
                 return ray.get(self._send(method, args, kwargs), timeout=self.timeout)
             except (RayTaskError, RayActorError) as error:
-                if time.monotonic() > deadline or not self._safe_to_retry(error, host):
-                    if isinstance(error, RayTaskError):
-                        raise unwrap_error(error) from None
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+                pause = self._pause_before_retry(error, host, deadline, delay)
+            time.sleep(pause)
+            delay = min(pause * 2, 0.5)
             self._refresh_host(host)

@@ -60,7 +60,7 @@ class AgentHost:
             self.storage_dir,
             namespace,
             idle_seconds=settings.idle_seconds,
-            max_live=max(1, -(-settings.max_live // _hosts_of(self.storage_dir))),
+            max_live=max(1, -(-settings.max_live // host_count(self.storage_dir, settings.hosts))),
             activation_timeout=settings.activation_timeout,
             report_due=report_next_due,
             on_activate=self._remember,
@@ -175,14 +175,15 @@ class AgentHost:
         ray.actor.exit_actor()
 
 
-def _hosts_of(storage_dir: Path) -> int:
-    return host_count(storage_dir, runtime_settings().hosts)
+def _host_key(root: Path, namespace: str, slot: int) -> tuple[str, str, str, int]:
+    """A cached handle stays valid across its actor's restarts, not across the cluster's (the session)."""
+    return (ray.get_runtime_context().get_session_name(), str(root), namespace, slot)
 
 
 def ensure_host(storage_dir: Path, namespace: str, slot: int) -> Any:
     """The host actor of `slot` in this storage root, created if absent (a blocking GCS call the first time)."""
     root = Path(storage_dir).resolve()
-    key = (ray.get_runtime_context().get_session_name(), str(root), namespace, slot)
+    key = _host_key(root, namespace, slot)
     handle = _hosts.get(key)
     if handle is None:
         handle = AgentHost.options(  # type: ignore[attr-defined]
@@ -200,7 +201,6 @@ def ensure_host(storage_dir: Path, namespace: str, slot: int) -> Any:
 
 def forget_host(storage_dir: Path, namespace: str, slot: int, handle: Any) -> None:
     """Drop a cached host handle (its actor left); the next `ensure_host` looks it up or creates it anew."""
-    root = Path(storage_dir).resolve()
-    key = (ray.get_runtime_context().get_session_name(), str(root), namespace, slot)
+    key = _host_key(Path(storage_dir).resolve(), namespace, slot)
     if _hosts.get(key) is handle:
         del _hosts[key]
