@@ -86,7 +86,10 @@ def test_a_purchase_pending_across_a_restart_completes_exactly_once(tmp_path: Pa
         def finished() -> list[dict[str, Any]] | None:
             messages = httpx.get(f"{api}/threads/restart-1/messages", headers=auth, timeout=30).json()["messages"]
             tools = [m for m in messages if m["role"] == "tool"]
-            return messages if tools and tools[0]["state"] == "result" else None
+            answers = [m["content"] or "" for m in messages if m["role"] == "assistant"]
+            # the result is recorded first, the model's answer about it a moment later
+            done = tools and tools[0]["state"] == "result" and answers and "Purchased" in answers[-1]
+            return messages if done else None
 
         messages = wait_for(finished, 60, "the purchase to complete after the restart")
         (tool,) = [m for m in messages if m["role"] == "tool"]
