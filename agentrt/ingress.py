@@ -703,10 +703,8 @@ class AgentIngress:
         try:
             await self.gateway.call(chat, "claim", token)
         except NotOwnerError:
-            if entry["created"]:
-                self.gateway.background(
-                    self.gateway.call(directory, "remove", token, thread_id), "giving back a directory place"
-                )
+            if entry["created"]:  # given back before answering: the caller's list never shows it
+                await self.gateway.call(directory, "remove", token, thread_id)
             raise
         return entry
 
