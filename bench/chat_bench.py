@@ -19,7 +19,11 @@ fresh temporary storage root, and measures in one run:
    appears; a long-poll watcher (`poll_events`) per thread records when the `tool_result` and the
    final assistant `message` ("Purchased ...") arrive. Reports approval -> tool result / final message (by
    the agent's event clock and as seen by the driver), and the token polls per request from
-   `world.stats()["polls_by_request"]` (with any `slow_down`, seen as a grown interval).
+   `world.stats()["polls_by_request"]` (with any `slow_down`, seen as a grown interval);
+3. approval -> final message by delivery mode, in the same run: the whole stack (`agentrt.stack.Stack`:
+   the Serve ingress, the dev servers, the offline model) once in poll mode at interval 1 s, once at 5 s
+   and once in ping mode; purchases over HTTP one at a time, approved at a random moment of an interval,
+   the answer's time read from the thread's file; polls per approval from the dev server's count.
 
 Each purchase asks for a distinct quantity ("Buy 3 shares of MSFT"), so that its CIBA request (binding
 message "Buy 3 MSFT") can be told apart from the others of the same user.
@@ -55,10 +59,14 @@ import httpx  # noqa: E402
 import ray  # noqa: E402
 
 from bench.common import (  # noqa: E402
+    final_message_at,
+    local_stack,
     log,
     machine_info,
+    new_thread_with_message,
     scan_logs,
     summarise,
+    wait_until,
 )
 
 NAMESPACE = "chat-bench"
@@ -447,6 +455,75 @@ async def bench_approvals(world: Any, root: Path, cfg: dict[str, Any]) -> dict[s
     }
 
 
+# -- 3. approval latency by delivery mode ------------------------------------------------------------------
+
+DELIVERIES = (("poll", 1), ("poll", 5), ("ping", 5))
+
+
+async def measure_delivery(stack: Any, storage: Path, mode: str, interval: int, approvals: int) -> dict[str, Any]:
+    """`approvals` purchases one after another over HTTP, each in a new thread, each approved at a random
+    moment of an interval; approval -> the thread's final answer, read from the thread's own file (its
+    `created_at`), so measuring wakes nothing."""
+    from agentrt.client import dev_login
+    from agents.chat import Chat
+
+    api, dev = stack.urls.api, stack.urls.authz
+    token = await dev_login(api, "alice")
+    latencies: list[float] = []
+    polls: list[int] = []
+    async with (
+        httpx.AsyncClient(base_url=api, headers={"Authorization": f"Bearer {token}"}, timeout=120.0) as http,
+        httpx.AsyncClient(base_url=dev, timeout=60.0) as phone,
+    ):
+        await new_thread_with_message(http, "warm", PRICE_QUESTION)
+        for i in range(approvals):
+            thread_id = f"{mode}-{interval}-{i:03d}"
+            await new_thread_with_message(http, thread_id, f"buy {i + 1} shares of MSFT")
+
+            async def pending(quantity: int = i + 1) -> dict[str, Any] | None:
+                rows = (await phone.get("/dev/ciba/requests", params={"user": "alice", "status": "pending"})).json()
+                return next((r for r in rows if r["binding_message"] == f"Buy {quantity} MSFT"), None)
+
+            request = await wait_until(pending, timeout=30, what="the request", interval=0.05)
+            await asyncio.sleep(random.uniform(0, interval))  # the user answers at any moment of an interval
+            approved = time.time()
+            (await phone.post(f"/dev/ciba/requests/{request['id']}/approve")).raise_for_status()
+            path = Chat.storage_path(storage, thread_id)
+
+            async def answered(p: Path = path, a: float = approved) -> float | None:
+                return final_message_at(p, a)
+
+            latencies.append(await wait_until(answered, timeout=60, what="the answer", interval=0.005) - approved)
+            stats = (await phone.get("/dev/stats")).json()
+            polls.append(int(stats["polls_by_request"][request["id"]]))
+    return {
+        "mode": mode,
+        "interval_s": interval,
+        "approvals": approvals,
+        "approval_to_final_message": summarise(latencies),
+        "polls_per_approval": {"mean": round(statistics.fmean(polls), 2), "max": max(polls)},
+    }
+
+
+def bench_deliveries(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The whole stack (Serve ingress, dev servers, offline model) once per delivery mode, threads kept
+    live (a long idle time) so that the figures are the approval path itself; `bench/scale_bench.py`
+    measures it for sleeping threads."""
+    rows = []
+    for mode, interval in DELIVERIES:
+        storage = Path(tempfile.mkdtemp(prefix=f"chat-bench-{mode}-"))
+        extra = {"CIBA_DELIVERY_MODE": mode, "AGENT_IDLE_SECONDS": "600", "CIBA_PING_FALLBACK_SECONDS": "30"}
+        stack = local_stack(storage, f"chat-bench-{mode}-{interval}", interval, extra)
+        log(f"   {mode} mode, interval {interval} s: starting the stack ...")
+        stack.start()
+        try:
+            rows.append(asyncio.run(measure_delivery(stack, storage, mode, interval, cfg["approvals_per_mode"])))
+        finally:
+            stack.stop()
+            shutil.rmtree(storage, ignore_errors=True)
+    return rows
+
+
 def ray_worker_processes() -> dict[str, Any]:
     """This cluster's Ray worker processes (children of its raylet, `ray::...`) and their resident memory."""
     try:
@@ -567,6 +644,19 @@ def print_table(report: dict[str, Any]) -> None:
         f"mean {pp['mean']}, min {pp['min']}, max {pp['max']}, {pp['distribution']}; "
         f"{pp['over_interval_allowance']} over the interval's allowance; final intervals {a['final_intervals_s']}",
     )
+    deliveries = r.get("deliveries") or []
+    if deliveries:
+        table.add_section()
+        ping = next((d for d in deliveries if d["mode"] == "ping"), None)
+        for d in deliveries:
+            s = d["approval_to_final_message"]
+            versus = f", p50 {s['p50_ms'] / ping['approval_to_final_message']['p50_ms']:.1f}x ping" if ping else ""
+            row(
+                f"approval -> final message, {d['mode']} (interval {d['interval_s']} s)",
+                s,
+                f"over HTTP, one at a time; polls/approval {d['polls_per_approval']['mean']} "
+                f"(max {d['polls_per_approval']['max']}){versus}",
+            )
     console = Console(width=220)
     console.print(table)
     for error in a["errors"]:
@@ -586,13 +676,13 @@ async def run(world: Any, root: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     phases: dict[str, float] = {}
 
     started = time.perf_counter()
-    log(f"1/2 turn latency ({cfg['turns']} turns over {cfg['threads']} threads, vs bare model and actor) ...")
+    log(f"1/3 turn latency ({cfg['turns']} turns over {cfg['threads']} threads, vs bare model and actor) ...")
     results["turns"] = await bench_turns(world, root, cfg)
     phases["turns_s"] = round(time.perf_counter() - started, 2)
 
     started = time.perf_counter()
     log(
-        f"2/2 approval latency ({cfg['purchases']} purchases, batches of {cfg['batch']}, "
+        f"2/3 approval latency ({cfg['purchases']} purchases, batches of {cfg['batch']}, "
         f"CIBA interval {cfg['ciba_interval']} s) ..."
     )
     results["approvals"] = await bench_approvals(world, root, cfg)
@@ -608,8 +698,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         cfg: dict[str, Any] = {"turns": 20, "threads": 4, "warmup": 3, "rounds": 2, "purchases": 4, "batch": 4}
+        cfg["approvals_per_mode"] = 4
     else:
         cfg = {"turns": 100, "threads": 10, "warmup": 10, "rounds": 4, "purchases": 20, "batch": 10}
+        cfg["approvals_per_mode"] = 20
     cfg.update(
         ciba_interval=1, approve_within=2.0, phone_interval=0.02, purchase_timeout=30.0, seed=20240601, quick=args.quick
     )
@@ -635,6 +727,8 @@ def main() -> int:
         if world is not None:
             world.stop()
         shutil.rmtree(root, ignore_errors=True)
+    log(f"3/3 approval -> final message by delivery ({cfg['approvals_per_mode']} per mode, over HTTP) ...")
+    results["deliveries"] = bench_deliveries(cfg)
     report = {
         "benchmark": "chat_bench",
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -1,15 +1,22 @@
-"""CIBA approval-to-token latency against the embedded dev authorization server.
+"""CIBA approval-to-token latency against the embedded dev authorization server: poll vs ping, same run.
 
-For each of N requests: the client sends a backchannel request, an approver task approves it through the
-dev server's JSON API at a random moment, and the client polls honouring the interval (and any
-`slow_down`). The latency is from the server's approval time (`decided_at`) to the moment the client holds
-the token; with poll mode it is bounded by the interval. Two modes:
+For each delivery (poll mode at interval 1 s, poll mode at interval 5 s, ping mode) and each flow, N
+requests run at once: the client sends a backchannel request, an approver task approves it through the
+dev server's JSON API at a random moment, and the client fetches the token. The latency is from the
+server's approval time (`decided_at`) to the moment the client holds the token. In poll mode it is
+bounded by the interval; in ping mode the dev server POSTs to a notification endpoint served here (CIBA
+Core 1.0 section 10.2) and the client fetches the token at once (a lost ping would be caught by a check
+every `--ping-fallback` s). Flows:
 
 - `client`: `CIBAClient.authorize` + `poll` directly.
 - `wrapper`: a tool wrapped by `with_async_user_confirmation` (encrypted SQLite store), re-run at each
-  interrupt's `next_check_at` as the resumer does; latency ends when the tool has run with its token.
+  interrupt's `next_check_at` as the resumer does, or at once after `accept_ping`; latency ends when the
+  tool has run with its token.
 
-    python bench/ciba_bench.py [--requests 50] [--interval 1] [--max-delay 3]
+Polls per approval come from the dev server's own count. For the whole agent path (approval to the
+thread's final message) see `bench/chat_bench.py`.
+
+    python bench/ciba_bench.py [--requests 20] [--max-delay 3]
 
 Prints a table and writes `bench/results/ciba_bench.json`.
 """
@@ -19,34 +26,80 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import random
-import statistics
+import secrets
+import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from devservers.authz_server import DevAuthorizationServer
-from tools.async_confirmation import with_async_user_confirmation
-from tools.base import Tool, ToolContext
-from tools.ciba_client import Approved, CIBAClient, Pending, SlowDown
-from tools.credential_store import SQLiteCredentialStore
-from tools.credentials_context import get_ciba_credentials
-from tools.interrupts import AuthorizationPendingInterrupt, AuthorizationPollingInterrupt
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python bench/ciba_bench.py` puts bench/ first, not the repo root
+    sys.path.insert(0, str(REPO))
 
-RESULTS = Path(__file__).resolve().parent / "results" / "ciba_bench.json"
+from bench.common import machine_info, summarise  # noqa: E402
+from devservers.authz_server import DevAuthorizationServer  # noqa: E402
+from devservers.server_thread import ServerThread  # noqa: E402
+from tools.async_confirmation import AsyncAuthorizationTool, with_async_user_confirmation  # noqa: E402
+from tools.base import Tool, ToolContext  # noqa: E402
+from tools.ciba_client import Approved, CIBAClient, Pending, SlowDown  # noqa: E402
+from tools.ciba_ping import notification_target, ping_key  # noqa: E402
+from tools.credential_store import SQLiteCredentialStore  # noqa: E402
+from tools.credentials_context import get_ciba_credentials  # noqa: E402
+from tools.interrupts import AuthorizationPendingInterrupt, AuthorizationPollingInterrupt  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "ciba_bench.json"
 USER = "auth0|alice"
+AUDIENCE = "http://localhost:5000/api/checkout"
+DELIVERIES = (("poll", 1), ("poll", 5), ("ping", 5))
+FLOWS = ("client", "wrapper")
+PING_KEY = ping_key("ciba-bench-" + "0" * 32)
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (no interpolation: with 50 samples p99 is the maximum)."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
+@dataclass
+class PingInbox:
+    """The client's notification endpoint. Pings arrive on a server thread; `route` maps a notification
+    token to the key of the flow waiting for it (None: not ours, 401), which is woken on the bench's loop."""
+
+    loop: asyncio.AbstractEventLoop
+    route: Callable[[str], str | None]
+    events: dict[str, asyncio.Event] = field(default_factory=dict)
+    pings: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # key -> (token, auth_req_id)
+
+    def expect(self, key: str) -> asyncio.Event:
+        return self.events.setdefault(key, asyncio.Event())
+
+    def _arrived(self, key: str, token: str, auth_req_id: str | None) -> None:
+        self.pings[key] = (token, auth_req_id)
+        self.expect(key).set()
+
+    async def endpoint(self, request: Request) -> Response:
+        token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        key = self.route(token)
+        if key is None:
+            return Response(status_code=401)
+        auth_req_id = (await request.json()).get("auth_req_id")
+        self.loop.call_soon_threadsafe(self._arrived, key, token, auth_req_id)
+        return Response(status_code=204)
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/ciba/notify", self.endpoint, methods=["POST"])])
+
+
+def wrapper_route(token: str) -> str | None:
+    """The wrapper signs its own tokens, naming the tool call: the call's id is the key."""
+    target = notification_target(PING_KEY, token)
+    return target.tool_call_id if target else None
 
 
 async def approve_later(http: httpx.AsyncClient, message: str, delay: float) -> float:
@@ -68,20 +121,35 @@ async def approve_later(http: httpx.AsyncClient, message: str, delay: float) -> 
     return float(response.json()["decided_at"])
 
 
-async def client_flow(client: CIBAClient, message: str) -> tuple[float, str]:
-    """Authorize, then poll honouring the interval until approved; (time the token arrived, message)."""
-    response = await client.authorize(USER, ["stock:buy"], message, audience="http://localhost:5000/api/checkout")
+async def wait_or_ping(ping: asyncio.Event | None, seconds: float) -> None:
+    """Sleep `seconds`, or less if the ping arrives."""
+    if ping is None:
+        await asyncio.sleep(seconds)
+        return
+    try:
+        await asyncio.wait_for(ping.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+async def client_flow(client: CIBAClient, inbox: PingInbox | None, message: str, fallback: float) -> float:
+    """Authorize, then poll (at the interval, or when pinged) until approved; the time the token arrived."""
+    token = secrets.token_urlsafe(24) if inbox else None
+    ping = inbox.expect(token) if inbox and token else None
+    response = await client.authorize(USER, ["stock:buy"], message, audience=AUDIENCE, client_notification_token=token)
     interval = response.interval
-    next_at = time.time() + interval
+    wait = fallback if ping else interval
     while True:
-        await asyncio.sleep(max(0.0, next_at - time.time()))
+        await wait_or_ping(ping, wait)
+        if ping is not None:
+            ping.clear()
         result = await client.poll(response.auth_req_id, interval=interval)
         if isinstance(result, Approved):
-            return time.time(), message
+            return time.time()
         if isinstance(result, SlowDown):
-            interval, next_at = result.interval, time.time() + result.wait
+            interval, wait = result.interval, result.wait
         elif isinstance(result, Pending):
-            next_at = time.time() + interval
+            wait = fallback if ping else interval
         else:
             raise RuntimeError(f"unexpected outcome {result!r}")
 
@@ -90,122 +158,125 @@ class Args(BaseModel):
     n: int
 
 
-async def wrapper_flow(tool: Tool, n: int) -> tuple[float, str]:
+async def wrapper_flow(tool: AsyncAuthorizationTool, inbox: PingInbox | None, n: int) -> float:
     ctx = ToolContext(tool_call_id=f"call-{n}", thread_id="bench", owner=USER)
+    ping = inbox.expect(ctx.tool_call_id) if inbox else None
     while True:
         try:
-            finished_at = await tool.run(Args(n=n), ctx)
-            return float(finished_at), f"Buy {n} BENCH"
+            return float(await tool.run(Args(n=n), ctx))
         except (AuthorizationPendingInterrupt, AuthorizationPollingInterrupt) as interrupt:
-            await asyncio.sleep(max(0.0, (interrupt.next_check_at or time.time() + 1) - time.time()))
+            await wait_or_ping(ping, max(0.0, (interrupt.next_check_at or time.time() + 1) - time.time()))
+            if inbox is not None and ping is not None and ping.is_set():
+                ping.clear()
+                token, auth_req_id = inbox.pings[ctx.tool_call_id]
+                await tool.confirmation.accept_ping(ctx, token, auth_req_id)  # the next run polls at once
 
 
-async def run_mode(mode: str, server: DevAuthorizationServer, requests: int, max_delay: float, seed: int) -> dict:
-    rng = random.Random(seed)
-    delays = [rng.uniform(0.0, max_delay) for _ in range(requests)]
+async def run_row(delivery: str, interval: int, flow: str, options: argparse.Namespace) -> dict[str, Any]:
+    server = DevAuthorizationServer(api_audience="https://bench/api", default_interval=interval).start()
+    inbox: PingInbox | None = None
+    receiver: ServerThread | None = None
+    if delivery == "ping":
+        inbox = PingInbox(asyncio.get_running_loop(), wrapper_route if flow == "wrapper" else lambda token: token)
+        receiver = ServerThread(inbox.app()).start()
+        server.state.notification_endpoints[server.client_id] = receiver.url + "/ciba/notify"
+    rng = random.Random(options.seed)
+    delays = [rng.uniform(0.0, options.max_delay) for _ in range(options.requests)]
     client = CIBAClient(issuer=server.issuer, client_id=server.client_id, client_secret=server.client_secret)
-    before = (await _stats(server))["polls_by_request"]
     tmp = tempfile.TemporaryDirectory()
     store = SQLiteCredentialStore(Path(tmp.name) / "bench.sqlite3", "bench-key-" + "0" * 32)
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-        if mode == "client":
-            flows = [client_flow(client, f"Buy {n} BENCH") for n in range(requests)]
-        else:
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            if flow == "client":
+                fallback = options.ping_fallback
+                flows = [client_flow(client, inbox, f"Buy {n} BENCH", fallback) for n in range(len(delays))]
+            else:
 
-            async def buy(n: int) -> float:
-                assert get_ciba_credentials() is not None
-                return time.time()
+                async def buy(n: int) -> float:
+                    assert get_ciba_credentials() is not None
+                    return time.time()
 
-            tool = with_async_user_confirmation(
-                Tool(buy, name="buy", description="bench", parameters=Args),
-                scopes=["stock:buy"],
-                binding_message=lambda n: f"Buy {n} BENCH",
-                store=store,
-                client=client,
-            )
-            flows = [wrapper_flow(tool, n) for n in range(requests)]
-        approvals = [approve_later(http, f"Buy {n} BENCH", delays[n]) for n in range(requests)]
-        results = await asyncio.gather(asyncio.gather(*flows), asyncio.gather(*approvals))
-    wall = time.perf_counter() - started
-    await client.aclose()
-    await store.close()
-    tmp.cleanup()
-    (tokens, approved_at) = results
-    latencies = [token_at - decided for (token_at, _), decided in zip(tokens, approved_at, strict=True)]
-    after = await _stats(server)
-    polls = [count for rid, count in after["polls_by_request"].items() if rid not in before]
+                tool = with_async_user_confirmation(
+                    Tool(buy, name="buy", description="bench", parameters=Args),
+                    scopes=["stock:buy"],
+                    binding_message=lambda n: f"Buy {n} BENCH",
+                    store=store,
+                    client=client,
+                    delivery_mode=delivery,
+                    ping_fallback=options.ping_fallback,
+                    ping_key=PING_KEY,
+                )
+                flows = [wrapper_flow(tool, inbox, n) for n in range(len(delays))]
+            approvals = [approve_later(http, f"Buy {n} BENCH", delays[n]) for n in range(len(delays))]
+            tokens, approved_at = await asyncio.gather(asyncio.gather(*flows), asyncio.gather(*approvals))
+            stats = (await http.get("/dev/stats")).json()
+    finally:
+        await client.aclose()
+        await store.close()
+        tmp.cleanup()
+        if receiver is not None:
+            receiver.stop()
+        server.stop()
+    polls = list(stats["polls_by_request"].values())
     return {
-        "mode": mode,
-        "requests": requests,
-        "latency_s": {
-            "p50": round(percentile(latencies, 50), 4),
-            "p99": round(percentile(latencies, 99), 4),
-            "mean": round(statistics.fmean(latencies), 4),
-            "min": round(min(latencies), 4),
-            "max": round(max(latencies), 4),
-        },
-        "polls_per_request": {
-            "mean": round(statistics.fmean(polls), 3),
-            "max": max(polls),
-            "min": min(polls),
-        },
-        "approval_delay_s": {"mean": round(statistics.fmean(delays), 3), "max": round(max(delays), 3)},
-        "wall_s": round(wall, 3),
+        "delivery": delivery,
+        "interval_s": interval,
+        "flow": flow,
+        "requests": len(delays),
+        "approval_to_token": summarise([t - a for t, a in zip(tokens, approved_at, strict=True)]),
+        "polls_per_approval": {"mean": round(sum(polls) / len(polls), 2), "max": max(polls)},
+        "pings_sent": stats.get("pings_sent", 0),
+        "wall_s": round(time.perf_counter() - started, 3),
     }
 
 
-async def _stats(server: DevAuthorizationServer) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=10) as http:
-        return (await http.get(f"{server.url}/dev/stats")).json()
+def print_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"CIBA approval-to-token latency ({report['machine']['cpu_count']} CPUs)")
+    for column in ("delivery", "interval", "flow", "n", "p50 ms", "p99 ms", "max ms", "polls/approval"):
+        table.add_column(column, justify="left" if column in ("delivery", "flow") else "right")
+    for row in report["runs"]:
+        s = row["approval_to_token"]
+        table.add_row(
+            row["delivery"],
+            f"{row['interval_s']} s",
+            row["flow"],
+            str(row["requests"]),
+            f"{s['p50_ms']:.0f}",
+            f"{s['p99_ms']:.0f}",
+            f"{s['max_ms']:.0f}",
+            f"{row['polls_per_approval']['mean']} (max {row['polls_per_approval']['max']})",
+        )
+    Console(width=140).print(table)
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=50)
-    parser.add_argument("--interval", type=int, default=1, help="the dev server's polling interval (s)")
+    parser.add_argument("--requests", type=int, default=20, help="approvals per delivery and flow")
     parser.add_argument("--max-delay", type=float, default=3.0, help="approvals happen uniformly in [0, this] s")
-    parser.add_argument("--modes", default="client,wrapper")
+    parser.add_argument("--ping-fallback", type=float, default=30.0, help="ping mode: seconds between checks")
+    parser.add_argument("--flows", default=",".join(FLOWS))
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--output", type=Path, default=RESULTS)
     options = parser.parse_args()
-
-    server = DevAuthorizationServer(api_audience="https://bench/api", default_interval=options.interval).start()
-    try:
-        runs = [
-            await run_mode(mode, server, options.requests, options.max_delay, options.seed)
-            for mode in options.modes.split(",")
-        ]
-        stats = await _stats(server)
-        async with httpx.AsyncClient(timeout=10) as http:
-            rows = (await http.get(f"{server.url}/dev/ciba/requests", params={"user": USER})).json()
-        slowed = sum(1 for row in rows if row["interval"] != options.interval)
-    finally:
-        server.stop()
-
-    title = "CIBA approval-to-token latency"
-    print(f"{title}, dev server interval {options.interval} s, {options.requests} requests per mode")
-    print(f"{'mode':<8} {'p50 s':>7} {'p99 s':>7} {'mean s':>7} {'max s':>7} {'polls/req':>10} {'max polls':>9}")
-    for run in runs:
-        lat, polls = run["latency_s"], run["polls_per_request"]
-        print(
-            f"{run['mode']:<8} {lat['p50']:>7.3f} {lat['p99']:>7.3f} {lat['mean']:>7.3f} {lat['max']:>7.3f} "
-            f"{polls['mean']:>10.2f} {polls['max']:>9d}"
-        )
+    runs = [
+        await run_row(delivery, interval, flow, options)
+        for delivery, interval in DELIVERIES
+        for flow in options.flows.split(",")
+    ]
     report = {
-        "benchmark": "ciba_approval_to_token",
-        "interval_s": options.interval,
-        "max_approval_delay_s": options.max_delay,
+        "benchmark": "ciba_bench",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(),
+        "params": {k: v for k, v in vars(options).items() if k != "output"},
         "runs": runs,
-        "server_counters": {k: v for k, v in stats.items() if k != "polls_by_request"},
-        "requests_slowed_down": slowed,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    print_table(report)
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"requests that got slow_down: {slowed} of {len(rows)}")
     print(f"wrote {options.output}")
 
 

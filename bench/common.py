@@ -1,16 +1,20 @@
-"""What the benchmarks share: percentiles, summaries, machine info and a scan of Ray's logs for warnings."""
+"""What the benchmarks share: percentiles, summaries, machine info, a scan of Ray's logs for warnings, a
+local stack, and small helpers to drive it over HTTP and read a thread's file."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import re
+import sqlite3
 import statistics
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import ray
 
 
@@ -128,3 +132,47 @@ def local_stack(storage_dir: Path, namespace: str, ciba_interval: int, env: dict
             extra_env=env,
         )
     )
+
+
+# -- driving the stack over HTTP ------------------------------------------------------------------------
+
+
+async def timed(http: httpx.AsyncClient, method: str, path: str, body: dict[str, Any] | None = None) -> float:
+    started = time.perf_counter()
+    response = await http.request(method, path, json=body)
+    if response.status_code >= 400:
+        raise RuntimeError(f"{method} {path}: HTTP {response.status_code} {response.text[:200]}")
+    return time.perf_counter() - started
+
+
+async def new_thread_with_message(http: httpx.AsyncClient, thread_id: str, text: str) -> float:
+    started = time.perf_counter()
+    await timed(http, "POST", "/threads", {"thread_id": thread_id})
+    await timed(http, "POST", f"/threads/{thread_id}/messages", {"content": text})
+    return time.perf_counter() - started
+
+
+async def wait_until(probe: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout  # from now, not from the start of the run
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def final_message_at(path: Path, after: float) -> float | None:
+    """When the thread's last assistant message after its purchase result was written (from its own file)."""
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            call = db.execute("SELECT state FROM tool_calls WHERE name = 'buy_stock'").fetchone()
+            if call is None or call[0] != "result":
+                return None
+            row = db.execute(
+                "SELECT MAX(created_at) FROM messages WHERE role = 'assistant' AND created_at > ?", (after,)
+            ).fetchone()
+    except sqlite3.Error:
+        return None
+    return row[0] if row and row[0] is not None else None

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -39,7 +38,16 @@ sys.path.insert(0, str(REPO))
 
 from agentrt.client import dev_login  # noqa: E402
 from agentrt.stack import Stack  # noqa: E402
-from bench.common import local_stack, log, machine_info, summarise  # noqa: E402
+from bench.common import (  # noqa: E402
+    final_message_at,
+    local_stack,
+    log,
+    machine_info,
+    new_thread_with_message,
+    summarise,
+    timed,
+    wait_until,
+)
 
 NAMESPACE = "agents-scale-bench"
 
@@ -147,32 +155,6 @@ async def fetch_json(url: str) -> Any:
         return (await client.get(url)).json()
 
 
-async def timed(http: httpx.AsyncClient, method: str, path: str, body: dict[str, Any] | None = None) -> float:
-    started = time.perf_counter()
-    response = await http.request(method, path, json=body)
-    if response.status_code >= 400:
-        raise RuntimeError(f"{method} {path}: HTTP {response.status_code} {response.text[:200]}")
-    return time.perf_counter() - started
-
-
-async def new_thread_with_message(http: httpx.AsyncClient, thread_id: str, text: str) -> float:
-    started = time.perf_counter()
-    await timed(http, "POST", "/threads", {"thread_id": thread_id})
-    await timed(http, "POST", f"/threads/{thread_id}/messages", {"content": text})
-    return time.perf_counter() - started
-
-
-async def wait_until(probe: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout  # from now, not from the start of the run
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 async def bare_actor_rss() -> float:
     """RSS of an empty Ray actor process: the floor under any host."""
     import ray
@@ -191,21 +173,6 @@ async def bare_actor_rss() -> float:
 
 async def live_names(hosts: Hosts) -> set[str]:
     return {name for stats in await hosts.stats() for name in stats["live_names"]}
-
-
-def final_message_at(path: Path, after: float) -> float | None:
-    """When the thread's last assistant message after its purchase result was written (from its own file)."""
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-            call = db.execute("SELECT state FROM tool_calls WHERE name = 'buy_stock'").fetchone()
-            if call is None or call[0] != "result":
-                return None
-            row = db.execute(
-                "SELECT MAX(created_at) FROM messages WHERE role = 'assistant' AND created_at > ?", (after,)
-            ).fetchone()
-    except sqlite3.Error:
-        return None
-    return row[0] if row and row[0] is not None else None
 
 
 async def run(args: argparse.Namespace, stack: Stack, storage: Path) -> dict[str, Any]:

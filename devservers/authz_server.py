@@ -57,6 +57,7 @@ from starlette.routing import Route
 
 from devservers.server_thread import ServerThread, free_port
 from tools.client_assertion import CLIENT_ASSERTION_TYPE
+from tools.http_pool import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,7 @@ class SigningKey:
     @cached_property
     def kid(self) -> str:
         jwk = RSAAlgorithm.to_jwk(self.private_key.public_key(), as_dict=True)
-        canonical = json.dumps(
-            {"e": jwk["e"], "kty": "RSA", "n": jwk["n"]}, separators=(",", ":"), sort_keys=True
-        )
+        canonical = json.dumps({"e": jwk["e"], "kty": "RSA", "n": jwk["n"]}, separators=(",", ":"), sort_keys=True)
         return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).decode().rstrip("=")[:16]
 
     @property
@@ -424,6 +423,7 @@ class AuthzState:
             try:
                 httpx.post(
                     endpoint,
+                    verify=tls_context(),  # a new TLS context per ping would cost ~20 ms of the approval
                     json={"auth_req_id": request.auth_req_id},
                     headers={"Authorization": f"Bearer {request.client_notification_token}"},
                     timeout=10.0,
@@ -461,8 +461,7 @@ class AuthzState:
                 request.finished = True
                 raise OAuthError(self.expired_error, "the authorization request expired")
             too_fast = (
-                request.last_poll is not None
-                and mono - request.last_poll < request.interval - self.poll_tolerance
+                request.last_poll is not None and mono - request.last_poll < request.interval - self.poll_tolerance
             )
             request.last_poll = mono
             if too_fast:
@@ -561,9 +560,7 @@ def create_state(
     if not issuer.endswith("/"):
         raise ValueError("the issuer must end with '/', as Auth0's does")
     client_map = (
-        dict(clients)
-        if clients is not None
-        else {"dev-agent-" + secrets.token_hex(6): secrets.token_urlsafe(32)}
+        dict(clients) if clients is not None else {"dev-agent-" + secrets.token_hex(6): secrets.token_urlsafe(32)}
     )
     key = SigningKey.from_file(Path(key_file)) if key_file is not None else SigningKey.generate()
     state = AuthzState(
@@ -588,9 +585,7 @@ async def _read_form(request: Request) -> dict[str, str]:
     if content_type != "application/x-www-form-urlencoded":
         raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
     try:
-        pairs = parse_qsl(
-            (await request.body()).decode("utf-8"), keep_blank_values=True, strict_parsing=False
-        )
+        pairs = parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except (UnicodeDecodeError, ValueError):
         raise OAuthError("invalid_request", "the body is not valid form data") from None
     form: dict[str, str] = {}
@@ -637,9 +632,7 @@ def _resolve_hint(state: AuthzState, form: dict[str, str]) -> tuple[str, str]:
     """(username, sub) of the user the request is for; exactly one hint is allowed (CIBA 7.1)."""
     hints = [name for name in ("login_hint", "id_token_hint", "login_hint_token") if form.get(name)]
     if len(hints) != 1:
-        raise OAuthError(
-            "invalid_request", "exactly one of login_hint, id_token_hint, login_hint_token is required"
-        )
+        raise OAuthError("invalid_request", "exactly one of login_hint, id_token_hint, login_hint_token is required")
     name = hints[0]
     value = form[name]
     subject: str | None
@@ -683,9 +676,7 @@ def _parse_authorization_details(raw: str | None) -> list[dict[str, Any]] | None
     except ValueError:
         raise OAuthError("invalid_authorization_details", "authorization_details is not valid JSON") from None
     if not isinstance(details, list) or not details:
-        raise OAuthError(
-            "invalid_authorization_details", "authorization_details must be a non-empty JSON array"
-        )
+        raise OAuthError("invalid_authorization_details", "authorization_details must be a non-empty JSON array")
     for entry in details:
         if not isinstance(entry, dict) or not isinstance(entry.get("type"), str) or not entry["type"]:
             raise OAuthError("invalid_authorization_details", "each authorization_details entry needs a type")
@@ -776,9 +767,7 @@ def create_authz_app(
             expires_in = st.default_expiry
             if expiry_raw is not None:
                 if not expiry_raw.isdigit() or not 1 <= int(expiry_raw) <= st.max_requested_expiry:
-                    raise OAuthError(
-                        "invalid_request", f"requested_expiry must be 1-{st.max_requested_expiry} seconds"
-                    )
+                    raise OAuthError("invalid_request", f"requested_expiry must be 1-{st.max_requested_expiry} seconds")
                 expires_in = int(expiry_raw)
             audience = form.get("audience") or st.issuer + "userinfo"
             notification_token = form.get("client_notification_token") or None
@@ -1026,9 +1015,7 @@ def _details_html(details: list[dict[str, Any]] | None) -> str:
             for k, v in entry.items()
             if k != "type"
         )
-        parts.append(
-            f'<dl class="details"><dt>Action</dt><dd><code>{_esc(entry.get("type"))}</code></dd>{rows}</dl>'
-        )
+        parts.append(f'<dl class="details"><dt>Action</dt><dd><code>{_esc(entry.get("type"))}</code></dd>{rows}</dl>')
     return "".join(parts)
 
 
@@ -1055,12 +1042,8 @@ def _request_card(row: dict[str, Any]) -> str:
 def _requests_fragment(state: AuthzState, user: str | None) -> str:
     rows = state.list_requests(user)
     pending = [r for r in rows if r["status"] == "pending"]
-    recent = sorted(
-        (r for r in rows if r["status"] != "pending"), key=lambda r: -(r["decided_at"] or r["expires_at"])
-    )
-    signature = hashlib.sha256(json.dumps([(r["id"], r["status"]) for r in rows[-50:]]).encode()).hexdigest()[
-        :16
-    ]
+    recent = sorted((r for r in rows if r["status"] != "pending"), key=lambda r: -(r["decided_at"] or r["expires_at"]))
+    signature = hashlib.sha256(json.dumps([(r["id"], r["status"]) for r in rows[-50:]]).encode()).hexdigest()[:16]
     cards = "".join(_request_card(r) for r in pending) or '<div class="empty">No requests are waiting.</div>'
     history = "".join(
         f"<tr><td>{_esc(r['user'])}</td><td>{_esc(r['binding_message'])}</td>"
@@ -1148,9 +1131,7 @@ class DevAuthorizationServer:
         **options: Any,
     ) -> None:
         if not _is_loopback(host):
-            raise ValueError(
-                "the dev authorization server has unauthenticated approval endpoints: loopback only"
-            )
+            raise ValueError("the dev authorization server has unauthenticated approval endpoints: loopback only")
         self.host = host
         self.port = port or free_port(host)
         self.state = create_state(

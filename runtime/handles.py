@@ -48,9 +48,7 @@ class _HandleBase(Generic[A]):
     """What both proxies share: where the agent lives, and the turn tickets that keep this handle's calls
     in order."""
 
-    def __init__(
-        self, cls: type[A], agent_id: str, *, storage_dir: Path, namespace: str, create: bool = True
-    ) -> None:
+    def __init__(self, cls: type[A], agent_id: str, *, storage_dir: Path, namespace: str, create: bool = True) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Agent)):
             raise TypeError(f"an agent handle needs an Agent subclass, got {cls!r}")
         self.agent_class = cls

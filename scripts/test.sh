@@ -14,4 +14,5 @@ fi
 
 python3 -m pip install --quiet -e ".[test]"
 ruff check .
+ruff format --check .
 python3 -m pytest -q -p no:cacheprovider "$@"

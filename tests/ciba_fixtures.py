@@ -46,9 +46,7 @@ def authz() -> Iterator[DevAuthorizationServer]:
     server.stop()
 
 
-def make_client(
-    server: DevAuthorizationServer, auth_method: str = "client_secret_post", **kwargs: Any
-) -> CIBAClient:
+def make_client(server: DevAuthorizationServer, auth_method: str = "client_secret_post", **kwargs: Any) -> CIBAClient:
     kwargs.setdefault("retry", FAST_RETRY)
     kwargs.setdefault("timeout", 2.0)
     return CIBAClient(
@@ -87,9 +85,7 @@ async def stats(server: DevAuthorizationServer) -> dict[str, Any]:
         return (await http.get(f"{server.url}/dev/stats")).json()
 
 
-async def requests_for(
-    server: DevAuthorizationServer, user: str = "alice", status: str | None = "pending"
-) -> list:
+async def requests_for(server: DevAuthorizationServer, user: str = "alice", status: str | None = "pending") -> list:
     params = {"user": user, **({"status": status} if status else {})}
     async with httpx.AsyncClient(timeout=5) as http:
         response = await http.get(f"{server.url}/dev/ciba/requests", params=params)
@@ -149,9 +145,7 @@ class RecordingTool:
 def tool_context(
     tool_call_id: str | None = None, owner: str | None = ALICE, thread_id: str = "thread-1"
 ) -> ToolContext:
-    return ToolContext(
-        tool_call_id=tool_call_id or "call-" + secrets.token_hex(4), thread_id=thread_id, owner=owner
-    )
+    return ToolContext(tool_call_id=tool_call_id or "call-" + secrets.token_hex(4), thread_id=thread_id, owner=owner)
 
 
 def binding_for(ticker: str, quantity: int) -> str:

@@ -100,9 +100,7 @@ def test_from_dict_is_strict_about_codes_and_lenient_about_new_fields() -> None:
 
 def test_no_secret_fields() -> None:
     """The schema has no room for an auth_req_id or a token."""
-    keys = set(AuthorizationPollingInterrupt(**FIELDS).to_dict()) | set(
-        AuthorizationRequestFailedInterrupt().to_dict()
-    )
+    keys = set(AuthorizationPollingInterrupt(**FIELDS).to_dict()) | set(AuthorizationRequestFailedInterrupt().to_dict())
     assert not {k for k in keys if "token" in k or "auth_req" in k or "secret" in k}
 
 
@@ -151,9 +149,6 @@ def test_raised_in_a_ray_task_arrives_as_the_same_interrupt(ray_module: object) 
         ray.get(ask.remote())
     assert is_interrupt(caught.value, AuthorizationPollingInterrupt.code)
     cause = getattr(caught.value, "cause", caught.value)
-    assert (
-        cause.to_dict()
-        == AuthorizationPollingInterrupt(retry_after=6.0, reason="slow_down", **FIELDS).to_dict()
-    )
+    assert cause.to_dict() == AuthorizationPollingInterrupt(retry_after=6.0, reason="slow_down", **FIELDS).to_dict()
     sent = AccessDeniedInterrupt(**FIELDS)
     assert_same(sent, ray.get(echo.remote(sent.to_dict())))

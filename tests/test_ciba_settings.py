@@ -55,9 +55,7 @@ def test_complete_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_auth_issuer_overrides_the_domain(monkeypatch: pytest.MonkeyPatch) -> None:
     s = settings(monkeypatch, AUTH0_DOMAIN="tenant.auth0.com", AUTH_ISSUER=" http://127.0.0.1:8400/ ")
     assert s.issuer == "http://127.0.0.1:8400/"
-    assert (
-        settings(monkeypatch, AUTH0_DOMAIN="https://tenant.auth0.com/").issuer == "https://tenant.auth0.com/"
-    )
+    assert settings(monkeypatch, AUTH0_DOMAIN="https://tenant.auth0.com/").issuer == "https://tenant.auth0.com/"
 
 
 def test_missing_and_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,9 +118,7 @@ async def test_pending_then_approved_runs_once_with_its_credential(
     (run,) = raw.runs
     credentials = run["credentials"]
     assert credentials is not None and credentials.scope == ["openid", "stock:buy"]
-    claims = await JWTVerifier(issuer=authz.issuer, audience=CHECKOUT_AUDIENCE).verify(
-        credentials.access_token
-    )
+    claims = await JWTVerifier(issuer=authz.issuer, audience=CHECKOUT_AUDIENCE).verify(credentials.access_token)
     assert claims["sub"] == ALICE and "stock:buy" in claims["scope"].split()
     assert get_ciba_credentials() is None  # visible only inside the tool call
     assert_spent(await store.get(CREDENTIALS_NAMESPACE, "thread-1:buy:call-1"), result="bought 10 MSFT")
@@ -295,9 +293,7 @@ async def test_refusals_are_typed_results_without_pushing(
 ) -> None:
     raw = RecordingTool()
     # A binding message Auth0 would refuse: refused here, nothing sent, nothing stored.
-    bad = wrap(
-        raw.tool(), store, client, binding_message=lambda ticker, quantity: f"Buy {quantity} {ticker}!"
-    )
+    bad = wrap(raw.tool(), store, client, binding_message=lambda ticker, quantity: f"Buy {quantity} {ticker}!")
     result = await bad.run(ARGS, tool_context("call-bad-binding"))
     assert "invalid_binding_message" in result
     assert (await stats(authz))["backchannel_requests"] == 0
@@ -309,9 +305,7 @@ async def test_refusals_are_typed_results_without_pushing(
 
     # A user without an enrolled device: the server says so, and only then is it "no push".
     codes: list[str] = []
-    carol = wrap(
-        raw.tool(), store, client, user_id="auth0|carol", on_unauthorized=lambda i, _: codes.append(i.code)
-    )
+    carol = wrap(raw.tool(), store, client, user_id="auth0|carol", on_unauthorized=lambda i, _: codes.append(i.code))
     await carol.run(ARGS, tool_context("call-carol"))
     assert codes == ["ASYNC_AUTHORIZATION_USER_DOES_NOT_HAVE_PUSH_NOTIFICATIONS"]
 
@@ -368,9 +362,7 @@ async def test_authorizer_binds_store_and_client_once(
         scopes=["stock:buy"],
         audience=CHECKOUT_AUDIENCE,
         binding_message=binding_for,
-        authorization_details=lambda ticker, quantity: [
-            {"type": "stock_purchase", "ticker": ticker, "qty": quantity}
-        ],
+        authorization_details=lambda ticker, quantity: [{"type": "stock_purchase", "ticker": ticker, "qty": quantity}],
     )
     raw = RecordingTool()
     tool = protect(raw.tool())

@@ -142,9 +142,10 @@ async def test_bad_schedule_requests_leave_data_untouched(storage_dir: Path) -> 
 
     def snapshot() -> list:
         with sqlite3.connect(file) as conn:
-            return conn.execute("SELECT * FROM _schedules ORDER BY id").fetchall() + conn.execute(
-                "SELECT * FROM _kv ORDER BY key"
-            ).fetchall()
+            return (
+                conn.execute("SELECT * FROM _schedules ORDER BY id").fetchall()
+                + conn.execute("SELECT * FROM _kv ORDER BY key").fetchall()
+            )
 
     before = snapshot()
     bad_requests = [

@@ -64,16 +64,10 @@ class AuthSettings(BaseSettings):
     ciba_client_assertion_kid: str | None = Field(default=None, validation_alias=_env("CIBA_CLIENT_ASSERTION_KID"))
     ciba_delivery_mode: Literal["poll", "ping"] = Field(default="poll", validation_alias=_env("CIBA_DELIVERY_MODE"))
     """ping: the provider notifies the ingress's `/ciba/notify` when the user decided (poll stays the fallback)."""
-    ciba_ping_fallback_seconds: float = Field(
-        default=30.0, ge=1.0, validation_alias=_env("CIBA_PING_FALLBACK_SECONDS")
-    )
+    ciba_ping_fallback_seconds: float = Field(default=30.0, ge=1.0, validation_alias=_env("CIBA_PING_FALLBACK_SECONDS"))
     """ping mode: seconds between fallback polls, in case a ping is lost."""
-    ciba_login_hint_format: LoginHintFormat = Field(
-        default="iss_sub", validation_alias=_env("CIBA_LOGIN_HINT_FORMAT")
-    )
-    checkout_audience: str = Field(
-        default=DEFAULT_CHECKOUT_AUDIENCE, validation_alias=_env("CHECKOUT_AUDIENCE")
-    )
+    ciba_login_hint_format: LoginHintFormat = Field(default="iss_sub", validation_alias=_env("CIBA_LOGIN_HINT_FORMAT"))
+    checkout_audience: str = Field(default=DEFAULT_CHECKOUT_AUDIENCE, validation_alias=_env("CHECKOUT_AUDIENCE"))
 
     # -- derived values ------------------------------------------------------------------------------
     @property
@@ -150,9 +144,7 @@ class AuthSettings(BaseSettings):
         """`AUTH0_SESSION_ENCRYPTION_KEY`, the secret the credential store derives its AES key from."""
         key = self.auth0_session_encryption_key
         if key is None or not key.get_secret_value():
-            raise AuthConfigError(
-                "set AUTH0_SESSION_ENCRYPTION_KEY (e.g. the output of `openssl rand -hex 32`)"
-            )
+            raise AuthConfigError("set AUTH0_SESSION_ENCRYPTION_KEY (e.g. the output of `openssl rand -hex 32`)")
         if len(key.get_secret_value()) < MIN_ENCRYPTION_KEY_CHARS:
             raise AuthConfigError(
                 f"AUTH0_SESSION_ENCRYPTION_KEY is too short (at least {MIN_ENCRYPTION_KEY_CHARS} characters)"

@@ -45,9 +45,7 @@ class ToolContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_current_context: contextvars.ContextVar[ToolContext | None] = contextvars.ContextVar(
-    "tool_context", default=None
-)
+_current_context: contextvars.ContextVar[ToolContext | None] = contextvars.ContextVar("tool_context", default=None)
 
 
 def current_tool_context() -> ToolContext:

@@ -36,6 +36,7 @@ from pydantic import SecretStr
 
 from tools.client_assertion import CLIENT_ASSERTION_TYPE, ClientAssertionSigner
 from tools.credentials_context import CIBACredentials
+from tools.http_pool import tls_context
 
 if TYPE_CHECKING:
     from tools.auth_settings import AuthSettings
@@ -124,9 +125,7 @@ def validate_binding_message(message: object) -> str:
     if not message.strip():
         raise InvalidBindingMessage("binding_message must not be empty")
     if len(message) > 64:
-        raise InvalidBindingMessage(
-            f"binding_message is {len(message)} characters long; at most 64 are allowed"
-        )
+        raise InvalidBindingMessage(f"binding_message is {len(message)} characters long; at most 64 are allowed")
     if not BINDING_MESSAGE_RE.fullmatch(message):
         raise InvalidBindingMessage("binding_message may only contain letters, digits, spaces and +-_.,:#")
     return message
@@ -357,9 +356,7 @@ class CIBAClient:
             raise ValueError("client_id is required")
         self.issuer = issuer
         self.client_id = client_id
-        self._client_secret = (
-            client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret or "")
-        )
+        self._client_secret = client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret or "")
         if auth_method != "private_key_jwt" and not self._client_secret.get_secret_value():
             raise ValueError("client_secret is required")
         self._signer = assertion_signer
@@ -426,7 +423,9 @@ class CIBAClient:
         loop = asyncio.get_running_loop()
         if self._own_http is None or self._own_http_loop is not loop or self._own_http.is_closed:
             # An httpx client's connections belong to one event loop; a new loop gets a new client.
-            self._own_http = httpx.AsyncClient(timeout=self.timeout, headers={"Accept": "application/json"})
+            self._own_http = httpx.AsyncClient(
+                timeout=self.timeout, headers={"Accept": "application/json"}, verify=tls_context()
+            )
             self._own_http_loop = loop
         return self._own_http
 
@@ -542,20 +541,12 @@ class CIBAClient:
     # -- discovery -----------------------------------------------------------------------------------
     async def discover(self, *, refresh: bool = False) -> ProviderMetadata:
         """The provider's CIBA endpoints from `{issuer}/.well-known/openid-configuration` (cached)."""
-        if (
-            not refresh
-            and self._metadata is not None
-            and time.monotonic() - self._metadata_at < self.discovery_ttl
-        ):
+        if not refresh and self._metadata is not None and time.monotonic() - self._metadata_at < self.discovery_ttl:
             return self._metadata
         if self._discovery_lock is None:
             self._discovery_lock = asyncio.Lock()
         async with self._discovery_lock:
-            if (
-                not refresh
-                and self._metadata is not None
-                and time.monotonic() - self._metadata_at < self.discovery_ttl
-            ):
+            if not refresh and self._metadata is not None and time.monotonic() - self._metadata_at < self.discovery_ttl:
                 return self._metadata
             url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
             response = await self._send("discovery", "GET", url, replay_safe=True)
@@ -618,9 +609,7 @@ class CIBAClient:
         if not isinstance(user_id, str) or not user_id.strip():
             raise CIBAError("invalid_request", "a user id is required for the login hint")
         if requested_expiry is not None and (
-            isinstance(requested_expiry, bool)
-            or not isinstance(requested_expiry, int)
-            or requested_expiry <= 0
+            isinstance(requested_expiry, bool) or not isinstance(requested_expiry, int) or requested_expiry <= 0
         ):
             raise CIBAError("invalid_request", "requested_expiry must be a positive number of seconds")
         details_json: str | None = None
@@ -663,18 +652,14 @@ class CIBAClient:
             raise CIBAError(error or "invalid_response", description, response.status_code)
         body = _json_object(response)
         if body is None or not isinstance(body.get("auth_req_id"), str) or not body["auth_req_id"]:
-            raise CIBAError(
-                "invalid_response", "the backchannel response has no auth_req_id", response.status_code
-            )
+            raise CIBAError("invalid_response", "the backchannel response has no auth_req_id", response.status_code)
         expires_in = body.get("expires_in")
         if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
             raise CIBAError("invalid_response", "the backchannel response has no valid expires_in", 200)
         interval = body.get("interval")
         if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
             interval = DEFAULT_INTERVAL
-        return BackchannelResponse(
-            auth_req_id=body["auth_req_id"], expires_in=int(expires_in), interval=int(interval)
-        )
+        return BackchannelResponse(auth_req_id=body["auth_req_id"], expires_in=int(expires_in), interval=int(interval))
 
     async def poll(self, auth_req_id: str, *, interval: int = DEFAULT_INTERVAL) -> PollResult:
         """Ask the token endpoint once whether `auth_req_id` was approved.
@@ -709,9 +694,7 @@ class CIBAClient:
     def _token_set(response: httpx.Response) -> TokenSet:
         body = _json_object(response)
         if body is None or not isinstance(body.get("access_token"), str) or not body["access_token"]:
-            raise CIBAError(
-                "invalid_response", "the token response has no access_token", response.status_code
-            )
+            raise CIBAError("invalid_response", "the token response has no access_token", response.status_code)
         token_type = body.get("token_type")
         expires_in = body.get("expires_in")
         scope = body.get("scope")

@@ -33,9 +33,7 @@ class CIBACredentials(BaseModel):
     __str__ = __repr__
 
 
-_credentials: contextvars.ContextVar[CIBACredentials | None] = contextvars.ContextVar(
-    "ciba_credentials", default=None
-)
+_credentials: contextvars.ContextVar[CIBACredentials | None] = contextvars.ContextVar("ciba_credentials", default=None)
 
 
 def get_ciba_credentials() -> CIBACredentials | None:

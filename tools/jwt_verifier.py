@@ -24,6 +24,8 @@ from typing import Any
 import httpx
 import jwt
 
+from tools.http_pool import tls_context
+
 log = logging.getLogger(__name__)
 
 ASYMMETRIC_ALGORITHMS: tuple[str, ...] = (
@@ -155,7 +157,7 @@ class JWTVerifier:
             if self._http is not None:
                 document = await self._fetch(self._http)
             else:
-                async with httpx.AsyncClient(timeout=self.timeout) as client:
+                async with httpx.AsyncClient(timeout=self.timeout, verify=tls_context()) as client:
                     document = await self._fetch(client)
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("fetching the signing keys of %s failed: %s", self.issuer, type(exc).__name__)
@@ -174,9 +176,7 @@ class JWTVerifier:
 
     async def _fetch(self, client: httpx.AsyncClient) -> Any:
         if self._jwks_uri is None:
-            discovery = await self._get_json(
-                client, self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-            )
+            discovery = await self._get_json(client, self.issuer.rstrip("/") + "/.well-known/openid-configuration")
             uri = discovery.get("jwks_uri") if isinstance(discovery, dict) else None
             if not isinstance(uri, str) or not uri:
                 raise ValueError("no jwks_uri in the discovery document")

@@ -28,9 +28,7 @@ def purchase_details(ticker: str, quantity: int, price: float | None = None) -> 
     ]
 
 
-def approves_order(
-    details: Sequence[Mapping[str, Any]], ticker: str, quantity: int, limit_price: float | None
-) -> bool:
+def approves_order(details: Sequence[Mapping[str, Any]], ticker: str, quantity: int, limit_price: float | None) -> bool:
     """Whether one of `details` is a purchase of exactly this order."""
     for entry in details:
         if not isinstance(entry, Mapping) or entry.get("type") != STOCK_PURCHASE_TYPE:

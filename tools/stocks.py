@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tools.base import Tool, ToolContext, ToolError, TransientToolError, current_tool_context
 from tools.credentials_context import get_ciba_credentials
+from tools.http_pool import shared_client
 from tools.stock_prices import CURRENCY, MAX_QUANTITY, UnknownTickerError, get_price, normalize_ticker
 
 CHECKOUT_API_PREFIX = "/api/checkout"
@@ -147,22 +148,22 @@ async def _place_order(
         "Accept": "application/json",
     }
     response: httpx.Response | None = None
-    async with httpx.AsyncClient(timeout=request_timeout) as client:
-        for attempt in range(len(_RETRY_DELAYS) + 1):
-            try:
-                response = await client.post(url, json=body, headers=headers)
-            except httpx.HTTPError as exc:
-                if attempt < len(_RETRY_DELAYS):
-                    await asyncio.sleep(_RETRY_DELAYS[attempt])
-                    continue
-                raise TransientToolError(
-                    f"buy_stock could not reach the checkout API ({type(exc).__name__}); it will try again",
-                    DEFAULT_RETRY_AFTER,
-                ) from None
-            if response.status_code in _RETRY_STATUSES and attempt < len(_RETRY_DELAYS):
+    client = shared_client()
+    for attempt in range(len(_RETRY_DELAYS) + 1):
+        try:
+            response = await client.post(url, json=body, headers=headers, timeout=request_timeout)
+        except httpx.HTTPError as exc:
+            if attempt < len(_RETRY_DELAYS):
                 await asyncio.sleep(_RETRY_DELAYS[attempt])
                 continue
-            break
+            raise TransientToolError(
+                f"buy_stock could not reach the checkout API ({type(exc).__name__}); it will try again",
+                DEFAULT_RETRY_AFTER,
+            ) from None
+        if response.status_code in _RETRY_STATUSES and attempt < len(_RETRY_DELAYS):
+            await asyncio.sleep(_RETRY_DELAYS[attempt])
+            continue
+        break
     assert response is not None
     status = response.status_code
     if status in (200, 201):
