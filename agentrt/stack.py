@@ -37,6 +37,8 @@ from typing import Any
 import httpx
 
 from agentrt.dev_secrets import load_or_create as load_or_create_dev_secrets
+from auth.issuer import issuer_url
+from devservers.server_thread import free_port
 
 logger = logging.getLogger("agentrt.stack")
 
@@ -105,9 +107,7 @@ def port_or_free(preferred: int | None, host: str = DEFAULT_HOST) -> int:
                 return preferred
             except OSError:
                 pass
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_port(host)
 
 
 @dataclass
@@ -202,14 +202,14 @@ class Stack:
         return self
 
     def _ciba_settings(self) -> Any:
-        from tools.auth_settings import AuthSettings
+        from auth.settings import AuthSettings
 
         return AuthSettings(**{k: v for k, v in self.agent_env.items() if k.startswith(("AUTH", "CIBA_"))})
 
     def _check_ciba_client(self) -> None:
         """Fail at start-up, with a message naming what to fix, when the CIBA client cannot authenticate
         (a missing or unusable key, a wrong secret or key): otherwise every purchase would fail later."""
-        from tools.auth_settings import AuthConfigError
+        from auth.settings import AuthConfigError
         from tools.ciba_client import CIBAClient, CIBAError, CIBATransientError
 
         try:
@@ -258,7 +258,10 @@ class Stack:
         if self.uses_dev_checkout():
             from devservers.checkout_api import CheckoutServer
 
-            issuer = self.authz.issuer if self.authz is not None else _issuer_url(self.env)
+            if self.authz is not None:
+                issuer = self.authz.issuer
+            else:
+                issuer = issuer_url(self.env.get("AUTH_ISSUER"), self.env.get("AUTH0_DOMAIN"))
             storage = Path(opts.storage_dir)
             storage.mkdir(parents=True, exist_ok=True)
             self.checkout = CheckoutServer(
@@ -281,7 +284,7 @@ class Stack:
 
     def _dev_client_public_key(self, client_id: str) -> bytes:
         """private_key_jwt against the dev server: it registers the public half of the configured key."""
-        from tools.auth_settings import AuthConfigError, AuthSettings
+        from auth.settings import AuthConfigError, AuthSettings
 
         env = {k: v for k, v in self.env.items() if k.startswith("CIBA_")}
         try:
@@ -411,13 +414,6 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _issuer_url(env: Mapping[str, str]) -> str:
-    issuer = env.get("AUTH_ISSUER") or env.get("AUTH0_DOMAIN") or ""
-    if "://" not in issuer:
-        issuer = f"https://{issuer}"
-    return issuer.rstrip("/") + "/"
 
 
 def wait_for_http(url: str, *, timeout: float = 60.0, interval: float = 0.2) -> httpx.Response:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from agents.errors import UnauthenticatedError
-from tools.auth_settings import AuthSettings
-from tools.jwt_verifier import InvalidTokenError, JWTVerifier, shared_verifier
+from auth.settings import AuthSettings
+from auth.verifier import InvalidTokenError, JWTVerifier, shared_verifier
 
 
 class AuthAgent:

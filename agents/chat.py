@@ -16,8 +16,8 @@ from agents.ai_chat_agent import AIChatAgent
 from agents.auth_agent import AuthAgent
 from agents.owned_agent import OwnedAgent
 from agents.resumer import AsyncUserConfirmationResumer
+from auth.settings import AuthSettings
 from tools.async_confirmation import with_async_user_confirmation
-from tools.auth_settings import AuthSettings
 from tools.base import Tool, current_tool_context
 from tools.ciba_client import CIBAClient
 from tools.ciba_ping import ping_key

@@ -17,8 +17,8 @@ import time
 from typing import Any
 
 from agents.messages import ToolCall
+from auth.settings import AuthSettings
 from runtime import turn
-from tools.auth_settings import AuthSettings
 from tools.base import ToolContext
 from tools.ciba_ping import notification_target, ping_key
 from tools.interrupts import AsyncAuthorizationInterrupt

@@ -55,14 +55,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from auth.client_assertion import CLIENT_ASSERTION_TYPE
+from auth.http_pool import tls_context
 from devservers.server_thread import ServerThread, free_port
-from tools.client_assertion import CLIENT_ASSERTION_TYPE
-from tools.http_pool import tls_context
+from tools.ciba_client import BINDING_MESSAGE_RE
 
 log = logging.getLogger(__name__)
 
 CIBA_GRANT_TYPE = "urn:openid:params:grant-type:ciba"
-BINDING_MESSAGE_RE = re.compile(r"[A-Za-z0-9 +\-_.,:#]{1,64}")
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 SLOW_DOWN_INCREMENT = 5

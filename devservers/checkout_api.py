@@ -36,8 +36,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from auth.verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError
 from devservers.server_thread import ServerThread
-from tools.jwt_verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError
 from tools.order_details import approves_order
 from tools.stock_prices import (
     CURRENCY,
@@ -97,7 +97,7 @@ def _token_scopes(claims: Mapping[str, Any]) -> set[str]:
 
 
 class TokenVerifier:
-    """Verify a checkout access token with the project's one JWT verifier (`tools.jwt_verifier`): signature
+    """Verify a checkout access token with the project's one JWT verifier (`auth.verifier`): signature
     against the issuer's keys (`jwks_uri` from OIDC discovery unless `jwks_url` is given: no provider's
     paths are assumed), asymmetric algorithm allow-list, `iss`, `aud`, `exp`/`nbf`; then the scope."""
 

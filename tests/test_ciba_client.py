@@ -8,6 +8,8 @@ import time
 import httpx
 import pytest
 
+from auth.client_assertion import CLIENT_ASSERTION_TYPE, ClientAssertionSigner, generate_private_key_pem
+from auth.verifier import JWTVerifier
 from devservers.authz_server import DevAuthorizationServer
 from tests.ciba_fixtures import (
     ALICE,
@@ -34,8 +36,6 @@ from tools.ciba_client import (
     SlowDown,
     validate_binding_message,
 )
-from tools.client_assertion import CLIENT_ASSERTION_TYPE, ClientAssertionSigner, generate_private_key_pem
-from tools.jwt_verifier import JWTVerifier
 
 
 async def poll_until_decided(ciba: CIBAClient, response: BackchannelResponse, timeout: float = 10.0) -> object:
@@ -426,7 +426,7 @@ async def test_private_key_jwt_end_to_end_and_a_wrong_key_is_refused_at_once() -
 
 
 def test_an_unusable_private_key_is_a_configuration_error_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tools.auth_settings import AuthConfigError, AuthSettings
+    from auth.settings import AuthConfigError, AuthSettings
 
     monkeypatch.setenv("AUTH_ISSUER", "https://issuer.example/")
     monkeypatch.setenv("AUTH0_CLIENT_ID", "pkj-agent")

@@ -13,9 +13,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from devservers.authz_server import DevAuthorizationServer, SigningKey
-from tests.ciba_fixtures import API_AUDIENCE, authz  # noqa: F401  (fixture)
-from tools.jwt_verifier import (
+from auth.verifier import (
     DisallowedAlgorithmError,
     InvalidAudienceError,
     InvalidIssuerError,
@@ -28,6 +26,8 @@ from tools.jwt_verifier import (
     TokenNotYetValidError,
     UnknownSigningKeyError,
 )
+from devservers.authz_server import DevAuthorizationServer, SigningKey
+from tests.ciba_fixtures import API_AUDIENCE, authz  # noqa: F401  (fixture)
 
 
 def b64(data: bytes) -> str:

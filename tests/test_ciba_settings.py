@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from tools.auth_settings import AuthConfigError, AuthSettings
+from auth.settings import AuthConfigError, AuthSettings
 from tools.ciba_client import CIBAClient
 
 SECRET = "client-secret-value-0123456789"

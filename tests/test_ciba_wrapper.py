@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from auth.verifier import JWTVerifier
 from devservers.authz_server import DevAuthorizationServer
 from tests.ciba_fixtures import (
     ALICE,
@@ -46,7 +47,6 @@ from tools.interrupts import (
     AuthorizationPollingInterrupt,
     AuthorizationRequestExpiredInterrupt,
 )
-from tools.jwt_verifier import JWTVerifier
 
 ARGS = BuyArgs(ticker="MSFT", quantity=10)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from auth.client_assertion import ClientAssertionSigner, generate_private_key_pem
 from devservers.authz_server import DevAuthorizationServer
 from tests.test_cli import clean_env, run_cli
-from tools.client_assertion import ClientAssertionSigner, generate_private_key_pem
 
 pytestmark = pytest.mark.slow
 

@@ -34,12 +34,13 @@ from urllib.parse import quote_plus
 import httpx
 from pydantic import SecretStr
 
-from tools.client_assertion import CLIENT_ASSERTION_TYPE, ClientAssertionSigner
+from auth.client_assertion import CLIENT_ASSERTION_TYPE, ClientAssertionSigner
+from auth.http_pool import tls_context
+from auth.issuer import discovery_url
 from tools.credentials_context import CIBACredentials
-from tools.http_pool import tls_context
 
 if TYPE_CHECKING:
-    from tools.auth_settings import AuthSettings
+    from auth.settings import AuthSettings
 
 log = logging.getLogger(__name__)
 
@@ -548,7 +549,7 @@ class CIBAClient:
         async with self._discovery_lock:
             if not refresh and self._metadata is not None and time.monotonic() - self._metadata_at < self.discovery_ttl:
                 return self._metadata
-            url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            url = discovery_url(self.issuer)
             response = await self._send("discovery", "GET", url, replay_safe=True)
             if response.status_code != 200:
                 raise CIBAError("invalid_configuration", f"discovery answered HTTP {response.status_code}")

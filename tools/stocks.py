@@ -17,15 +17,13 @@ import httpx
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from auth.http_pool import shared_client
 from tools.base import Tool, ToolContext, ToolError, TransientToolError, current_tool_context
+from tools.ciba_client import BINDING_MESSAGE_RE
 from tools.credentials_context import get_ciba_credentials
-from tools.http_pool import shared_client
 from tools.stock_prices import CURRENCY, MAX_QUANTITY, UnknownTickerError, get_price, normalize_ticker
 
 CHECKOUT_API_PREFIX = "/api/checkout"
-
-#: Auth0's rule for a CIBA binding message: 1-64 of letters, digits, spaces and `+-_.,:#`.
-BINDING_MESSAGE_RE = re.compile(r"^[A-Za-z0-9 +\-_.,:#]{1,64}$")
 
 
 class StockToolSettings(BaseSettings):
@@ -251,7 +249,6 @@ get_stock_price = Tool(
 )
 
 __all__ = [
-    "BINDING_MESSAGE_RE",
     "BuyStockParams",
     "StockPriceParams",
     "StockToolSettings",

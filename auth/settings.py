@@ -13,7 +13,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tools.client_assertion import ClientAssertionSigner
+from auth.client_assertion import ClientAssertionSigner
+from auth.errors import AuthConfigError
+from auth.issuer import discovery_url, issuer_url
 
 ClientAuthMethod = Literal["client_secret_post", "client_secret_basic", "private_key_jwt"]
 LoginHintFormat = Literal["iss_sub", "plain"]
@@ -22,10 +24,6 @@ LoginHintFormat = Literal["iss_sub", "plain"]
 MIN_ENCRYPTION_KEY_CHARS = 32
 
 DEFAULT_CHECKOUT_AUDIENCE = "http://localhost:5000/api/checkout"
-
-
-class AuthConfigError(ValueError):
-    """A required authorization setting is missing or malformed; the message names the variable only."""
 
 
 def _env(name: str) -> AliasChoices:
@@ -72,30 +70,13 @@ class AuthSettings(BaseSettings):
     # -- derived values ------------------------------------------------------------------------------
     @property
     def issuer(self) -> str:
-        """The issuer URL: `AUTH_ISSUER` verbatim, else `https://{AUTH0_DOMAIN}/` (Auth0's trailing slash).
-
-        `AUTH_ISSUER` is kept as written because an issuer is compared as a string (`iss` claims, the
-        `iss_sub` login hint); only surrounding whitespace is removed.
-        """
-        if self.auth_issuer and self.auth_issuer.strip():
-            issuer = self.auth_issuer.strip()
-            if not issuer.startswith(("https://", "http://")):
-                raise AuthConfigError("AUTH_ISSUER must be an http(s) URL")
-            return issuer
-        if self.auth0_domain and self.auth0_domain.strip():
-            domain = self.auth0_domain.strip()
-            for prefix in ("https://", "http://"):
-                domain = domain.removeprefix(prefix)
-            domain = domain.rstrip("/")
-            if not domain or "/" in domain:
-                raise AuthConfigError("AUTH0_DOMAIN must be a host name such as 'tenant.us.auth0.com'")
-            return f"https://{domain}/"
-        raise AuthConfigError("set AUTH0_DOMAIN (or AUTH_ISSUER) to the authorization server")
+        """The issuer URL: `AUTH_ISSUER` verbatim, else `https://{AUTH0_DOMAIN}/` (see `auth.issuer`)."""
+        return issuer_url(self.auth_issuer, self.auth0_domain)
 
     @property
     def discovery_url(self) -> str:
         """The OIDC discovery document of `issuer`."""
-        return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        return discovery_url(self.issuer)
 
     # -- checks --------------------------------------------------------------------------------------
     def require_client_id(self) -> str:

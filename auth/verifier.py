@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 import jwt
 
-from tools.http_pool import tls_context
+from auth.http_pool import tls_context
+from auth.issuer import discovery_url
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class JWTVerifier:
 
     async def _fetch(self, client: httpx.AsyncClient) -> Any:
         if self._jwks_uri is None:
-            discovery = await self._get_json(client, self.issuer.rstrip("/") + "/.well-known/openid-configuration")
+            discovery = await self._get_json(client, discovery_url(self.issuer))
             uri = discovery.get("jwks_uri") if isinstance(discovery, dict) else None
             if not isinstance(uri, str) or not uri:
                 raise ValueError("no jwks_uri in the discovery document")

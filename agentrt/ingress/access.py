@@ -1,0 +1,88 @@
+"""Who is calling, and which thread: the FastAPI dependencies every thread route starts with.
+
+Tokens are verified twice on the way to a thread, once per hop, each for its own reason: here at the
+edge, so an unauthenticated request never costs the cluster an actor (and a bad token is a 401 before any
+agent wakes); and in the agent (`AuthAgent`), because agents are also called from Python scripts and by
+any Ray client in the namespace, and trust no caller. Each process keeps the tokens it verified for up to
+a minute (`auth.verifier`), so the chat agent and the directory agent of one host share one verification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from agentrt.ingress.errors import HttpProblem, bearer_required
+from agentrt.ingress.gateway import AgentGateway, gateway
+from auth.settings import AuthSettings
+from auth.verifier import InvalidTokenError, SigningKeysUnavailableError, shared_verifier
+from runtime import AgentHandle, validate_agent_id
+
+bearer_scheme = HTTPBearer(auto_error=False, description="A JWT from the configured issuer (audience: the agent API).")
+
+
+async def verified_claims(token: str) -> dict[str, Any]:
+    """The claims of a valid token of the configured issuer and audience, else a 401 (503 if the issuer's
+    keys cannot be fetched)."""
+    settings = AuthSettings()
+    verifier = shared_verifier(settings.issuer, settings.require_api_audience())
+    try:
+        claims = await verifier.verify(token)
+    except SigningKeysUnavailableError:
+        detail = "the issuer's signing keys cannot be fetched; retry"
+        raise HttpProblem(503, "authz_unavailable", detail, {"Retry-After": "5"}) from None
+    except InvalidTokenError as exc:
+        challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        raise HttpProblem(401, "unauthenticated", f"invalid token: {exc.reason}", challenge) from None
+    if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+        raise HttpProblem(401, "unauthenticated", "the token has no subject", {"WWW-Authenticate": "Bearer"})
+    return claims
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated caller: their raw token (passed on to the agents) and subject."""
+
+    token: str
+    subject: str
+
+
+async def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> Caller:
+    if credentials is None or not credentials.credentials.strip():
+        raise bearer_required()
+    token = credentials.credentials.strip()
+    return Caller(token=token, subject=(await verified_claims(token))["sub"])
+
+
+def thread_id_param(thread_id: str) -> str:
+    return validate_agent_id(thread_id)
+
+
+@dataclass(frozen=True)
+class ThreadAccess:
+    """A caller bound to an existing thread's agent: `await thread.call("get_messages")` sends the method
+    with the caller's token first, as every thread method expects."""
+
+    caller: Caller
+    thread_id: str
+    handle: AgentHandle[Any]
+    gateway: AgentGateway
+
+    async def call(self, method: str, *args: Any, cancel_remote: bool = False) -> Any:
+        return await self.gateway.call(self.handle, method, self.caller.token, *args, cancel_remote=cancel_remote)
+
+    async def poll(self, after: int, epoch: str | None, wait: float) -> dict[str, Any]:
+        """One `poll_events` long-poll (up to `wait` s); cancelling it cancels the call in the agent too."""
+        return await self.call("poll_events", after, epoch, wait, cancel_remote=True)
+
+    async def reconnect(self) -> ThreadAccess:
+        """The same access through a fresh handle (after the agent's host went away)."""
+        return ThreadAccess(self.caller, self.thread_id, await self.gateway.chat(self.thread_id), self.gateway)
+
+
+async def thread_access(thread_id: str = Depends(thread_id_param), who: Caller = Depends(caller)) -> ThreadAccess:
+    """An existing thread (an unknown id is a 404 at the first call, and starts nothing)."""
+    return ThreadAccess(who, thread_id, await gateway.chat(thread_id), gateway)

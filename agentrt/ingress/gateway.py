@@ -1,0 +1,95 @@
+"""`AgentGateway`: handles to the thread and directory agents, with the runtime's and Ray's errors mapped to
+HTTP answers. One per replica process (`gateway`): handles are cached, so a hot thread costs no lookup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable
+from typing import Any
+
+from ray.exceptions import RayError
+
+from agentrt.ingress.errors import HttpProblem, agent_unavailable
+from agents.errors import ChatError
+from auth.errors import AuthConfigError
+from runtime import AgentCapacityError, AgentHandle, AgentNotFoundError, InvalidAgentIdError, validate_agent_id
+
+logger = logging.getLogger("agentrt.ingress")
+
+
+class AgentGateway:
+    """Handles to the thread and directory agents, with the runtime's and Ray's errors mapped to HTTP."""
+
+    def __init__(self, max_cached: int = 10_000) -> None:
+        self.max_cached = max_cached
+        self._handles: OrderedDict[tuple[str, str, bool], AgentHandle[Any]] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def _handle(self, kind: str, agent_id: str, create: bool) -> AgentHandle[Any]:
+        from runtime import get_agent
+
+        key = (kind, agent_id, create)
+        handle = self._handles.get(key)
+        if handle is not None:
+            self._handles.move_to_end(key)
+            return handle
+        if kind == "chat":
+            from agents.chat import Chat as cls
+        else:
+            from agents.directory import ThreadDirectory as cls  # type: ignore[assignment]
+        validate_agent_id(agent_id)
+        try:  # the first handle of a storage root looks up (or starts) its actors: keep the event loop free
+            handle = await asyncio.to_thread(get_agent, cls, agent_id, create=create)
+        except RayError:
+            raise agent_unavailable() from None
+        self._handles[key] = handle
+        while len(self._handles) > self.max_cached:
+            self._handles.popitem(last=False)
+        return handle
+
+    async def chat(self, thread_id: str, *, create: bool = False) -> AgentHandle[Any]:
+        """The thread's agent. Only creating or posting to a thread may create one (`create=True`): every
+        other route on an unknown id is a 404 that starts nothing."""
+        return await self._handle("chat", thread_id, create)
+
+    async def directory(self, subject: str) -> AgentHandle[Any]:
+        from agents.directory import directory_id_for
+
+        return await self._handle("directory", directory_id_for(subject), True)
+
+    async def call(
+        self, handle: AgentHandle[Any], method: str, *args: Any, cancel_remote: bool = False, **kwargs: Any
+    ) -> Any:
+        """`handle.method(*args)`; with `cancel_remote`, cancelling the caller cancels the call in the agent."""
+        try:
+            return await handle.invoke(method, *args, _cancel_remote=cancel_remote, **kwargs)
+        except (ChatError, InvalidAgentIdError, AuthConfigError):
+            raise
+        except AgentNotFoundError:
+            raise HttpProblem(404, "thread_not_found", "no thread with this id") from None
+        except AgentCapacityError as exc:
+            retry = str(max(1, round(exc.retry_after)))
+            detail = "every live thread is busy; retry shortly"
+            raise HttpProblem(503, "at_capacity", detail, {"Retry-After": retry}) from None
+        except RayError as exc:
+            logger.warning("agent call %s failed: %s", method, type(exc).__name__)
+            raise agent_unavailable() from None
+
+    def background(self, awaitable: Awaitable[Any], what: str) -> None:
+        """Run `awaitable` after the answer; best effort, its failure never fails the request."""
+
+        async def run() -> None:
+            try:
+                await awaitable
+            except Exception as exc:
+                logger.warning("%s failed: %s", what, type(exc).__name__)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+gateway = AgentGateway()
+"""This replica's gateway."""

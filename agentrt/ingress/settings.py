@@ -1,0 +1,61 @@
+"""The ingress's own configuration, read from the Serve replica's environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from auth.errors import AuthConfigError
+from auth.issuer import issuer_url
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+
+
+class IngressSettings(BaseSettings):
+    """The ingress's own configuration (environment of the Serve replicas)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    dev_authz_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AGENTRT_DEV_AUTHZ_URL"),
+        description="Base URL of the dev authorization server (enables demo sign-in on the page).",
+    )
+    approvals_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AGENTRT_APPROVALS_URL"),
+        description="Where users approve requests (default: the dev server's /approvals page).",
+    )
+    auth_issuer: str | None = Field(default=None, validation_alias=AliasChoices("AUTH_ISSUER"))
+    auth0_domain: str | None = Field(default=None, validation_alias=AliasChoices("AUTH0_DOMAIN"))
+    audience: str | None = Field(default=None, validation_alias=AliasChoices("AUTH0_AUDIENCE"))
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES, ge=1, validation_alias=AliasChoices("AGENTRT_MAX_BODY_BYTES")
+    )
+    max_message_chars: int = Field(default=8000, validation_alias=AliasChoices("CHAT_MAX_MESSAGE_CHARS"))
+    poll_timeout: float = Field(default=20.0, validation_alias=AliasChoices("AGENTRT_POLL_TIMEOUT"))
+    sse_ping_seconds: float = Field(default=15.0, validation_alias=AliasChoices("AGENTRT_SSE_PING_SECONDS"))
+    max_threads_per_user: int = Field(
+        default=1000,
+        ge=1,
+        validation_alias=AliasChoices("AGENT_MAX_THREADS_PER_USER"),
+        description="Threads one user may create; the next is refused with 429.",
+    )
+
+    def public_issuer(self) -> str | None:
+        """The issuer the agents accept (`auth.issuer` rules), or None when none is configured."""
+        try:
+            return issuer_url(self.auth_issuer, self.auth0_domain)
+        except AuthConfigError:
+            return None
+
+    def dev_base(self) -> str | None:
+        return self.dev_authz_url.rstrip("/") if self.dev_authz_url else None
+
+
+@lru_cache(maxsize=1)
+def ingress_settings() -> IngressSettings:
+    """The replica's settings, read once (a FastAPI dependency)."""
+    return IngressSettings()

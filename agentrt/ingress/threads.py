@@ -1,0 +1,218 @@
+"""The thread routes: create, list, describe, messages (JSON or a stream of the turn), approvals, events.
+
+Each starts from the `caller` or `thread_access` dependency (the token verified, the thread's agent bound)
+and is a call or two on the agent; what the agent refuses comes back as its typed error, mapped to JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from sse_starlette import EventSourceResponse
+
+from agentrt.ingress.access import Caller, ThreadAccess, caller, thread_access
+from agentrt.ingress.errors import HttpProblem
+from agentrt.ingress.gateway import gateway
+from agentrt.ingress.schemas import (
+    CREATE_RESPONSES,
+    ERROR_RESPONSES,
+    SSE_DESCRIPTION,
+    CreateThreadRequest,
+    ErrorBody,
+    InterruptList,
+    MessageList,
+    SendMessageRequest,
+    ThreadCreated,
+    ThreadDescription,
+    ThreadList,
+    ThreadSummary,
+    ToolResultRequest,
+)
+from agentrt.ingress.settings import IngressSettings, ingress_settings
+from agentrt.ingress.streams import FAR_AFTER, SSE_HEADERS, dump, parse_resume_point, thread_stream, turn_stream
+from agents.errors import NotOwnerError
+from runtime import validate_agent_id
+
+router = APIRouter()
+
+
+async def open_thread(who: Caller, thread_id: str, settings: IngressSettings) -> dict[str, Any]:
+    """Create-or-open a thread for the caller: first its place in their directory (where the per-user quota
+    is checked, atomically), then the agent itself, which makes the caller its owner. Someone else's thread
+    is refused by the agent (403) and its directory place given back before the answer."""
+    directory = await gateway.directory(who.subject)
+    entry = await gateway.call(directory, "add", who.token, thread_id, settings.max_threads_per_user)
+    chat = await gateway.chat(thread_id, create=True)
+    try:
+        await gateway.call(chat, "claim", who.token)
+    except NotOwnerError:
+        if entry["created"]:
+            await gateway.call(directory, "remove", who.token, thread_id)
+        raise
+    return entry
+
+
+async def call_or_create(thread: ThreadAccess, settings: IngressSettings, method: str, *args: Any) -> Any:
+    """`thread.call(method, *args)`; a thread that does not exist yet is created first (posting to a new id
+    creates it, within the caller's quota)."""
+    try:
+        return await thread.call(method, *args)
+    except HttpProblem as exc:
+        if exc.error != "thread_not_found":
+            raise
+    await open_thread(thread.caller, thread.thread_id, settings)
+    return await thread.call(method, *args)
+
+
+def note_activity(thread: ThreadAccess, content: str) -> None:
+    """Keep the caller's thread directory current (title, last activity); best effort, off the hot path."""
+
+    async def touch() -> None:
+        directory = await gateway.directory(thread.caller.subject)
+        await gateway.call(directory, "touch", thread.caller.token, thread.thread_id, content)
+
+    gateway.background(touch(), "updating the thread directory")
+
+
+def checked_message(content: str, settings: IngressSettings) -> str:
+    text = content.strip()
+    if not text:
+        raise HttpProblem(422, "invalid_message", "message is empty")
+    if len(text) > settings.max_message_chars:
+        limit = settings.max_message_chars
+        raise HttpProblem(422, "invalid_message", f"message is too long ({len(text)} characters; the limit is {limit})")
+    return text
+
+
+def wants_event_stream(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "").lower()
+
+
+@router.post(
+    "/threads",
+    status_code=201,
+    response_model=ThreadCreated,
+    responses={200: {"model": ThreadCreated, "description": "The caller already had this thread."}, **CREATE_RESPONSES},
+    tags=["threads"],
+)
+async def create_thread(
+    body: CreateThreadRequest | None = None,
+    who: Caller = Depends(caller),
+    settings: IngressSettings = Depends(ingress_settings),
+) -> Response:
+    """Create a thread (or open one of yours by id). The caller becomes its owner."""
+    thread_id = validate_agent_id(body.thread_id) if body and body.thread_id is not None else str(uuid.uuid4())
+    entry = await open_thread(who, thread_id, settings)
+    summary = {k: v for k, v in entry.items() if k != "created"}
+    created = ThreadCreated(**summary, owner=who.subject, created=entry["created"])
+    return JSONResponse(created.model_dump(mode="json"), status_code=201 if created.created else 200)
+
+
+@router.get("/threads", response_model=ThreadList, responses=ERROR_RESPONSES, tags=["threads"])
+async def list_threads(limit: int = Query(100, ge=1, le=500), who: Caller = Depends(caller)) -> ThreadList:
+    """The caller's threads, most recently active first."""
+    directory = await gateway.directory(who.subject)
+    rows = await gateway.call(directory, "list_threads", who.token, limit)
+    return ThreadList(threads=[ThreadSummary(**row) for row in rows])
+
+
+@router.get("/threads/{thread_id}", response_model=ThreadDescription, responses=ERROR_RESPONSES, tags=["threads"])
+async def describe_thread(thread: ThreadAccess = Depends(thread_access)) -> ThreadDescription:
+    """The thread's owner, message count and last activity."""
+    return ThreadDescription(**await thread.call("describe"))
+
+
+@router.post(
+    "/threads/{thread_id}/messages",
+    response_model=MessageList,
+    responses={
+        200: {
+            "description": "The new messages; or, with `Accept: text/event-stream`, a stream of the turn's "
+            "events then a final `done` event (`{thread_id, messages}`) or `failed` (`{error, detail}`).",
+            "content": {"text/event-stream": {"schema": {"type": "string", "description": SSE_DESCRIPTION}}},
+        },
+        **CREATE_RESPONSES,
+    },
+    tags=["messages"],
+)
+async def send_message(
+    request: Request,
+    body: SendMessageRequest,
+    thread: ThreadAccess = Depends(thread_access),
+    settings: IngressSettings = Depends(ingress_settings),
+) -> Response:
+    """Send a message and run the whole turn (the model, and any tools it calls)."""
+    content = checked_message(body.content, settings)
+    if not wants_event_stream(request):
+        messages = await call_or_create(thread, settings, "send_message", content)
+        note_activity(thread, content)
+        return JSONResponse({"thread_id": thread.thread_id, "messages": dump(messages)})
+    # a first zero-wait poll: auth errors become HTTP errors here, before the stream starts
+    start = await call_or_create(thread, settings, "poll_events", FAR_AFTER, None, 0.0)
+    turn = asyncio.ensure_future(thread.call("send_message", content))
+    turn.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even if the client left
+    stream = turn_stream(thread, turn, start, settings.poll_timeout, lambda: note_activity(thread, content))
+    return EventSourceResponse(stream, ping=settings.sse_ping_seconds, headers=SSE_HEADERS)
+
+
+@router.get("/threads/{thread_id}/messages", response_model=MessageList, responses=ERROR_RESPONSES, tags=["messages"])
+async def get_messages(thread: ThreadAccess = Depends(thread_access)) -> Response:
+    """The whole thread in order (tool results follow the call that asked for them)."""
+    return JSONResponse({"thread_id": thread.thread_id, "messages": dump(await thread.call("get_messages"))})
+
+
+@router.get(
+    "/threads/{thread_id}/interrupts", response_model=InterruptList, responses=ERROR_RESPONSES, tags=["approvals"]
+)
+async def get_interrupts(thread: ThreadAccess = Depends(thread_access)) -> Response:
+    """Tool calls waiting for the user: on their device (CIBA) or for an in-chat confirmation."""
+    approvals = await thread.call("get_pending_approvals")
+    return JSONResponse({"thread_id": thread.thread_id, "interrupts": dump(approvals)})
+
+
+@router.post(
+    "/threads/{thread_id}/tool-results",
+    response_model=MessageList,
+    responses={
+        404: {"model": ErrorBody, "description": "No tool call with that id in this thread."},
+        409: {"model": ErrorBody, "description": "The tool call is not waiting for a confirmation."},
+        **ERROR_RESPONSES,
+    },
+    tags=["approvals"],
+)
+async def submit_tool_result(body: ToolResultRequest, thread: ThreadAccess = Depends(thread_access)) -> Response:
+    """Approve or deny a tool call waiting for an in-chat confirmation; the turn then continues."""
+    messages = await thread.call("submit_tool_result", body.tool_call_id, body.approved)
+    return JSONResponse({"thread_id": thread.thread_id, "messages": dump(messages)})
+
+
+@router.get(
+    "/threads/{thread_id}/events",
+    responses={
+        200: {"description": SSE_DESCRIPTION, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **ERROR_RESPONSES,
+    },
+    response_class=Response,
+    tags=["messages"],
+)
+async def events(
+    request: Request,
+    after: int | None = Query(None, ge=0, description="Replay events after this seq (same epoch)."),
+    epoch: str | None = Query(None, max_length=64, description="The epoch `after` belongs to."),
+    thread: ThreadAccess = Depends(thread_access),
+    settings: IngressSettings = Depends(ingress_settings),
+) -> Response:
+    """Everything that happens in the thread, live: a first `ready` event, then the thread's events.
+
+    Resume with `Last-Event-ID` (sent automatically by EventSource) or `?after=<seq>&epoch=<epoch>`.
+    A `reset` event means the agent restarted or events were missed: re-read `GET /messages`.
+    """
+    resume_after, resume_epoch = parse_resume_point(request.headers.get("last-event-id"), after, epoch)
+    # the first poll verifies the token in the agent: its errors are HTTP errors, not stream events
+    first = await thread.poll(FAR_AFTER if resume_after is None else resume_after, resume_epoch, 0.0)
+    stream = thread_stream(thread, first, resume_after, resume_epoch, settings.poll_timeout)
+    return EventSourceResponse(stream, ping=settings.sse_ping_seconds, headers=SSE_HEADERS)
