@@ -13,7 +13,6 @@ Client commands talk to `--url` (default `$AGENTRT_URL` or http://127.0.0.1:8000
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import threading
@@ -28,7 +27,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from agentrt.client import AgentRuntimeClient, ApiError, ServerEvent, dev_login
+from agentrt.client import AgentRuntimeClient, ApiError, dev_login
 
 app = typer.Typer(
     name="agentrt",
@@ -546,10 +545,6 @@ def _ago(timestamp: float | None) -> str:
     if delta < 86400:
         return f"{int(delta // 3600)} h ago"
     return time.strftime("%Y-%m-%d", time.localtime(timestamp))
-
-
-def _event_json(event: ServerEvent) -> str:
-    return json.dumps({"event": event.event, "id": event.id, "data": event.data})
 
 
 if __name__ == "__main__":  # pragma: no cover

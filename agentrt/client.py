@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource
 
 
 class ApiError(Exception):
@@ -42,29 +43,15 @@ class ServerEvent:
 
 
 async def iter_sse(response: httpx.Response) -> AsyncIterator[ServerEvent]:
-    """Parse a `text/event-stream` response (comments such as keep-alive pings are skipped)."""
-    event, data_lines, event_id = "message", [], None
-    async for line in response.aiter_lines():
-        if line == "":
-            if data_lines:
-                raw = "\n".join(data_lines)
-                try:
-                    data: Any = json.loads(raw)
-                except ValueError:
-                    data = raw
-                yield ServerEvent(event=event, data=data, id=event_id, raw=raw)
-            event, data_lines, event_id = "message", [], None
+    """Parse a `text/event-stream` response (httpx-sse; comments such as keep-alive pings are skipped)."""
+    async for sse in EventSource(response).aiter_sse():
+        if not sse.data:
             continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            event = value
-        elif name == "data":
-            data_lines.append(value)
-        elif name == "id":
-            event_id = value
+        try:
+            data: Any = json.loads(sse.data)
+        except ValueError:
+            data = sse.data
+        yield ServerEvent(event=sse.event or "message", data=data, id=sse.id or None, raw=sse.data)
 
 
 def _raise_for(response: httpx.Response, body: bytes | None = None) -> None:

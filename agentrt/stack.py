@@ -35,10 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
 
 from agentrt.dev_secrets import load_or_create as load_or_create_dev_secrets
+from agentrt.ingress.settings import IngressSettings
+from agents.settings import ChatSettings
 from auth.issuer import issuer_url
+from auth.settings import AuthSettings
 from devservers.server_thread import free_port
+from runtime.settings import RuntimeSettings
+from tools.stocks import StockToolSettings
 
 logger = logging.getLogger("agentrt.stack")
 
@@ -53,45 +60,28 @@ DEV_API_AUDIENCE = "urn:agentrt:api"
 DEV_CHECKOUT_AUDIENCE = "http://localhost:5000/api/checkout"
 APP_NAME = "agentrt"
 
-#: Environment variables passed on to the agents when set in the caller's environment.
-PASSTHROUGH_ENV = (
-    "AUTH0_DOMAIN",
-    "AUTH_ISSUER",
-    "AUTH0_CLIENT_ID",
-    "AUTH0_CLIENT_SECRET",
-    "AUTH0_AUDIENCE",
-    "AUTH0_SESSION_ENCRYPTION_KEY",
-    "CIBA_CLIENT_AUTH_METHOD",
-    "CIBA_CLIENT_ASSERTION_KEY",
-    "CIBA_CLIENT_ASSERTION_KEY_FILE",
-    "CIBA_CLIENT_ASSERTION_KID",
-    "CIBA_DELIVERY_MODE",
-    "CIBA_PING_FALLBACK_SECONDS",
-    "CIBA_LOGIN_HINT_FORMAT",
-    "CHECKOUT_AUDIENCE",
-    "CHECKOUT_API_URL",
-    "CHECKOUT_API_TIMEOUT",
-    "OPENAI_BASE_URL",
-    "OPENAI_API_KEY",
-    "OPENAI_MODEL",
-    "OPENAI_TIMEOUT",
-    "CHAT_MAX_STEPS",
-    "CHAT_MAX_MESSAGE_CHARS",
-    "CHAT_SYSTEM_PROMPT",
-    "AGENT_SQLITE_SYNCHRONOUS",
-    "AGENT_HOSTS",
-    "AGENT_IDLE_SECONDS",
-    "AGENT_MAX_LIVE",
-    "AGENT_ACTIVATION_TIMEOUT",
-    "AGENT_HOST_IDLE_SECONDS",
-    "AGENT_HOST_MAX_CONCURRENCY",
-    "AGENT_MAX_THREADS_PER_USER",
-    "AGENTRT_APPROVALS_URL",
-    "AGENTRT_MAX_BODY_BYTES",
-    "AGENTRT_POLL_TIMEOUT",
-    "AGENTRT_SSE_PING_SECONDS",
-    "PYTHONPATH",
-)
+
+def settings_env_names(*classes: type[BaseSettings]) -> tuple[str, ...]:
+    """The environment variables these settings classes read (their aliases, or prefix + field name)."""
+    names: list[str] = []
+    for cls in classes:
+        prefix = str(cls.model_config.get("env_prefix") or "")
+        for name, info in cls.model_fields.items():
+            alias = info.validation_alias
+            if isinstance(alias, AliasChoices):
+                names.extend(choice for choice in alias.choices if isinstance(choice, str))
+            elif isinstance(alias, str):
+                names.append(alias)
+            else:
+                names.append((prefix + name).upper())
+    return tuple(dict.fromkeys(names))
+
+
+#: Environment variables passed on to the agents when set in the caller's environment: whatever the
+#: settings of the auth layer, the runtime, the chat agent, the stock tools and the ingress read.
+PASSTHROUGH_ENV = settings_env_names(
+    AuthSettings, RuntimeSettings, ChatSettings, StockToolSettings, IngressSettings
+) + ("PYTHONPATH",)
 
 
 class StackError(RuntimeError):
@@ -144,9 +134,6 @@ class StackUrls:
     authz: str | None
     checkout: str | None
     model: str | None
-
-    def as_dict(self) -> dict[str, str | None]:
-        return dict(self.__dict__)
 
 
 class Stack:
@@ -213,7 +200,7 @@ class Stack:
         from tools.ciba_client import CIBAClient, CIBAError, CIBATransientError
 
         try:
-            client = CIBAClient.from_settings(self._ciba_settings())
+            client = CIBAClient.from_settings(self._ciba_settings().validate_for_ciba())
         except AuthConfigError as exc:
             raise StackError(str(exc)) from None
 

@@ -12,7 +12,6 @@ Access control is a pair of hooks every public method goes through: `authenticat
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import json
 import logging
@@ -25,7 +24,7 @@ from openai import APITimeoutError as OpenAITimeout
 
 from agents.errors import InvalidMessageError, ToolCallNotAwaitingError, UnknownToolCallError
 from agents.events import EventLog
-from agents.messages import PENDING_STATES, ChatMessage, PendingApproval, ThreadEvent, ToolCall
+from agents.messages import ChatMessage, PendingApproval, ThreadEvent, ToolCall
 from agents.settings import ChatSettings, chat_settings
 from runtime import Agent, read, turn
 from tools.base import Tool, ToolContext, ToolError, TransientToolError
@@ -40,14 +39,6 @@ AWAITING_CONFIRMATION_TEXT = "Pending: waiting for the user to confirm or deny t
 DENIED_CONFIRMATION_TEXT = "The user denied this action."
 TOOL_RETRY_BASE_SECONDS = 1.0
 TOOL_RETRY_MAX_SECONDS = 60.0
-
-_current_claims: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("claims", default=None)
-
-
-def current_claims() -> dict[str, Any]:
-    """The verified claims of the caller of the current call (empty when the agent has no auth)."""
-    return _current_claims.get() or {}
-
 
 CHAT_MIGRATIONS = [
     """
@@ -134,7 +125,6 @@ class AIChatAgent(Agent):
     async def check_access(self, token: str | None, action: str) -> dict[str, Any]:
         claims = await self.authenticate(token)
         await self.authorize(claims, action)
-        _current_claims.set(claims)
         return claims
 
     # -- public API --------------------------------------------------------------------------------
@@ -276,7 +266,7 @@ class AIChatAgent(Agent):
     async def _run_llm_loop(self) -> None:
         for _ in range(self.settings.max_steps):
             content, raw_calls = await self._call_llm(await self._llm_context())
-            message_id, calls = await self._append_assistant(content, raw_calls)
+            _, calls = await self._append_assistant(content, raw_calls)
             if not calls:
                 return
             for call in calls:
@@ -566,4 +556,4 @@ def _call_from_row(row: Any) -> ToolCall:
     )
 
 
-__all__ = ["AIChatAgent", "PENDING_STATES", "current_claims"]
+__all__ = ["AIChatAgent"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from agents.errors import UnauthenticatedError
 from auth.settings import AuthSettings
-from auth.verifier import InvalidTokenError, JWTVerifier, shared_verifier
+from auth.verifier import InvalidTokenError, JWTVerifier
 
 
 class AuthAgent:
@@ -25,8 +25,7 @@ class AuthAgent:
 
     def jwt_verifier(self) -> JWTVerifier:
         if self._jwt_verifier is None:
-            settings = AuthSettings()
-            self._jwt_verifier = shared_verifier(settings.issuer, settings.require_api_audience())
+            self._jwt_verifier = AuthSettings().shared_verifier()
         return self._jwt_verifier
 
     async def authenticate(self, token: str | None) -> dict[str, Any]:

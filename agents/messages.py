@@ -14,8 +14,6 @@ from pydantic import BaseModel, Field
 ToolCallState = Literal["call", "running", "pending-authorization", "awaiting-confirmation", "result"]
 Role = Literal["system", "user", "assistant", "tool"]
 
-PENDING_STATES: frozenset[str] = frozenset({"call", "running", "pending-authorization", "awaiting-confirmation"})
-
 
 class ToolCall(BaseModel):
     """One call the model asked for, and what became of it."""

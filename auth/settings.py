@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from auth.client_assertion import ClientAssertionSigner
 from auth.errors import AuthConfigError
 from auth.issuer import discovery_url, issuer_url
+from auth.verifier import JWTVerifier, shared_verifier
 
 ClientAuthMethod = Literal["client_secret_post", "client_secret_basic", "private_key_jwt"]
 LoginHintFormat = Literal["iss_sub", "plain"]
@@ -66,6 +67,14 @@ class AuthSettings(BaseSettings):
     """ping mode: seconds between fallback polls, in case a ping is lost."""
     ciba_login_hint_format: LoginHintFormat = Field(default="iss_sub", validation_alias=_env("CIBA_LOGIN_HINT_FORMAT"))
     checkout_audience: str = Field(default=DEFAULT_CHECKOUT_AUDIENCE, validation_alias=_env("CHECKOUT_AUDIENCE"))
+    auth_verified_token_seconds: float = Field(
+        default=60.0, ge=0.0, validation_alias=_env("AUTH_VERIFIED_TOKEN_SECONDS")
+    )
+    """How long a process accepts a token it verified without checking its signature again (0: never)."""
+
+    def shared_verifier(self) -> JWTVerifier:
+        """The process's verifier for the agent API's tokens (`AUTH0_AUDIENCE`)."""
+        return shared_verifier(self.issuer, self.require_api_audience(), self.auth_verified_token_seconds)
 
     # -- derived values ------------------------------------------------------------------------------
     @property

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,8 +28,13 @@ import jwt
 
 from auth.http_pool import tls_context
 from auth.issuer import discovery_url
+from runtime.counters import count
 
 log = logging.getLogger(__name__)
+
+DEFAULT_VERIFIED_TTL = 60.0
+"""Seconds a process's shared verifier accepts a token it verified without checking it again."""
+MAX_VERIFIED_TOKENS = 10_000
 
 ASYMMETRIC_ALGORITHMS: tuple[str, ...] = (
     "RS256",
@@ -116,6 +123,7 @@ class JWTVerifier:
         min_refresh_interval: float = 5.0,
         timeout: float = 5.0,
         http: httpx.AsyncClient | None = None,
+        verified_ttl: float = 0.0,
     ) -> None:
         allowed = tuple(algorithms)
         if not allowed:
@@ -124,6 +132,8 @@ class JWTVerifier:
         if refused:
             raise ValueError(f"only asymmetric algorithms are allowed, not {', '.join(refused)}")
         self.issuer = issuer
+        self.verified_ttl = verified_ttl
+        self._verified: OrderedDict[bytes, tuple[float, dict[str, Any]]] = OrderedDict()
         self._issuers = sorted({issuer, issuer.rstrip("/"), issuer.rstrip("/") + "/"})
         self.audience: list[str] = [audience] if isinstance(audience, str) else list(audience)
         if not self.audience or not all(self.audience):
@@ -216,7 +226,27 @@ class JWTVerifier:
 
     # -- verification --------------------------------------------------------------------------------
     async def verify(self, token: str) -> dict[str, Any]:
-        """The claims of `token` if it is valid; raises an `InvalidTokenError` subclass otherwise."""
+        """The claims of `token` if it is valid; raises an `InvalidTokenError` subclass otherwise.
+
+        With `verified_ttl`, a token this verifier accepted is accepted again without a signature check for
+        that many seconds (never past its `exp`): the agents of one host, and the ingress's routes, then
+        check a caller's token once, not once per call."""
+        digest = hashlib.sha256(token.encode()).digest() if isinstance(token, str) and self.verified_ttl > 0 else b""
+        hit = self._verified.get(digest) if digest else None
+        if hit is not None and hit[0] > time.time():
+            self._verified.move_to_end(digest)
+            count("jwt_verified_cache_hits")
+            return dict(hit[1])
+        claims = await self._check(token)
+        if digest:
+            until = min(time.time() + self.verified_ttl, float(claims.get("exp") or 0))
+            self._verified[digest] = (until, dict(claims))
+            while len(self._verified) > MAX_VERIFIED_TOKENS:
+                self._verified.popitem(last=False)
+        return claims
+
+    async def _check(self, token: str) -> dict[str, Any]:
+        count("jwt_signature_checks")
         if not isinstance(token, str) or token.count(".") != 2:
             raise MalformedTokenError("the token is not a JWT")
         try:
@@ -265,13 +295,13 @@ class JWTVerifier:
 
 
 @functools.lru_cache(maxsize=16)
-def shared_verifier(issuer: str, audience: str) -> JWTVerifier:
+def shared_verifier(issuer: str, audience: str, verified_ttl: float = DEFAULT_VERIFIED_TTL) -> JWTVerifier:
     """The process's one verifier (one JWKS cache) for this issuer and audience.
 
     Many agents live in one host process: each fetching discovery and the JWKS itself would cost every
     activation two network round trips. Sharing also means one unknown-`kid` refresh serves them all.
     """
-    return JWTVerifier(issuer=issuer, audience=audience)
+    return JWTVerifier(issuer=issuer, audience=audience, verified_ttl=verified_ttl)
 
 
 __all__ = [

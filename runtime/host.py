@@ -29,6 +29,7 @@ from runtime.activations import Activations
 from runtime.agent import Agent
 from runtime.alarm_client import report_next_due
 from runtime.classes import import_agent_class
+from runtime.counters import counters
 from runtime.errors import HostRetiringError
 from runtime.placement import host_count, host_name, runtime_dir
 from runtime.settings import runtime_settings
@@ -135,6 +136,7 @@ class AgentHost:
             "calls": self._calls,
             "live_names": self.activations.live_names(),
             "started_at": self._started_at,
+            "counters": counters(),
             **self.activations.stats(),
         }
 

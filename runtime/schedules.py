@@ -55,10 +55,6 @@ class Schedule(BaseModel):
     last_error: str | None = None
     created_at: float
 
-    @property
-    def due_datetime(self) -> datetime:
-        return datetime.fromtimestamp(self.due_at, UTC)
-
 
 def resolve_when(
     when: float | int | datetime | str, *, now: float | None = None

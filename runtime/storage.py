@@ -141,10 +141,6 @@ class AgentStorage:
                 await conn.close()
         self._reader = self._writer = None
 
-    @property
-    def is_open(self) -> bool:
-        return self._writer is not None
-
     def _require_open(self) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
         if self._writer is None or self._reader is None:
             raise StorageError(f"storage {self.path.name} is not open")

@@ -33,7 +33,6 @@ from tests.ciba_fixtures import (
 from tools.async_confirmation import (
     CREDENTIALS_NAMESPACE,
     PENDING_NAMESPACE,
-    AsyncAuthorizer,
     get_ciba_credentials,
     with_async_user_confirmation,
 )
@@ -350,32 +349,6 @@ async def test_half_sent_request_is_resent_once_after_its_lease(
     assert "sending it again" in caplog.text
     assert (await stats(authz))["backchannel_requests"] == 1
     assert (await store.get(PENDING_NAMESPACE, key))["auth_req_id"]
-
-
-async def test_authorizer_binds_store_and_client_once(
-    authz: DevAuthorizationServer,  # noqa: F811
-    client: CIBAClient,  # noqa: F811
-    store: SQLiteCredentialStore,  # noqa: F811
-) -> None:
-    authorizer = AsyncAuthorizer(store=store, client=client)
-    protect = authorizer.with_async_user_confirmation(
-        scopes=["stock:buy"],
-        audience=CHECKOUT_AUDIENCE,
-        binding_message=binding_for,
-        authorization_details=lambda ticker, quantity: [{"type": "stock_purchase", "ticker": ticker, "qty": quantity}],
-    )
-    raw = RecordingTool()
-    tool = protect(raw.tool())
-    ctx = tool_context("call-authorizer")  # user_id defaults to the context's owner
-    with pytest.raises(AuthorizationPendingInterrupt):
-        await tool.run(ARGS, ctx)
-    request = await only_request(authz)
-    assert request["authorization_details"] == [{"type": "stock_purchase", "ticker": "MSFT", "qty": 10}]
-    await decide(authz, request["id"], approve=True)
-    assert await run_until_done(tool, ctx) == "bought 10 MSFT"
-    assert raw.runs[0]["credentials"].authorization_details == request["authorization_details"]
-    with pytest.raises(TypeError):
-        authorizer.with_async_user_confirmation(raw.tool(), scopes=["x"], binding_message="x", store=store)
 
 
 async def test_expired_by_the_local_deadline_even_if_the_server_still_waits(

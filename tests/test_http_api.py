@@ -551,3 +551,36 @@ async def test_ping_mode_a_lost_ping_still_completes_by_polling(http_api: HttpAp
             assert await _final_purchase(http, http_api, thread_id, within=30) == "Purchased 4 shares of AAPL at 19.5"
         finally:
             http_api.world.authz.state.drop_pings = False
+
+
+async def signature_checks(http_api: HttpApi) -> tuple[int, int]:
+    """(JWT signature checks in the ingress replica, in the agent hosts) so far."""
+    from ray import serve
+
+    from tests.http_fixtures import APP_NAME
+    from tests.lifecycle import host_stats
+
+    ingress = await serve.get_deployment_handle("AgentIngress", APP_NAME).counters.remote()
+    hosts = await host_stats(http_api.storage_dir, http_api.namespace)
+    in_hosts = sum(stats["counters"].get("jwt_signature_checks", 0) for stats in hosts)
+    return ingress.get("jwt_signature_checks", 0), in_hosts
+
+
+async def test_a_callers_token_is_checked_once_per_process_not_once_per_call(http_api: HttpApi) -> None:
+    """The edge and the agents each verify a token (see `agentrt.ingress.access`), but a process that
+    verified it accepts it again for a while: further messages and reads cost no signature check."""
+    async with httpx.AsyncClient(base_url=http_api.world.authz.url, timeout=10) as dev:
+        token = (await dev.post("/dev/login", json={"username": "bob"})).json()["access_token"]  # never used yet
+    thread = new_id()
+    async with http_api.client(headers={"Authorization": f"Bearer {token}"}) as client:
+        before = await signature_checks(http_api)
+        assert (await client.post("/threads", json={"thread_id": thread})).status_code == 201
+        first = await signature_checks(http_api)
+        # one check at the edge; one per host process at most (the thread and bob's directory may share one)
+        assert first[0] - before[0] == 1, (before, first)
+        assert 1 <= first[1] - before[1] <= 2, (before, first)
+        for text in ("hello", "what is MSFT trading at?"):
+            assert (await client.post(f"/threads/{thread}/messages", json={"content": text})).status_code == 200
+            assert (await client.get(f"/threads/{thread}/messages")).status_code == 200
+        assert (await client.get("/threads")).status_code == 200
+        assert await signature_checks(http_api) == first

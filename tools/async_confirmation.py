@@ -55,7 +55,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar, overload
+from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel
 
@@ -686,39 +686,8 @@ def with_async_user_confirmation(
     return AsyncAuthorizationTool(tool, AsyncUserConfirmation(tool, options, store=store, client=client))
 
 
-class AsyncAuthorizer:
-    """Binds a store and a client once (Auth0 AI's `Auth0AI` style):
-
-    authorizer = AsyncAuthorizer(store=store, client=client)
-    protect = authorizer.with_async_user_confirmation(scopes=["stock:buy"], binding_message=...)
-    buy_stock = protect(raw_buy_stock)            # or authorizer.with_async_user_confirmation(tool, ...)
-    """
-
-    def __init__(self, *, store: CredentialStore, client: CIBAClient) -> None:
-        self.store = store
-        self.client = client
-
-    @overload
-    def with_async_user_confirmation(self, tool: Tool, /, **options: Any) -> AsyncAuthorizationTool: ...
-
-    @overload
-    def with_async_user_confirmation(self, tool: None = None, /, **options: Any) -> Callable[[Tool], Tool]: ...
-
-    def with_async_user_confirmation(
-        self, tool: Tool | None = None, /, **options: Any
-    ) -> AsyncAuthorizationTool | Callable[[Tool], Tool]:
-        if "store" in options or "client" in options:
-            raise TypeError("the authorizer already binds store and client")
-
-        def wrap(inner: Tool) -> AsyncAuthorizationTool:
-            return with_async_user_confirmation(inner, store=self.store, client=self.client, **options)
-
-        return wrap(tool) if tool is not None else wrap
-
-
 __all__ = [
     "AsyncAuthorizationTool",
-    "AsyncAuthorizer",
     "AsyncConfirmationOptions",
     "AsyncUserConfirmation",
     "CREDENTIALS_NAMESPACE",

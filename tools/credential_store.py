@@ -338,16 +338,6 @@ class SQLiteCredentialStore:
         ) as cursor:
             return await cursor.fetchone() is not None
 
-    async def purge_expired(self) -> int:
-        """Delete every expired row now; return how many went."""
-        db = await self._conn()
-        now = time.time()
-        cursor = await db.execute("DELETE FROM credentials WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
-        count = cursor.rowcount
-        await cursor.close()
-        self._last_purge = now
-        return count
-
     async def _maybe_purge(self, db: aiosqlite.Connection, now: float) -> None:
         if now - self._last_purge >= self.purge_interval:
             self._last_purge = now

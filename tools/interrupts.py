@@ -210,15 +210,6 @@ class AuthorizationRequestFailedInterrupt(AsyncAuthorizationInterrupt):
         self.error = error
 
 
-TERMINAL_INTERRUPTS: tuple[type[AsyncAuthorizationInterrupt], ...] = (
-    AccessDeniedInterrupt,
-    AuthorizationRequestExpiredInterrupt,
-    InvalidGrantInterrupt,
-    UserDoesNotHavePushNotificationsInterrupt,
-    AuthorizationRequestFailedInterrupt,
-)
-
-
 def is_interrupt(exc: object, code: str | None = None) -> bool:
     """True if `exc` is an async-authorization interrupt (with `code`, when given).
 
@@ -246,7 +237,6 @@ __all__ = [
     "AuthorizationRequestExpiredInterrupt",
     "AuthorizationRequestFailedInterrupt",
     "InvalidGrantInterrupt",
-    "TERMINAL_INTERRUPTS",
     "UserDoesNotHavePushNotificationsInterrupt",
     "is_interrupt",
 ]

@@ -10,6 +10,7 @@ a minute (`auth.verifier`), so the chat agent and the directory agent of one hos
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from fastapi import Depends
@@ -18,17 +19,21 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from agentrt.ingress.errors import HttpProblem, bearer_required
 from agentrt.ingress.gateway import AgentGateway, gateway
 from auth.settings import AuthSettings
-from auth.verifier import InvalidTokenError, SigningKeysUnavailableError, shared_verifier
+from auth.verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError
 from runtime import AgentHandle, validate_agent_id
 
 bearer_scheme = HTTPBearer(auto_error=False, description="A JWT from the configured issuer (audience: the agent API).")
 
 
+@lru_cache(maxsize=1)
+def _verifier() -> JWTVerifier:
+    return AuthSettings().shared_verifier()
+
+
 async def verified_claims(token: str) -> dict[str, Any]:
     """The claims of a valid token of the configured issuer and audience, else a 401 (503 if the issuer's
     keys cannot be fetched)."""
-    settings = AuthSettings()
-    verifier = shared_verifier(settings.issuer, settings.require_api_audience())
+    verifier = _verifier()
     try:
         claims = await verifier.verify(token)
     except SigningKeysUnavailableError:

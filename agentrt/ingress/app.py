@@ -13,6 +13,7 @@ from ray import serve
 from agentrt.ingress import service, threads
 from agentrt.ingress.errors import install_error_handlers
 from agentrt.ingress.guard import RequestGuard
+from runtime.counters import counters
 
 logger = logging.getLogger("agentrt.ingress")
 
@@ -45,6 +46,10 @@ class AgentIngress:
             start_runtime()
         except Exception as exc:  # handles still start them on first use
             logger.warning("could not start the agent runtime: %s", exc)
+
+    def counters(self) -> dict[str, int]:
+        """This replica's event counters (token checks, ...), through a Serve handle, not over HTTP."""
+        return counters()
 
 
 def build_app(
