@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -68,6 +69,21 @@ def _quiet_ray() -> None:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
+def _checked_agent_class(class_path: str) -> str:
+    """`module:Class` if it names a ThreadAgent subclass importable from here (the current folder first, as
+    `python -m` would), else exit 2 with what is wrong."""
+    from agentrt.ingress.gateway import load_thread_agent_class
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        load_thread_agent_class(class_path)
+    except TypeError as exc:
+        err_console.print(f"[red]agentrt serve: {exc}[/red]")
+        raise typer.Exit(2) from None
+    return class_path
+
+
 # ------------------------------------------------------------------------------------------------------
 # serve
 
@@ -90,6 +106,13 @@ def serve(
     ciba_interval: Annotated[
         int | None, typer.Option(help="Dev server's CIBA polling interval in seconds (default: its own).")
     ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENTRT_AGENT_CLASS",
+            help="Serve this thread agent (`module:Class`, a ThreadAgent subclass) instead of the demo's Chat.",
+        ),
+    ] = None,
 ) -> None:
     """Run the chat service: local Ray, the dev services (unless configured otherwise) and the HTTP API.
 
@@ -99,6 +122,10 @@ def serve(
     """
     from agentrt.stack import Stack, StackError, StackOptions
 
+    extra_env: dict[str, str] = {}
+    if agent:  # the agents import it too: from the current folder, as here
+        extra_env["AGENTRT_AGENT_CLASS"] = _checked_agent_class(agent)
+        extra_env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
     options = StackOptions(
         host=host,
         port=port,
@@ -108,6 +135,7 @@ def serve(
         ray_address=address,
         num_cpus=num_cpus,
         ciba_interval=ciba_interval,
+        extra_env=extra_env,
     )
     stack = Stack(options)
     _quiet_ray()

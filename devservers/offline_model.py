@@ -11,6 +11,8 @@ LLM would in the stock demo, so the agent always speaks through the `openai` SDK
     confirms in the chat; "show my watchlist" -> `get_watchlist`;
   - a price question ("what is MSFT trading at", "price of AAPL", "how much is nvda", "quote for TSLA")
     -> `get_stock_price` calls (only if offered);
+  - `/<tool> {"arg": ...}` -> one call of any offered tool with those arguments (how an agent of your own,
+    with tools this model has no rules for, is driven offline);
   - anything else -> a short friendly answer saying what it can do.
 - Last message(s) tool results -> a sentence using them ("Done: Purchased 100 shares of MSFT at 25.0.",
   "The purchase was not made: The user has denied the request.").
@@ -254,6 +256,23 @@ def _answer_tool_results(messages: list[dict[str, Any]]) -> str:
     return " ".join(sentences)
 
 
+_COMMAND = re.compile(r"/([A-Za-z_][A-Za-z0-9_]{0,63})(?:\s+(\{.*\}))?", re.S)
+
+
+def _command_reply(command: re.Match[str], offered: set[str]) -> OfflineReply:
+    """`/tool_name {"arg": ...}`: one call of that tool with those arguments."""
+    name, raw = command.group(1), command.group(2) or "{}"
+    if name not in offered:
+        return OfflineReply(content=f"I can't call {name} here: no such tool was offered to me.")
+    try:
+        arguments = json.loads(raw)
+    except ValueError:
+        return OfflineReply(content=f"The arguments for {name} are not valid JSON.")
+    if not isinstance(arguments, dict):
+        return OfflineReply(content=f"The arguments for {name} must be a JSON object.")
+    return OfflineReply(tool_calls=[OfflineToolCall(name, arguments)])
+
+
 def _help_text(offered: set[str]) -> str:
     abilities = []
     if PRICE_TOOL in offered:
@@ -280,6 +299,9 @@ def plan_reply(
         return OfflineReply(content=_answer_tool_results(messages))
     text = _text_of(last.get("content")) if last.get("role") == "user" else ""
     calls: list[OfflineToolCall] = []
+    command = _COMMAND.fullmatch(text.strip()) if text else None
+    if command:  # any offered tool, by name: how an agent of your own is driven without a real model
+        return _command_reply(command, offered)
 
     if text and _NEGATED_BUY.search(text):
         return OfflineReply(content="OK, I won't buy anything.")

@@ -85,9 +85,9 @@ class ThreadAccess:
 
     async def reconnect(self) -> ThreadAccess:
         """The same access through a fresh handle (after the agent's host went away)."""
-        return ThreadAccess(self.caller, self.thread_id, await self.gateway.chat(self.thread_id), self.gateway)
+        return ThreadAccess(self.caller, self.thread_id, await self.gateway.thread(self.thread_id), self.gateway)
 
 
 async def thread_access(thread_id: str = Depends(thread_id_param), who: Caller = Depends(caller)) -> ThreadAccess:
     """An existing thread (an unknown id is a 404 at the first call, and starts nothing)."""
-    return ThreadAccess(who, thread_id, await gateway.chat(thread_id), gateway)
+    return ThreadAccess(who, thread_id, await gateway.thread(thread_id), gateway)

@@ -12,6 +12,7 @@ from ray import serve
 
 from agentrt.ingress import service, threads
 from agentrt.ingress.errors import install_error_handlers
+from agentrt.ingress.gateway import thread_agent_class
 from agentrt.ingress.guard import RequestGuard
 from runtime.counters import counters
 
@@ -41,6 +42,8 @@ class AgentIngress:
 
     def __init__(self) -> None:
         from runtime.registry import start_runtime
+
+        thread_agent_class()  # a wrong AGENTRT_AGENT_CLASS fails the deployment, with its name
 
         try:
             start_runtime()

@@ -7,16 +7,40 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable
+from functools import lru_cache
 from typing import Any
 
 from ray.exceptions import RayError
 
 from agentrt.ingress.errors import HttpProblem, agent_unavailable
+from agentrt.ingress.settings import ingress_settings
+from agents.directory import ThreadDirectory, directory_id_for
 from agents.errors import ChatError
+from agents.thread_agent import ThreadAgent
 from auth.errors import AuthConfigError
 from runtime import AgentCapacityError, AgentHandle, AgentNotFoundError, InvalidAgentIdError, validate_agent_id
+from runtime.classes import import_agent_class
 
 logger = logging.getLogger("agentrt.ingress")
+
+
+@lru_cache(maxsize=1)
+def thread_agent_class() -> type[ThreadAgent]:
+    """The served thread agent (`AGENTRT_AGENT_CLASS`, `agents.chat:Chat` by default)."""
+    return load_thread_agent_class(ingress_settings().agent_class)
+
+
+def load_thread_agent_class(class_path: str) -> type[ThreadAgent]:
+    """Import `module:Class`; a `TypeError` naming it unless it is a `ThreadAgent` subclass."""
+    if ":" not in class_path:
+        raise TypeError(f"the agent class must be given as module:Class, not {class_path!r}")
+    try:
+        cls = import_agent_class(class_path)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise TypeError(f"cannot import the agent class {class_path!r}: {exc}") from None
+    if not issubclass(cls, ThreadAgent):
+        raise TypeError(f"{class_path} is not a ThreadAgent subclass (see agents/thread_agent.py)")
+    return cls
 
 
 class AgentGateway:
@@ -35,10 +59,7 @@ class AgentGateway:
         if handle is not None:
             self._handles.move_to_end(key)
             return handle
-        if kind == "chat":
-            from agents.chat import Chat as cls
-        else:
-            from agents.directory import ThreadDirectory as cls  # type: ignore[assignment]
+        cls = thread_agent_class() if kind == "thread" else ThreadDirectory
         validate_agent_id(agent_id)
         try:  # the first handle of a storage root looks up (or starts) its actors: keep the event loop free
             handle = await asyncio.to_thread(get_agent, cls, agent_id, create=create)
@@ -49,14 +70,12 @@ class AgentGateway:
             self._handles.popitem(last=False)
         return handle
 
-    async def chat(self, thread_id: str, *, create: bool = False) -> AgentHandle[Any]:
+    async def thread(self, thread_id: str, *, create: bool = False) -> AgentHandle[Any]:
         """The thread's agent. Only creating or posting to a thread may create one (`create=True`): every
         other route on an unknown id is a 404 that starts nothing."""
-        return await self._handle("chat", thread_id, create)
+        return await self._handle("thread", thread_id, create)
 
     async def directory(self, subject: str) -> AgentHandle[Any]:
-        from agents.directory import directory_id_for
-
         return await self._handle("directory", directory_id_for(subject), True)
 
     async def call(

@@ -113,7 +113,7 @@ async def ciba_notify(body: CibaPing, request: Request) -> Response:
     if target is None:  # not signed by us: refused here, no agent is woken
         raise refused
     try:
-        chat = await gateway.chat(validate_agent_id(target.thread_id))
+        chat = await gateway.thread(validate_agent_id(target.thread_id))
     except InvalidAgentIdError:
         raise refused from None
     delivery = asyncio.ensure_future(gateway.call(chat, "notify_ciba_ping", token, body.auth_req_id))

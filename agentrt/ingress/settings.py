@@ -28,6 +28,11 @@ class IngressSettings(BaseSettings):
         validation_alias=AliasChoices("AGENTRT_APPROVALS_URL"),
         description="Where users approve requests (default: the dev server's /approvals page).",
     )
+    agent_class: str = Field(
+        default="agents.chat:Chat",
+        validation_alias=AliasChoices("AGENTRT_AGENT_CLASS"),
+        description="The thread agent served (`module:Class`, a `ThreadAgent` subclass).",
+    )
     auth_issuer: str | None = Field(default=None, validation_alias=AliasChoices("AUTH_ISSUER"))
     auth0_domain: str | None = Field(default=None, validation_alias=AliasChoices("AUTH0_DOMAIN"))
     audience: str | None = Field(default=None, validation_alias=AliasChoices("AUTH0_AUDIENCE"))

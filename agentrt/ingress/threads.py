@@ -46,7 +46,7 @@ async def open_thread(who: Caller, thread_id: str, settings: IngressSettings) ->
     is refused by the agent (403) and its directory place given back before the answer."""
     directory = await gateway.directory(who.subject)
     entry = await gateway.call(directory, "add", who.token, thread_id, settings.max_threads_per_user)
-    chat = await gateway.chat(thread_id, create=True)
+    chat = await gateway.thread(thread_id, create=True)
     try:
         await gateway.call(chat, "claim", who.token)
     except NotOwnerError:

@@ -1,0 +1,91 @@
+"""`ThreadAgent`: the base of a chat agent of your own, with everything the product's `Chat` has.
+
+    class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAgent)
+
+Every call carries the caller's JWT (verified), the thread belongs to whoever created it, and a tool wrapped
+with `self.with_async_user_confirmation(...)` waits for the owner's approval on their device (CIBA), then
+runs by itself exactly once with the approved token. A tool made with `requires_confirmation=True` waits
+for approve/deny in the chat instead. Override `build_tools()`; see `examples/travel_agent.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from agents.ai_chat_agent import AIChatAgent
+from agents.auth_agent import AuthAgent
+from agents.owned_agent import OwnedAgent
+from agents.resumer import AsyncUserConfirmationResumer
+from auth.settings import AuthSettings
+from tools.async_confirmation import InterruptCallback, Resolvable, with_async_user_confirmation
+from tools.base import Tool, current_tool_context
+from tools.ciba_client import CIBAClient
+from tools.ciba_ping import ping_key
+from tools.credential_store import SQLiteCredentialStore
+
+
+def thread_owner(**_: Any) -> str:
+    """The CIBA user: the owner of the thread the tool runs in (never a tool argument)."""
+    owner = current_tool_context().owner
+    if not owner:
+        raise RuntimeError("the thread has no owner to ask for approval")
+    return owner
+
+
+class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAgent):
+    """A chat thread owned by its creator whose sensitive tools wait for the owner's approval."""
+
+    ciba_requested_expiry: ClassVar[int] = 300
+    """Seconds the user has to approve (CIBA `requested_expiry`), unless a tool says otherwise."""
+
+    _credential_store: SQLiteCredentialStore | None = None
+
+    def with_async_user_confirmation(
+        self,
+        tool: Tool,
+        *,
+        scopes: Sequence[str],
+        binding_message: Resolvable[str],
+        audience: str | None = None,
+        authorization_details: Resolvable[list[dict[str, Any]] | None] = None,
+        on_unauthorized: InterruptCallback | None = None,
+        requested_expiry: int | None = None,
+    ) -> Tool:
+        """`tool`, run only after the thread's owner approved it on their device: the deployment's CIBA
+        client, delivery mode and this thread's encrypted credential store are filled in. `binding_message`
+        (shown on the device) and `authorization_details` may be functions of the tool's arguments."""
+        settings = AuthSettings()
+        return with_async_user_confirmation(
+            tool,
+            user_id=thread_owner,
+            scopes=scopes,
+            audience=audience,
+            binding_message=binding_message,
+            authorization_details=authorization_details,
+            on_unauthorized=on_unauthorized,
+            requested_expiry=requested_expiry or self.ciba_requested_expiry,
+            store=self.credential_store(),
+            client=CIBAClient.shared(settings),
+            delivery_mode=settings.ciba_delivery_mode,
+            ping_fallback=settings.ciba_ping_fallback_seconds,
+            ping_key=ping_key(settings.require_encryption_key().get_secret_value()),
+        )
+
+    def credential_store(self) -> SQLiteCredentialStore:
+        """This thread's approved tokens, encrypted with `AUTH0_SESSION_ENCRYPTION_KEY` (one file per thread)."""
+        if self._credential_store is None:
+            self._credential_store = SQLiteCredentialStore(
+                self.storage_dir / self.agent_class_name() / f"{self.id}.credentials.sqlite3",
+                AuthSettings().require_encryption_key(),
+            )
+        return self._credential_store
+
+    async def close(self) -> None:
+        """Hibernating: also close the credential store's file."""
+        try:
+            if self._credential_store is not None:
+                await self._credential_store.close()
+                self._credential_store = None
+        finally:
+            await super().close()
