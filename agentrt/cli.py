@@ -60,15 +60,6 @@ AuthzOption = Annotated[
 ]
 
 
-def _quiet_ray() -> None:
-    """Keep Ray Serve's informational chatter out of the terminal (warnings still show)."""
-    import logging
-
-    import ray.serve  # noqa: F401  (configures its logger at import; adjust it afterwards)
-
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
-
-
 def _checked_agent_class(class_path: str) -> str:
     """`module:Class` if it names a ThreadAgent subclass importable from here (the current folder first, as
     `python -m` would), else exit 2 with what is wrong."""
@@ -83,6 +74,8 @@ def _checked_agent_class(class_path: str) -> str:
         raise typer.Exit(2) from None
     return class_path
 
+
+VerboseOption = Annotated[bool, typer.Option("--verbose", help="Also show Ray's own log lines here.")]
 
 # ------------------------------------------------------------------------------------------------------
 # serve
@@ -113,6 +106,7 @@ def serve(
             help="Serve this thread agent (`module:Class`, a ThreadAgent subclass) instead of the demo's Chat.",
         ),
     ] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Run the chat service: local Ray, the dev services (unless configured otherwise) and the HTTP API.
 
@@ -136,9 +130,9 @@ def serve(
         num_cpus=num_cpus,
         ciba_interval=ciba_interval,
         extra_env=extra_env,
+        verbose=verbose,
     )
     stack = Stack(options)
-    _quiet_ray()
     stop = threading.Event()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -452,6 +446,7 @@ def demo(
     message: Annotated[str, typer.Option(help="What alice asks.")] = "buy 100 shares of MSFT",
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 180.0,
     storage_dir: Annotated[Path | None, typer.Option(help="With an embedded stack: the agents' files.")] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """The story end to end: sign in, ask to buy stock, approve on the "phone", see the purchase complete."""
     stack = None
@@ -465,9 +460,15 @@ def demo(
 
             storage = storage_dir or Path(tempfile.mkdtemp(prefix="agentrt-demo-"))
             stack = Stack(
-                StackOptions(port=0, authz_port=None, checkout_port=None, model_port=None, storage_dir=storage)
+                StackOptions(
+                    port=0,
+                    authz_port=None,
+                    checkout_port=None,
+                    model_port=None,
+                    storage_dir=storage,
+                    verbose=verbose,
+                )
             )
-            _quiet_ray()
             with console.status("Starting an embedded stack (Ray, dev services, HTTP API)…"):
                 stack.start()
             url = stack.urls.api

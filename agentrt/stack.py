@@ -84,6 +84,15 @@ PASSTHROUGH_ENV = settings_env_names(
 ) + ("PYTHONPATH",)
 
 
+def quiet_ray_loggers() -> None:
+    """Keep Ray's and Serve's informational lines (the token-authentication notice, "Started Serve", ...)
+    out of this process's terminal; they are still in Ray's log files."""
+    import ray.serve  # noqa: F401  (configures its logger at import; adjust it afterwards)
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
 class StackError(RuntimeError):
     """The stack could not start (a service did not come up, or the configuration is incomplete)."""
 
@@ -123,6 +132,8 @@ class StackOptions:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """More env vars for the agents (e.g. `PYTHONPATH`)."""
     num_replicas: int = 1
+    verbose: bool = False
+    """Show Ray's own log lines (worker output, notices) here; by default they stay in Ray's log files."""
 
 
 @dataclass
@@ -322,9 +333,11 @@ class Stack:
             "address": opts.ray_address or "local",
             "namespace": opts.namespace,
             "runtime_env": {"env_vars": dict(self.agent_env)},
-            "logging_level": logging.WARNING,
-            "log_to_driver": False,
+            "logging_level": logging.INFO if opts.verbose else logging.ERROR,
+            "log_to_driver": opts.verbose,
         }
+        if not opts.verbose:
+            quiet_ray_loggers()
         if not opts.ray_address:
             kwargs["include_dashboard"] = False
             if opts.num_cpus is not None:
@@ -379,10 +392,8 @@ class Stack:
             from ray import serve
 
             with contextlib.suppress(Exception):
-                if self._started_ray:
-                    serve.shutdown()
-                else:
-                    serve.delete(APP_NAME)
+                if not self._started_ray:  # our Ray goes with everything on it; shutting Serve down first
+                    serve.delete(APP_NAME)  # only makes Ray print its controller's retries
                     serve.shutdown()
             self._started_serve = False
         if self._started_ray:

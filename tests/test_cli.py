@@ -24,6 +24,14 @@ pytestmark = pytest.mark.slow
 CONFIG_PREFIXES = ("AUTH0_", "AUTH_ISSUER", "OPENAI_", "CHECKOUT_", "AGENT_", "AGENTRT_", "RAY_ADDRESS", "CHAT_")
 
 
+RAY_NOISE = re.compile(
+    r"Token authentication is enabled|\((?:raylet|ServeReplica|ServeController|pid=)|graceful_shutdown"
+    r"|^(?:INFO|WARNING) \d{4}-\d\d-\d\d .* (?:serve|ray)",
+    re.M,
+)
+"""Lines Ray itself prints (notices, forwarded worker output, Serve's start-up chatter)."""
+
+
 def agentrt_command() -> list[str]:
     script = shutil.which("agentrt")
     return [script] if script else [sys.executable, "-m", "agentrt.cli"]
@@ -139,6 +147,9 @@ def test_serve_prints_working_urls_runs_the_demo_and_stops_cleanly_on_sigint(tmp
         output.wait_for(r"Stopped\.", 5)
         with pytest.raises(httpx.HTTPError):
             httpx.get(api + "/healthz", timeout=2)
+        # only its own lines: Ray's stay in Ray's log files (`--verbose` shows them)
+        for text in (output.text, demo.stdout + demo.stderr):
+            assert not RAY_NOISE.search(text), RAY_NOISE.search(text)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
