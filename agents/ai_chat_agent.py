@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import time
-import uuid
 from typing import Any, ClassVar
 
 from openai import APIError, AsyncOpenAI
@@ -26,6 +25,7 @@ from agents.errors import InvalidMessageError, ToolCallNotAwaitingError, Unknown
 from agents.events import EventLog
 from agents.messages import ChatMessage, PendingApproval, ThreadEvent, ToolCall
 from agents.settings import ChatSettings, chat_settings
+from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
 from runtime import Agent, read, turn
 from tools.base import Tool, ToolContext, ToolError, TransientToolError
 from tools.interrupts import AsyncAuthorizationInterrupt
@@ -40,34 +40,6 @@ DENIED_CONFIRMATION_TEXT = "The user denied this action."
 TOOL_RETRY_BASE_SECONDS = 1.0
 TOOL_RETRY_MAX_SECONDS = 60.0
 
-CHAT_MIGRATIONS = [
-    """
-    CREATE TABLE messages (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        role TEXT NOT NULL,
-        content TEXT,
-        created_at REAL NOT NULL,
-        metadata TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE TABLE tool_calls (
-        id TEXT PRIMARY KEY,
-        message_id TEXT NOT NULL REFERENCES messages(id),
-        position INTEGER NOT NULL,
-        name TEXT NOT NULL,
-        arguments TEXT NOT NULL,
-        state TEXT NOT NULL,
-        result TEXT,
-        interrupt TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX tool_calls_state ON tool_calls(state);
-    """,
-    # A call resolved after the thread moved on is shown to the model where it resolved (see _llm_context).
-    "ALTER TABLE tool_calls ADD COLUMN resolved_after_seq INTEGER",
-]
-
 
 class AIChatAgent(Agent):
     """A chat thread: persisted messages, an LLM tool loop through `openai.AsyncOpenAI`, live events."""
@@ -76,6 +48,15 @@ class AIChatAgent(Agent):
     """Runs of a tool call after transient failures (`TransientToolError`) before it ends as an error."""
 
     migrations = CHAT_MIGRATIONS
+    _thread_store: ThreadStore | None = None
+
+    @property
+    def thread_store(self) -> ThreadStore:
+        """The thread's messages and tool calls (typed; the SQL lives there)."""
+        if self._thread_store is None:
+            self._thread_store = ThreadStore(self.storage)
+        return self._thread_store
+
     migration_scope = "agents.AIChatAgent"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -152,7 +133,7 @@ class AIChatAgent(Agent):
     async def get_pending_approvals(self, token: str | None) -> list[PendingApproval]:
         """Tool calls waiting for the user (on their device, or for a confirmation in the chat)."""
         await self.check_access(token, "get_pending_approvals")
-        calls = await self._calls_where("state IN ('pending-authorization', 'awaiting-confirmation')")
+        calls = await self.thread_store.calls("pending-authorization", "awaiting-confirmation")
         approvals = []
         for call in calls:
             interrupt = call.interrupt or {}
@@ -221,8 +202,7 @@ class AIChatAgent(Agent):
         """Finish a turn a crash interrupted: answer a user message that got no reply."""
         if await self.storage.get("_turn_in_progress") is None:
             return
-        last = await self.storage.fetchone("SELECT role FROM messages ORDER BY seq DESC LIMIT 1")
-        if last is not None and last["role"] == "user":
+        if await self.thread_store.last_role() == "user":
             await self._run_llm_loop()
         await self.storage.delete("_turn_in_progress")
         self.events.emit("turn_end")
@@ -236,7 +216,7 @@ class AIChatAgent(Agent):
         scheduled = {
             (s.callback, json.dumps(s.payload, sort_keys=True)) for s in await self.get_schedules(status="pending")
         }
-        for call in await self._calls_where("state IN ('call', 'running')"):
+        for call in await self.thread_store.calls("call", "running"):
             payload = {"tool_call_id": call.id}
             if ("resume_tool_call", json.dumps(payload, sort_keys=True)) not in scheduled:
                 await self.schedule(0, "resume_tool_call", payload)
@@ -313,29 +293,29 @@ class AIChatAgent(Agent):
         the model reads the outcome at the point in time it arrived and can report it.
         """
         context: list[dict[str, Any]] = [{"role": "system", "content": self.settings.system_prompt}]
-        rows = await self.storage.fetchall("SELECT seq, id, role, content FROM messages ORDER BY seq")
-        calls = await self._calls_where("1 = 1")
+        rows = await self.thread_store.history()
+        calls = await self.thread_store.calls()
         calls_by_message: dict[str, list[ToolCall]] = {}
         late_by_seq: dict[int, list[ToolCall]] = {}
         for call in calls:
             calls_by_message.setdefault(call.message_id, []).append(call)
             if call.state == "result" and call.resolved_after_seq is not None:
                 late_by_seq.setdefault(call.resolved_after_seq, []).append(call)
-        for row in rows:
-            own_calls = sorted(calls_by_message.get(row["id"], []), key=lambda c: c.position)
-            if row["role"] == "assistant" and own_calls:
+        for seq, message_id, role, content in rows:
+            own_calls = sorted(calls_by_message.get(message_id, []), key=lambda c: c.position)
+            if role == "assistant" and own_calls:
                 context.append(
                     {
                         "role": "assistant",
-                        "content": row["content"],
+                        "content": content,
                         "tool_calls": [call.openai_call() for call in own_calls],
                     }
                 )
                 for call in own_calls:
                     context.append({"role": "tool", "tool_call_id": call.id, "content": _as_seen(call)})
             else:
-                context.append({"role": row["role"], "content": row["content"] or ""})
-            for call in late_by_seq.get(row["seq"], []):
+                context.append({"role": role, "content": content or ""})
+            for call in late_by_seq.get(seq, []):
                 replay = call.openai_call() | {"id": f"{call.id}.resumed"}
                 context.append({"role": "assistant", "content": None, "tool_calls": [replay]})
                 context.append({"role": "tool", "tool_call_id": replay["id"], "content": call.result or ""})
@@ -395,135 +375,33 @@ class AIChatAgent(Agent):
         logger.info("%s: %s will be tried again in %.1fs (attempt %d)", self.name, call.name, delay, attempt)
         return True
 
-    # -- persistence -------------------------------------------------------------------------------
+    # -- persistence (the SQL is in `ThreadStore`; here the events that go with each write) ----------
     async def _append_message(self, role: str, content: str | None) -> str:
-        message_id = uuid.uuid4().hex
-        now = time.time()
-        await self.storage.execute(
-            "INSERT INTO messages(id, role, content, created_at) VALUES (?, ?, ?, ?)",
-            (message_id, role, content, now),
-        )
-        message = ChatMessage(id=message_id, role=role, content=content, created_at=now)  # type: ignore[arg-type]
+        message = await self.thread_store.add_message(role, content)
         self.events.emit("message", message=message.model_dump(mode="json"))
-        return message_id
+        return message.id
 
     async def _append_assistant(self, content: str, raw_calls: list[dict[str, str]]) -> tuple[str, list[ToolCall]]:
-        """Store the assistant message and its tool calls in one transaction."""
-        message_id = uuid.uuid4().hex
-        now = time.time()
-        calls: list[ToolCall] = []
-        async with self.storage.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO messages(id, role, content, created_at) VALUES (?, 'assistant', ?, ?)",
-                (message_id, content or None, now),
-            )
-            for position, raw in enumerate(raw_calls):
-                call_id = await self._unique_call_id(tx, raw.get("id") or f"call_{uuid.uuid4().hex[:24]}")
-                call = ToolCall(
-                    id=call_id,
-                    message_id=message_id,
-                    name=raw.get("name", ""),
-                    arguments=raw.get("arguments") or "{}",
-                    created_at=now,
-                    updated_at=now,
-                )
-                await tx.execute(
-                    "INSERT INTO tool_calls(id, message_id, position, name, arguments, state, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, 'call', ?, ?)",
-                    (call.id, message_id, position, call.name, call.arguments, now, now),
-                )
-                calls.append(call)
-        message = ChatMessage(
-            id=message_id, role="assistant", content=content or None, tool_calls=calls or None, created_at=now
-        )
+        message = await self.thread_store.add_assistant(content, raw_calls)
         self.events.emit("message", message=message.model_dump(mode="json"))
-        return message_id, calls
-
-    @staticmethod
-    async def _unique_call_id(tx: Any, wanted: str) -> str:
-        """Models may reuse tool call ids across messages; ours key durable state, so keep them unique."""
-        candidate = wanted[:200]
-        suffix = 1
-        while await tx.fetchone("SELECT 1 FROM tool_calls WHERE id = ?", (candidate,)) is not None:
-            suffix += 1
-            candidate = f"{wanted[:190]}-{suffix}"
-        return candidate
+        return message.id, list(message.tool_calls or [])
 
     async def _set_call_state(self, call: ToolCall, state: str, *, interrupt: dict[str, Any] | None = None) -> None:
-        await self.storage.execute(
-            "UPDATE tool_calls SET state = ?, interrupt = COALESCE(?, interrupt), updated_at = ? WHERE id = ?",
-            (state, json.dumps(interrupt) if interrupt is not None else None, time.time(), call.id),
-        )
+        await self.thread_store.set_call_state(call.id, state, interrupt=interrupt)
         self.events.emit("tool_call", tool_call_id=call.id, state=state, tool_name=call.name)
 
     async def _finish_call(self, call: ToolCall, result: str) -> None:
-        async with self.storage.transaction() as tx:
-            row = await tx.fetchone(
-                "SELECT (SELECT MAX(seq) FROM messages) AS last_seq, "
-                "(SELECT seq FROM messages WHERE id = ?) AS call_seq",
-                (call.message_id,),
-            )
-            late = row is not None and row["last_seq"] is not None and row["last_seq"] > (row["call_seq"] or 0)
-            await tx.execute(
-                "UPDATE tool_calls SET state = 'result', result = ?, updated_at = ?, resolved_after_seq = ? "
-                "WHERE id = ?",
-                (result, time.time(), row["last_seq"] if late else None, call.id),
-            )
+        await self.thread_store.finish_call(call, result)
         self.events.emit("tool_result", tool_call_id=call.id, tool_name=call.name, result=result)
 
     async def _get_call(self, tool_call_id: str) -> ToolCall | None:
-        calls = await self._calls_where("id = ?", (tool_call_id,))
-        return calls[0] if calls else None
-
-    async def _calls_where(self, where: str, params: tuple[Any, ...] = ()) -> list[ToolCall]:
-        rows = await self.storage.fetchall(
-            f"SELECT * FROM tool_calls WHERE {where} ORDER BY created_at, position", params
-        )
-        return [_call_from_row(row) for row in rows]
+        return await self.thread_store.call(tool_call_id)
 
     async def _last_seq(self) -> int:
-        row = await self.storage.fetchone("SELECT COALESCE(MAX(seq), 0) AS seq FROM messages")
-        return int(row["seq"]) if row else 0
+        return await self.thread_store.last_seq()
 
     async def _messages_after(self, seq: int) -> list[ChatMessage]:
-        rows = await self.storage.fetchall("SELECT * FROM messages WHERE seq > ? ORDER BY seq", (seq,))
-        if not rows:
-            return []
-        ids = [row["id"] for row in rows]
-        placeholders = ",".join("?" * len(ids))
-        call_rows = await self.storage.fetchall(
-            f"SELECT * FROM tool_calls WHERE message_id IN ({placeholders}) ORDER BY position", ids
-        )
-        calls_by_message: dict[str, list[ToolCall]] = {}
-        for call_row in call_rows:
-            call = _call_from_row(call_row)
-            calls_by_message.setdefault(call.message_id, []).append(call)
-        messages: list[ChatMessage] = []
-        for row in rows:
-            calls = calls_by_message.get(row["id"])
-            messages.append(
-                ChatMessage(
-                    id=row["id"],
-                    role=row["role"],
-                    content=row["content"],
-                    tool_calls=calls,
-                    created_at=row["created_at"],
-                    metadata=json.loads(row["metadata"] or "{}"),
-                )
-            )
-            for call in calls or []:
-                messages.append(
-                    ChatMessage(
-                        id=f"{call.id}:result",
-                        role="tool",
-                        content=call.result,
-                        tool_call_id=call.id,
-                        name=call.name,
-                        state=call.state,
-                        created_at=call.updated_at,
-                    )
-                )
-        return messages
+        return await self.thread_store.messages_after(seq)
 
 
 @functools.lru_cache(maxsize=8)
@@ -538,22 +416,6 @@ def _as_seen(call: ToolCall) -> str:
     if call.state == "awaiting-confirmation":
         return AWAITING_CONFIRMATION_TEXT
     return PENDING_RESULT_TEXT
-
-
-def _call_from_row(row: Any) -> ToolCall:
-    return ToolCall(
-        id=row["id"],
-        message_id=row["message_id"],
-        name=row["name"],
-        arguments=row["arguments"],
-        state=row["state"],
-        result=row["result"],
-        interrupt=json.loads(row["interrupt"]) if row["interrupt"] else None,
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        position=row["position"],
-        resolved_after_seq=row["resolved_after_seq"],
-    )
 
 
 __all__ = ["AIChatAgent"]

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from agents.errors import UnauthenticatedError
+from agents.host import MixinBase
 from auth.settings import AuthSettings
 from auth.verifier import InvalidTokenError, JWTVerifier
 
 
-class AuthAgent:
+class AuthAgent(MixinBase):
     """Mixin for an `AIChatAgent`: `authenticate(token)` verifies the JWT and returns its claims.
 
     The verifier (and its JWKS cache) is the host process's shared one, so activating a thread costs no

@@ -16,6 +16,7 @@ import json
 import time
 from typing import Any
 
+from agents.host import MixinBase
 from agents.messages import ToolCall
 from auth.settings import AuthSettings
 from runtime import turn
@@ -27,12 +28,12 @@ CHECK_CALLBACK = "check_async_user_confirmation"
 DEFAULT_INTERVAL_SECONDS = 5.0
 
 
-class AsyncUserConfirmationResumer:
+class AsyncUserConfirmationResumer(MixinBase):
     """Mixin for an `AIChatAgent`: schedule and run the checks of pending async authorizations."""
 
     async def on_authorization_interrupt(self, call: ToolCall, interrupt: AsyncAuthorizationInterrupt) -> None:
         await self.schedule_async_user_confirmation_check(call.id, interrupt)
-        await super().on_authorization_interrupt(call, interrupt)  # type: ignore[misc]
+        await super().on_authorization_interrupt(call, interrupt)
 
     async def schedule_async_user_confirmation_check(
         self, tool_call_id: str, interrupt: AsyncAuthorizationInterrupt | dict[str, Any]
@@ -43,13 +44,13 @@ class AsyncUserConfirmationResumer:
         payload = {"tool_call_id": tool_call_id}
         earlier = [
             s.id
-            for s in await self.get_schedules(status="pending")  # type: ignore[attr-defined]
+            for s in await self.get_schedules(status="pending")
             if s.callback == CHECK_CALLBACK and s.payload == payload
         ]
         # the new check first, then the old ones go: whatever stops this half-way leaves a check behind
-        await self.schedule(max(0.0, float(next_check) - time.time()), CHECK_CALLBACK, payload)  # type: ignore[attr-defined]
+        await self.schedule(max(0.0, float(next_check) - time.time()), CHECK_CALLBACK, payload)
         for schedule_id in earlier:
-            await self.cancel_schedule(schedule_id)  # type: ignore[attr-defined]
+            await self.cancel_schedule(schedule_id)
 
     @turn
     async def notify_ciba_ping(self, notification_token: str, auth_req_id: str | None = None) -> bool:
@@ -58,19 +59,19 @@ class AsyncUserConfirmationResumer:
         else (unknown, mismatched, replayed), which changes nothing."""
         key = ping_key(AuthSettings().require_encryption_key().get_secret_value())
         target = notification_target(key, notification_token)
-        if target is None or target.thread_id != self.id:  # type: ignore[attr-defined]
+        if target is None or target.thread_id != self.id:
             return False
-        call = await self._get_call(target.tool_call_id)  # type: ignore[attr-defined]
+        call = await self.thread_store.call(target.tool_call_id)
         if call is None or call.state != "pending-authorization":
             return False
-        confirmation = getattr(self.tools.get(call.name), "confirmation", None)  # type: ignore[attr-defined]
+        confirmation = getattr(self.tools.get(call.name), "confirmation", None)
         if confirmation is None:
             return False
         ctx = ToolContext(
             tool_call_id=call.id,
-            thread_id=self.id,  # type: ignore[attr-defined]
-            owner=await self.get_owner(),  # type: ignore[attr-defined]
-            agent_name=self.name,  # type: ignore[attr-defined]
+            thread_id=self.id,
+            owner=await self.get_owner(),
+            agent_name=self.name,
         )
         if not await confirmation.accept_ping(ctx, notification_token, auth_req_id):
             return False
@@ -79,16 +80,16 @@ class AsyncUserConfirmationResumer:
 
     async def check_async_user_confirmation(self, payload: dict[str, Any]) -> None:
         """The alarm: poll once by re-running the tool call (a no-op if it already finished)."""
-        await self.resume_tool_call(payload)  # type: ignore[attr-defined]
+        await self.resume_tool_call(payload)
 
     async def _schedule_recovery(self) -> None:
         """After a restart, every call still waiting for approval has a check scheduled."""
-        await super()._schedule_recovery()  # type: ignore[misc]
+        await super()._schedule_recovery()
         scheduled = {
             json.dumps(s.payload, sort_keys=True)
-            for s in await self.get_schedules(status="pending")  # type: ignore[attr-defined]
+            for s in await self.get_schedules(status="pending")
             if s.callback == CHECK_CALLBACK
         }
-        for call in await self._calls_where("state = 'pending-authorization'"):  # type: ignore[attr-defined]
+        for call in await self.thread_store.calls("pending-authorization"):
             if json.dumps({"tool_call_id": call.id}, sort_keys=True) not in scheduled:
                 await self.schedule_async_user_confirmation_check(call.id, call.interrupt or {})

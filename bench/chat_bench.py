@@ -1,8 +1,8 @@
 """Chat benchmark: turn latency with the offline model, and approval-to-answer latency of CIBA purchases.
 
-Starts the dev authorization server, the checkout API and the offline model on 127.0.0.1 and a local Ray
-cluster configured for them (`tests.chat_world.start_world(ciba_interval=1)`, 2 CPUs, no dashboard), with a
-fresh temporary storage root, and measures in one run:
+Starts the whole stack as `agentrt serve` would (`agentrt.stack.Stack`: the dev authorization server, the
+checkout API and the offline model on 127.0.0.1, a local Ray cluster configured for them, CIBA poll mode at
+interval 1 s), with a fresh temporary storage root, and measures in one run:
 
 1. turn latency: `await agent.send_message(token, "What is MSFT trading at?")` end to end, sequential turns
    round-robin over several `Chat` threads after warm-up (two model calls per turn: the tool call, then the
@@ -59,6 +59,7 @@ import httpx  # noqa: E402
 import ray  # noqa: E402
 
 from bench.common import (  # noqa: E402
+    StackWorld,
     final_message_at,
     local_stack,
     log,
@@ -271,7 +272,7 @@ async def bench_turns(world: Any, root: Path, cfg: dict[str, Any]) -> dict[str, 
 
 
 class Phone:
-    """The user's phone, asynchronously: the dev server's `/dev/ciba/requests` API (see `ChatWorld`)."""
+    """The user's phone, asynchronously: the dev server's `/dev/ciba/requests` API (see `bench.common.StackWorld`)."""
 
     def __init__(self, authz_url: str) -> None:
         self.url = authz_url.rstrip("/")
@@ -706,26 +707,22 @@ def main() -> int:
         ciba_interval=1, approve_within=2.0, phone_interval=0.02, purchase_timeout=30.0, seed=20240601, quick=args.quick
     )
 
-    from tests.chat_world import start_world
-
     root = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     log(f"starting the dev services and a local Ray cluster (storage root {root}) ...")
     wall = time.perf_counter()
     session_dir: str | None = None
-    world = None
+    env = {"CIBA_DELIVERY_MODE": "poll", "AGENT_IDLE_SECONDS": "600"}
+    stack = local_stack(root, NAMESPACE, cfg["ciba_interval"], env)
     try:
-        world = start_world(
-            ciba_interval=cfg["ciba_interval"]
-        )  # (re)starts Ray with the services' settings in runtime_env
+        stack.start()  # Ray with the services' settings in its runtime_env, the dev services, the Serve app
+        world = StackWorld(stack)
         try:
             session_dir = ray._private.worker._global_node.get_session_dir_path()  # type: ignore[attr-defined]
         except Exception:
             session_dir = None
         results = asyncio.run(run(world, root, cfg))
     finally:
-        ray.shutdown()
-        if world is not None:
-            world.stop()
+        stack.stop()
         shutil.rmtree(root, ignore_errors=True)
     log(f"3/3 approval -> final message by delivery ({cfg['approvals_per_mode']} per mode, over HTTP) ...")
     results["deliveries"] = bench_deliveries(cfg)

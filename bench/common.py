@@ -134,6 +134,30 @@ def local_stack(storage_dir: Path, namespace: str, ciba_interval: int, env: dict
     )
 
 
+class StackWorld:
+    """What the benchmarks that call agents directly need of a running stack: demo users' tokens, the dev
+    authorization server's counters, the checkout's order count, the offline model's URL."""
+
+    def __init__(self, stack: Any) -> None:
+        self.stack = stack
+        self.authz = stack.authz
+        self.model = stack.model
+        self._tokens: dict[str, str] = {}
+
+    def token(self, username: str) -> str:
+        if username not in self._tokens:
+            response = httpx.post(f"{self.authz.url}/dev/login", json={"username": username}, timeout=10)
+            response.raise_for_status()
+            self._tokens[username] = response.json()["access_token"]
+        return self._tokens[username]
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.authz.url}/dev/stats", timeout=10).json()
+
+    def orders(self) -> int:
+        return httpx.get(f"{self.stack.checkout.api_url}/stats", timeout=10).json()["orders"]
+
+
 # -- driving the stack over HTTP ------------------------------------------------------------------------
 
 

@@ -207,6 +207,16 @@ class AgentStorage:
         async with self.transaction() as tx:
             await tx.put(key, value)
 
+    async def setdefault(self, key: str, value: Any) -> Any:
+        """The value under `key`, storing `value` there first if there is none (atomic: of two callers
+        racing, one stores and both get its value)."""
+        encoded = to_json(value)
+        async with self.transaction() as tx:
+            await tx.execute("INSERT INTO _kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", (key, encoded))
+            row = await tx.fetchone("SELECT value FROM _kv WHERE key = ?", (key,))
+        assert row is not None
+        return _decode(row["value"], None)
+
     async def delete(self, key: str) -> bool:
         """Remove `key`; return whether it existed."""
         async with self.transaction() as tx:

@@ -254,6 +254,8 @@ async def test_invalid_tokens_are_refused_before_the_agent_does_anything(
             await agent.get_messages(missing)
     alice = world.token("alice")
     assert await agent.get_messages(alice) == []  # nothing was stored, and alice can still claim it
+    assert (await agent.describe(alice))["owner"] is None  # a read claims nothing (only a turn does)
+    assert (await agent.claim(alice))["created"] is True
     assert (await agent.describe(alice))["owner"] == world.subject("alice")
 
 

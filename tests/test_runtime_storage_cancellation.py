@@ -34,3 +34,15 @@ async def test_cancelled_transactions_roll_back_and_leave_storage_usable(tmp_pat
     assert await storage.get("after") == "committed"
     assert {k: v for k, v in (await storage.list("cancel")).items()} == {}
     await storage.close()
+
+
+async def test_setdefault_stores_once_and_every_racer_gets_the_winner(tmp_path: Path) -> None:
+    """What `OwnedAgent` claims a thread with: of many first callers at once, exactly one value is kept."""
+    storage = await AgentStorage(tmp_path / "agent.sqlite3").open()
+    try:
+        seen = await asyncio.gather(*(storage.setdefault("_owner", f"user-{i}") for i in range(20)))
+        assert len(set(seen)) == 1 and seen[0].startswith("user-")
+        assert await storage.get("_owner") == seen[0]
+        assert await storage.setdefault("_owner", "someone-else") == seen[0]
+    finally:
+        await storage.close()

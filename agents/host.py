@@ -1,0 +1,59 @@
+"""What the chat mixins need of the agent they are mixed into: `ChatHost`, a `Protocol`.
+
+`AuthAgent`, `OwnedAgent` and `AsyncUserConfirmationResumer` are mixed into an `AIChatAgent` (see
+`ThreadAgent`). Each declares this protocol as its base for the type checker only (at run time the base is
+`object`), so what a mixin calls on its host is a typed contract instead of a guess.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from agents.messages import ToolCall
+    from agents.thread_store import ThreadStore
+    from runtime import AgentStorage
+    from runtime.schedules import Schedule
+    from tools.base import Tool
+    from tools.interrupts import AsyncAuthorizationInterrupt
+
+
+class ChatHost(Protocol):
+    id: str
+    name: str
+
+    @property
+    def storage(self) -> AgentStorage: ...
+
+    @property
+    def thread_store(self) -> ThreadStore: ...
+
+    @property
+    def tools(self) -> dict[str, Tool]: ...
+
+    async def authenticate(self, token: str | None) -> dict[str, Any]: ...
+
+    async def authorize(self, claims: dict[str, Any], action: str) -> None: ...
+
+    async def check_access(self, token: str | None, action: str) -> dict[str, Any]: ...
+
+    async def get_owner(self) -> str | None: ...
+
+    async def on_authorization_interrupt(self, call: ToolCall, interrupt: AsyncAuthorizationInterrupt) -> None: ...
+
+    async def resume_tool_call(self, payload: dict[str, Any]) -> str | None: ...
+
+    async def schedule(self, when: float | int | datetime | str, callback: str, payload: Any = None) -> Schedule: ...
+
+    async def cancel_schedule(self, schedule_id: str) -> bool: ...
+
+    async def get_schedules(self, *, status: str | None = None) -> list[Schedule]: ...
+
+    async def _schedule_recovery(self) -> None: ...
+
+
+if TYPE_CHECKING:
+    MixinBase = ChatHost
+else:
+    MixinBase = object
