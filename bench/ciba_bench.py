@@ -136,7 +136,9 @@ async def client_flow(client: CIBAClient, inbox: PingInbox | None, message: str,
     """Authorize, then poll (at the interval, or when pinged) until approved; the time the token arrived."""
     token = secrets.token_urlsafe(24) if inbox else None
     ping = inbox.expect(token) if inbox and token else None
-    response = await client.authorize(USER, ["stock:buy"], message, audience=AUDIENCE, client_notification_token=token)
+    response = await client.backchannel_authenticate(
+        USER, ["stock:buy"], message, audience=AUDIENCE, client_notification_token=token
+    )
     interval = response.interval
     wait = fallback if ping else interval
     while True:

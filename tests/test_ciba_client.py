@@ -62,7 +62,7 @@ async def test_approve_path_gives_a_token_that_verifies_against_the_jwks(
 ) -> None:
     async with make_client(authz, auth_method) as ciba:
         details = [{"type": "stock_purchase", "ticker": "MSFT", "quantity": 10}]
-        response = await ciba.authorize(
+        response = await ciba.backchannel_authenticate(
             ALICE,
             ["stock:buy"],
             "Buy 10 MSFT",
@@ -109,14 +109,14 @@ async def test_approve_path_gives_a_token_that_verifies_against_the_jwks(
 
 
 async def test_deny_path(authz: DevAuthorizationServer, client: CIBAClient) -> None:  # noqa: F811
-    response = await client.authorize(ALICE, "stock:buy", "Buy 1 AAPL", audience=CHECKOUT_AUDIENCE)
+    response = await client.backchannel_authenticate(ALICE, "stock:buy", "Buy 1 AAPL", audience=CHECKOUT_AUDIENCE)
     await decide(authz, (await only_request(authz))["id"], approve=False)
     assert isinstance(await poll_until_decided(client, response), AccessDenied)
     assert isinstance(await client.poll(response.auth_req_id), InvalidGrant)
 
 
 async def test_expiry_path(authz: DevAuthorizationServer, client: CIBAClient) -> None:  # noqa: F811
-    response = await client.authorize(ALICE, "stock:buy", "Buy 2 NVDA", requested_expiry=1)
+    response = await client.backchannel_authenticate(ALICE, "stock:buy", "Buy 2 NVDA", requested_expiry=1)
     assert response.expires_in == 1
     assert isinstance(await poll_until_decided(client, response), ExpiredToken)
     assert await requests_for(authz, "alice") == []
@@ -127,7 +127,7 @@ async def test_slow_down_adds_five_seconds_and_sends_retry_after(
     authz: DevAuthorizationServer,  # noqa: F811
     client: CIBAClient,  # noqa: F811
 ) -> None:
-    response = await client.authorize(ALICE, "stock:buy", "Buy 3 TSLA")
+    response = await client.backchannel_authenticate(ALICE, "stock:buy", "Buy 3 TSLA")
     assert isinstance(await client.poll(response.auth_req_id, interval=1), Pending)
     too_fast = await client.poll(response.auth_req_id, interval=1)
     assert too_fast == SlowDown(interval=6, retry_after=6.0)
@@ -155,7 +155,7 @@ async def test_unknown_user_is_a_typed_backchannel_error(
     client: CIBAClient,  # noqa: F811
 ) -> None:
     with pytest.raises(CIBAError) as caught:
-        await client.authorize("auth0|mallory", "stock:buy", "Buy 1 MSFT")
+        await client.backchannel_authenticate("auth0|mallory", "stock:buy", "Buy 1 MSFT")
     assert caught.value.error == "unknown_user_id" and caught.value.status == 400
     assert (await stats(authz))["backchannel_requests"] == 1
 
@@ -170,7 +170,7 @@ async def test_bad_binding_message_is_refused_before_any_request(
     message: str,
 ) -> None:
     with pytest.raises(InvalidBindingMessage) as caught:
-        await client.authorize(ALICE, "stock:buy", message)
+        await client.backchannel_authenticate(ALICE, "stock:buy", message)
     assert caught.value.error == "invalid_binding_message" and caught.value.status is None
     assert (await stats(authz))["backchannel_requests"] == 0
 
@@ -190,7 +190,7 @@ async def test_wrong_client_secret_is_invalid_client_and_never_echoed(
     bad = CIBAClient(issuer=authz.issuer, client_id=authz.client_id, client_secret=secret, auth_method=auth_method)  # type: ignore[arg-type]
     async with bad:
         with pytest.raises(CIBAError) as caught:
-            await bad.authorize(ALICE, "stock:buy", "Buy 1 MSFT")
+            await bad.backchannel_authenticate(ALICE, "stock:buy", "Buy 1 MSFT")
         with pytest.raises(CIBAError) as polled:
             await bad.poll("whatever")
     assert caught.value.error == "invalid_client" and caught.value.status == 401
@@ -214,7 +214,7 @@ async def test_another_clients_auth_req_id_is_invalid_grant() -> None:
             auth_method="client_secret_basic",
         )
         async with one, two:
-            response = await one.authorize(ALICE, "stock:buy", "Buy 1 MSFT")
+            response = await one.backchannel_authenticate(ALICE, "stock:buy", "Buy 1 MSFT")
             assert isinstance(await two.poll(response.auth_req_id), InvalidGrant)
             assert isinstance(await one.poll(response.auth_req_id), Pending)
     finally:
@@ -232,11 +232,11 @@ async def test_unauthorized_client_and_no_push_user() -> None:
     try:
         async with CIBAClient(issuer=server.issuer, client_id="web", client_secret="s2") as web:
             with pytest.raises(CIBAError) as caught:
-                await web.authorize(ALICE, "stock:buy", "Buy 1 MSFT")
+                await web.backchannel_authenticate(ALICE, "stock:buy", "Buy 1 MSFT")
             assert caught.value.error == "unauthorized_client"
         async with CIBAClient(issuer=server.issuer, client_id="ciba", client_secret="s1") as ciba:
             with pytest.raises(CIBAError) as caught:
-                await ciba.authorize("auth0|carol", "stock:buy", "Buy 1 MSFT")
+                await ciba.backchannel_authenticate("auth0|carol", "stock:buy", "Buy 1 MSFT")
             assert caught.value.error == "invalid_request" and "push" in (caught.value.description or "")
     finally:
         server.stop()
@@ -244,8 +244,8 @@ async def test_unauthorized_client_and_no_push_user() -> None:
 
 async def test_plain_login_hint(authz: DevAuthorizationServer) -> None:  # noqa: F811
     async with make_client(authz, login_hint_format="plain") as ciba:
-        await ciba.authorize("alice", "stock:buy", "Buy 5 AMZN")
-        await ciba.authorize(ALICE, "stock:buy", "Buy 6 AMZN")
+        await ciba.backchannel_authenticate("alice", "stock:buy", "Buy 5 AMZN")
+        await ciba.backchannel_authenticate(ALICE, "stock:buy", "Buy 6 AMZN")
     assert [r["binding_message"] for r in await requests_for(authz, ALICE)] == ["Buy 5 AMZN", "Buy 6 AMZN"]
 
 
@@ -342,7 +342,8 @@ async def test_dev_login_and_approval_page(authz: DevAuthorizationServer, client
         assert (await http.post("/dev/login", json={"username": "mallory"})).status_code == 404
         assert "<form" in (await http.get("/dev/login")).text
 
-        await client.authorize(ALICE, "stock:buy", "Buy 10 MSFT", authorization_details=[{"type": "buy", "n": 1}])
+        details = [{"type": "buy", "n": 1}]
+        await client.backchannel_authenticate(ALICE, "stock:buy", "Buy 10 MSFT", authorization_details=details)
         page = (await http.get("/approvals")).text
         assert "Buy 10 MSFT" in page and "data-request-id" in page and ">Approve<" in page and ">Deny<" in page
         assert "<script>" not in (await only_request(authz))["binding_message"]
@@ -370,7 +371,7 @@ async def test_authorization_details_fall_back_to_scope_and_message_without_rar(
         async with make_client(plain) as ciba:
             metadata = await ciba.discover()
             assert not metadata.supports_authorization_details(["stock_purchase"])
-            await ciba.authorize(
+            await ciba.backchannel_authenticate(
                 user_id=ALICE,
                 scope=["stock:buy"],
                 binding_message="Buy 1 MSFT",
@@ -392,7 +393,7 @@ async def test_private_key_jwt_end_to_end_and_a_wrong_key_is_refused_at_once() -
             issuer=server.issuer, client_id="pkj-agent", auth_method="private_key_jwt", assertion_signer=signer
         ) as ciba:
             await ciba.check_client_authentication()  # accepted: the start-up check passes
-            started = await ciba.authorize(
+            started = await ciba.backchannel_authenticate(
                 user_id=ALICE, scope=["stock:buy"], binding_message="Buy 1 MSFT", audience=CHECKOUT_AUDIENCE
             )
             (request,) = server.state.list_requests()

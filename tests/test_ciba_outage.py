@@ -40,7 +40,7 @@ async def test_client_reports_transient_errors_and_resumes() -> None:
     server = start_server()
     ciba = make_client(server)
     try:
-        response = await ciba.authorize(ALICE, "stock:buy", "Buy 1 MSFT")
+        response = await ciba.backchannel_authenticate(ALICE, "stock:buy", "Buy 1 MSFT")
         server.stop()
         started = time.monotonic()
         with pytest.raises(CIBATransientError) as caught:
@@ -48,7 +48,7 @@ async def test_client_reports_transient_errors_and_resumes() -> None:
         assert caught.value.status is None and "ConnectError" in str(caught.value)
         assert time.monotonic() - started >= 0.1  # retried with backoff (0.05 s + 0.1 s) before giving up
         with pytest.raises(CIBATransientError):
-            await ciba.authorize(ALICE, "stock:buy", "Buy 2 MSFT")
+            await ciba.backchannel_authenticate(ALICE, "stock:buy", "Buy 2 MSFT")
         revived = restart(server)
         try:
             assert isinstance(await ciba.poll(response.auth_req_id, interval=1), Pending)

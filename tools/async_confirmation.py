@@ -416,7 +416,7 @@ class AsyncUserConfirmation:
             record["notification_token_sha256"] = token_digest(notification_token)
             record.pop("pinged_at", None)
         try:
-            response = await self.client.authorize(
+            response = await self.client.backchannel_authenticate(
                 user_id=params.user_id,
                 scope=list(self.options.scopes),
                 binding_message=params.binding_message,

@@ -2,7 +2,7 @@
 
 Two calls, each mapping the wire protocol onto types so callers never parse OAuth error strings:
 
-- `authorize(...)` starts a request at the provider's `backchannel_authentication_endpoint` and returns a
+- `backchannel_authenticate(...)` starts a request at the provider's `backchannel_authentication_endpoint` and returns a
   `BackchannelResponse`; a refusal raises `CIBAError` (`unknown_user_id`, `invalid_scope`, ...).
 - `poll(auth_req_id)` asks the `token_endpoint` once and returns one `PollResult`: `Pending`, `SlowDown`,
   `Approved`, `AccessDenied`, `ExpiredToken` or `InvalidGrant` (CIBA Core 1.0 section 11).
@@ -414,7 +414,7 @@ class CIBAClient:
 
     @property
     def max_request_seconds(self) -> float:
-        """An upper bound on how long one `authorize()`/`poll()` call may take, retries included."""
+        """An upper bound on how long one `backchannel_authenticate()`/`poll()` call may take, retries included."""
         return self.retry.attempts * self.timeout + self.retry.total_delay()
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -591,7 +591,7 @@ class CIBAClient:
             return user_id
         return json.dumps({"format": "iss_sub", "iss": issuer, "sub": user_id}, separators=(",", ":"))
 
-    async def authorize(
+    async def backchannel_authenticate(
         self,
         user_id: str,
         scope: str | Sequence[str],

@@ -79,7 +79,7 @@ class ThreadAccess:
     async def call(self, method: str, *args: Any, cancel_remote: bool = False) -> Any:
         return await self.gateway.call(self.handle, method, self.caller.token, *args, cancel_remote=cancel_remote)
 
-    async def poll(self, after: int, epoch: str | None, wait: float) -> dict[str, Any]:
+    async def next_events(self, after: int, epoch: str | None, wait: float) -> dict[str, Any]:
         """One `poll_events` long-poll (up to `wait` s); cancelling it cancels the call in the agent too."""
         return await self.call("poll_events", after, epoch, wait, cancel_remote=True)
 

@@ -84,14 +84,14 @@ async def turn_stream(
     try:
         while True:
             if poll is None:
-                poll = asyncio.ensure_future(thread.poll(after, epoch, poll_timeout))
+                poll = asyncio.ensure_future(thread.next_events(after, epoch, poll_timeout))
             await asyncio.wait({poll, turn}, return_when=asyncio.FIRST_COMPLETED)
             if poll.done():
                 result, poll = poll.result(), None
             else:  # the turn ended: stop waiting, and take what is left
                 poll.cancel()
                 poll = None
-                result = await thread.poll(after, epoch, 0.0)
+                result = await thread.next_events(after, epoch, 0.0)
             if result["epoch"] != epoch:
                 epoch = result["epoch"]
                 yield _restarted(epoch)
@@ -155,7 +155,7 @@ async def thread_stream(
             try:
                 # right after an outage, ask without waiting: a restarted agent answers with its new epoch at
                 # once (a long-poll would wait for its first event)
-                result = await thread.poll(after, epoch, 0.0 if recovering else poll_timeout)
+                result = await thread.next_events(after, epoch, 0.0 if recovering else poll_timeout)
             except HttpProblem as exc:
                 if exc.status_code != 503:
                     raise

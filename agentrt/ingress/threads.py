@@ -213,6 +213,6 @@ async def events(
     """
     resume_after, resume_epoch = parse_resume_point(request.headers.get("last-event-id"), after, epoch)
     # the first poll verifies the token in the agent: its errors are HTTP errors, not stream events
-    first = await thread.poll(FAR_AFTER if resume_after is None else resume_after, resume_epoch, 0.0)
+    first = await thread.next_events(FAR_AFTER if resume_after is None else resume_after, resume_epoch, 0.0)
     stream = thread_stream(thread, first, resume_after, resume_epoch, settings.poll_timeout)
     return EventSourceResponse(stream, ping=settings.sse_ping_seconds, headers=SSE_HEADERS)
