@@ -27,6 +27,7 @@ from agents.messages import ChatMessage, PendingApproval, ThreadEvent, ToolCall
 from agents.settings import ChatSettings, chat_settings
 from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
 from runtime import Agent, read, turn
+from runtime.backoff import exponential_delay
 from tools.base import Tool, ToolContext, ToolError, TransientToolError
 from tools.interrupts import AsyncAuthorizationInterrupt
 
@@ -368,7 +369,7 @@ class AIChatAgent(Agent):
         if attempt > self.tool_retry_limit:
             logger.warning("%s: %s failed %d times in a row; giving up", self.name, call.name, attempt - 1)
             return False
-        delay = min(TOOL_RETRY_MAX_SECONDS, max(error.retry_after, TOOL_RETRY_BASE_SECONDS * 2 ** (attempt - 1)))
+        delay = exponential_delay(attempt, TOOL_RETRY_BASE_SECONDS, TOOL_RETRY_MAX_SECONDS, floor=error.retry_after)
         retry = {"retrying": True, "attempt": attempt, "next_attempt_at": time.time() + delay, "reason": str(error)}
         await self._set_call_state(call, "running", interrupt=retry)
         await self.schedule(delay, "resume_tool_call", {"tool_call_id": call.id})

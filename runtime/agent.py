@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
+from runtime.backoff import exponential_delay
 from runtime.ids import actor_name, validate_agent_id
 from runtime.schedules import (
     SCHEDULES_MIGRATIONS,
@@ -37,7 +38,6 @@ from runtime.schedules import (
     encode_payload,
     next_cron_time,
     resolve_when,
-    retry_delay,
 )
 from runtime.settings import runtime_settings
 from runtime.storage import AgentStorage, Migration
@@ -58,6 +58,9 @@ DueReporter = Callable[["Agent", float | None], Awaitable[bool]]
 _RESERVED_CALLBACKS = frozenset(
     {"schedule", "cancel_schedule", "get_schedules", "set_state", "on_start", "on_error", "ready"}
 )
+
+SCHEDULE_RETRY_MAX_SECONDS = 300.0
+"""The longest wait before a failed schedule is tried again."""
 
 
 def turn(fn: Callable[Concatenate[A, P], Awaitable[R]]) -> Callable[Concatenate[A, P], Awaitable[R]]:
@@ -336,7 +339,7 @@ class Agent:
                     message,
                 )
             else:
-                delay = retry_delay(attempts, self.schedule_retry_base_seconds)
+                delay = exponential_delay(attempts, self.schedule_retry_base_seconds, SCHEDULE_RETRY_MAX_SECONDS)
                 await self.storage.execute(
                     "UPDATE _schedules SET attempts = ?, last_error = ?, due_at = ? WHERE id = ?",
                     (attempts, message, time.time() + delay, schedule.id),

@@ -94,8 +94,3 @@ def encode_payload(payload: Any) -> str:
         return to_json(payload)
     except TypeError as exc:
         raise InvalidScheduleError(f"payload {str(exc).removeprefix('value ')}") from None
-
-
-def retry_delay(attempts: int, base: float, cap: float = 300.0) -> float:
-    """Exponential backoff after the `attempts`-th failure: base, 2*base, 4*base, ... capped."""
-    return min(cap, base * (2 ** max(0, attempts - 1)))

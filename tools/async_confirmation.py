@@ -59,6 +59,7 @@ from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel
 
+from runtime.backoff import exponential_delay
 from tools.base import Tool, ToolContext, ToolError, TransientToolError, current_tool_context
 from tools.ciba_client import (
     AccessDenied,
@@ -564,7 +565,7 @@ class AsyncUserConfirmation:
 
     def _backoff(self, failures: int, interval: float) -> float:
         first, most = self.options.retry_backoff
-        return min(most, max(float(interval), first * 2 ** (failures - 1)))
+        return exponential_delay(failures, first, most, floor=float(interval))
 
     # -- interrupts ----------------------------------------------------------------------------------
     def _interrupt(

@@ -21,6 +21,7 @@ from agentrt.ingress.access import ThreadAccess
 from agentrt.ingress.errors import HttpProblem, error_payload
 from agents.errors import ChatError
 from agents.messages import ThreadEvent
+from runtime.backoff import exponential_delay
 
 FAR_AFTER = 2**62
 """A seq "after everything": asks an agent for its epoch and last seq without waiting."""
@@ -145,7 +146,7 @@ async def thread_stream(
     yield sse("ready", {"thread_id": thread.thread_id, "epoch": epoch, "last_seq": int(first["last_seq"])})
     if _resume_gap(first, pending, resume_after, resume_epoch):
         yield _missed(epoch)
-    backoff, recovering = 0.25, False
+    failures = 0
     try:
         while True:
             for event in pending:
@@ -155,18 +156,17 @@ async def thread_stream(
             try:
                 # right after an outage, ask without waiting: a restarted agent answers with its new epoch at
                 # once (a long-poll would wait for its first event)
-                result = await thread.next_events(after, epoch, 0.0 if recovering else poll_timeout)
+                result = await thread.next_events(after, epoch, 0.0 if failures else poll_timeout)
             except HttpProblem as exc:
                 if exc.status_code != 503:
                     raise
                 # the agent is restarting (crash, node loss): keep the stream and try again; its new epoch then
                 # tells the client to re-read the messages
-                pending = []
-                await asyncio.sleep(backoff)
-                backoff, recovering = min(backoff * 2, 5.0), True
+                pending, failures = [], failures + 1
+                await asyncio.sleep(exponential_delay(failures, 0.25, 5.0))
                 thread = await thread.reconnect()
                 continue
-            backoff, recovering = 0.25, False
+            failures = 0
             pending = events_of(result)
             if result["epoch"] != epoch:
                 epoch, after = result["epoch"], 0
