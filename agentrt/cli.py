@@ -13,6 +13,7 @@ Client commands talk to `--url` (default `$AGENTRT_URL` or http://127.0.0.1:8000
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import sys
@@ -58,6 +59,15 @@ AuthzOption = Annotated[
         "--authz-url", envvar="AGENTRT_DEV_AUTHZ_URL", help="Dev authorization server (default: from /config)."
     ),
 ]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _checked_agent_class(class_path: str) -> str:
@@ -107,6 +117,14 @@ def serve(
         ),
     ] = None,
     verbose: VerboseOption = False,
+    insecure_dev_login: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-dev-login",
+            help="Allow a non-loopback --host with the dev authorization server (anyone who reaches it can "
+            "sign in as a demo user).",
+        ),
+    ] = False,
 ) -> None:
     """Run the chat service: local Ray, the dev services (unless configured otherwise) and the HTTP API.
 
@@ -133,6 +151,13 @@ def serve(
         verbose=verbose,
     )
     stack = Stack(options)
+    if stack.uses_dev_auth() and not _is_loopback(host) and not insecure_dev_login:
+        err_console.print(
+            f"[red]agentrt serve: --host {host} with the dev authorization server would hand out demo users' "
+            "tokens to anyone who can reach it (/dev/login). Configure AUTH0_* (or AUTH_ISSUER) for a real "
+            "identity provider, or pass --insecure-dev-login for a demo on a trusted network.[/red]"
+        )
+        raise typer.Exit(2)
     stop = threading.Event()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -142,7 +167,7 @@ def serve(
         for sig in previous:
             signal.signal(sig, lambda *_: stop.set())
         _print_urls(stack)
-        if stack.authz is not None and host not in ("127.0.0.1", "localhost", "::1"):
+        if stack.authz is not None and not _is_loopback(host):
             console.print(
                 f"[yellow]Warning: the API listens on {host} while the dev authorization server is in use: anyone "
                 "who can reach it can sign in as a demo user. Configure AUTH0_* for anything but a demo.[/yellow]"

@@ -11,6 +11,7 @@ for approve/deny in the chat instead. Override `build_tools()`; see `examples/tr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from agents.ai_chat_agent import AIChatAgent
@@ -31,6 +32,21 @@ def thread_owner(**_: Any) -> str:
     if not owner:
         raise RuntimeError("the thread has no owner to ask for approval")
     return owner
+
+
+CREDENTIALS_FOLDER = "credentials"
+
+
+def _adopt_legacy_file(legacy: Path, path: Path) -> None:
+    """Move a store from where earlier versions kept it (`<id>.credentials.sqlite3`, which the thread with id
+    `<id>.credentials` also reached), with its WAL files, so a purchase pending across the upgrade survives."""
+    if path.exists() or not legacy.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("-wal", "-shm", ""):  # the main file last: its presence says "moved"
+        old = legacy.with_name(legacy.name + suffix)
+        if old.exists():
+            old.replace(path.with_name(path.name + suffix))
 
 
 class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAgent):
@@ -72,13 +88,18 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
             ping_key=ping_key(settings.require_encryption_key().get_secret_value()),
         )
 
+    @classmethod
+    def credential_store_path(cls, storage_dir: str | Path, agent_id: str) -> Path:
+        """`<root>/<Class>/credentials/<id>.sqlite3`: a folder no agent's own file can be (agent files are
+        `<root>/<Class>/<id>.sqlite3` and ids hold no `/`), so no id reaches another thread's tokens."""
+        return Path(storage_dir) / cls.agent_class_name() / CREDENTIALS_FOLDER / f"{agent_id}.sqlite3"
+
     def credential_store(self) -> SQLiteCredentialStore:
         """This thread's approved tokens, encrypted with `AUTH0_SESSION_ENCRYPTION_KEY` (one file per thread)."""
         if self._credential_store is None:
-            self._credential_store = SQLiteCredentialStore(
-                self.storage_dir / self.agent_class_name() / f"{self.id}.credentials.sqlite3",
-                AuthSettings().require_encryption_key(),
-            )
+            path = self.credential_store_path(self.storage_dir, self.id)
+            _adopt_legacy_file(self.storage_dir / self.agent_class_name() / f"{self.id}.credentials.sqlite3", path)
+            self._credential_store = SQLiteCredentialStore(path, AuthSettings().require_encryption_key())
         return self._credential_store
 
     async def close(self) -> None:

@@ -7,6 +7,9 @@ string (`iss` claims, the `iss_sub` login hint), so only surrounding whitespace 
 
 from __future__ import annotations
 
+import ipaddress
+from urllib.parse import urlsplit
+
 from auth.errors import AuthConfigError
 
 
@@ -17,6 +20,9 @@ def issuer_url(auth_issuer: str | None, auth0_domain: str | None) -> str:
         issuer = auth_issuer.strip()
         if not issuer.startswith(("https://", "http://")):
             raise AuthConfigError("AUTH_ISSUER must be an http(s) URL")
+        if issuer.startswith("http://") and not _is_loopback(urlsplit(issuer).hostname or ""):
+            # the client secret and every token travel to it: plain HTTP only on this machine (the dev server)
+            raise AuthConfigError("AUTH_ISSUER must be an https URL (http only for a loopback dev server)")
         return issuer
     if auth0_domain and auth0_domain.strip():
         domain = auth0_domain.strip()
@@ -27,6 +33,15 @@ def issuer_url(auth_issuer: str | None, auth0_domain: str | None) -> str:
             raise AuthConfigError("AUTH0_DOMAIN must be a host name such as 'tenant.us.auth0.com'")
         return f"https://{domain}/"
     raise AuthConfigError("set AUTH0_DOMAIN (or AUTH_ISSUER) to the authorization server")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def discovery_url(issuer: str) -> str:

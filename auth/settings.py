@@ -156,6 +156,9 @@ class AuthSettings(BaseSettings):
                 problems.append(str(exc))
         if not self.checkout_audience or not self.checkout_audience.strip():
             problems.append("CHECKOUT_AUDIENCE must not be empty")
+        elif self.auth0_audience and self.checkout_audience.strip() == self.auth0_audience.strip():
+            # a login token for this API would then also be a purchase token: CIBA would be bypassed
+            problems.append("CHECKOUT_AUDIENCE must differ from AUTH0_AUDIENCE")
         if problems:
             raise AuthConfigError("CIBA is not configured: " + "; ".join(problems))
         return self

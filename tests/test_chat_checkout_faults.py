@@ -77,7 +77,7 @@ async def test_a_permanent_checkout_refusal_ends_the_call_and_spends_the_credent
     assert tool.content.startswith("Error: buy_stock failed: the checkout API rejected the order (400")
     assert world.orders() == orders_before
     store = SQLiteCredentialStore(
-        Chat.storage_path(storage_dir, thread_id).with_suffix(".credentials.sqlite3"),
+        Chat.credential_store_path(storage_dir, thread_id),
         SecretStr(world.env["AUTH0_SESSION_ENCRYPTION_KEY"]),
     )
     try:

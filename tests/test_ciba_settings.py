@@ -78,3 +78,29 @@ def test_invalid_choices_fail_without_echoing_input(monkeypatch: pytest.MonkeyPa
     assert "CIBA_CLIENT_AUTH_METHOD" in str(caught.value) and SECRET not in str(caught.value)
     with pytest.raises(ValidationError):
         settings(monkeypatch, CIBA_LOGIN_HINT_FORMAT="email")
+
+
+@pytest.mark.parametrize("issuer", ["http://idp.example.com/", "http://10.0.0.5:8080/", "http://localhost.evil.com/"])
+def test_a_plain_http_issuer_is_refused_unless_it_is_on_this_machine(
+    monkeypatch: pytest.MonkeyPatch, issuer: str
+) -> None:
+    """The client secret and every token go to the issuer: plain HTTP only for a loopback dev server."""
+    with pytest.raises(AuthConfigError, match="https"):
+        _ = settings(monkeypatch, AUTH_ISSUER=issuer).issuer
+    for loopback in ("http://127.0.0.1:8400/", "http://localhost:8400/", "http://[::1]:8400/"):
+        assert settings(monkeypatch, AUTH_ISSUER=loopback).issuer == loopback
+
+
+def test_the_checkout_audience_must_not_be_the_apis_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Otherwise a login token carrying `stock:buy` could be spent at checkout without any CIBA approval."""
+    s = settings(
+        monkeypatch,
+        AUTH0_DOMAIN="tenant.us.auth0.com",
+        AUTH0_CLIENT_ID="cid",
+        AUTH0_CLIENT_SECRET=SECRET,
+        AUTH0_AUDIENCE="https://agents/api",
+        AUTH0_SESSION_ENCRYPTION_KEY=KEY,
+        CHECKOUT_AUDIENCE="https://agents/api",
+    )
+    with pytest.raises(AuthConfigError, match="CHECKOUT_AUDIENCE must differ from AUTH0_AUDIENCE"):
+        s.validate_for_ciba()

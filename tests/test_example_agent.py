@@ -99,3 +99,10 @@ def test_serve_refuses_an_agent_class_that_is_not_a_thread_agent(tmp_path: Path)
     assert result.returncode == 2
     assert "not a ThreadAgent subclass" in result.stdout + result.stderr
     assert time.monotonic() - started < 30  # refused before anything starts
+
+
+def test_serve_refuses_a_public_host_with_the_dev_sign_in_unless_asked(tmp_path: Path) -> None:
+    """`/dev/login` hands out demo users' tokens: on 0.0.0.0 that is anyone on the network's."""
+    result = run_cli(["serve", "--host", "0.0.0.0"], clean_env(tmp_path), timeout=60)
+    assert result.returncode == 2
+    assert "--insecure-dev-login" in result.stdout + result.stderr

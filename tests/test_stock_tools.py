@@ -169,3 +169,27 @@ def test_idempotency_key_and_url_helpers():
     expected = "http://h:1/api/checkout/orders"
     for url in ("http://h:1", "http://h:1/", "http://h:1/api/checkout", "http://h:1/api/checkout/orders"):
         assert checkout_orders_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "price", ["Infinity", "-Infinity", "NaN", "1e309", "1e60", "1000000.01", "12.345", "0", "-1", "true"]
+)
+def test_buy_stock_refuses_a_limit_price_its_approval_could_not_show_exactly(price: str) -> None:
+    """Approved "Buy 10 MSFT at 30.25" must be the order placed: no inf/nan (httpx would refuse to send it
+    after the approval), no absurd size, no more than cents."""
+    from tools.base import ToolError
+    from tools.stocks import make_buy_stock_tool
+
+    with pytest.raises(ToolError, match="price"):
+        make_buy_stock_tool().parse_arguments(f'{{"ticker": "MSFT", "quantity": 10, "price": {price}}}')
+
+
+def test_the_largest_order_still_has_its_whole_binding_message() -> None:
+    from tools.stock_prices import MAX_QUANTITY
+    from tools.stocks import MAX_LIMIT_PRICE, binding_message_for, make_buy_stock_tool
+
+    args = make_buy_stock_tool().parse_arguments(
+        {"ticker": "GOOGL", "quantity": MAX_QUANTITY, "price": MAX_LIMIT_PRICE}
+    )
+    assert binding_message_for(**args.model_dump()) == "Buy 1000000 GOOGL at 1000000.00"
+    assert make_buy_stock_tool().parse_arguments('{"ticker": "MSFT", "quantity": 1, "price": 30.25}').price == 30.25

@@ -26,6 +26,11 @@ from tools.stock_prices import CURRENCY, MAX_QUANTITY, UnknownTickerError, get_p
 CHECKOUT_API_PREFIX = "/api/checkout"
 
 
+MAX_LIMIT_PRICE = 1_000_000.0
+"""The highest limit price accepted: with it, 5-letter tickers and `MAX_QUANTITY`, the binding message
+("Buy 1000000 GOOGL at 1000000.00") always fits Auth0's 64 characters whole."""
+
+
 class StockToolSettings(BaseSettings):
     """Where the demo checkout API lives (`CHECKOUT_API_URL`; with or without the `/api/checkout` path)."""
 
@@ -73,7 +78,11 @@ class BuyStockParams(BaseModel):
     ticker: str = Field(description="The stock ticker symbol (1-5 letters), e.g. MSFT")
     quantity: int = Field(gt=0, le=MAX_QUANTITY, description="The number of shares to buy")
     price: float | None = Field(
-        default=None, gt=0, description="Optional limit price per share; omit to buy at the market price"
+        default=None,
+        gt=0,
+        le=MAX_LIMIT_PRICE,
+        allow_inf_nan=False,
+        description="Optional limit price per share (at most 2 decimals); omit to buy at the market price",
     )
 
     @field_validator("ticker", mode="before")
@@ -85,6 +94,14 @@ class BuyStockParams(BaseModel):
     @classmethod
     def _no_bool(cls, value: Any) -> Any:
         return _reject_bool(value)
+
+    @field_validator("price")
+    @classmethod
+    def _cents(cls, value: float | None) -> float | None:
+        # the user approves "Buy 10 MSFT at 30.25": the order must be exactly what the message shows
+        if value is not None and abs(value * 100 - round(value * 100)) > 1e-6:
+            raise ValueError("a limit price has at most 2 decimals")
+        return value
 
 
 def binding_message_for(ticker: str, quantity: int, price: float | None = None) -> str:
