@@ -7,7 +7,8 @@ Knows nothing of chat or auth. Public surface:
 - `init`: connect to (or start) Ray and the alarm scheduler for a storage root;
 - `Schedule`, `InvalidScheduleError`, `InvalidAgentIdError`: what schedules and ids give back;
 - `AgentNotFoundError`, `AgentCapacityError`: an agent that was never created (with `create=False`), and a
-  host whose live agents are all busy (retry later).
+  host whose live agents are all busy (retry later); `AgentIdConflictError`: an id whose file belongs to
+  another id (ids that differ only in case, on a case-insensitive filesystem).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.agent import Agent, read, turn
-from runtime.errors import AgentCapacityError, AgentNotFoundError
+from runtime.errors import AgentCapacityError, AgentIdConflictError, AgentNotFoundError
 from runtime.handles import AgentHandle, SyncAgentHandle
 from runtime.ids import InvalidAgentIdError, validate_agent_id
 from runtime.registry import get_agent, get_agent_sync
@@ -28,6 +29,7 @@ __all__ = [
     "Agent",
     "AgentCapacityError",
     "AgentHandle",
+    "AgentIdConflictError",
     "AgentNotFoundError",
     "AgentStorage",
     "InvalidAgentIdError",

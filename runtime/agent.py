@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 from pydantic import BaseModel
 
 from runtime.backoff import exponential_delay
+from runtime.errors import AgentIdConflictError
 from runtime.ids import actor_name, validate_agent_id
 from runtime.schedules import (
     SCHEDULES_MIGRATIONS,
@@ -58,6 +59,9 @@ DueReporter = Callable[["Agent", float | None], Awaitable[bool]]
 _RESERVED_CALLBACKS = frozenset(
     {"schedule", "cancel_schedule", "get_schedules", "set_state", "on_start", "on_error", "ready"}
 )
+
+AGENT_ID_KEY = "_agent_id"
+"""The id an agent's file belongs to, recorded by its first activation."""
 
 SCHEDULE_RETRY_MAX_SECONDS = 300.0
 """The longest wait before a failed schedule is tried again."""
@@ -197,6 +201,10 @@ class Agent:
 
     async def _start(self) -> None:
         await self.storage.open()
+        recorded = await self.storage.setdefault(AGENT_ID_KEY, self.id)
+        if recorded != self.id:  # before anything is read or armed: never run over another agent's data
+            await self.storage.close()
+            raise AgentIdConflictError(self.id, recorded)
         await self.storage.migrate("runtime.Agent", SCHEDULES_MIGRATIONS)
         for cls in reversed(type(self).__mro__):
             steps = cls.__dict__.get("migrations")

@@ -34,3 +34,17 @@ class AgentCapacityError(RuntimeError):
 class HostRetiringError(RuntimeError):
     """The host is leaving (it has been empty for a while); nothing of the call ran. Handles retry it on a
     fresh host, so callers never see this."""
+
+
+class AgentIdConflictError(RuntimeError):
+    """The agent's file already belongs to another id: on a case-insensitive filesystem (macOS, Azure Files)
+    `alice-t` and `ALICE-T` are one file. The first id to use it keeps it; the other is refused before it
+    reads or schedules anything."""
+
+    def __init__(self, agent_id: str, recorded: str) -> None:
+        super().__init__(f"agent id {agent_id!r} names the file of {recorded!r} (ids differing only in case?)")
+        self.agent_id = agent_id
+        self.recorded = recorded
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.agent_id, self.recorded))

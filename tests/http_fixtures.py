@@ -57,6 +57,9 @@ def _ray_session() -> str:
 
 
 THREADS_PER_USER = 60
+STREAMS_PER_USER = 5
+STREAMS_PER_THREAD = 3
+"""The test deployment's caps on open event streams (bob's test fills them)."""
 """The per-user thread quota of the test deployment (carol, a user no other test uses, fills hers)."""
 
 
@@ -84,6 +87,8 @@ def ensure_http_api(world: Any, *, timeout: float = 120.0) -> HttpApi:
         "AGENTRT_DEV_AUTHZ_URL": world.authz.url,
         "AGENTRT_SSE_PING_SECONDS": "2",
         "AGENT_MAX_THREADS_PER_USER": str(THREADS_PER_USER),
+        "AGENTRT_MAX_STREAMS_PER_USER": str(STREAMS_PER_USER),
+        "AGENTRT_MAX_STREAMS_PER_THREAD": str(STREAMS_PER_THREAD),
         # CIBA ping mode for the threads behind the HTTP API (their hosts inherit the replicas' env); the
         # dev server pings /ciba/notify, and a lost ping is caught by a poll every 2 s
         "CIBA_DELIVERY_MODE": "ping",

@@ -584,3 +584,34 @@ async def test_a_callers_token_is_checked_once_per_process_not_once_per_call(htt
             assert (await client.get(f"/threads/{thread}/messages")).status_code == 200
         assert (await client.get("/threads")).status_code == 200
         assert await signature_checks(http_api) == first
+
+
+async def test_event_streams_are_capped_per_thread_and_per_user(http_api: HttpApi) -> None:
+    """One user opening streams without end would fill the replica's request slots for everyone."""
+    from contextlib import AsyncExitStack
+
+    from tests.http_fixtures import STREAMS_PER_THREAD, STREAMS_PER_USER
+
+    threads = [new_id() for _ in range(3)]
+    async with http_api.client(headers=http_api.headers("bob")) as client, AsyncExitStack() as streams:
+        for thread in threads:
+            assert (await client.post("/threads", json={"thread_id": thread})).status_code == 201
+
+        async def open_stream(thread: str) -> httpx.Response:
+            return await streams.enter_async_context(client.stream("GET", f"/threads/{thread}/events"))
+
+        for _ in range(STREAMS_PER_THREAD):
+            assert (await open_stream(threads[0])).status_code == 200
+        refused = await client.get(f"/threads/{threads[0]}/events")
+        assert_error(refused, 429, "too_many_streams")
+        assert refused.headers["retry-after"]
+        for _ in range(STREAMS_PER_USER - STREAMS_PER_THREAD):
+            assert (await open_stream(threads[1])).status_code == 200
+        assert_error(await client.get(f"/threads/{threads[2]}/events"), 429, "too_many_streams")
+
+    async def slots_given_back() -> bool:  # the closed streams' slots come back
+        async with http_api.client(headers=http_api.headers("bob")) as again:
+            async with again.stream("GET", f"/threads/{threads[2]}/events") as response:
+                return response.status_code == 200
+
+    await eventually(slots_given_back, timeout=15, what="the closed streams' slots")

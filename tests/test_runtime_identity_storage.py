@@ -75,6 +75,26 @@ async def test_state_and_kv_round_trip(storage_dir: Path) -> None:
     assert (await agent.get_state()).count == 5
 
 
+async def test_an_id_whose_file_belongs_to_another_id_is_refused_before_it_starts(storage_dir: Path) -> None:
+    """On a case-insensitive filesystem `case-a` and `CASE-A` are one file. Simulated here by a file that
+    already records another id: the second id is refused before `on_start`, a schedule or a write."""
+    from runtime import AgentIdConflictError
+    from runtime.storage import AgentStorage
+
+    victim = await AgentStorage(Counter.storage_path(storage_dir, "CASE-A")).open()
+    await victim.setdefault("_agent_id", "case-a")
+    await victim.put("starts", 1)
+    await victim.close()
+    with pytest.raises(AgentIdConflictError, match="case-a"):
+        await get_agent(Counter, "CASE-A", storage_dir=storage_dir).get("starts")
+    after = await AgentStorage(Counter.storage_path(storage_dir, "CASE-A")).open()
+    try:
+        assert await after.get("starts") == 1  # its on_start never ran
+        assert await after.get("_agent_id") == "case-a"
+    finally:
+        await after.close()
+
+
 async def test_transaction_is_atomic(storage_dir: Path) -> None:
     agent = get_agent(Counter, "tx-1", storage_dir=storage_dir)
     with pytest.raises(RuntimeError, match="boom after inserts"):

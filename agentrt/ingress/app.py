@@ -33,7 +33,9 @@ api.include_router(service.router)
 api.include_router(threads.router)
 
 
-@serve.deployment(name="AgentIngress", max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+@serve.deployment(
+    name="AgentIngress", max_ongoing_requests=1000, max_queued_requests=2000, ray_actor_options={"num_cpus": 0}
+)
 @serve.ingress(api)
 class AgentIngress:
     """The Serve replica. On start it makes sure the storage root's alarm scheduler and agent hosts run:
@@ -60,6 +62,7 @@ def build_app(
     *,
     num_replicas: int | Literal["auto"] = 1,
     max_ongoing_requests: int = 1000,
+    max_queued_requests: int = 2000,
 ) -> serve.Application:
     """The ingress application, its replicas started with `env_vars` added to their environment.
 
@@ -71,5 +74,8 @@ def build_app(
     if env:
         options["runtime_env"] = {"env_vars": env}
     return AgentIngress.options(
-        num_replicas=num_replicas, max_ongoing_requests=max_ongoing_requests, ray_actor_options=options
+        num_replicas=num_replicas,
+        max_ongoing_requests=max_ongoing_requests,
+        max_queued_requests=max_queued_requests,  # beyond: Serve answers 503 at once instead of queueing
+        ray_actor_options=options,
     ).bind()

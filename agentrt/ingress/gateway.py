@@ -18,7 +18,14 @@ from agents.directory import ThreadDirectory, directory_id_for
 from agents.errors import ChatError
 from agents.thread_agent import ThreadAgent
 from auth.errors import AuthConfigError
-from runtime import AgentCapacityError, AgentHandle, AgentNotFoundError, InvalidAgentIdError, validate_agent_id
+from runtime import (
+    AgentCapacityError,
+    AgentHandle,
+    AgentIdConflictError,
+    AgentNotFoundError,
+    InvalidAgentIdError,
+    validate_agent_id,
+)
 from runtime.classes import import_agent_class
 
 logger = logging.getLogger("agentrt.ingress")
@@ -88,6 +95,9 @@ class AgentGateway:
             raise
         except AgentNotFoundError:
             raise HttpProblem(404, "thread_not_found", "no thread with this id") from None
+        except AgentIdConflictError:
+            detail = "another thread's id differs from this one only in case; choose another id"
+            raise HttpProblem(409, "thread_id_conflict", detail) from None
         except AgentCapacityError as exc:
             retry = str(max(1, round(exc.retry_after)))
             detail = "every live thread is busy; retry shortly"

@@ -42,6 +42,18 @@ class IngressSettings(BaseSettings):
     max_message_chars: int = Field(default=8000, validation_alias=AliasChoices("CHAT_MAX_MESSAGE_CHARS"))
     poll_timeout: float = Field(default=20.0, validation_alias=AliasChoices("AGENTRT_POLL_TIMEOUT"))
     sse_ping_seconds: float = Field(default=15.0, validation_alias=AliasChoices("AGENTRT_SSE_PING_SECONDS"))
+    max_streams_per_user: int = Field(
+        default=20,
+        ge=1,
+        validation_alias=AliasChoices("AGENTRT_MAX_STREAMS_PER_USER"),
+        description="Open event streams one user may hold on a replica; the next is refused with 429.",
+    )
+    max_streams_per_thread: int = Field(
+        default=10,
+        ge=1,
+        validation_alias=AliasChoices("AGENTRT_MAX_STREAMS_PER_THREAD"),
+        description="Open event streams on one thread per replica; the next is refused with 429.",
+    )
     max_threads_per_user: int = Field(
         default=1000,
         ge=1,

@@ -33,6 +33,7 @@ from agentrt.ingress.schemas import (
     ToolResultRequest,
 )
 from agentrt.ingress.settings import IngressSettings, ingress_settings
+from agentrt.ingress.stream_slots import slots
 from agentrt.ingress.streams import FAR_AFTER, SSE_HEADERS, dump, parse_resume_point, thread_stream, turn_stream
 from agents.errors import NotOwnerError
 from runtime import validate_agent_id
@@ -214,5 +215,11 @@ async def events(
     resume_after, resume_epoch = parse_resume_point(request.headers.get("last-event-id"), after, epoch)
     # the first poll verifies the token in the agent: its errors are HTTP errors, not stream events
     first = await thread.next_events(FAR_AFTER if resume_after is None else resume_after, resume_epoch, 0.0)
-    stream = thread_stream(thread, first, resume_after, resume_epoch, settings.poll_timeout)
+    who = thread.caller.subject
+    slots.take(
+        who, thread.thread_id, per_user=settings.max_streams_per_user, per_thread=settings.max_streams_per_thread
+    )
+    stream = slots.held(
+        thread_stream(thread, first, resume_after, resume_epoch, settings.poll_timeout), who, thread.thread_id
+    )
     return EventSourceResponse(stream, ping=settings.sse_ping_seconds, headers=SSE_HEADERS)
