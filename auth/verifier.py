@@ -28,6 +28,7 @@ import jwt
 
 from auth.http_pool import tls_context
 from auth.issuer import discovery_url
+from runtime.backoff import exponential_delay
 from runtime.counters import count
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class JWTVerifier:
         timeout: float = 5.0,
         http: httpx.AsyncClient | None = None,
         verified_ttl: float = 0.0,
+        stale_grace: float = 3600.0,
     ) -> None:
         allowed = tuple(algorithms)
         if not allowed:
@@ -150,6 +152,9 @@ class JWTVerifier:
         self._fetched_at: float | None = None
         self._last_unknown_kid_refresh = -math.inf
         self._lock: asyncio.Lock | None = None
+        self._failures = 0
+        self._next_fetch_at = -math.inf
+        self.stale_grace = stale_grace
         self.fetches = 0
         """How many times the key set was fetched (for tests and metrics)."""
 
@@ -197,6 +202,24 @@ class JWTVerifier:
     def _fresh(self) -> bool:
         return self._fetched_at is not None and time.monotonic() - self._fetched_at < self.jwks_ttl
 
+    def _usable(self) -> bool:
+        """Fresh, or stale but within the grace period (the issuer is failing: keep the last good keys)."""
+        return self._fetched_at is not None and time.monotonic() - self._fetched_at < self.jwks_ttl + self.stale_grace
+
+    async def _try_refresh(self) -> bool:
+        """Refetch unless a recent failure says wait (backoff 1 s, 2 s, ... 60 s): an issuer outage must not
+        turn every request into a fetch with a timeout. False if the keys could not be fetched now."""
+        if time.monotonic() < self._next_fetch_at:
+            return False
+        try:
+            await self._refresh()
+        except SigningKeysUnavailableError:
+            self._failures += 1
+            self._next_fetch_at = time.monotonic() + exponential_delay(self._failures, 1.0, 60.0)
+            return False
+        self._failures, self._next_fetch_at = 0, -math.inf
+        return True
+
     def _lookup(self, kid: str | None) -> tuple[jwt.PyJWK, str | None] | None:
         if kid is None and len(self._keys) == 1:
             return next(iter(self._keys.values()))
@@ -213,12 +236,15 @@ class JWTVerifier:
         async with self._lock:
             key = self._lookup(kid) if self._fresh() else None
             if key is None and not self._fresh():
-                await self._refresh()
+                refreshed = await self._try_refresh()
+                if not refreshed and not self._usable():
+                    raise SigningKeysUnavailableError("the issuer's signing keys are unavailable")
                 key = self._lookup(kid)
             if key is None and time.monotonic() - self._last_unknown_kid_refresh >= self.min_refresh_interval:
                 # A kid we do not know may be a freshly rotated key: look once, then not again for a while.
                 self._last_unknown_kid_refresh = time.monotonic()
-                await self._refresh()
+                if not await self._try_refresh() and not self._usable():
+                    raise SigningKeysUnavailableError("the issuer's signing keys are unavailable")
                 key = self._lookup(kid)
         if key is None:
             raise UnknownSigningKeyError("the token's signing key is not one of the issuer's keys")

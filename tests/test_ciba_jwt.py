@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -22,6 +23,7 @@ from auth.verifier import (
     JWTVerifier,
     MalformedTokenError,
     MissingClaimError,
+    SigningKeysUnavailableError,
     TokenExpiredError,
     TokenNotYetValidError,
     UnknownSigningKeyError,
@@ -129,3 +131,25 @@ def test_symmetric_or_none_algorithms_cannot_be_configured() -> None:
     for algorithms in (["HS256"], ["RS256", "none"], []):
         with pytest.raises(ValueError):
             JWTVerifier(issuer="https://x/", audience="a", algorithms=algorithms)
+
+
+async def test_an_issuer_outage_keeps_the_last_good_keys_and_backs_off() -> None:
+    """After the key set expires, a failing issuer must not make every request refetch behind a lock (each
+    a timeout long): the last good keys serve for a grace period, and refetches back off."""
+    from tests.jwks_helpers import JWKSServer
+
+    issuer = JWKSServer().start()
+    verifier = JWTVerifier(issuer.issuer, "https://api", jwks_ttl=0.2, timeout=2.0)
+    token = issuer.token(audience="https://api")
+    assert (await verifier.verify(token))["sub"] == "auth0|alice"
+    fetches = verifier.fetches
+    issuer.stop()  # the outage
+    await asyncio.sleep(0.3)  # the key set is now stale (a TTL, not an event to wait for)
+    started = time.monotonic()
+    for _ in range(20):
+        assert (await verifier.verify(issuer.token(audience="https://api")))["sub"] == "auth0|alice"
+    assert time.monotonic() - started < 3.0  # one failed fetch at most, then the backoff holds
+    assert verifier.fetches - fetches == 1
+    verifier.stale_grace = 0.0  # past the grace period: refused fast, as unavailable (503), not as invalid
+    with pytest.raises(SigningKeysUnavailableError):
+        await verifier.verify(issuer.token(audience="https://api"))
