@@ -26,7 +26,7 @@ from agents.events import EventLog
 from agents.messages import ChatMessage, PendingApproval, ThreadEvent, ToolCall
 from agents.settings import ChatSettings, chat_settings
 from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
-from runtime import Agent, read, turn
+from runtime import Agent, internal, read, turn
 from runtime.backoff import exponential_delay
 from tools.base import Tool, ToolContext, ToolError, TransientToolError
 from tools.interrupts import AsyncAuthorizationInterrupt
@@ -68,6 +68,7 @@ class AIChatAgent(Agent):
         self._tools: dict[str, Tool] | None = None
 
     # -- hooks for subclasses and mixins -----------------------------------------------------------
+    @internal
     def build_tools(self) -> list[Tool]:
         """The tools this agent offers the model (none here)."""
         return []
@@ -78,17 +79,21 @@ class AIChatAgent(Agent):
             self._tools = {tool.name: tool for tool in self.build_tools()}
         return self._tools
 
+    @internal
     async def authenticate(self, token: str | None) -> dict[str, Any]:
         """Verify the caller's credentials; return their claims. Open access here."""
         return {}
 
+    @internal
     async def authorize(self, claims: dict[str, Any], action: str) -> None:
         """Decide whether the caller may perform `action` on this thread. Allowed here."""
 
+    @internal
     async def get_owner(self) -> str | None:
         """The user the thread belongs to (the CIBA user for its tools). None without `OwnedAgent`."""
         return None
 
+    @internal
     async def on_authorization_interrupt(self, call: ToolCall, interrupt: AsyncAuthorizationInterrupt) -> None:
         """A tool call now waits for an approval on the user's device. `AsyncUserConfirmationResumer`
         schedules the checks; without it the call waits until `resume_tool_call` is called."""
@@ -104,6 +109,7 @@ class AIChatAgent(Agent):
             )
         return self._llm
 
+    @internal
     async def check_access(self, token: str | None, action: str) -> dict[str, Any]:
         claims = await self.authenticate(token)
         await self.authorize(claims, action)
@@ -187,6 +193,7 @@ class AIChatAgent(Agent):
         return {"epoch": self.events.epoch, "events": events, "last_seq": self.events.last_seq}
 
     # -- resuming (called by schedules and mixins; not for remote callers) -------------------------
+    @internal
     @turn
     async def resume_tool_call(self, payload: dict[str, Any]) -> str | None:
         """Run an interrupted tool call again; if it finished, continue the conversation. Idempotent."""
@@ -198,6 +205,7 @@ class AIChatAgent(Agent):
         updated = await self._get_call(call.id)
         return updated.state if updated else None
 
+    @internal
     @turn
     async def recover_turn(self, payload: Any = None) -> None:
         """Finish a turn a crash interrupted: answer a user message that got no reply."""

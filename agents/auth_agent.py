@@ -13,6 +13,7 @@ from agents.errors import UnauthenticatedError
 from agents.host import MixinBase
 from auth.settings import AuthSettings
 from auth.verifier import InvalidTokenError, JWTVerifier
+from runtime import internal
 
 
 class AuthAgent(MixinBase):
@@ -29,6 +30,7 @@ class AuthAgent(MixinBase):
             self._jwt_verifier = AuthSettings().shared_verifier()
         return self._jwt_verifier
 
+    @internal
     async def authenticate(self, token: str | None) -> dict[str, Any]:
         if not isinstance(token, str) or not token.strip():
             raise UnauthenticatedError("a bearer token is required")

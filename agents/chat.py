@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from agents.thread_agent import ThreadAgent, thread_owner
 from auth.settings import AuthSettings
+from runtime import internal
 from tools.base import Tool
 from tools.order_details import purchase_details
 from tools.stocks import binding_message_for, get_stock_price, make_buy_stock_tool
@@ -21,10 +22,12 @@ __all__ = ["Chat", "thread_owner"]
 class Chat(ThreadAgent):
     """A chat thread whose purchases wait for the owner's approval on another device."""
 
+    @internal
     def purchase_tool(self) -> Tool:
         """The raw purchase tool, before the approval wrapper (a seam for tests and other shops)."""
         return make_buy_stock_tool()
 
+    @internal
     def build_tools(self) -> list[Tool]:
         buy_stock = self.with_async_user_confirmation(
             self.purchase_tool(),

@@ -12,7 +12,7 @@ from typing import Any
 
 from agents.errors import NotOwnerError, UnauthenticatedError
 from agents.host import MixinBase
-from runtime import read, turn
+from runtime import internal, read, turn
 
 OWNER_KEY = "_owner"
 READ_ACTIONS = frozenset({"get_messages", "get_pending_approvals", "poll_events", "describe"})
@@ -24,16 +24,19 @@ class OwnedAgent(MixinBase):
 
     _owner_cache: str | None = None
 
+    @internal
     async def get_owner(self) -> str | None:
         if self._owner_cache is None:
             self._owner_cache = await self.storage.get(OWNER_KEY)
         return self._owner_cache
 
+    @internal
     async def set_owner(self, subject: str) -> str:
         """Claim the thread for `subject` if it has no owner yet; return the owner (atomic)."""
         self._owner_cache = await self.storage.setdefault(OWNER_KEY, subject)
         return self._owner_cache
 
+    @internal
     async def authorize(self, claims: dict[str, Any], action: str) -> None:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:

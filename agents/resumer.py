@@ -19,7 +19,7 @@ from typing import Any
 from agents.host import MixinBase
 from agents.messages import ToolCall
 from auth.settings import AuthSettings
-from runtime import turn
+from runtime import internal, turn
 from tools.base import ToolContext
 from tools.ciba_ping import notification_target, ping_key
 from tools.interrupts import AsyncAuthorizationInterrupt
@@ -31,10 +31,12 @@ DEFAULT_INTERVAL_SECONDS = 5.0
 class AsyncUserConfirmationResumer(MixinBase):
     """Mixin for an `AIChatAgent`: schedule and run the checks of pending async authorizations."""
 
+    @internal
     async def on_authorization_interrupt(self, call: ToolCall, interrupt: AsyncAuthorizationInterrupt) -> None:
         await self.schedule_async_user_confirmation_check(call.id, interrupt)
         await super().on_authorization_interrupt(call, interrupt)
 
+    @internal
     async def schedule_async_user_confirmation_check(
         self, tool_call_id: str, interrupt: AsyncAuthorizationInterrupt | dict[str, Any]
     ) -> None:
@@ -78,6 +80,7 @@ class AsyncUserConfirmationResumer(MixinBase):
         await self.schedule_async_user_confirmation_check(call.id, {"next_check_at": time.time()})
         return True
 
+    @internal
     async def check_async_user_confirmation(self, payload: dict[str, Any]) -> None:
         """The alarm: poll once by re-running the tool call (a no-op if it already finished)."""
         await self.resume_tool_call(payload)

@@ -19,6 +19,7 @@ from agents.auth_agent import AuthAgent
 from agents.owned_agent import OwnedAgent
 from agents.resumer import AsyncUserConfirmationResumer
 from auth.settings import AuthSettings
+from runtime import internal
 from tools.async_confirmation import InterruptCallback, Resolvable, with_async_user_confirmation
 from tools.base import Tool, current_tool_context
 from tools.ciba_client import CIBAClient
@@ -57,6 +58,7 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
 
     _credential_store: SQLiteCredentialStore | None = None
 
+    @internal
     def with_async_user_confirmation(
         self,
         tool: Tool,
@@ -94,6 +96,7 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
         `<root>/<Class>/<id>.sqlite3` and ids hold no `/`), so no id reaches another thread's tokens."""
         return Path(storage_dir) / cls.agent_class_name() / CREDENTIALS_FOLDER / f"{agent_id}.sqlite3"
 
+    @internal
     def credential_store(self) -> SQLiteCredentialStore:
         """This thread's approved tokens, encrypted with `AUTH0_SESSION_ENCRYPTION_KEY` (one file per thread)."""
         if self._credential_store is None:

@@ -51,12 +51,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from auth.client_assertion import CLIENT_ASSERTION_TYPE
 from auth.http_pool import tls_context
+from devservers.local_only import LocalOnly
 from devservers.server_thread import ServerThread, free_port
 from tools.ciba_client import BINDING_MESSAGE_RE
 
@@ -900,7 +902,8 @@ def create_authz_app(
             Route("/approvals", approvals_page, name="approvals"),
             Route("/approvals/requests", approvals_fragment),
             Route("/approvals/{request_id}/{action:str}", approvals_form, methods=["POST"]),
-        ]
+        ],
+        middleware=[Middleware(LocalOnly)],
     )
     app.state.authz = st
     return app

@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from auth.verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError
+from devservers.local_only import LocalOnly
 from devservers.server_thread import ServerThread
 from tools.order_details import approves_order
 from tools.stock_prices import (
@@ -371,6 +372,7 @@ def create_checkout_app(
             await store.close()
 
     app = FastAPI(title="Demo checkout API", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(LocalOnly)
     app.state.store = store
     app.state.verifier = verifier
     app.state.prices = price_table

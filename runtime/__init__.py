@@ -2,7 +2,8 @@
 
 Knows nothing of chat or auth. Public surface:
 
-- `Agent`, `turn`, `read`: the base class and its method markers;
+- `Agent`, `turn`, `read`, `internal`: the base class and its method markers (`internal`: not callable
+  through a handle, only by the agent itself and its schedules);
 - `get_agent` / `get_agent_sync`: address an agent by `(class, id)`;
 - `init`: connect to (or start) Ray and the alarm scheduler for a storage root;
 - `Schedule`, `InvalidScheduleError`, `InvalidAgentIdError`: what schedules and ids give back;
@@ -16,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtime.agent import Agent, read, turn
+from runtime.agent import Agent, internal, read, turn
 from runtime.errors import AgentCapacityError, AgentIdConflictError, AgentNotFoundError
 from runtime.handles import AgentHandle, SyncAgentHandle
 from runtime.ids import InvalidAgentIdError, validate_agent_id
@@ -40,6 +41,7 @@ __all__ = [
     "SyncAgentHandle",
     "get_agent",
     "get_agent_sync",
+    "internal",
     "init",
     "read",
     "runtime_settings",

@@ -364,5 +364,11 @@ def check_method(cls: type[Agent], method: str) -> None:
     allowed = isinstance(method, str) and (
         method in RUNTIME_ENTRY_POINTS or (not method.startswith("_") and method not in NOT_REMOTE)
     )
-    if not allowed or not callable(getattr(cls, method, None)):
+    target = getattr(cls, method, None) if allowed else None
+    if not allowed or not callable(target) or _is_internal(cls, method):
         raise AttributeError(f"{cls.__name__} has no method {method!r} that can be called")
+
+
+def _is_internal(cls: type[Agent], method: str) -> bool:
+    """Marked `@internal` anywhere in the class's ancestry: an override without the marker stays internal."""
+    return any(getattr(vars(base).get(method), "__agent_internal__", False) for base in cls.__mro__)

@@ -67,6 +67,16 @@ SCHEDULE_RETRY_MAX_SECONDS = 300.0
 """The longest wait before a failed schedule is tried again."""
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def internal(fn: F) -> F:
+    """Mark a method as the agent's own: its schedules and mixins call it, handles refuse it (so a Ray
+    client in the namespace cannot run a schedule callback or an access hook out of turn)."""
+    fn.__agent_internal__ = True  # type: ignore[attr-defined]
+    return fn
+
+
 def turn(fn: Callable[Concatenate[A, P], Awaitable[R]]) -> Callable[Concatenate[A, P], Awaitable[R]]:
     """Mark an async method as a turn: it runs alone, in arrival order, after start-up."""
 

@@ -185,3 +185,15 @@ async def test_bad_schedule_requests_leave_data_untouched(storage_dir: Path) -> 
             await agent.schedule(*args)
     assert snapshot() == before
     assert [s.id for s in await agent.get_schedules()] == [kept.id]
+
+
+async def test_internal_methods_cannot_be_called_through_a_handle(storage_dir: Path) -> None:
+    """Schedule callbacks and access hooks are the agent's own: no Ray client may run them out of turn."""
+    from agents.chat import Chat
+    from tests.chat_agents_under_test import CrashableChat
+
+    for cls in (Chat, CrashableChat):  # an override without the marker stays internal
+        thread = get_agent(cls, "internal-1", storage_dir=storage_dir, create=False)
+        for method in ("resume_tool_call", "recover_turn", "check_access", "set_owner", "build_tools", "purchase_tool"):
+            with pytest.raises(AttributeError, match="that can be called"):
+                await thread.invoke(method, {"tool_call_id": "x"})
