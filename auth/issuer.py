@@ -44,6 +44,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of `url`, the default port filled in: what "the same origin" compares."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"https": 443, "http": 80}.get(scheme)
+
+
 def discovery_url(issuer: str) -> str:
     """The OIDC discovery document of `issuer`."""
     return issuer.rstrip("/") + "/.well-known/openid-configuration"

@@ -33,6 +33,9 @@ from runtime.counters import count
 
 log = logging.getLogger(__name__)
 
+ACCESS_TOKEN_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
+"""Accepted JWT `typ` headers (RFC 9068 access tokens, or the plain `JWT` Auth0 writes); none is fine too."""
+
 DEFAULT_VERIFIED_TTL = 60.0
 """Seconds a process's shared verifier accepts a token it verified without checking it again."""
 MAX_VERIFIED_TOKENS = 10_000
@@ -282,6 +285,10 @@ class JWTVerifier:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
             raise DisallowedAlgorithmError("the token's signing algorithm is not allowed")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES):
+            # a DPoP proof, a logout token, ... is a JWT signed by someone, but not an access token
+            raise MalformedTokenError("the token is not an access token (typ)")
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise MalformedTokenError("the token's key id is not a string")

@@ -436,3 +436,50 @@ def test_an_unusable_private_key_is_a_configuration_error_naming_the_variable(mo
     with pytest.raises(AuthConfigError, match="CIBA_CLIENT_ASSERTION_KEY is not a usable private key") as raised:
         CIBAClient.from_settings(AuthSettings())
     assert "not a key" not in str(raised.value)
+
+
+async def test_discovery_pointing_the_secret_at_another_origin_is_refused() -> None:
+    """The client secret (or its assertion) goes to the token and backchannel endpoints: a discovery
+    document naming another host for them is a configuration error, and nothing is sent there."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from devservers.server_thread import ServerThread
+
+    sent_elsewhere: list[str] = []
+
+    def discovery_app(issuer: list[str]) -> Starlette:
+        async def discovery(_request: Request) -> JSONResponse:
+            return JSONResponse(
+                {
+                    "issuer": issuer[0],
+                    "token_endpoint": "http://127.0.0.2:9/oauth/token",  # another origin
+                    "backchannel_authentication_endpoint": issuer[0] + "bc-authorize",
+                }
+            )
+
+        async def anything(request: Request) -> JSONResponse:
+            sent_elsewhere.append(request.url.path)
+            return JSONResponse({}, status_code=400)
+
+        return Starlette(
+            routes=[
+                Route("/.well-known/openid-configuration", discovery),
+                Route("/bc-authorize", anything, methods=["POST"]),
+            ]
+        )
+
+    issuer: list[str] = []
+    server = ServerThread(discovery_app(issuer))
+    issuer.append(server.url + "/")
+    server.start()
+    try:
+        async with CIBAClient(issuer=issuer[0], client_id="cid", client_secret="s" * 32) as client:
+            with pytest.raises(CIBAError) as caught:
+                await client.backchannel_authenticate(ALICE, "stock:buy", "Buy 1 MSFT")
+        assert caught.value.error == "invalid_configuration" and "origin" in str(caught.value)
+        assert sent_elsewhere == []
+    finally:
+        server.stop()

@@ -153,3 +153,27 @@ async def test_an_issuer_outage_keeps_the_last_good_keys_and_backs_off() -> None
     verifier.stale_grace = 0.0  # past the grace period: refused fast, as unavailable (503), not as invalid
     with pytest.raises(SigningKeysUnavailableError):
         await verifier.verify(issuer.token(audience="https://api"))
+
+
+async def test_a_signed_jwt_that_is_not_an_access_token_is_refused() -> None:
+    """A DPoP proof or a logout token is signed by a key the issuer publishes, but is no access token."""
+    import jwt as pyjwt
+
+    from tests.jwks_helpers import JWKSServer
+
+    issuer = JWKSServer().start()
+    try:
+        verifier = JWTVerifier(issuer.issuer, "https://api")
+        claims = issuer.claims(audience="https://api")
+
+        def typed(typ: str) -> str:
+            headers = {"kid": issuer.key.kid, "typ": typ}
+            return pyjwt.encode(claims, issuer.key.private_key, algorithm="RS256", headers=headers)
+
+        for typ in ("dpop+jwt", "logout+jwt", "secevent+jwt"):
+            with pytest.raises(MalformedTokenError, match="typ"):
+                await verifier.verify(typed(typ))
+        for typ in ("JWT", "at+jwt", "application/at+JWT"):
+            assert (await verifier.verify(typed(typ)))["sub"] == "auth0|alice"
+    finally:
+        issuer.stop()

@@ -36,7 +36,7 @@ from pydantic import SecretStr
 
 from auth.client_assertion import CLIENT_ASSERTION_TYPE, ClientAssertionSigner
 from auth.http_pool import tls_context
-from auth.issuer import discovery_url
+from auth.issuer import discovery_url, origin
 from tools.credentials_context import CIBACredentials
 
 if TYPE_CHECKING:
@@ -570,6 +570,11 @@ class CIBAClient:
                 raise CIBAError(
                     "invalid_configuration", "the provider does not advertise CIBA (no backchannel endpoint)"
                 )
+            for name, endpoint in (("token_endpoint", token_endpoint), ("backchannel endpoint", backchannel)):
+                if origin(endpoint) != origin(self.issuer):  # the client secret (or assertion) goes there
+                    raise CIBAError(
+                        "invalid_configuration", f"the discovery document's {name} is not on the issuer's origin"
+                    )
             modes = document.get("backchannel_token_delivery_modes_supported")
             if isinstance(modes, list) and "poll" not in modes:
                 raise CIBAError("invalid_configuration", "the provider does not support the CIBA poll mode")
