@@ -10,7 +10,8 @@ so a file-backed API keeps its orders across restarts.
 
 Every error is JSON: `{"error": <code>, "detail": <text>}`; no error ever echoes the token.
 
-Dev/test helpers: `GET /api/checkout/orders` (listing, no auth), `GET /api/checkout/orders/{id}`,
+Dev/test helpers: `GET /api/checkout/orders` (the caller's own orders, a token for this API required),
+`GET /api/checkout/orders/{id}` (the caller's only),
 `GET /api/checkout/stats` -> `{"orders": n}`, `GET /api/checkout/prices[/{ticker}]`, `GET /healthz`.
 """
 
@@ -127,7 +128,9 @@ class TokenVerifier:
             min_refresh_interval=1.0,
         )
 
-    async def verify(self, authorization: str | None) -> dict[str, Any]:
+    async def verify(self, authorization: str | None, *, require_scope: bool = True) -> dict[str, Any]:
+        """The claims of a valid checkout token (with the purchase scope, unless `require_scope` is off:
+        reading one's own orders needs a token for this API, not a purchase approval)."""
         if not authorization:
             raise CheckoutError(
                 401,
@@ -150,7 +153,7 @@ class TokenVerifier:
             raise CheckoutError(503, "jwks_unavailable", "the issuer's signing keys could not be fetched") from None
         except InvalidTokenError as exc:
             raise CheckoutError(401, "invalid_token", exc.reason, _bearer_challenge("invalid_token")) from None
-        if self.required_scope not in _token_scopes(claims):
+        if require_scope and self.required_scope not in _token_scopes(claims):
             raise CheckoutError(
                 403,
                 "insufficient_scope",
@@ -484,14 +487,17 @@ def create_checkout_app(
         )
 
     @app.get(f"{API_PREFIX}/orders")
-    async def list_orders(subject: str | None = None, limit: int = 1000) -> dict[str, Any]:
-        rows = await store.list_orders(subject=subject, limit=max(1, min(limit, 10_000)))
+    async def list_orders(request: Request, limit: int = 1000) -> dict[str, Any]:
+        """The caller's own orders (a token for this API; its `sub` says whose)."""
+        claims = await verifier.verify(request.headers.get("authorization"), require_scope=False)
+        rows = await store.list_orders(subject=str(claims.get("sub")), limit=max(1, min(limit, 10_000)))
         return {"orders": [_order_json(r) for r in rows]}
 
     @app.get(API_PREFIX + "/orders/{order_id}")
-    async def get_order(order_id: str) -> JSONResponse:
+    async def get_order(order_id: str, request: Request) -> JSONResponse:
+        claims = await verifier.verify(request.headers.get("authorization"), require_scope=False)
         row = await store.by_id(order_id)
-        if row is None:
+        if row is None or row["subject"] != claims.get("sub"):  # someone else's order is not there for you
             return _error_response(404, "not_found", f"no order {order_id!r}")
         return JSONResponse(_order_json(row))
 

@@ -66,9 +66,10 @@ async def test_valid_token_places_one_order(issuer, client):
     assert order["id"].startswith("ord_")
     assert "idempotent-replayed" not in response.headers
     assert await _count(client) == before + 1
-    listed = (await client.get("/orders")).json()["orders"]
+    mine = {"Authorization": f"Bearer {token}"}
+    listed = (await client.get("/orders", headers=mine)).json()["orders"]
     assert order["id"] in [o["id"] for o in listed]
-    assert (await client.get(f"/orders/{order['id']}")).json() == order
+    assert (await client.get(f"/orders/{order['id']}", headers=mine)).json() == order
 
 
 async def test_audience_list_and_lowercase_ticker_accepted(issuer, client):
@@ -219,13 +220,14 @@ async def test_limit_price_at_or_above_market_fills_at_market(issuer, client):
     assert order["limit_price"] == 30.0
 
 
-async def test_prices_and_not_found(client):
+async def test_prices_and_not_found(issuer, client):
     response = await client.get("/prices/msft")
     assert response.json() == {"ticker": "MSFT", "price": 25.0, "currency": "USD"}
     assert (await client.get("/prices")).json()["prices"]["AAPL"] == DEMO_PRICES["AAPL"]
     _assert_error(await client.get("/prices/ZZZZ"), 404, "unknown_ticker")
     _assert_error(await client.get("/nowhere"), 404, "not_found")
-    _assert_error(await client.get("/orders/ord_missing"), 404, "not_found")
+    mine = {"Authorization": f"Bearer {issuer.token(audience=AUDIENCE)}"}
+    _assert_error(await client.get("/orders/ord_missing", headers=mine), 404, "not_found")
 
 
 async def test_jwks_is_cached(issuer, client):
@@ -309,3 +311,17 @@ async def test_a_token_approved_for_one_order_buys_that_order_only(issuer, clien
     # a provider without RAR: a token without details is judged by its scope alone
     plain = issuer.token(audience=AUDIENCE)
     assert (await _buy(client, plain, {"ticker": "NVDA", "quantity": 1}, _key())).status_code == 201
+
+
+async def test_orders_are_read_only_by_their_owner(issuer, client):
+    """The order list once showed every user's orders to anyone: now a token for this API is needed, and
+    it shows (and opens) only its subject's orders."""
+    token = issuer.token(audience=AUDIENCE)
+    order = (await _buy(client, token, {"ticker": "MSFT", "quantity": 1}, _key())).json()
+    _assert_error(await client.get("/orders"), 401, "missing_token")
+    _assert_error(await client.get(f"/orders/{order['id']}"), 401, "missing_token")
+    bob = {"Authorization": f"Bearer {issuer.token(audience=AUDIENCE, subject='auth0|bob', scope='openid')}"}
+    assert order["id"] not in [o["id"] for o in (await client.get("/orders", headers=bob)).json()["orders"]]
+    _assert_error(await client.get(f"/orders/{order['id']}", headers=bob), 404, "not_found")
+    other_api = {"Authorization": f"Bearer {issuer.token(audience='https://other/api')}"}
+    _assert_error(await client.get("/orders", headers=other_api), 401, "invalid_token")

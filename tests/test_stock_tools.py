@@ -24,8 +24,9 @@ def _stats(checkout) -> int:
     return httpx.get(checkout.api_url + "/stats").json()["orders"]
 
 
-def _orders_of(checkout, subject: str) -> list[dict]:
-    return httpx.get(checkout.api_url + "/orders", params={"subject": subject}).json()["orders"]
+def _orders_of(checkout, issuer, subject: str) -> list[dict]:
+    token = issuer.token(audience=AUDIENCE, subject=subject)
+    return httpx.get(checkout.api_url + "/orders", headers={"Authorization": f"Bearer {token}"}).json()["orders"]
 
 
 def _credentials(issuer, **claim_args) -> CIBACredentials:
@@ -53,7 +54,7 @@ async def test_buy_stock_places_exactly_one_order_per_tool_call(issuer, checkout
     with use_ciba_credentials(_credentials(issuer)):
         await tool.run(args, _ctx("call_buy_again"))
     assert _stats(checkout) == before + 2
-    orders = _orders_of(checkout, "auth0|alice")
+    orders = _orders_of(checkout, issuer, "auth0|alice")
     assert [o["ticker"] for o in orders[-2:]] == ["MSFT", "MSFT"]
 
 
