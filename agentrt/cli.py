@@ -13,7 +13,6 @@ Client commands talk to `--url` (default `$AGENTRT_URL` or http://127.0.0.1:8000
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import signal
 import sys
@@ -30,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agentrt.client import AgentRuntimeClient, ApiError, dev_login
+from auth.issuer import is_loopback_host
 
 app = typer.Typer(
     name="agentrt",
@@ -59,15 +59,6 @@ AuthzOption = Annotated[
         "--authz-url", envvar="AGENTRT_DEV_AUTHZ_URL", help="Dev authorization server (default: from /config)."
     ),
 ]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _checked_agent_class(class_path: str) -> str:
@@ -151,7 +142,7 @@ def serve(
         verbose=verbose,
     )
     stack = Stack(options)
-    if stack.uses_dev_auth() and not _is_loopback(host) and not insecure_dev_login:
+    if stack.uses_dev_auth() and not is_loopback_host(host) and not insecure_dev_login:
         err_console.print(
             f"[red]agentrt serve: --host {host} with the dev authorization server would hand out demo users' "
             "tokens to anyone who can reach it (/dev/login). Configure AUTH0_* (or AUTH_ISSUER) for a real "
@@ -167,7 +158,7 @@ def serve(
         for sig in previous:
             signal.signal(sig, lambda *_: stop.set())
         _print_urls(stack)
-        if stack.authz is not None and not _is_loopback(host):
+        if stack.authz is not None and not is_loopback_host(host):
             console.print(
                 f"[yellow]Warning: the API listens on {host} while the dev authorization server is in use: anyone "
                 "who can reach it can sign in as a demo user. Configure AUTH0_* for anything but a demo.[/yellow]"

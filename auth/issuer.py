@@ -20,7 +20,7 @@ def issuer_url(auth_issuer: str | None, auth0_domain: str | None) -> str:
         issuer = auth_issuer.strip()
         if not issuer.startswith(("https://", "http://")):
             raise AuthConfigError("AUTH_ISSUER must be an http(s) URL")
-        if issuer.startswith("http://") and not _is_loopback(urlsplit(issuer).hostname or ""):
+        if issuer.startswith("http://") and not is_loopback_host(urlsplit(issuer).hostname or ""):
             # the client secret and every token travel to it: plain HTTP only on this machine (the dev server)
             raise AuthConfigError("AUTH_ISSUER must be an https URL (http only for a loopback dev server)")
         return issuer
@@ -35,7 +35,8 @@ def issuer_url(auth_issuer: str | None, auth0_domain: str | None) -> str:
     raise AuthConfigError("set AUTH0_DOMAIN (or AUTH_ISSUER) to the authorization server")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """`localhost` or a loopback address (`127.0.0.1`, `::1`, ...): this machine only."""
     if host == "localhost":
         return True
     try:

@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import hmac
 import html
-import ipaddress
 import json
 import logging
 import os
@@ -58,6 +57,7 @@ from starlette.routing import Route
 
 from auth.client_assertion import CLIENT_ASSERTION_TYPE
 from auth.http_pool import tls_context
+from auth.issuer import is_loopback_host
 from devservers.local_only import LocalOnly
 from devservers.server_thread import ServerThread, free_port
 from tools.ciba_client import BINDING_MESSAGE_RE
@@ -1104,15 +1104,6 @@ pre {{ white-space:pre-wrap; word-break:break-all; background:#fff; border:1px s
 # Server
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class DevAuthorizationServer:
     """The dev authorization server on a loopback port, in a background thread (`start()`/`stop()`).
 
@@ -1133,7 +1124,7 @@ class DevAuthorizationServer:
         port: int | None = None,
         **options: Any,
     ) -> None:
-        if not _is_loopback(host):
+        if not is_loopback_host(host):
             raise ValueError("the dev authorization server has unauthenticated approval endpoints: loopback only")
         self.host = host
         self.port = port or free_port(host)
