@@ -76,7 +76,7 @@ def start_world(*, ciba_interval: int = 1) -> ChatWorld:
     authz = DevAuthorizationServer(
         api_audience=API_AUDIENCE,
         default_interval=ciba_interval,
-        users=("alice", "bob", "carol"),
+        users=("alice", "bob", "carol", "dave"),  # dave: the API fuzzer's, used by no other test
         endpoint_paths="generic",
     ).start()
     checkout = CheckoutServer(issuer=authz.issuer, audience=CHECKOUT_AUDIENCE).start()

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from fastapi import Depends
+from fastapi import Depends, Path
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from agentrt.ingress.errors import HttpProblem, bearer_required
 from agentrt.ingress.gateway import AgentGateway, gateway
+from agentrt.ingress.schemas import THREAD_ID_SCHEMA
 from auth.settings import AuthSettings
 from auth.verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError
 from runtime import AgentHandle, validate_agent_id
@@ -62,7 +63,9 @@ async def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bear
     return Caller(token=token, subject=(await verified_claims(token))["sub"])
 
 
-def thread_id_param(thread_id: str) -> str:
+def thread_id_param(
+    thread_id: str = Path(description="The thread's id.", json_schema_extra=THREAD_ID_SCHEMA),
+) -> str:
     return validate_agent_id(thread_id)
 
 

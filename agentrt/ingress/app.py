@@ -31,6 +31,7 @@ api.add_middleware(RequestGuard)
 install_error_handlers(api)
 api.include_router(service.router)
 api.include_router(threads.router)
+api.state.method_routes = [*service.router.routes, *threads.router.routes]  # for the Allow header of a 405
 
 
 @serve.deployment(

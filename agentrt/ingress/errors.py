@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from agents.errors import ChatError
 from auth.errors import AuthConfigError
@@ -100,9 +101,24 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     return JSONResponse({"error": "invalid_request", "detail": summary, "problems": problems}, status_code=422)
 
 
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+def allowed_methods(request: Request) -> str:
+    """Every method some route of this path takes: Starlette's 405 names only the first route's (and
+    `POST /threads` and `GET /threads` are two routes). The routes are those the app lists in
+    `app.state.method_routes` (FastAPI's own router nests included routers out of reach)."""
+    methods: set[str] = set()
+    for route in getattr(request.app.state, "method_routes", ()):
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, exc.detail, getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
+    return error_response(exc.status_code, code, exc.detail, headers)
 
 
 async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from agents.messages import ChatMessage, PendingApproval
 
+THREAD_ID_SCHEMA: dict[str, Any] = {"pattern": r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,128}$"}
+"""What `runtime.validate_agent_id` accepts, for the schema (the check itself stays in one place, the
+runtime, so a bad id is the same `invalid_thread_id` answer wherever it comes in)."""
+
+MESSAGE_SCHEMA: dict[str, Any] = {"pattern": r"\S", "maxLength": 8000}
+"""A message needs something besides white space and at most `CHAT_MAX_MESSAGE_CHARS` (default 8000)."""
+
 
 class ErrorBody(BaseModel):
     error: str = Field(description="A stable error code, e.g. `not_owner`, `invalid_thread_id`.")
@@ -20,6 +27,7 @@ class CreateThreadRequest(BaseModel):
         default=None,
         description="Optional id to create or open (1-128 of letters, digits, `_`, `.`, `-`); default: a new uuid.",
         examples=["my-thread-1"],
+        json_schema_extra=THREAD_ID_SCHEMA,
     )
 
 
@@ -48,7 +56,9 @@ class ThreadDescription(BaseModel):
 
 class SendMessageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    content: StrictStr = Field(description="The user's message.", examples=["buy 10 shares of MSFT"])
+    content: StrictStr = Field(
+        description="The user's message.", examples=["buy 10 shares of MSFT"], json_schema_extra=MESSAGE_SCHEMA
+    )
 
 
 class MessageList(BaseModel):
@@ -63,7 +73,7 @@ class InterruptList(BaseModel):
 
 class ToolResultRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tool_call_id: StrictStr
+    tool_call_id: StrictStr = Field(max_length=256)
     approved: StrictBool
 
 
@@ -101,6 +111,7 @@ class PublicConfig(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The request body cannot be read (not UTF-8, or not the declared type)."},
     401: {"model": ErrorBody, "description": "Missing or invalid bearer token."},
     403: {"model": ErrorBody, "description": "The thread belongs to another user."},
     404: {"model": ErrorBody, "description": "No thread with that id."},
@@ -108,6 +119,30 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "Invalid thread id or request body."},
     503: {"model": ErrorBody, "description": "The thread's agent is unavailable or the service is at capacity; retry."},
 }
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    429: {"model": ErrorBody, "description": "The caller (or the thread) has as many event streams open as allowed."},
+}
+BODY_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: ERROR_RESPONSES[400],
+    413: ERROR_RESPONSES[413],
+    422: {"model": ErrorBody, "description": "The request body is not what this route takes."},
+}
+"""The errors of a route with a body and no bearer token of the agent API (dev login, CIBA pings)."""
+
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "One server-sent event.",
+    "properties": {
+        "event": {"type": "string", "description": "The event's type (`ready`, `message`, `tool_call`, ...)."},
+        "id": {"type": "string", "description": "`<epoch>:<seq>`, for `Last-Event-ID`."},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
+"""Each event of a `text/event-stream` answer (Open API 3.1 reads a stream's `schema` as one event's)."""
+
 CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
     429: {"model": ErrorBody, "description": "The caller has as many threads as one user may create."},

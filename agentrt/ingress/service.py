@@ -15,7 +15,15 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from agentrt.ingress.errors import HttpProblem
 from agentrt.ingress.gateway import gateway
-from agentrt.ingress.schemas import CibaPing, DevLoginRequest, DevLoginResponse, ErrorBody, Health, PublicConfig
+from agentrt.ingress.schemas import (
+    BODY_ERROR_RESPONSES,
+    CibaPing,
+    DevLoginRequest,
+    DevLoginResponse,
+    ErrorBody,
+    Health,
+    PublicConfig,
+)
 from agentrt.ingress.settings import IngressSettings, ingress_settings
 from auth.http_pool import shared_client
 from auth.settings import AuthSettings
@@ -63,7 +71,12 @@ async def config(request: Request, settings: IngressSettings = Depends(ingress_s
 @router.post(
     "/dev/login",
     response_model=DevLoginResponse,
-    responses={404: {"model": ErrorBody, "description": "No dev authorization server (or unknown user)."}},
+    responses={
+        404: {"model": ErrorBody, "description": "No dev authorization server (or unknown user)."},
+        502: {"model": ErrorBody, "description": "The dev authorization server refused the login."},
+        503: {"model": ErrorBody, "description": "The dev authorization server does not answer."},
+        **BODY_ERROR_RESPONSES,
+    },
     tags=["service"],
 )
 async def dev_login(body: DevLoginRequest, settings: IngressSettings = Depends(ingress_settings)) -> Response:
@@ -97,6 +110,8 @@ def _ping_mac_key() -> bytes:
         204: {"description": "The ping was accepted: the thread checks the approval now."},
         202: {"description": "Genuine, and queued for its thread (every live thread is busy): checked soon."},
         401: {"model": ErrorBody, "description": "Not a notification token of a pending approval."},
+        503: {"model": ErrorBody, "description": "The thread's agent is unavailable; the provider retries."},
+        **BODY_ERROR_RESPONSES,
     },
     tags=["approvals"],
 )

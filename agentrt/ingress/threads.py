@@ -21,6 +21,8 @@ from agentrt.ingress.schemas import (
     CREATE_RESPONSES,
     ERROR_RESPONSES,
     SSE_DESCRIPTION,
+    SSE_EVENT_SCHEMA,
+    STREAM_RESPONSES,
     CreateThreadRequest,
     ErrorBody,
     InterruptList,
@@ -134,7 +136,7 @@ async def describe_thread(thread: ThreadAccess = Depends(thread_access)) -> Thre
         200: {
             "description": "The new messages; or, with `Accept: text/event-stream`, a stream of the turn's "
             "events then a final `done` event (`{thread_id, messages}`) or `failed` (`{error, detail}`).",
-            "content": {"text/event-stream": {"schema": {"type": "string", "description": SSE_DESCRIPTION}}},
+            "content": {"text/event-stream": {"schema": {**SSE_EVENT_SCHEMA, "description": SSE_DESCRIPTION}}},
         },
         **CREATE_RESPONSES,
     },
@@ -194,8 +196,8 @@ async def submit_tool_result(body: ToolResultRequest, thread: ThreadAccess = Dep
 @router.get(
     "/threads/{thread_id}/events",
     responses={
-        200: {"description": SSE_DESCRIPTION, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-        **ERROR_RESPONSES,
+        200: {"description": SSE_DESCRIPTION, "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
+        **STREAM_RESPONSES,
     },
     response_class=Response,
     tags=["messages"],
