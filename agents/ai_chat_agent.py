@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 from openai import APIError, AsyncOpenAI
 from openai import APITimeoutError as OpenAITimeout
 
-from agents.errors import InvalidMessageError, ToolCallNotAwaitingError, UnknownToolCallError
+from agents.errors import InvalidMessageError, MessageIdReusedError, ToolCallNotAwaitingError, UnknownToolCallError
 from agents.events import EventLog
-from agents.messages import ChatMessage, PendingApproval, ThreadEvent, ToolCall
+from agents.messages import ChatMessage, PendingApproval, ThreadEvent, ToolCall, validate_message_id
 from agents.settings import ChatSettings, chat_settings
 from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
 from runtime import Agent, internal, read, turn
@@ -117,18 +117,35 @@ class AIChatAgent(Agent):
 
     # -- public API --------------------------------------------------------------------------------
     @turn
-    async def send_message(self, token: str | None, content: str) -> list[ChatMessage]:
-        """Run one turn: append the user's message, run the tool loop, return the new messages."""
+    async def send_message(self, token: str | None, content: str, message_id: str | None = None) -> list[ChatMessage]:
+        """Run one turn: append the user's message, run the tool loop, return the new messages.
+
+        With the sender's own `message_id`, sending it again is harmless: a message the thread already has
+        is not appended twice; its turn is finished if a crash cut it short, and its messages are returned
+        (so a client, or the ingress, may resend after a lost answer)."""
         await self.check_access(token, "send_message")
         text = self._validate_content(content)
+        if message_id is not None:
+            seen = await self.thread_store.message_by_id(validate_message_id(message_id))
+            if seen is not None:
+                return await self._replayed_turn(message_id, text, *seen)
         first_seq = await self._last_seq()
         await self.storage.put("_turn_in_progress", {"since": time.time()})
         self.events.emit("turn_start")
-        await self._append_message("user", text)
+        await self._append_message("user", text, message_id)
         await self._run_llm_loop()
         await self.storage.delete("_turn_in_progress")
         self.events.emit("turn_end")
         return await self._messages_after(first_seq)
+
+    async def _replayed_turn(
+        self, message_id: str, text: str, seq: int, role: str, content: str | None
+    ) -> list[ChatMessage]:
+        if role != "user" or content != text:
+            raise MessageIdReusedError(f"message {message_id!r} was already sent with other content")
+        if await self.storage.get("_turn_in_progress") is not None:
+            await self.recover_turn()  # the crash that lost the answer also cut the turn short: finish it now
+        return await self._messages_after(seq - 1)
 
     @read
     async def get_messages(self, token: str | None) -> list[ChatMessage]:
@@ -385,8 +402,8 @@ class AIChatAgent(Agent):
         return True
 
     # -- persistence (the SQL is in `ThreadStore`; here the events that go with each write) ----------
-    async def _append_message(self, role: str, content: str | None) -> str:
-        message = await self.thread_store.add_message(role, content)
+    async def _append_message(self, role: str, content: str | None, message_id: str | None = None) -> str:
+        message = await self.thread_store.add_message(role, content, message_id)
         self.events.emit("message", message=message.model_dump(mode="json"))
         return message.id
 

@@ -17,6 +17,13 @@ class InvalidMessageError(ChatError, ValueError):
     code = "invalid_message"
 
 
+class MessageIdReusedError(ChatError):
+    """A message id the thread already holds, sent with other content (or naming a reply)."""
+
+    status_code = 409
+    code = "message_id_reused"
+
+
 class UnknownToolCallError(ChatError, LookupError):
     """No tool call with that id exists in this thread."""
 

@@ -7,9 +7,23 @@ answerable in order, whatever was said in the thread since.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from agents.errors import InvalidMessageError
+
+MESSAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+"""A sender's own message id (`send_message(..., message_id=)`): 1-128 letters, digits, `_.:-`."""
+
+
+def validate_message_id(message_id: object) -> str:
+    """`message_id` if it is a valid message id, else `InvalidMessageError` saying why."""
+    if not isinstance(message_id, str) or not MESSAGE_ID_PATTERN.fullmatch(message_id):
+        raise InvalidMessageError("message_id must be 1-128 characters of letters, digits, '_', '.', ':' and '-'")
+    return message_id
+
 
 ToolCallState = Literal["call", "running", "pending-authorization", "awaiting-confirmation", "result"]
 Role = Literal["system", "user", "assistant", "tool"]

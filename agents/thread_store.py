@@ -52,8 +52,9 @@ class ThreadStore:
         self.storage = storage
 
     # -- messages ------------------------------------------------------------------------------------
-    async def add_message(self, role: str, content: str | None) -> ChatMessage:
-        message_id, now = uuid.uuid4().hex, time.time()
+    async def add_message(self, role: str, content: str | None, message_id: str | None = None) -> ChatMessage:
+        """Append a message; `message_id`: the sender's own id for it (else a new one)."""
+        message_id, now = message_id or uuid.uuid4().hex, time.time()
         await self.storage.execute(
             "INSERT INTO messages(id, role, content, created_at) VALUES (?, ?, ?, ?)",
             (message_id, role, content, now),
@@ -88,6 +89,11 @@ class ThreadStore:
         return ChatMessage(
             id=message_id, role="assistant", content=content or None, tool_calls=calls or None, created_at=now
         )
+
+    async def message_by_id(self, message_id: str) -> tuple[int, str, str | None] | None:
+        """(seq, role, content) of the message with this id, if the thread has it."""
+        row = await self.storage.fetchone("SELECT seq, role, content FROM messages WHERE id = ?", (message_id,))
+        return None if row is None else (int(row["seq"]), str(row["role"]), row["content"])
 
     async def last_seq(self) -> int:
         row = await self.storage.fetchone("SELECT COALESCE(MAX(seq), 0) AS seq FROM messages")

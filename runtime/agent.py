@@ -103,12 +103,14 @@ def _with_ticket_parameter(fn: Callable[..., Any]) -> inspect.Signature:
 
 
 def read(fn: Callable[Concatenate[A, P], Awaitable[R]]) -> Callable[Concatenate[A, P], Awaitable[R]]:
-    """Mark an async method as a read: it waits for start-up only, never for a running turn."""
+    """Mark an async method as a read: it waits for start-up only, never for a running turn. A read changes
+    nothing, so a handle sends it again after its host crashed mid-call."""
 
     @functools.wraps(fn)
     async def run_as_read(self: A, *args: P.args, **kwargs: P.kwargs) -> R:
         return await _run_read(self, fn, args, kwargs)
 
+    run_as_read.__agent_read__ = True  # type: ignore[attr-defined]
     return run_as_read
 
 

@@ -8,7 +8,9 @@ Retries, and only the safe ones: a call refused by a host that is leaving (`Host
 before anything ran) or that hit a host which has since exited on purpose is sent again to a fresh host.
 A host that exited on purpose no longer holds its name (or a new actor holds it); one that crashed keeps
 its name and actor id while Ray restarts it, and a call in flight then may have run, so that error is
-raised, never retried.
+raised, not retried, unless running the call twice is harmless: a `@read`, or a call the caller marks
+`_idempotent=True` (a message sent with its own id, create-or-open). Those are sent again to the restarted
+host, within the same retry window.
 """
 
 from __future__ import annotations
@@ -87,23 +89,31 @@ class _HandleBase(Generic[A]):
             raise AttributeError(method)  # keeps pickle, copy and friends away from the proxy
         check_method(self.agent_class, method)
 
-    def _safe_to_retry(self, error: Exception, host: Any) -> bool:
-        """Whether `error` proves the call never ran (see the module docstring). Blocking (a GCS lookup)."""
+    def _harmless_twice(self, method: str, idempotent: bool) -> bool:
+        return idempotent or getattr(getattr(self.agent_class, method, None), "__agent_read__", False)
+
+    def _safe_to_retry(self, error: Exception, host: Any, harmless_twice: bool = False) -> bool:
+        """Whether sending the call again is safe: `error` proves it never ran, or running it twice is
+        harmless and its host died (see the module docstring). Blocking (a GCS lookup)."""
         if isinstance(error, RayTaskError):
             return isinstance(unwrap_error(error), HostRetiringError)
         if not isinstance(error, RayActorError):
             return False
+        if harmless_twice:
+            return True
         try:
             current = ray.get_actor(host_name(self.storage_dir, self.slot), namespace=self.namespace)
         except ValueError:
             return True  # the name is free: the host exited on purpose
         return current._actor_id != host._actor_id
 
-    def _pause_before_retry(self, error: Exception, host: Any, deadline: float, delay: float) -> float:
+    def _pause_before_retry(
+        self, error: Exception, host: Any, deadline: float, delay: float, harmless_twice: bool = False
+    ) -> float:
         """After a failed call: the pause before sending it again to a fresh host (the next one doubles,
         up to 0.5 s), or raise, as the agent's own exception, when retrying is not safe or took too long.
         Blocking (a GCS lookup)."""
-        if time.monotonic() > deadline or not self._safe_to_retry(error, host):
+        if time.monotonic() > deadline or not self._safe_to_retry(error, host, harmless_twice):
             if isinstance(error, RayTaskError):
                 raise unwrap_error(error) from None
             raise error
@@ -129,10 +139,14 @@ class AgentHandle(_HandleBase[A]):
         call.__name__ = method
         return call
 
-    async def invoke(self, method: str, *args: Any, _cancel_remote: bool = False, **kwargs: Any) -> Any:
+    async def invoke(
+        self, method: str, *args: Any, _cancel_remote: bool = False, _idempotent: bool = False, **kwargs: Any
+    ) -> Any:
         """Call `method`. With `_cancel_remote`, cancelling the awaiting task cancels the call in the agent
-        too (for long-polls); by default a started call runs to its end even if its caller goes away."""
+        too (for long-polls); by default a started call runs to its end even if its caller goes away.
+        `_idempotent`: running it twice is harmless, so it is sent again if its host crashes mid-call."""
         self._check_method(method)
+        harmless_twice = self._harmless_twice(method, _idempotent)
         kwargs = self._stamp(method, kwargs)
         deadline = time.monotonic() + RETRY_WINDOW_SECONDS
         delay = 0.01
@@ -146,7 +160,7 @@ class AgentHandle(_HandleBase[A]):
                     ray.cancel(ref)
                 raise
             except (RayTaskError, RayActorError) as error:
-                pause = await asyncio.to_thread(self._pause_before_retry, error, host, deadline, delay)
+                pause = await asyncio.to_thread(self._pause_before_retry, error, host, deadline, delay, harmless_twice)
             await asyncio.sleep(pause)
             delay = min(pause * 2, 0.5)
             await asyncio.to_thread(self._refresh_host, host)
@@ -168,8 +182,9 @@ class SyncAgentHandle(_HandleBase[A]):
         call.__name__ = method
         return call
 
-    def invoke(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def invoke(self, method: str, *args: Any, _idempotent: bool = False, **kwargs: Any) -> Any:
         self._check_method(method)
+        harmless_twice = self._harmless_twice(method, _idempotent)
         kwargs = self._stamp(method, kwargs)
         deadline = time.monotonic() + RETRY_WINDOW_SECONDS
         delay = 0.01
@@ -178,7 +193,7 @@ class SyncAgentHandle(_HandleBase[A]):
             try:
                 return ray.get(self._send(method, args, kwargs), timeout=self.timeout)
             except (RayTaskError, RayActorError) as error:
-                pause = self._pause_before_retry(error, host, deadline, delay)
+                pause = self._pause_before_retry(error, host, deadline, delay, harmless_twice)
             time.sleep(pause)
             delay = min(pause * 2, 0.5)
             self._refresh_host(host)

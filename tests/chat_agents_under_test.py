@@ -34,7 +34,8 @@ class ConfirmingChat(Chat):
 
 class CrashableChat(Chat):
     """`buy_stock` that dies (SIGKILL) before it runs, after the order was placed, or after the tool
-    returned but before the thread recorded its result, once per marker file."""
+    returned but before the thread recorded its result; or a turn that dies right after storing the user's
+    message; once per marker file."""
 
     def crash_marker(self, point: str) -> str:
         return str(self.storage_dir / "crash-points" / f"{self.id}.{point}")
@@ -63,6 +64,12 @@ class CrashableChat(Chat):
         if call.name == "buy_stock":
             self.crash_if_marked("before-result")
         await super()._finish_call(call, result)
+
+    async def _append_message(self, role: str, content: str | None, message_id: str | None = None) -> str:
+        appended = await super()._append_message(role, content, message_id)
+        if role == "user":
+            self.crash_if_marked("after-user-message")  # the message is stored, its answer not yet
+        return appended
 
 
 class HibernatingChat(Chat):

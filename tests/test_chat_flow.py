@@ -15,7 +15,7 @@ import ray
 
 import runtime
 from agents.chat import Chat
-from agents.errors import InvalidMessageError, ToolCallNotAwaitingError, UnknownToolCallError
+from agents.errors import InvalidMessageError, MessageIdReusedError, ToolCallNotAwaitingError, UnknownToolCallError
 from runtime import get_agent
 from tests.chat_agents_under_test import ConfirmingChat, CrashableChat, ShortExpiryChat
 from tests.chat_world import ChatWorld
@@ -203,6 +203,46 @@ async def test_crash_at_any_step_still_buys_exactly_once(
     assert world.stats()["backchannel_requests"] == before + 1
     (tool,) = tool_messages(messages)
     assert tool.content == "Purchased 4 shares of MSFT at 25.0"
+
+
+async def test_a_message_sent_again_with_its_id_is_stored_once_and_answered_once(
+    chat_world: ChatWorld, storage_dir: Path
+) -> None:
+    alice = chat_world.token("alice")
+    agent = get_agent(Chat, new_thread_id(), storage_dir=storage_dir)
+    first = await agent.send_message(alice, "what is MSFT trading at?", "m-1")
+    again = await agent.send_message(alice, "what is MSFT trading at?", "m-1")
+    assert [stable(m) for m in again] == [stable(m) for m in first]
+    assert first[0].id == "m-1" and first[0].role == "user"
+    history = await agent.get_messages(alice)
+    assert [m.id for m in history if m.role == "user"] == ["m-1"]
+    with pytest.raises(MessageIdReusedError):
+        await agent.send_message(alice, "something else", "m-1")
+    with pytest.raises(MessageIdReusedError):  # an id of one of the agent's own replies
+        await agent.send_message(alice, "hello", first[-1].id)
+    with pytest.raises(InvalidMessageError):
+        await agent.send_message(alice, "hello", "no spaces allowed")
+    assert len(await agent.get_messages(alice)) == len(history)
+
+
+@pytest.mark.slow
+async def test_a_turn_cut_short_by_a_crash_is_finished_by_resending_its_message(
+    chat_world: ChatWorld, storage_dir: Path
+) -> None:
+    """The host dies right after storing the user's message (before the answer): a caller that resends with
+    the same id (as the ingress does, `_idempotent`) gets the whole turn once, the message stored once."""
+    alice = chat_world.token("alice")
+    thread_id = new_thread_id()
+    agent = get_agent(CrashableChat, thread_id, storage_dir=storage_dir)
+    await agent.get_messages(alice)  # started, so the marker is read by this activation
+    pid = await agent.process_id()
+    marker = mark_crash(storage_dir, thread_id, "after-user-message")
+    answer = await agent.invoke("send_message", alice, "what is NVDA trading at?", "m-crash", _idempotent=True)
+    assert not marker.exists() and await agent.process_id() != pid, "the host must really have died mid-turn"
+    assert [m.role for m in answer][:2] == ["user", "assistant"] and answer[0].id == "m-crash"
+    history = await agent.get_messages(alice)
+    assert [m.id for m in history if m.role == "user"] == ["m-crash"]
+    assert sum(1 for m in history if m.role == "assistant" and m.content) == 1, history
 
 
 async def test_only_the_owner_may_use_a_thread(chat_world: ChatWorld, storage_dir: Path) -> None:

@@ -329,6 +329,27 @@ async def test_bad_input_gets_a_4xx_with_a_json_body(http_api: HttpApi) -> None:
         assert (await http.get(messages, headers=alice)).json()["messages"] == []
 
 
+async def test_a_message_resent_with_its_id_is_answered_again_not_stored_twice(http_api: HttpApi) -> None:
+    """A client that lost an answer resends the same `message_id`: same turn back, one message stored."""
+    alice = http_api.headers("alice")
+    thread_id = new_id()
+    body = {"content": "what is AAPL trading at?", "message_id": "client-42"}
+    async with http_api.client() as http:
+        first = await http.post(f"/threads/{thread_id}/messages", json=body, headers=alice)
+        again = await http.post(f"/threads/{thread_id}/messages", json=body, headers=alice)
+        assert first.status_code == again.status_code == 200, (first.text, again.text)
+        assert [m["id"] for m in again.json()["messages"]] == [m["id"] for m in first.json()["messages"]]
+        assert first.json()["messages"][0]["id"] == "client-42"
+        other = {"content": "something else", "message_id": "client-42"}
+        assert_error(
+            await http.post(f"/threads/{thread_id}/messages", json=other, headers=alice), 409, "message_id_reused"
+        )
+        bad = {"content": "hi", "message_id": "has spaces"}
+        assert_error(await http.post(f"/threads/{thread_id}/messages", json=bad, headers=alice), 422)
+        history = (await http.get(f"/threads/{thread_id}/messages", headers=alice)).json()["messages"]
+    assert [m["id"] for m in history if m["role"] == "user"] == ["client-42"]
+
+
 async def test_a_tool_result_for_a_call_not_awaiting_confirmation_is_409(http_api: HttpApi) -> None:
     alice = http_api.headers("alice")
     thread_id = new_id()

@@ -79,8 +79,10 @@ class ThreadAccess:
     handle: AgentHandle[Any]
     gateway: AgentGateway
 
-    async def call(self, method: str, *args: Any, cancel_remote: bool = False) -> Any:
-        return await self.gateway.call(self.handle, method, self.caller.token, *args, cancel_remote=cancel_remote)
+    async def call(self, method: str, *args: Any, cancel_remote: bool = False, idempotent: bool = False) -> Any:
+        return await self.gateway.call(
+            self.handle, method, self.caller.token, *args, cancel_remote=cancel_remote, idempotent=idempotent
+        )
 
     async def next_events(self, after: int, epoch: str | None, wait: float) -> dict[str, Any]:
         """One `poll_events` long-poll (up to `wait` s); cancelling it cancels the call in the agent too."""

@@ -86,11 +86,19 @@ class AgentGateway:
         return await self._handle("directory", directory_id_for(subject), True)
 
     async def call(
-        self, handle: AgentHandle[Any], method: str, *args: Any, cancel_remote: bool = False, **kwargs: Any
+        self,
+        handle: AgentHandle[Any],
+        method: str,
+        *args: Any,
+        cancel_remote: bool = False,
+        idempotent: bool = False,
+        **kwargs: Any,
     ) -> Any:
-        """`handle.method(*args)`; with `cancel_remote`, cancelling the caller cancels the call in the agent."""
+        """`handle.method(*args)`; with `cancel_remote`, cancelling the caller cancels the call in the agent;
+        `idempotent` (running it twice is harmless): sent again if the agent's host crashes mid-call, so a
+        crash is a slower answer, not a 503 (reads are always)."""
         try:
-            return await handle.invoke(method, *args, _cancel_remote=cancel_remote, **kwargs)
+            return await handle.invoke(method, *args, _cancel_remote=cancel_remote, _idempotent=idempotent, **kwargs)
         except (ChatError, InvalidAgentIdError, AuthConfigError):
             raise
         except AgentNotFoundError:

@@ -59,6 +59,13 @@ class SendMessageRequest(BaseModel):
     content: StrictStr = Field(
         description="The user's message.", examples=["buy 10 shares of MSFT"], json_schema_extra=MESSAGE_SCHEMA
     )
+    message_id: StrictStr | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+        description="Your own id for this message: sending it again (after a lost answer) does not add it "
+        "twice, it returns the same turn's messages. Default: a new id.",
+        examples=["msg-2f1c9a"],
+    )
 
 
 class MessageList(BaseModel):

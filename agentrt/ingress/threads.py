@@ -48,27 +48,29 @@ async def open_thread(who: Caller, thread_id: str, settings: IngressSettings) ->
     is checked, atomically), then the agent itself, which makes the caller its owner. Someone else's thread
     is refused by the agent (403) and its directory place given back before the answer."""
     directory = await gateway.directory(who.subject)
-    entry = await gateway.call(directory, "add", who.token, thread_id, settings.max_threads_per_user)
+    entry = await gateway.call(directory, "add", who.token, thread_id, settings.max_threads_per_user, idempotent=True)
     chat = await gateway.thread(thread_id, create=True)
     try:
-        await gateway.call(chat, "claim", who.token)
+        await gateway.call(chat, "claim", who.token, idempotent=True)
     except NotOwnerError:
         if entry["created"]:
-            await gateway.call(directory, "remove", who.token, thread_id)
+            await gateway.call(directory, "remove", who.token, thread_id, idempotent=True)
         raise
     return entry
 
 
-async def call_or_create(thread: ThreadAccess, settings: IngressSettings, method: str, *args: Any) -> Any:
+async def call_or_create(
+    thread: ThreadAccess, settings: IngressSettings, method: str, *args: Any, idempotent: bool = False
+) -> Any:
     """`thread.call(method, *args)`; a thread that does not exist yet is created first (posting to a new id
     creates it, within the caller's quota)."""
     try:
-        return await thread.call(method, *args)
+        return await thread.call(method, *args, idempotent=idempotent)
     except HttpProblem as exc:
         if exc.error != "thread_not_found":
             raise
     await open_thread(thread.caller, thread.thread_id, settings)
-    return await thread.call(method, *args)
+    return await thread.call(method, *args, idempotent=idempotent)
 
 
 def note_activity(thread: ThreadAccess, content: str) -> None:
@@ -150,13 +152,15 @@ async def send_message(
 ) -> Response:
     """Send a message and run the whole turn (the model, and any tools it calls)."""
     content = checked_message(body.content, settings)
+    # the message's own id makes resending it harmless: the gateway resends it if the agent's host crashes
+    message_id = body.message_id or f"msg-{uuid.uuid4().hex}"
     if not wants_event_stream(request):
-        messages = await call_or_create(thread, settings, "send_message", content)
+        messages = await call_or_create(thread, settings, "send_message", content, message_id, idempotent=True)
         note_activity(thread, content)
         return JSONResponse({"thread_id": thread.thread_id, "messages": dump(messages)})
     # a first zero-wait poll: auth errors become HTTP errors here, before the stream starts
     start = await call_or_create(thread, settings, "poll_events", FAR_AFTER, None, 0.0)
-    turn = asyncio.ensure_future(thread.call("send_message", content))
+    turn = asyncio.ensure_future(thread.call("send_message", content, message_id, idempotent=True))
     turn.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even if the client left
     stream = turn_stream(thread, turn, start, settings.poll_timeout, lambda: note_activity(thread, content))
     return EventSourceResponse(stream, ping=settings.sse_ping_seconds, headers=SSE_HEADERS)
