@@ -132,6 +132,8 @@ class StackOptions:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """More env vars for the agents (e.g. `PYTHONPATH`)."""
     num_replicas: int = 1
+    dev_users: tuple[str, ...] = ("alice", "bob")
+    """The dev authorization server's demo users (the soak benchmark signs in many)."""
     verbose: bool = False
     """Show Ray's own log lines (worker output, notices) here; by default they stay in Ray's log files."""
 
@@ -244,6 +246,7 @@ class Stack:
                 # approved and completed after it started again
                 "clients": {kept.client_id: kept.client_secret},
                 "requests_file": Path(opts.storage_dir) / "dev-authz-requests.json",
+                "users": opts.dev_users,
             }
             if opts.ciba_interval is not None:
                 kwargs["default_interval"] = opts.ciba_interval

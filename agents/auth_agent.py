@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.errors import UnauthenticatedError
+from agents.errors import AuthUnavailableError, UnauthenticatedError
 from agents.host import MixinBase
 from auth.settings import AuthSettings
-from auth.verifier import InvalidTokenError, JWTVerifier
+from auth.verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError
 from runtime import internal
 
 
@@ -39,5 +39,7 @@ class AuthAgent(MixinBase):
             raw = raw[7:].strip()
         try:
             return await self.jwt_verifier().verify(raw)
+        except SigningKeysUnavailableError:  # the issuer is down, the token may be fine: retry, not 401
+            raise AuthUnavailableError("the issuer's signing keys cannot be fetched; retry shortly") from None
         except InvalidTokenError as exc:
             raise UnauthenticatedError(f"invalid token: {exc}") from None

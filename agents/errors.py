@@ -45,6 +45,14 @@ class UnauthenticatedError(ChatError, PermissionError):
     code = "unauthenticated"
 
 
+class AuthUnavailableError(ChatError):
+    """The caller's token cannot be checked now (the issuer's signing keys cannot be fetched): retry."""
+
+    status_code = 503
+    code = "authz_unavailable"
+    retry_after = 5
+
+
 class NotOwnerError(ChatError, PermissionError):
     """The caller is authenticated but does not own this thread."""
 

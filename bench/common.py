@@ -104,6 +104,16 @@ def scan_logs(session_dir: str | None) -> dict[str, Any]:
     }
 
 
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def machine_info() -> dict[str, Any]:
     return {
         "cpu_count": os.cpu_count(),
@@ -114,9 +124,10 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def local_stack(storage_dir: Path, namespace: str, ciba_interval: int, env: dict[str, str]) -> Any:
+def local_stack(storage_dir: Path, namespace: str, ciba_interval: int, env: dict[str, str], **options: Any) -> Any:
     """The whole stack on free ports with a fresh storage root, configured by `env` (set here in this
-    process too: the driver decides a root's host count first). Not started yet."""
+    process too: the driver decides a root's host count first) and `options` (more `StackOptions`).
+    Not started yet."""
     from agentrt.stack import Stack, StackOptions
 
     os.environ.update(env)
@@ -130,6 +141,7 @@ def local_stack(storage_dir: Path, namespace: str, ciba_interval: int, env: dict
             namespace=namespace,
             ciba_interval=ciba_interval,
             extra_env=env,
+            **options,
         )
     )
 

@@ -44,6 +44,7 @@ from bench.common import (  # noqa: E402
     log,
     machine_info,
     new_thread_with_message,
+    rss_mib,
     summarise,
     timed,
     wait_until,
@@ -62,16 +63,6 @@ def node_used_mib() -> float:
         key, _, value = line.partition(":")
         fields[key] = int(value.split()[0])
     return (fields["MemTotal"] - fields["MemAvailable"]) / 1024
-
-
-def rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def ray_worker_count() -> int:

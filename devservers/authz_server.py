@@ -58,6 +58,7 @@ from starlette.routing import Route
 from auth.client_assertion import CLIENT_ASSERTION_TYPE
 from auth.http_pool import tls_context
 from auth.issuer import is_loopback_host
+from devservers.faults import Stall, Stalling
 from devservers.local_only import LocalOnly
 from devservers.server_thread import ServerThread, free_port
 from tools.ciba_client import BINDING_MESSAGE_RE
@@ -195,6 +196,7 @@ class CIBARequest:
             "expires_at": self.expires_at,
             "decided_at": self.decided_at,
             "status": self.current_status(now),
+            "finished": self.finished,
             "interval": self.interval,
             "polls": self.polls,
         }
@@ -241,6 +243,8 @@ class AuthzState:
     """Ping mode (CIBA 10.2): client id -> its `backchannel_client_notification_endpoint`."""
     drop_pings: bool = False
     """Lose every ping (a test hook: the client must still complete by polling)."""
+    stall: Stall = field(default_factory=Stall, repr=False)
+    """Hold every request while stalled (`DevAuthorizationServer.stall`): an unresponsive provider."""
     pings_sent: int = 0
     client_keys: dict[str, Any] = field(default_factory=dict, repr=False)
     """private_key_jwt clients: client id -> public key (PEM bytes or a key object)."""
@@ -903,7 +907,7 @@ def create_authz_app(
             Route("/approvals/requests", approvals_fragment),
             Route("/approvals/{request_id}/{action:str}", approvals_form, methods=["POST"]),
         ],
-        middleware=[Middleware(LocalOnly)],
+        middleware=[Middleware(LocalOnly), Middleware(Stalling, stall=st.stall)],
     )
     app.state.authz = st
     return app
@@ -1183,6 +1187,10 @@ class DevAuthorizationServer:
         if self._thread is not None:
             self._thread.stop()
             self._thread = None
+
+    def stall(self, seconds: float) -> None:
+        """Answer nothing for `seconds` (connections are accepted; each request waits for the end)."""
+        self.state.stall.hold(seconds)
 
     def __enter__(self) -> DevAuthorizationServer:
         return self.start()

@@ -247,6 +247,10 @@ class OrderStore:
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
+        # a restarted server runs on a new event loop, and an asyncio lock stays bound to the loop it
+        # first waited on: give the next one fresh locks
+        self.lock = asyncio.Lock()
+        self._open_lock = asyncio.Lock()
 
     async def by_key(self, key: str) -> aiosqlite.Row | None:
         db = await self.db()

@@ -74,6 +74,8 @@ def error_payload(exc: BaseException) -> tuple[int, str, str]:
 
 async def _chat_error(_request: Request, exc: ChatError) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if exc.status_code == 401 else None
+    if exc.status_code == 503:
+        headers = {"Retry-After": str(getattr(exc, "retry_after", 1))}
     return error_response(exc.status_code, exc.code, str(exc), headers)
 
 

@@ -1,0 +1,47 @@
+"""The soak benchmark, short: a few users for a minute while a host is SIGKILLed, the checkout API
+restarts and the authorization server stalls; then nothing lost, doubled or stuck (`bench/soak_bench.py`
+checks the invariants from the threads' files and the checkout's database; here they must all hold).
+
+It runs as its own process with its own Ray cluster and stack, as a user would run the benchmark, with
+none of this session's configuration in its environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SESSION_ONLY = ("AUTH", "CIBA_", "CHECKOUT_", "OPENAI_", "AGENT_", "AGENTRT_", "RAY_ADDRESS")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(600)
+def test_a_short_soak_with_crashes_restarts_and_a_stall_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SESSION_ONLY)}
+    args = ["--users", "6", "--minutes", "1.2", "--kill-every", "15", "--checkout-every", "25", "--stall", "20"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "soak_bench.py"), *args, "--drain", "150", "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["violation_counts"] == {name: 0 for name in report["violation_counts"]}, report["violations"]
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    faults = report["faults"]
+    assert faults.get("host_sigkill", 0) >= 1 and faults.get("checkout_restart", 0) >= 1, faults
+    assert faults.get("authz_stall") == 1, faults
+    decided = report["purchases_decided"]
+    assert decided.get("approved", 0) >= 1 and report["orders_placed"] >= 1, report
+    assert report["messages_acknowledged"] >= 30, report
