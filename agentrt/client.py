@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,11 +27,13 @@ from httpx_sse import EventSource
 class ApiError(Exception):
     """The API answered with an error: `status_code`, `error` (a stable code) and `detail`."""
 
-    def __init__(self, status_code: int, error: str, detail: Any) -> None:
+    def __init__(self, status_code: int, error: str, detail: Any, retry_after: float | None = None) -> None:
         super().__init__(f"{status_code} {error}: {detail}")
         self.status_code = status_code
         self.error = error
         self.detail = detail
+        self.retry_after = retry_after
+        """Seconds the server asked to wait before retrying (`Retry-After`), if it said."""
 
 
 @dataclass
@@ -61,8 +65,12 @@ def _raise_for(response: httpx.Response, body: bytes | None = None) -> None:
         payload = json.loads(body if body is not None else response.content)
     except ValueError:
         payload = None
+    try:
+        retry_after: float | None = float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        retry_after = None
     if isinstance(payload, dict) and "error" in payload:
-        raise ApiError(response.status_code, str(payload["error"]), payload.get("detail"))
+        raise ApiError(response.status_code, str(payload["error"]), payload.get("detail"), retry_after)
     raise ApiError(response.status_code, "http_error", response.reason_phrase)
 
 
@@ -127,9 +135,27 @@ class AgentRuntimeClient:
     async def describe(self, thread_id: str) -> dict[str, Any]:
         return await self._request("GET", f"/threads/{thread_id}")
 
-    async def send_message(self, thread_id: str, content: str) -> list[dict[str, Any]]:
-        """Run one turn; returns the new messages (a purchase ends the turn pending approval)."""
-        return (await self._request("POST", f"/threads/{thread_id}/messages", json={"content": content}))["messages"]
+    async def send_message(
+        self, thread_id: str, content: str, *, message_id: str | None = None, retry_for: float = 60.0
+    ) -> list[dict[str, Any]]:
+        """Run one turn; returns the new messages (a purchase ends the turn pending approval).
+
+        The message carries an id (`message_id`, or a new one) and is sent again with it after a 503 or a
+        lost answer, for up to `retry_for` seconds: the thread stores and answers it once whatever happens."""
+        body = {"content": content, "message_id": message_id or f"msg-{uuid.uuid4().hex}"}
+        deadline = time.monotonic() + retry_for
+        while True:
+            try:
+                return (await self._request("POST", f"/threads/{thread_id}/messages", json=body))["messages"]
+            except ApiError as exc:
+                if exc.status_code != 503 or time.monotonic() > deadline:
+                    raise
+                pause = exc.retry_after or 1.0
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                pause = 1.0
+            await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
     async def stream_message(self, thread_id: str, content: str) -> AsyncIterator[ServerEvent]:
         """Run one turn, yielding its events (`token`, `message`, `interrupt`, ...) then `done` or `failed`."""

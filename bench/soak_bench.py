@@ -16,8 +16,9 @@ Then it drains (no new messages, faults stopped, the phone still deciding) until
 finished, and checks, from the threads' own files and the checkout's database:
 
 1. every acknowledged user message is stored exactly once, and nothing is stored that was not sent;
-2. orders == approved purchases whose tokens the agents collected, per user (a purchase a user approved
-   twice, because a request timed out in the stall and was sent again, is one order: see `orphans`);
+2. orders == the purchases the threads record as made, per user (none twice, none lost), and no approval
+   wasted: an approval whose tokens went to a poll that never got its answer (its host was killed
+   mid-poll) is asked again, not failed (`approvals_lost_and_asked_again` counts them);
 3. no tool call is left in a non-terminal state;
 4. no 5xx, except 503s with `Retry-After` while the authorization server stalls;
 5. the Ray workers' memory at the end within 10% of its value after warm-up.
@@ -54,6 +55,7 @@ from bench.common import local_stack, log, machine_info, rss_mib, summarise  # n
 
 TICKERS = ("MSFT", "AAPL", "NVDA", "GOOGL", "AMZN")
 NON_TERMINAL = ("call", "running", "pending-authorization")
+WASTED_APPROVAL = "The authorization request is invalid or was already used"
 
 
 @dataclass
@@ -123,6 +125,8 @@ class Soak:
         self.traffic = Traffic()
         self.run_id = os.urandom(3).hex()
         self.memory: dict[str, float] = {}
+        self.subjects: dict[str, str] = {}
+        """thread id -> its owner's `sub`."""
 
     # -- users ---------------------------------------------------------------------------------------
     async def call(
@@ -154,6 +158,9 @@ class Soak:
             await asyncio.sleep(min(retry, 5.0))
         return False
 
+    def thread_of(self, index: int) -> str:
+        return f"soak-{self.run_id}-{index}"
+
     async def create_thread(self, http: httpx.AsyncClient, thread: str) -> None:
         for _ in range(60):
             response = await self.call(http, "POST", "/threads", "POST /threads", {"thread_id": thread})
@@ -166,7 +173,7 @@ class Soak:
 
     async def user(self, index: int, token: str, end: float) -> None:
         rng = random.Random(self.cfg.seed * 1000 + index)
-        thread = f"soak-{self.run_id}-{index}"
+        thread = self.thread_of(index)
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=self.stack.urls.api, headers=headers, timeout=90.0) as http:
             await self.create_thread(http, thread)
@@ -291,10 +298,11 @@ class Soak:
         names = [f"soak{i}" for i in range(cfg.users)]
         async with httpx.AsyncClient(timeout=30.0) as http:
             tokens = []
-            for name in names:
+            for index, name in enumerate(names):
                 response = await http.post(f"{self.stack.authz.url}/dev/login", json={"username": name})
                 response.raise_for_status()
                 tokens.append(response.json()["access_token"])
+                self.subjects[self.thread_of(index)] = response.json()["sub"]
         start = time.monotonic()
         end = start + cfg.minutes * 60
         stop_phone = asyncio.Event()
@@ -338,7 +346,8 @@ class Soak:
                 "approved" if d["approved"] else "denied" for d in self.ledger.decisions.values()
             ),
             "orphans": self.orphans(),
-            "orders_placed": len(read_rows(self.storage / "checkout-orders.sqlite3", "SELECT id FROM orders", ())),
+            "orders_placed": sum(self.orders().values()),
+            "approvals_lost_and_asked_again": self.approvals_lost_on_the_way(),
             "memory": self.memory,
             "violation_counts": counts,
             "violations": violations,
@@ -367,16 +376,39 @@ class Soak:
         collected = Counter(r["status"] for r in self.requests() if not r["finished"])
         return dict(collected)
 
+    def purchases(self) -> tuple[Counter[str], list[str]]:
+        """Per user, the purchases the threads record as made; and the calls whose approval was wasted."""
+        made: Counter[str] = Counter()
+        wasted: list[str] = []
+        sql = "SELECT id, result FROM tool_calls WHERE name = 'buy_stock' AND state = 'result'"
+        for thread, path in self.thread_files().items():
+            for call_id, result in read_rows(path, sql, ()):
+                if (result or "").startswith("Purchased"):
+                    made[self.subjects[thread]] += 1
+                elif (result or "").startswith(WASTED_APPROVAL):
+                    wasted.append(f"{thread}: {call_id}: {result}")
+        return made, wasted
+
+    def orders(self) -> Counter[str]:
+        rows = read_rows(self.storage / "checkout-orders.sqlite3", "SELECT subject FROM orders", ())
+        return Counter(r[0] for r in rows)
+
     def check_orders(self) -> list[str]:
-        approved = Counter(r["sub"] for r in self.requests() if r["status"] == "approved" and r["finished"])
-        orders = Counter(
-            r[0] for r in read_rows(self.storage / "checkout-orders.sqlite3", "SELECT subject FROM orders", ())
-        )
-        return [
-            f"{sub}: {orders[sub]} orders for {approved[sub]} collected approvals"
-            for sub in sorted(set(approved) | set(orders))
-            if orders[sub] != approved[sub]
+        """Orders == purchases the threads made, per user (none twice, none lost), and no approval wasted."""
+        made, wasted = self.purchases()
+        orders = self.orders()
+        mismatches = [
+            f"{sub}: {orders[sub]} orders for {made[sub]} purchases"
+            for sub in sorted(set(made) | set(orders))
+            if orders[sub] != made[sub]
         ]
+        return mismatches + wasted
+
+    def approvals_lost_on_the_way(self) -> int:
+        """Approvals whose tokens went to a poll that never got its answer (a host killed mid-poll): the
+        agent asked the user again. Approved-and-collected requests beyond the orders."""
+        collected = sum(1 for r in self.requests() if r["status"] == "approved" and r["finished"])
+        return max(0, collected - sum(self.orders().values()))
 
     def check_server_errors(self) -> list[dict[str, Any]]:
         def during_stall(at: float) -> bool:
@@ -434,6 +466,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"lost answers (client timeouts, dropped connections): {report['lost_answers']}")
     print(f"purchases decided: {dict(report['purchases_decided'])}; orders placed: {report['orders_placed']}")
     print(f"approval requests never collected by an agent (sent again after a timeout): {report['orphans']}")
+    lost = report["approvals_lost_and_asked_again"]
+    print(f"approvals lost with their answer (host killed mid-poll), asked again: {lost}")
     print(f"memory: {report['memory']}; drained in {report['drained_in_s']} s")
     print(f"invariant violations: {report['violation_counts']} (total {sum(report['violation_counts'].values())})")
 

@@ -1192,6 +1192,11 @@ class DevAuthorizationServer:
         """Answer nothing for `seconds` (connections are accepted; each request waits for the end)."""
         self.state.stall.hold(seconds)
 
+    def delay_answers(self, seconds: float) -> None:
+        """For `seconds`, serve each request at once but send its answer only then (answers lost on the way
+        to a client whose timeout is shorter)."""
+        self.state.stall.delay_answers(seconds)
+
     def __enter__(self) -> DevAuthorizationServer:
         return self.start()
 

@@ -412,3 +412,57 @@ async def test_records_that_cannot_be_decrypted_end_the_call_clearly(
     finally:
         await rotated.close()
     assert (await stats(authz))["backchannel_requests"] == 1
+
+
+async def test_an_approval_lost_with_its_answer_is_asked_again_not_wasted(
+    authz: DevAuthorizationServer,  # noqa: F811
+    client: CIBAClient,  # noqa: F811
+    store: SQLiteCredentialStore,  # noqa: F811
+) -> None:
+    """The user approves; the poll that fetches the tokens never gets its answer (the server hands them out,
+    the answer is late and the client gives up, as when the process dies mid-poll), so the server has spent
+    the request. The next check's `invalid_grant` is then a lost approval, not a refusal: one new request
+    for the same call, and once that is approved the tool runs, once."""
+    raw = RecordingTool()
+    tool = wrap(raw.tool(), store, client)
+    ctx = tool_context("call-lost")
+    with pytest.raises(AuthorizationPendingInterrupt):
+        await tool.run(ARGS, ctx)
+    first = await only_request(authz)
+    await decide(authz, first["id"], approve=True)
+    authz.delay_answers(client.timeout + 3.0)
+    with pytest.raises(AuthorizationPollingInterrupt) as lost:  # the poll timed out: maybe answered
+        await run_until_done_or_polling(tool, ctx)
+    assert lost.value.reason == "transient_error"
+    spent = [r for r in await requests_for(authz, status=None) if r["id"] == first["id"]]
+    assert spent and spent[0]["finished"], "the server must have handed the tokens to the lost poll"
+    with pytest.raises(AuthorizationPendingInterrupt):
+        await run_until_asked_again(tool, ctx)
+    again = await only_request(authz)
+    assert again["id"] != first["id"] and again["binding_message"] == first["binding_message"]
+    await decide(authz, again["id"], approve=True)
+    assert await run_until_done(tool, ctx) == "bought 10 MSFT"
+    assert len(raw.runs) == 1
+    assert (await stats(authz))["backchannel_requests"] == 2
+
+
+async def run_until_done_or_polling(tool: Tool, ctx: ToolContext, timeout: float = 15.0) -> Any:
+    """Run the call at its check times until a check raises a polling interrupt (or it finishes)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            return await tool.run(ARGS, ctx)
+        except AuthorizationPendingInterrupt as interrupt:
+            await sleep_until(min(interrupt.next_check_at or time.time(), deadline))
+    raise AssertionError("no polling interrupt")
+
+
+async def run_until_asked_again(tool: Tool, ctx: ToolContext, timeout: float = 15.0) -> Any:
+    """Checks until the call is pending on a new request (a polling interrupt means: not yet)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            return await tool.run(ARGS, ctx)
+        except AuthorizationPollingInterrupt as interrupt:
+            await sleep_until(min(interrupt.next_check_at or time.time(), deadline))
+    raise AssertionError("the call was not asked again")

@@ -107,6 +107,9 @@ ATTEMPTS_NAMESPACE = "ciba:attempts"
 
 DENIED_TEXT = "The user has denied the request"
 DEFAULT_CREDENTIAL_TTL = 300.0
+MAX_REQUESTS_PER_CALL = 3
+"""At most this many CIBA requests for one tool call: the first, and new ones after approvals lost on the
+way (see `_check`)."""
 
 _NO_PUSH_RE = re.compile(r"push|enrol|authenticator|guardian", re.IGNORECASE)
 
@@ -290,7 +293,7 @@ class AsyncUserConfirmation:
             if record.get("state") == "requesting":
                 await self._resume_requesting(ctx, key, arguments, record)  # raises unless it lost a race
                 continue
-            stored = await self._check(ctx, key, record)
+            stored = await self._check(ctx, key, record, arguments)
             return await self._bound_credentials(ctx, key, stored, arguments)
         raise self._interrupt(AuthorizationPendingInterrupt, ctx, None, next_check_at=self.clock() + 1.0)
 
@@ -459,8 +462,15 @@ class AsyncUserConfirmation:
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl(response.expires_in))
         raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"])
 
-    async def _check(self, ctx: ToolContext, key: str, record: dict[str, Any]) -> dict[str, Any]:
-        """Poll once if due; return the stored credential record on approval, else raise."""
+    async def _check(
+        self, ctx: ToolContext, key: str, record: dict[str, Any], arguments: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Poll once if due; return the stored credential record on approval, else raise.
+
+        The poll is marked in the record before it is sent (`polling_since`) and unmarked by its answer. A
+        mark found at the next check means a poll whose answer never arrived (its process died, or the
+        answer was lost): the server may have handed the tokens to it and spent the request. If the server
+        then says `invalid_grant`, the approval was lost, not refused: the user is asked once more."""
         now = self.clock()
         expires_at = float(record["expires_at"])
         next_poll_at = float(record.get("next_poll_at") or 0.0)
@@ -468,9 +478,12 @@ class AsyncUserConfirmation:
         if not past_deadline and now < next_poll_at:
             raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=next_poll_at)
         interval = int(record.get("interval") or 5)
+        answer_lost_before = record.get("polling_since") is not None
+        record["polling_since"] = now
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, now))
         try:
             result = await self.client.poll(record["auth_req_id"], interval=interval)
-        except CIBATransientError as exc:
+        except CIBATransientError as exc:  # the mark stays: this answer may have been lost on the way
             if past_deadline:
                 await self.store.delete(PENDING_NAMESPACE, key)
                 raise self._interrupt(AuthorizationRequestExpiredInterrupt, ctx, record) from None
@@ -490,6 +503,7 @@ class AsyncUserConfirmation:
         except CIBAError as exc:
             await self.store.delete(PENDING_NAMESPACE, key)
             raise self._refusal(exc, ctx, record) from None
+        record.pop("polling_since", None)  # answered
         after = self.clock()  # the server timed this poll on arrival: count the next interval from now
         if isinstance(result, Approved):
             credentials = result.tokens.to_credentials(received_at=after)
@@ -514,6 +528,8 @@ class AsyncUserConfirmation:
             await self.store.delete(PENDING_NAMESPACE, key)
             raise self._interrupt(AuthorizationRequestExpiredInterrupt, ctx, record)
         if isinstance(result, InvalidGrant):
+            if answer_lost_before and int(record.get("attempt") or 1) < MAX_REQUESTS_PER_CALL:
+                await self._ask_again(ctx, key, record, arguments)  # raises
             await self.store.delete(PENDING_NAMESPACE, key)
             raise self._interrupt(InvalidGrantInterrupt, ctx, record)
         if past_deadline:  # still pending by the server's account, but our deadline has passed
@@ -534,6 +550,31 @@ class AsyncUserConfirmation:
         record.update(next_poll_at=after + self._poll_gap(interval), failures=0)
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
         raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"])
+
+    async def _ask_again(
+        self, ctx: ToolContext, key: str, record: dict[str, Any], arguments: Mapping[str, Any]
+    ) -> NoReturn:
+        """The user approved, but the tokens went to a poll whose answer was lost and the server has spent
+        the request: send a new one for the same call (the user approves once more) instead of failing a
+        purchase they approved."""
+        log.warning(
+            "the approval for tool call %s was lost with the answer that carried it; asking the user again",
+            ctx.tool_call_id,
+        )
+        params = await self._params(ctx, arguments)
+        now = self.clock()
+        record.update(
+            state="requesting",
+            attempt=int(record.get("attempt") or 1) + 1,
+            auth_req_id=None,
+            lease_until=now + self._lease(),
+            next_poll_at=None,
+            failures=0,
+            binding_message=params.binding_message,
+            arguments_sha256=params.arguments_sha256,
+        )
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl())
+        await self._send_request(ctx, key, params, record)
 
     def _poll_gap(self, interval: float) -> float:
         """Seconds to the next check: the interval, or in ping mode the (longer) fallback."""

@@ -677,8 +677,10 @@ class CIBAClient:
         metadata = await self.discover()
         form = {"grant_type": CIBA_GRANT_TYPE, "auth_req_id": auth_req_id}
         headers = self._authenticate(form)
+        # not replay-safe: a poll whose answer is lost may have received the tokens, and the server then
+        # spends the request; the caller learns of it (`maybe_sent`) and decides (see async_confirmation)
         response = await self._send(
-            "token poll", "POST", metadata.token_endpoint, form=form, headers=headers, replay_safe=True
+            "token poll", "POST", metadata.token_endpoint, form=form, headers=headers, replay_safe=False
         )
         if response.status_code == 200:
             return Approved(self._token_set(response))

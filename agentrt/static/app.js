@@ -6,6 +6,7 @@
 const TOKEN_KEY = "agentrt.token";
 const state = {
   config: null,
+  unsent: null, // {threadId, content, messageId} of a message not yet answered (resent with its id)
   token: null,
   user: null,
   threads: [],
@@ -399,6 +400,11 @@ function applyEvent(event) {
 // ---------------------------------------------------------------------------------------------------
 // Sending
 
+function newMessageId() {
+  if (window.crypto && crypto.randomUUID) return `web-${crypto.randomUUID()}`;
+  return `web-${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+}
+
 async function sendMessage(text) {
   const content = text.trim();
   if (!content || !state.threadId || state.busy) return;
@@ -407,11 +413,16 @@ async function sendMessage(text) {
   autosize();
   setBusy(true);
   const threadId = state.threadId;
+  // the message's own id: sending the same text again after a failure reuses it, so a message whose
+  // answer was lost (a dropped connection, a 503) is stored and answered once, not twice
+  const unsent = state.unsent && state.unsent.threadId === threadId && state.unsent.content === content ? state.unsent : null;
+  const messageId = unsent ? unsent.messageId : newMessageId();
+  state.unsent = { threadId, content, messageId };
   const optimisticId = `local-${Date.now()}`;
   state.messages.set(optimisticId, { id: optimisticId, role: "user", content, local: true });
   renderMessages();
   try {
-    const response = await api("POST", `/threads/${encodeURIComponent(threadId)}/messages`, { content }, { Accept: "text/event-stream" });
+    const response = await api("POST", `/threads/${encodeURIComponent(threadId)}/messages`, { content, message_id: messageId }, { Accept: "text/event-stream" });
     for await (const event of readEvents(response)) {
       if (threadId !== state.threadId) continue;
       if (event.event === "message" && event.data.data && event.data.data.message && event.data.data.message.role === "user") {
@@ -426,6 +437,7 @@ async function sendMessage(text) {
         applyEvent(event);
       }
     }
+    state.unsent = null;
     bumpThread(threadId, content);
   } catch (err) {
     state.messages.delete(optimisticId);
