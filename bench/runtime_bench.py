@@ -88,7 +88,32 @@ class BenchAgent(Agent):
             gets.append(time.perf_counter() - started)
             if got is None or got["i"] != i:
                 raise RuntimeError(f"storage returned {got!r} for bench:{i}")
-        return {"put": puts, "get": gets, "synchronous": self.storage.synchronous, "path": str(self.storage.path)}
+        fenced, unfenced = await self._fencing_timings(n, value)
+        return {
+            "put": puts,
+            "get": gets,
+            "put_fenced": fenced,
+            "put_unfenced": unfenced,
+            "synchronous": self.storage.synchronous,
+            "path": str(self.storage.path),
+        }
+
+    async def _fencing_timings(self, n: int, value: dict[str, Any]) -> tuple[list[float], list[float]]:
+        """Puts with the fencing check (every activation's writes) and without it (epoch unset for the
+        moment), interleaved so that both see the same machine."""
+        fenced: list[float] = []
+        unfenced: list[float] = []
+        epoch = self.storage.epoch
+        try:
+            for i in range(n):
+                for bucket, current in ((fenced, epoch), (unfenced, None)):
+                    self.storage.epoch = current
+                    started = time.perf_counter()
+                    await self.storage.put(f"fence:{i}:{current}", value)
+                    bucket.append(time.perf_counter() - started)
+        finally:
+            self.storage.epoch = epoch
+        return fenced, unfenced
 
     async def on_fire(self, payload: dict[str, Any]) -> None:
         self.fired.append((int(payload["i"]), time.time() - float(payload["due_at"])))
@@ -175,6 +200,8 @@ async def bench_storage(cls: type[BenchAgent], root: Path, ops: int) -> dict[str
         "put_inside": summarise(inside["put"]),
         "get_inside": summarise(inside["get"]),
         "put_via_turn_from_driver": summarise(driver),
+        "put_fenced": summarise(inside["put_fenced"]),
+        "put_unfenced": summarise(inside["put_unfenced"]),
         "sqlite_synchronous": inside["synchronous"],
     }
 
@@ -355,6 +382,9 @@ def print_table(report: dict[str, Any]) -> None:
     row("storage.put inside agent", st["put_inside"], f"sqlite synchronous={st['sqlite_synchronous']}")
     row("storage.get inside agent", st["get_inside"])
     row("put via @turn from driver", st["put_via_turn_from_driver"], "round trip + put")
+    ratio = st["put_fenced"]["p50_ms"] / st["put_unfenced"]["p50_ms"] if st["put_unfenced"]["p50_ms"] else 0
+    row("put with the fencing check", st["put_fenced"], f"{ratio:.2f}x a put without it (interleaved)")
+    row("put without the fencing check", st["put_unfenced"])
     table.add_section()
     sc = r["schedules"]
     row(

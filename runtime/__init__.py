@@ -9,7 +9,8 @@ Knows nothing of chat or auth. Public surface:
 - `Schedule`, `InvalidScheduleError`, `InvalidAgentIdError`: what schedules and ids give back;
 - `AgentNotFoundError`, `AgentCapacityError`: an agent that was never created (with `create=False`), and a
   host whose live agents are all busy (retry later); `AgentIdConflictError`: an id whose file belongs to
-  another id (ids that differ only in case, on a case-insensitive filesystem).
+  another id (ids that differ only in case, on a case-insensitive filesystem); `StaleActivationError`: a
+  write from an activation a newer one has fenced off (refused, nothing written).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.agent import Agent, internal, read, turn
-from runtime.errors import AgentCapacityError, AgentIdConflictError, AgentNotFoundError
+from runtime.errors import AgentCapacityError, AgentIdConflictError, AgentNotFoundError, StaleActivationError
 from runtime.handles import AgentHandle, SyncAgentHandle
 from runtime.ids import InvalidAgentIdError, validate_agent_id
 from runtime.registry import get_agent, get_agent_sync
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidScheduleError",
     "RuntimeSettings",
     "Schedule",
+    "StaleActivationError",
     "StorageError",
     "SyncAgentHandle",
     "get_agent",

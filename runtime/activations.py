@@ -31,13 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from runtime.agent import Agent, DueReporter
-from runtime.errors import AgentCapacityError, AgentNotFoundError
+from runtime.errors import AgentCapacityError, AgentNotFoundError, StaleActivationError
 from runtime.ids import actor_name
 from runtime.turn_order import TURN_TICKET_KWARG, SubmissionOrder
 
 logger = logging.getLogger("runtime.activations")
 
 LEAVE_RETRY_SECONDS = 5.0
+FENCED_SECONDS = 60.0
+"""How long a host refuses an agent another activation fenced off (see `AgentStorage.take_epoch`)."""
 """An agent that could not leave (its next due time could not be reported) is not tried again before this."""
 
 MAX_REMEMBERED_ORDERS = 10_000
@@ -73,6 +75,8 @@ class Activations:
         self._last_used: dict[str, float] = {}
         self._leaving: dict[str, asyncio.Future[None]] = {}
         self._not_before: dict[str, float] = {}
+        self._fenced_until: dict[str, float] = {}
+        """Agents fenced off here (a newer activation elsewhere has their file): refused until then."""
         self._orders: OrderedDict[str, SubmissionOrder] = OrderedDict()
         self._room_waiters: set[asyncio.Future[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -81,6 +85,7 @@ class Activations:
             "hibernations": 0,
             "evictions": 0,
             "capacity_refusals": 0,
+            "fenced": 0,
             "peak_occupied": 0,
         }
 
@@ -174,6 +179,8 @@ class Activations:
                 continue
             if not create and not cls.storage_path(self.storage_dir, agent_id).exists():
                 raise AgentNotFoundError(name)
+            if self._fenced_until.get(name, 0.0) > time.monotonic():
+                raise StaleActivationError(name, 0, 0)  # not here: the newer activation is elsewhere
             if self.occupied >= self.max_live:
                 if deadline is None:
                     deadline = time.monotonic() + self.activation_timeout
@@ -214,6 +221,7 @@ class Activations:
         # await, when the reporter and the kept admission gate are already in place.
         agent = cls(agent_id, self.storage_dir, self.namespace)
         agent._report_due = self._report_due
+        agent._evict = lambda: self._evict_stale(agent)
         order = self._orders.pop(name, None)
         if order is not None:
             agent._turn_order = order
@@ -227,6 +235,19 @@ class Activations:
         if self._on_activate is not None:
             self._spawn(self._on_activate(agent), f"{name}: recording the activation")
         return agent
+
+    def _evict_stale(self, agent: Agent) -> None:
+        """Drop an instance fenced off by a newer activation (elsewhere) and keep it from coming back here
+        for a while: re-activating it would take the file back from the legitimate one."""
+        name = agent.name
+        if self._live.get(name) is agent:
+            del self._live[name]
+            self._fenced_until[name] = time.monotonic() + FENCED_SECONDS
+            self.counters["fenced"] += 1
+            self._spawn(agent.close(), f"{name}: closing a fenced-off activation")
+            if self._on_leave is not None:
+                self._spawn(self._on_leave(agent), f"{name}: recording the leave")
+            self._wake_room_waiters()
 
     def _discard(self, agent: Agent) -> None:
         """Drop an instance whose start-up failed (if it is still the live one)."""

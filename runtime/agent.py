@@ -163,7 +163,9 @@ class Agent:
         self.namespace: str = namespace or settings.namespace
         self.storage_dir: Path = Path(storage_dir or settings.storage_dir).resolve()
         self.storage = AgentStorage(
-            self.storage_path(self.storage_dir, agent_id), synchronous=settings.sqlite_synchronous
+            self.storage_path(self.storage_dir, agent_id),
+            synchronous=settings.sqlite_synchronous,
+            journal=settings.sqlite_journal,
         )
         self._state: BaseModel | None = None
         self._turn_lock = asyncio.Lock()
@@ -175,6 +177,7 @@ class Agent:
         self._background: set[asyncio.Task[Any]] = set()
         self._next_due_at: float | None = None
         self._report_due: DueReporter | None = None  # set by the host; None: nobody to tell (in-process use)
+        self._evict: Callable[[], None] | None = None  # set by the host: drop this instance (fenced off)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -217,6 +220,8 @@ class Agent:
         if recorded != self.id:  # before anything is read or armed: never run over another agent's data
             await self.storage.close()
             raise AgentIdConflictError(self.id, recorded)
+        await self.storage.take_epoch()  # from here on, a newer activation fences this one off
+        self.storage.on_fenced = self._fenced
         await self.storage.migrate("runtime.Agent", SCHEDULES_MIGRATIONS)
         for cls in reversed(type(self).__mro__):
             steps = cls.__dict__.get("migrations")
@@ -423,6 +428,18 @@ class Agent:
     async def process_id(self) -> int:
         """The OS process id serving this agent (tests use it to SIGKILL the actor)."""
         return os.getpid()
+
+    def _fenced(self) -> None:
+        """A newer activation took this agent's file (its write just failed): stop all this instance would
+        do by itself (its timer, its background work) and leave the host; the newer one carries on."""
+        logger.warning("%s: a newer activation took its file; this one stops", self.name)
+        self._stop_timer()
+        current = asyncio.current_task()
+        for task in list(self._background):
+            if task is not current:
+                task.cancel()
+        if self._evict is not None:
+            self._evict()
 
     # -- hibernation -----------------------------------------------------------------------------------
     def _is_quiet(self) -> bool:

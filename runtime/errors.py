@@ -48,3 +48,17 @@ class AgentIdConflictError(RuntimeError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.agent_id, self.recorded))
+
+
+class StaleActivationError(RuntimeError):
+    """A newer activation of this agent has taken its file (a higher fencing epoch): this one may no longer
+    write. The write was refused before it changed anything; the stale instance leaves its host."""
+
+    def __init__(self, path: str, epoch: int, current: int) -> None:
+        super().__init__(f"{path}: activation epoch {epoch} was superseded by epoch {current}; nothing was written")
+        self.path = path
+        self.epoch = epoch
+        self.current = current
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.epoch, self.current))

@@ -21,6 +21,11 @@ class RuntimeSettings(BaseSettings):
         default="FULL",
         description="SQLite `synchronous` pragma: FULL survives power loss, NORMAL only process crashes.",
     )
+    sqlite_journal: Literal["wal", "delete"] = Field(
+        default="wal",
+        description="SQLite journal: WAL (readers never wait for the writer), or a rollback journal for "
+        "filesystems that cannot mmap WAL's shared-memory file.",
+    )
     hosts: int = Field(
         default=2,
         ge=1,

@@ -6,6 +6,12 @@ returns only after its COMMIT, which is what "acknowledged" means in the durabil
 
 Inside `async with storage.transaction():` every write (KV or SQL) made by the same task joins that one
 transaction; reads made there go through the writer so they see the transaction's own changes.
+
+Single writer, enforced (fencing): an activation takes the next epoch of its file (`take_epoch`), and
+every write transaction first checks, under SQLite's write lock, that the file's epoch is still its own.
+After a newer activation started (Ray re-created the agent elsewhere while the old process still runs,
+cut off but alive), the old one's writes fail with `StaleActivationError` and change nothing. The check is
+one primary-key read per write transaction.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from typing import Any, TypeVar
 import aiosqlite
 from pydantic import BaseModel, TypeAdapter
 
+from runtime.errors import StaleActivationError
+
 M = TypeVar("M", bound=BaseModel)
 
 Migration = str | Sequence[str] | Callable[["Transaction"], Awaitable[None]]
@@ -34,6 +42,10 @@ CREATE TABLE IF NOT EXISTS _migrations (
     scope TEXT PRIMARY KEY, version INTEGER NOT NULL, applied_at REAL NOT NULL
 );
 """
+
+
+EPOCH_KEY = "_epoch"
+"""The fencing epoch of the file's current writer (see the module docstring)."""
 
 
 class StorageError(RuntimeError):
@@ -103,22 +115,27 @@ class Transaction:
 class AgentStorage:
     """One agent's SQLite file: a small KV API, raw SQL, transactions and per-scope migrations."""
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, *, synchronous: str = "FULL", journal: str = "wal") -> None:
         self.path = Path(path)
         self.synchronous = synchronous
+        self.journal = journal
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock: Any = None
         self._active: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
             f"tx:{self.path}", default=None
         )
+        self.epoch: int | None = None
+        """This activation's fencing epoch (None: unfenced, e.g. a tool's own store)."""
+        self.on_fenced: Callable[[], None] | None = None
+        """Called once when a write finds a newer epoch (the agent then leaves its host)."""
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def open(self) -> AgentStorage:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = asyncio.Lock()
         self._writer = await self._connect()
-        await self._writer.execute("PRAGMA journal_mode=WAL")
+        await self._writer.execute(f"PRAGMA journal_mode={'WAL' if self.journal == 'wal' else 'DELETE'}")
         for statement in split_sql(_KV_SCHEMA):
             await self._writer.execute(statement)
         await self._writer.commit()
@@ -165,6 +182,8 @@ class AgentStorage:
                 # Inside the try: a task cancelled while BEGIN is queued still rolls it back. aiosqlite runs
                 # a cancelled call anyway, in queue order, so ROLLBACK/COMMIT are shielded and land after it.
                 await writer.execute("BEGIN IMMEDIATE")
+                if self.epoch is not None:
+                    await self._check_epoch(writer)
                 yield tx
             except BaseException:
                 await asyncio.shield(_rollback(writer))
@@ -173,6 +192,28 @@ class AgentStorage:
                 await asyncio.shield(writer.execute("COMMIT"))
             finally:
                 self._active.reset(token)
+
+    async def take_epoch(self) -> int:
+        """Become the file's writer: take the next fencing epoch (every older activation is fenced off)."""
+        self.epoch = None
+        async with self.transaction() as tx:
+            row = await tx.fetchone("SELECT value FROM _kv WHERE key = ?", (EPOCH_KEY,))
+            epoch = (int(json.loads(row["value"])) if row else 0) + 1
+            await tx.put(EPOCH_KEY, epoch)
+        self.epoch = epoch
+        return epoch
+
+    async def _check_epoch(self, writer: aiosqlite.Connection) -> None:
+        cursor = await writer.execute("SELECT value FROM _kv WHERE key = ?", (EPOCH_KEY,))
+        row = await cursor.fetchone()
+        current = int(json.loads(row["value"])) if row else 0
+        if current != self.epoch:
+            assert self.epoch is not None
+            stale = StaleActivationError(self.path.name, self.epoch, current)
+            callback, self.on_fenced = self.on_fenced, None
+            if callback is not None:
+                callback()
+            raise stale
 
     def _read_conn(self) -> aiosqlite.Connection:
         writer, reader = self._require_open()

@@ -24,6 +24,7 @@ from runtime import (
     AgentIdConflictError,
     AgentNotFoundError,
     InvalidAgentIdError,
+    StaleActivationError,
     validate_agent_id,
 )
 from runtime.classes import import_agent_class
@@ -103,6 +104,8 @@ class AgentGateway:
             raise
         except AgentNotFoundError:
             raise HttpProblem(404, "thread_not_found", "no thread with this id") from None
+        except StaleActivationError:  # this host's copy was fenced off by a newer one elsewhere
+            raise agent_unavailable() from None
         except AgentIdConflictError:
             detail = "another thread's id differs from this one only in case; choose another id"
             raise HttpProblem(409, "thread_id_conflict", detail) from None
