@@ -592,6 +592,28 @@ def _ago(timestamp: float | None) -> str:
     return time.strftime("%Y-%m-%d", time.localtime(timestamp))
 
 
+@app.command()
+def status(
+    storage_dir: Annotated[
+        Path, typer.Option(envvar="AGENT_STORAGE_DIR", help="The agents' storage root (AGENT_STORAGE_DIR).")
+    ] = Path("./.data"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Live and sleeping agents, approvals waiting for their user, parked schedules: from the files."""
+    import json
+
+    from agentrt.status_report import collect, render
+
+    if not storage_dir.is_dir():
+        console.print(f"[red]no storage root at {storage_dir}[/]")
+        raise typer.Exit(2)
+    report = collect(storage_dir)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        render(report, console)
+
+
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     app()

@@ -133,6 +133,7 @@ class AgentHost:
         return {
             "slot": self.slot,
             "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "calls": self._calls,
             "live_names": self.activations.live_names(),
             "started_at": self._started_at,
@@ -195,6 +196,7 @@ def ensure_host(storage_dir: Path, namespace: str, slot: int) -> Any:
             lifetime="detached",
             max_restarts=-1,
             num_cpus=0,
+            resources=runtime_settings().host_resources or None,
             max_concurrency=runtime_settings().host_max_concurrency,
         ).remote(str(root), namespace, slot)
         _hosts[key] = handle

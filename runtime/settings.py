@@ -57,6 +57,11 @@ class RuntimeSettings(BaseSettings):
     host_max_concurrency: int = Field(
         default=10_000, ge=2, description="Concurrent calls one host accepts (open event streams count)."
     )
+    host_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description='Ray custom resources each host needs (JSON, e.g. {"agents": 0.01}): keeps the hosts on '
+        "the nodes that offer them (and, when such a node is lost, restarts them on another that does).",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ class HttpApi:
     storage_dir: Path
     namespace: str
     session: str
+    env: dict[str, str] = field(default_factory=dict)
+    """What the deployment was given (a redeploy starts from it)."""
 
     def token(self, user: str) -> str:
         return self.world.token(user)
@@ -102,7 +104,7 @@ def ensure_http_api(world: Any, *, timeout: float = 120.0) -> HttpApi:
     url = f"http://127.0.0.1:{port}"
     wait_for_http(url + "/healthz", timeout=timeout)
     world.authz.state.notification_endpoints[world.authz.client_id] = url + "/ciba/notify"
-    _current = HttpApi(url=url, world=world, storage_dir=storage, namespace=namespace, session=session)
+    _current = HttpApi(url=url, world=world, storage_dir=storage, namespace=namespace, session=session, env=env)
     return _current
 
 

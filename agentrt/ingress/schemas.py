@@ -122,6 +122,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or invalid bearer token."},
     403: {"model": ErrorBody, "description": "The thread belongs to another user."},
     404: {"model": ErrorBody, "description": "No thread with that id."},
+    409: {"model": ErrorBody, "description": "The id differs from another thread's only in case."},
     413: {"model": ErrorBody, "description": "The request body is too large."},
     422: {"model": ErrorBody, "description": "Invalid thread id or request body."},
     503: {"model": ErrorBody, "description": "The thread's agent is unavailable or the service is at capacity; retry."},
@@ -152,6 +153,11 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
 
 CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
+    409: {
+        "model": ErrorBody,
+        "description": "The `message_id` was already used for other content, or the id differs from another "
+        "thread's only in case.",
+    },
     429: {"model": ErrorBody, "description": "The caller has as many threads as one user may create."},
 }
 

@@ -185,9 +185,9 @@ async def get_interrupts(thread: ThreadAccess = Depends(thread_access)) -> Respo
     "/threads/{thread_id}/tool-results",
     response_model=MessageList,
     responses={
-        404: {"model": ErrorBody, "description": "No tool call with that id in this thread."},
-        409: {"model": ErrorBody, "description": "The tool call is not waiting for a confirmation."},
         **ERROR_RESPONSES,
+        404: {"model": ErrorBody, "description": "No thread with that id, or no tool call with that id in it."},
+        409: {"model": ErrorBody, "description": "The tool call is not waiting for a confirmation."},
     },
     tags=["approvals"],
 )

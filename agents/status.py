@@ -1,0 +1,34 @@
+"""The chat side of `agentrt status`: tool calls waiting for their user, read from the threads' files.
+
+A call waits in `pending-authorization` (a CIBA request on the user's device) or `awaiting-confirmation`
+(an answer in the chat). Read-only, without waking a thread (see `runtime.status`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.status import AgentRef, agent_files, rows
+
+WAITING_STATES = ("pending-authorization", "awaiting-confirmation")
+
+
+@dataclass(frozen=True)
+class PendingApproval:
+    thread: AgentRef
+    tool_call_id: str
+    tool_name: str
+    state: str
+    since: float
+
+
+def pending_approvals(storage_dir: Path) -> list[PendingApproval]:
+    """Every waiting tool call of every thread, oldest first."""
+    sql = "SELECT id, name, state, created_at FROM tool_calls WHERE state IN (?, ?) ORDER BY created_at"
+    found = [
+        PendingApproval(ref, r["id"], r["name"], r["state"], r["created_at"])
+        for ref, path in agent_files(storage_dir)
+        for r in rows(path, sql, WAITING_STATES)
+    ]
+    return sorted(found, key=lambda p: p.since)

@@ -1,0 +1,102 @@
+"""What an operator asks first, read from a storage root's files without waking any agent.
+
+- live agents: the hosts' resident lists (`_runtime/hosts/<slot>.sqlite3`; a host that crashed lists its
+  agents until it restarts and re-activates them);
+- sleeping agents with a due alarm: the alarm scheduler's index (`_runtime/alarm_index.sqlite3`);
+- parked schedules: schedules that failed every retry (`status = 'failed'`) in the agents' own files.
+
+Every file is opened read-only; nothing here needs Ray. Chat-level figures (pending approvals) are in
+`agents.status`, which builds on `agent_files`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.placement import runtime_dir
+
+
+@dataclass(frozen=True)
+class AgentRef:
+    class_name: str
+    agent_id: str
+
+
+@dataclass(frozen=True)
+class DueAlarm:
+    class_path: str
+    agent_id: str
+    next_due: float
+    live: bool
+
+
+@dataclass(frozen=True)
+class ParkedSchedule:
+    agent: AgentRef
+    schedule_id: str
+    callback: str
+    attempts: int
+    last_error: str | None
+    due_at: float
+
+
+def read_only(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def rows(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+    """The rows of a query on a file, or none if the file or its table does not exist (yet)."""
+    if not path.exists():
+        return []
+    try:
+        with read_only(path) as db:
+            return db.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+
+
+def live_agents(storage_dir: Path) -> list[AgentRef]:
+    found = []
+    for host_file in sorted((runtime_dir(storage_dir) / "hosts").glob("*.sqlite3")):
+        for row in rows(host_file, "SELECT name, agent_id FROM residents ORDER BY name"):
+            found.append(AgentRef(str(row["name"]).split("/", 1)[0], row["agent_id"]))
+    return found
+
+
+def due_alarms(storage_dir: Path) -> list[DueAlarm]:
+    live = {(ref.class_name, ref.agent_id) for ref in live_agents(storage_dir)}
+    index = runtime_dir(storage_dir) / "alarm_index.sqlite3"
+    return [
+        DueAlarm(r["class_path"], r["agent_id"], r["next_due"], (_class_name(r["class_path"]), r["agent_id"]) in live)
+        for r in rows(index, "SELECT class_path, agent_id, next_due FROM alarm_index ORDER BY next_due")
+    ]
+
+
+def agent_files(storage_dir: Path) -> Iterator[tuple[AgentRef, Path]]:
+    """Every agent's own file: `<root>/<Class>/<id>.sqlite3` (not the runtime's, not sub-folders)."""
+    for class_dir in sorted(Path(storage_dir).iterdir()):
+        if not class_dir.is_dir() or class_dir.name.startswith("_"):
+            continue
+        for path in sorted(class_dir.glob("*.sqlite3")):
+            yield AgentRef(class_dir.name, path.name.removesuffix(".sqlite3")), path
+
+
+def parked_schedules(storage_dir: Path) -> list[ParkedSchedule]:
+    sql = "SELECT id, callback, attempts, last_error, due_at FROM _schedules WHERE status = 'failed' ORDER BY due_at"
+    return [
+        ParkedSchedule(ref, r["id"], r["callback"], r["attempts"], r["last_error"], r["due_at"])
+        for ref, path in agent_files(storage_dir)
+        for r in rows(path, sql)
+    ]
+
+
+def _class_name(class_path: str) -> str:
+    """`module:Outer.Class` -> `Class` (the name an agent's actor and folder carry)."""
+    return class_path.rpartition(":")[2].rpartition(".")[2]

@@ -1,0 +1,129 @@
+"""Node loss on a multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`), as its own process.
+
+A thread with a pending purchase lives on a worker node (its host needs the `agents` resource, which only
+worker nodes offer: `AGENT_HOST_RESOURCES`); that node is removed (its raylet and workers killed) after a
+second worker joins; the user approves; the thread's host is re-created on the surviving node, reloads the
+thread's file and completes the purchase by itself. Prints one JSON line with what it saw; the test
+(`tests/test_cluster_node_loss.py`) checks it. Run: `python tests/node_loss_scenario.py <storage dir>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+API_AUDIENCE = "https://agents.test/api"
+CHECKOUT_AUDIENCE = "http://localhost:5000/api/checkout"
+
+
+def services() -> tuple[Any, Any, Any, dict[str, str]]:
+    from devservers.authz_server import DevAuthorizationServer
+    from devservers.checkout_api import CheckoutServer
+    from devservers.offline_model import OfflineModelServer
+
+    authz = DevAuthorizationServer(api_audience=API_AUDIENCE, default_interval=1).start()
+    checkout = CheckoutServer(issuer=authz.issuer, audience=CHECKOUT_AUDIENCE).start()
+    model = OfflineModelServer().start()
+    env = {
+        "AUTH_ISSUER": authz.issuer,
+        "AUTH0_CLIENT_ID": authz.client_id,
+        "AUTH0_CLIENT_SECRET": authz.client_secret,
+        "AUTH0_AUDIENCE": API_AUDIENCE,
+        "AUTH0_SESSION_ENCRYPTION_KEY": secrets.token_hex(32),
+        "CHECKOUT_AUDIENCE": CHECKOUT_AUDIENCE,
+        "CHECKOUT_API_URL": checkout.api_url,
+        "OPENAI_BASE_URL": model.base_url,
+        "OPENAI_API_KEY": "offline",
+        "OPENAI_MODEL": "offline-demo-model",
+        "CIBA_DELIVERY_MODE": "poll",
+        "AGENT_HOSTS": "1",
+        "AGENT_HOST_RESOURCES": json.dumps({"agents": 0.01}),
+        "PYTHONPATH": str(REPO),
+    }
+    return authz, checkout, model, env
+
+
+async def until(probe: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await probe()
+        if result:
+            return result
+        await asyncio.sleep(0.25)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+async def scenario(storage_dir: Path) -> dict[str, Any]:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    import runtime
+    from agents.chat import Chat
+    from runtime import get_agent
+
+    authz, checkout, _model, env = services()
+    os.environ.update(env)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    doomed = cluster.add_node(num_cpus=1, resources={"agents": 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="agents-node-loss", runtime_env={"env_vars": env})
+    runtime.init(storage_dir=storage_dir, namespace="agents-node-loss")
+    async with httpx.AsyncClient(base_url=authz.url, timeout=10) as http:
+        token = (await http.post("/dev/login", json={"username": "alice"})).json()["access_token"]
+        thread = get_agent(Chat, "t-node-loss", storage_dir=storage_dir, namespace="agents-node-loss")
+        first = await thread.send_message(token, "Buy 3 shares of MSFT")
+        before = await thread.host.stats.remote()
+        requests = await until(lambda: _pending(http), timeout=30, what="the CIBA request on the user's phone")
+        survivor = cluster.add_node(num_cpus=1, resources={"agents": 1})
+        cluster.wait_for_nodes()
+        cluster.remove_node(doomed)  # the node dies: its raylet and every worker on it
+        (request,) = requests
+        (await http.post(f"/dev/ciba/requests/{request['id']}/approve")).raise_for_status()
+        orders = await until(lambda: _orders(checkout), timeout=120, what="the order after the node loss")
+        messages = await until(lambda: _final(thread, token), timeout=60, what="the final answer")
+        after = await thread.host.stats.remote()
+        stats = (await http.get("/dev/stats")).json()
+    ray.shutdown()
+    cluster.shutdown()
+    return {
+        "host_node_before": before["node_id"],
+        "host_node_after": after["node_id"],
+        "doomed_node": doomed.node_id,
+        "survivor_node": survivor.node_id,
+        "first_turn_states": [c["state"] for m in first for c in (m.model_dump().get("tool_calls") or [])],
+        "orders": orders,
+        "backchannel_requests": stats["backchannel_requests"],
+        "messages": [{"role": m.role, "content": m.content} for m in messages],
+    }
+
+
+async def _pending(http: httpx.AsyncClient) -> list[dict[str, Any]] | None:
+    found = (await http.get("/dev/ciba/requests", params={"status": "pending"})).json()
+    return found or None
+
+
+async def _orders(checkout: Any) -> int | None:
+    async with httpx.AsyncClient(timeout=5) as http:
+        count = (await http.get(f"{checkout.api_url}/stats")).json()["orders"]
+    return count or None
+
+
+async def _final(thread: Any, token: str) -> list[Any] | None:
+    messages = await thread.get_messages(token)
+    done = any(m.role == "assistant" and m.content and "Purchased" in m.content for m in messages)
+    return messages if done else None
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(scenario(Path(sys.argv[1])))))

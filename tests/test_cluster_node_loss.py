@@ -1,0 +1,43 @@
+"""A node dies under a thread with a pending purchase: the thread is re-created on a surviving node and the
+purchase completes by itself, exactly once (one CIBA request, one order), its history intact.
+
+The cluster is a real multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`), in a process of
+its own (`tests/node_loss_scenario.py`), so this session's Ray stays as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SESSION_ONLY = ("AUTH", "CIBA_", "CHECKOUT_", "OPENAI_", "AGENT_", "AGENTRT_", "RAY_ADDRESS")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(400)
+def test_a_pending_purchase_survives_the_loss_of_its_threads_node(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SESSION_ONLY)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "node_loss_scenario.py"), str(tmp_path / "agents")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["host_node_before"] == seen["doomed_node"], "the thread must first live on the doomed node"
+    assert seen["host_node_after"] == seen["survivor_node"], "and then on the surviving one"
+    assert seen["first_turn_states"] == ["pending-authorization"]
+    assert seen["orders"] == 1 and seen["backchannel_requests"] == 1
+    roles = [m["role"] for m in seen["messages"]]
+    assert roles[0] == "user" and seen["messages"][0]["content"] == "Buy 3 shares of MSFT"
+    assert roles.count("user") == 1 and "Purchased 3 shares of MSFT" in seen["messages"][-1]["content"]
