@@ -24,6 +24,7 @@ from openai import APITimeoutError as OpenAITimeout
 from agents.errors import InvalidMessageError, MessageIdReusedError, ToolCallNotAwaitingError, UnknownToolCallError
 from agents.events import EventLog
 from agents.messages import ChatMessage, PendingApproval, ThreadEvent, ToolCall, validate_message_id
+from agents.metrics import MODEL_CALL_SECONDS, MODEL_ERRORS, TOOL_ERRORS, TOOL_RETRIES
 from agents.settings import ChatSettings, chat_settings
 from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
 from runtime import Agent, internal, read, turn
@@ -286,6 +287,7 @@ class AIChatAgent(Agent):
             kwargs["tools"] = [tool.openai_schema() for tool in self.tools.values()]
         parts: list[str] = []
         calls: dict[int, dict[str, str]] = {}
+        started = time.perf_counter()
         try:
             stream = await self.llm().chat.completions.create(**kwargs)
             async for chunk in stream:
@@ -305,9 +307,11 @@ class AIChatAgent(Agent):
                         if tool_delta.function.arguments:
                             entry["arguments"] += tool_delta.function.arguments
         except (APIError, OpenAITimeout) as exc:
+            MODEL_ERRORS.inc(model=self.settings.openai_model, error=type(exc).__name__)
             logger.warning("%s: model call failed: %s", self.name, type(exc).__name__)
             self.events.emit("error", message="The model is unavailable right now.")
             return "Sorry, the model is unavailable right now. Please try again.", []
+        MODEL_CALL_SECONDS.observe(time.perf_counter() - started, model=self.settings.openai_model)
         return "".join(parts), [calls[i] for i in sorted(calls)]
 
     async def _llm_context(self) -> list[dict[str, Any]]:
@@ -378,11 +382,15 @@ class AIChatAgent(Agent):
                 return
         except TransientToolError as exc:
             if await self._retry_later(call, exc):
+                TOOL_RETRIES.inc(tool=call.name)
                 return
+            TOOL_ERRORS.inc(tool=call.name)
             result = f"Error: {exc}"
         except ToolError as exc:
+            TOOL_ERRORS.inc(tool=call.name)
             result = f"Error: {exc}"
         except Exception as exc:
+            TOOL_ERRORS.inc(tool=call.name)
             logger.exception("%s: tool %s failed", self.name, call.name)
             result = f"Error: {call.name} failed ({type(exc).__name__})"
         await self._finish_call(call, result if isinstance(result, str) else json.dumps(result, default=str))

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from runtime import metrics
 from runtime.agent import Agent, DueReporter
 from runtime.errors import AgentCapacityError, AgentNotFoundError, StaleActivationError
 from runtime.ids import actor_name
@@ -231,6 +232,7 @@ class Activations:
         self._live[name] = agent
         self._enter(name)
         self.counters["activations"] += 1
+        metrics.ACTIVATIONS.inc(agent_class=cls.agent_class_name())
         self.counters["peak_occupied"] = max(self.counters["peak_occupied"], self.occupied)
         if self._on_activate is not None:
             self._spawn(self._on_activate(agent), f"{name}: recording the activation")
@@ -332,6 +334,7 @@ class Activations:
             if await agent._prepare_to_leave():
                 await agent.close()
                 self.counters["hibernations"] += 1
+                metrics.HIBERNATIONS.inc(agent_class=agent.agent_class_name())
                 if self._on_leave is not None:
                     await self._on_leave(agent)
             else:

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
+from runtime import metrics
 from runtime.backoff import exponential_delay
 from runtime.errors import AgentIdConflictError
 from runtime.ids import actor_name, validate_agent_id
@@ -125,14 +126,19 @@ async def _run_turn(agent: Agent, fn: Callable[..., Awaitable[R]], args: Any, kw
     # No await between admission and joining the lock's FIFO queue: admission order is turn order.
     async with agent._turn_lock:
         token = _current_turn.set(agent._turn_token)
+        started, outcome = time.perf_counter(), "ok"
         try:
             await agent._ensure_started()
             return await fn(agent, *args, **kwargs)
         except Exception as exc:
+            outcome = "error"
             await agent._report_error(exc, during=fn.__name__)
             raise
         finally:
             _current_turn.reset(token)
+            kind = agent.agent_class_name()
+            metrics.TURNS.inc(agent_class=kind, outcome=outcome)
+            metrics.TURN_SECONDS.observe(time.perf_counter() - started, agent_class=kind)
 
 
 async def _run_read(agent: Agent, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
@@ -350,7 +356,9 @@ class Agent:
         except Exception as exc:
             attempts = schedule.attempts + 1
             message = f"{type(exc).__name__}: {exc}"[:1000]
-            if attempts > self.schedule_max_retries:
+            parked = attempts > self.schedule_max_retries
+            metrics.SCHEDULE_RUNS.inc(outcome="parked" if parked else "retry")
+            if parked:
                 await self.storage.execute(
                     "UPDATE _schedules SET status = 'failed', attempts = ?, last_error = ? WHERE id = ?",
                     (attempts, message, schedule.id),
@@ -371,6 +379,7 @@ class Agent:
                 )
             await self._report_error(exc, during=f"schedule:{schedule.callback}")
             return
+        metrics.SCHEDULE_RUNS.inc(outcome="ok")
         if schedule.kind == "cron" and schedule.cron:
             await self.storage.execute(
                 "UPDATE _schedules SET due_at = ?, attempts = 0, last_error = NULL WHERE id = ?",

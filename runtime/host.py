@@ -25,6 +25,7 @@ from typing import Any
 
 import ray
 
+from runtime import metrics
 from runtime.activations import Activations
 from runtime.agent import Agent
 from runtime.alarm_client import report_next_due
@@ -152,6 +153,7 @@ class AgentHost:
             await asyncio.sleep(REAPER_TICK_SECONDS)
             try:
                 self.activations.hibernate_idle()
+                metrics.LIVE_AGENTS.set(self.activations.live_count, host=str(self.slot))
                 if self._should_retire():
                     me = ray.get_runtime_context().current_actor
                     me._retire.remote()

@@ -21,6 +21,7 @@ from typing import Any
 
 import ray
 
+from runtime import metrics
 from runtime.classes import import_agent_class
 from runtime.errors import AgentNotFoundError
 from runtime.handles import AgentHandle
@@ -108,6 +109,7 @@ class AlarmScheduler:
                 "DELETE FROM alarm_index WHERE class_path = ? AND agent_id = ?", (class_path, agent_id)
             )
             self._due.pop(key, None)
+            metrics.DUE_ALARMS.set(len(self._due))
             return
         await self.index.execute(
             "INSERT INTO alarm_index(class_path, agent_id, next_due) VALUES (?, ?, ?) "
@@ -116,6 +118,7 @@ class AlarmScheduler:
         )
         self._due[key] = due
         self._push(due + WAKE_GRACE_SECONDS, key, due)
+        metrics.DUE_ALARMS.set(len(self._due))
 
     async def pending(self) -> dict[str, float]:
         """The index as `{"Class path|id": next_due}` (for operators and tests)."""

@@ -122,3 +122,31 @@ def test_serve_run_of_the_config_answers_healthz(chat_world: Any, tmp_path: Path
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_the_grafana_dashboard_reads_only_metrics_the_product_exports() -> None:
+    """Every `ray_agentrt_*` series the sample dashboard queries is one the code declares (so the two
+    cannot drift), and every declared metric has a panel."""
+    import json
+    import re
+
+    from agents import metrics as agent_metrics
+    from runtime import metrics as runtime_metrics
+    from runtime.metrics import Metric
+    from tools import metrics as ciba_metrics
+
+    declared = {
+        m.name: m
+        for module in (runtime_metrics, agent_metrics, ciba_metrics)
+        for m in vars(module).values()
+        if isinstance(m, Metric)
+    }
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "agentrt-dashboard.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"ray_(agentrt_[a-z_]+?)(?:_bucket|_sum|_count)?\b", target["expr"])
+    }
+    assert used <= set(declared), used - set(declared)
+    assert set(declared) <= used, set(declared) - used

@@ -60,6 +60,7 @@ from typing import Any, NoReturn, TypeVar
 from pydantic import BaseModel
 
 from runtime.backoff import exponential_delay
+from tools import metrics
 from tools.base import Tool, ToolContext, ToolError, TransientToolError, current_tool_context
 from tools.ciba_client import (
     AccessDenied,
@@ -205,6 +206,8 @@ class AsyncUserConfirmation:
         # a resumer and a retry never both poll, both run the tool, or both send a request. Across
         # processes the store's create_if_absent is the guard.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._approved_about: dict[str, float] = {}
+        """Per call key collected here: about when the user approved (for the approval-to-resume metric)."""
 
     async def _consume(self, key: str, *, result: Any = None, error: str | None = None) -> None:
         """Replace the credential by the call's outcome (one row, one write): the token is gone, and a re-run
@@ -252,6 +255,9 @@ class AsyncUserConfirmation:
                     await self._consume(key, error=f"{self.tool.name} failed ({type(exc).__name__})")
                     raise
             await self._consume(key, result=result)
+            approved_about = self._approved_about.pop(key, None)
+            if approved_about is not None:
+                metrics.APPROVAL_TO_RESUME_SECONDS.observe(self.clock() - approved_about, tool=self.tool.name)
             return result
 
     async def _notify(self, interrupt: AsyncAuthorizationInterrupt, ctx: ToolContext) -> None:
@@ -430,6 +436,7 @@ class AsyncUserConfirmation:
                 client_notification_token=notification_token,
             )
         except CIBAError as exc:
+            metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="error")
             await self.store.delete(PENDING_NAMESPACE, key)
             raise self._refusal(exc, ctx, record) from None
         except CIBATransientError as exc:
@@ -480,6 +487,8 @@ class AsyncUserConfirmation:
         interval = int(record.get("interval") or 5)
         answer_lost_before = record.get("polling_since") is not None
         record["polling_since"] = now
+        record["polls"] = int(record.get("polls") or 0) + 1
+        metrics.CIBA_POLLS.inc(tool=self.tool.name)
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, now))
         try:
             result = await self.client.poll(record["auth_req_id"], interval=interval)
@@ -501,11 +510,16 @@ class AsyncUserConfirmation:
                 reason="transient_error",
             ) from None
         except CIBAError as exc:
+            metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="error")
             await self.store.delete(PENDING_NAMESPACE, key)
             raise self._refusal(exc, ctx, record) from None
         record.pop("polling_since", None)  # answered
         after = self.clock()  # the server timed this poll on arrival: count the next interval from now
         if isinstance(result, Approved):
+            metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="approved")
+            metrics.POLLS_PER_APPROVAL.observe(record["polls"], tool=self.tool.name)
+            # when the user approved, as near as this side knows: the ping, or the last poll still pending
+            self._approved_about[key] = float(record.get("pinged_at") or record.get("last_pending_at") or after)
             credentials = result.tokens.to_credentials(received_at=after)
             if not credentials.scope:  # RFC 6749 5.1: no scope in the answer means the requested one
                 credentials = credentials.model_copy(update={"scope": ["openid", *self.options.scopes]})
@@ -523,12 +537,16 @@ class AsyncUserConfirmation:
             await self.store.delete(PENDING_NAMESPACE, key)
             # Auth0 also answers access_denied for an expired request: past the deadline, say expired.
             kind = AuthorizationRequestExpiredInterrupt if past_deadline else AccessDeniedInterrupt
+            metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="expired" if past_deadline else "denied")
             raise self._interrupt(kind, ctx, record)
         if isinstance(result, ExpiredToken):
+            metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="expired")
             await self.store.delete(PENDING_NAMESPACE, key)
             raise self._interrupt(AuthorizationRequestExpiredInterrupt, ctx, record)
         if isinstance(result, InvalidGrant):
-            if answer_lost_before and int(record.get("attempt") or 1) < MAX_REQUESTS_PER_CALL:
+            lost = answer_lost_before and int(record.get("attempt") or 1) < MAX_REQUESTS_PER_CALL
+            metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="lost" if lost else "error")
+            if lost:
                 await self._ask_again(ctx, key, record, arguments)  # raises
             await self.store.delete(PENDING_NAMESPACE, key)
             raise self._interrupt(InvalidGrantInterrupt, ctx, record)
@@ -547,7 +565,7 @@ class AsyncUserConfirmation:
                 reason="slow_down",
             )
         assert isinstance(result, Pending)
-        record.update(next_poll_at=after + self._poll_gap(interval), failures=0)
+        record.update(next_poll_at=after + self._poll_gap(interval), failures=0, last_pending_at=after)
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
         raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"])
 
