@@ -493,22 +493,7 @@ class AsyncUserConfirmation:
         try:
             result = await self.client.poll(record["auth_req_id"], interval=interval)
         except CIBATransientError as exc:  # the mark stays: this answer may have been lost on the way
-            if past_deadline:
-                await self.store.delete(PENDING_NAMESPACE, key)
-                raise self._interrupt(AuthorizationRequestExpiredInterrupt, ctx, record) from None
-            failures = int(record.get("failures") or 0) + 1
-            backoff = max(self._backoff(failures, interval), exc.retry_after or 0.0)  # Retry-After wins
-            after = self.clock()
-            record.update(failures=failures, next_poll_at=after + backoff)
-            await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
-            raise self._interrupt(
-                AuthorizationPollingInterrupt,
-                ctx,
-                record,
-                next_check_at=after + backoff,
-                retry_after=backoff,
-                reason="transient_error",
-            ) from None
+            await self._poll_failed(ctx, key, record, exc, past_deadline)  # raises
         except CIBAError as exc:
             metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="error")
             await self.store.delete(PENDING_NAMESPACE, key)
@@ -516,23 +501,63 @@ class AsyncUserConfirmation:
         record.pop("polling_since", None)  # answered
         after = self.clock()  # the server timed this poll on arrival: count the next interval from now
         if isinstance(result, Approved):
-            metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="approved")
-            metrics.POLLS_PER_APPROVAL.observe(record["polls"], tool=self.tool.name)
-            # when the user approved, as near as this side knows: the ping, or the last poll still pending
-            self._approved_about[key] = float(record.get("pinged_at") or record.get("last_pending_at") or after)
-            credentials = result.tokens.to_credentials(received_at=after)
-            if not credentials.scope:  # RFC 6749 5.1: no scope in the answer means the requested one
-                credentials = credentials.model_copy(update={"scope": ["openid", *self.options.scopes]})
-            ttl = float(result.tokens.expires_in) if result.tokens.expires_in else DEFAULT_CREDENTIAL_TTL
-            # Credential first, then the pending record: a crash in between still finds the credential.
-            stored = {
-                "credentials": credentials.model_dump(mode="json"),
-                "arguments_sha256": record.get("arguments_sha256"),
-            }
-            # Kept past the token's expiry, so an expiry during the tool's retries is seen as such.
-            await self.store.put(CREDENTIALS_NAMESPACE, key, stored, ttl=max(ttl, 1.0) + self.options.pending_retention)
+            return await self._approved(key, record, result, after)
+        await self._not_approved(ctx, key, record, arguments, result, past_deadline, answer_lost_before, after)
+
+    async def _poll_failed(
+        self, ctx: ToolContext, key: str, record: dict[str, Any], exc: CIBATransientError, past_deadline: bool
+    ) -> NoReturn:
+        """An unreachable or failing server: back off (its `Retry-After` wins), never a denial; past the
+        request's deadline, it has expired."""
+        if past_deadline:
             await self.store.delete(PENDING_NAMESPACE, key)
-            return stored
+            raise self._interrupt(AuthorizationRequestExpiredInterrupt, ctx, record) from None
+        failures = int(record.get("failures") or 0) + 1
+        backoff = max(self._backoff(failures, int(record.get("interval") or 5)), exc.retry_after or 0.0)
+        after = self.clock()
+        record.update(failures=failures, next_poll_at=after + backoff)
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
+        raise self._interrupt(
+            AuthorizationPollingInterrupt,
+            ctx,
+            record,
+            next_check_at=after + backoff,
+            retry_after=backoff,
+            reason="transient_error",
+        ) from None
+
+    async def _approved(self, key: str, record: dict[str, Any], result: Approved, after: float) -> dict[str, Any]:
+        """Store the credential (first, then drop the pending record: a crash in between still finds it)."""
+        metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="approved")
+        metrics.POLLS_PER_APPROVAL.observe(record["polls"], tool=self.tool.name)
+        # when the user approved, as near as this side knows: the ping, or the last poll still pending
+        self._approved_about[key] = float(record.get("pinged_at") or record.get("last_pending_at") or after)
+        credentials = result.tokens.to_credentials(received_at=after)
+        if not credentials.scope:  # RFC 6749 5.1: no scope in the answer means the requested one
+            credentials = credentials.model_copy(update={"scope": ["openid", *self.options.scopes]})
+        ttl = float(result.tokens.expires_in) if result.tokens.expires_in else DEFAULT_CREDENTIAL_TTL
+        stored = {
+            "credentials": credentials.model_dump(mode="json"),
+            "arguments_sha256": record.get("arguments_sha256"),
+        }
+        # Kept past the token's expiry, so an expiry during the tool's retries is seen as such.
+        await self.store.put(CREDENTIALS_NAMESPACE, key, stored, ttl=max(ttl, 1.0) + self.options.pending_retention)
+        await self.store.delete(PENDING_NAMESPACE, key)
+        return stored
+
+    async def _not_approved(
+        self,
+        ctx: ToolContext,
+        key: str,
+        record: dict[str, Any],
+        arguments: Mapping[str, Any],
+        result: Any,
+        past_deadline: bool,
+        answer_lost_before: bool,
+        after: float,
+    ) -> NoReturn:
+        """Every answer but an approval raises: a terminal outcome, or when to check next."""
+        interval = int(record.get("interval") or 5)
         if isinstance(result, AccessDenied):
             await self.store.delete(PENDING_NAMESPACE, key)
             # Auth0 also answers access_denied for an expired request: past the deadline, say expired.
