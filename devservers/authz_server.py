@@ -61,7 +61,7 @@ from auth.issuer import is_loopback_host
 from devservers.faults import Stall, Stalling
 from devservers.local_only import LocalOnly
 from devservers.server_thread import ServerThread, free_port
-from tools.ciba_client import BINDING_MESSAGE_RE
+from tools.ciba_types import BINDING_MESSAGE_RE
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from auth.http_pool import shared_client
 from tools.base import Tool, ToolContext, ToolError, TransientToolError, current_tool_context
-from tools.ciba_client import BINDING_MESSAGE_RE
+from tools.ciba_types import BINDING_MESSAGE_RE
 from tools.credentials_context import get_ciba_credentials
 from tools.stock_prices import CURRENCY, MAX_QUANTITY, UnknownTickerError, get_price, normalize_ticker
 

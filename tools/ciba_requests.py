@@ -1,0 +1,451 @@
+"""Talking to the provider for one tool call: the CIBA request, its checks, and their outcomes.
+
+`CibaRequests` is the half of `AsyncUserConfirmation` (see `tools.async_confirmation`, which has the
+guarantees) that sends the backchannel request, polls the token endpoint once per due check, stores an
+approval, turns every other answer into an interrupt, and asks the user again when an approval was lost
+with the answer that carried it. The options and record layout live here too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+from runtime.backoff import exponential_delay
+from tools import metrics
+from tools.base import Tool, ToolContext, ToolError
+from tools.ciba_client import (
+    AccessDenied,
+    Approved,
+    CIBAClient,
+    CIBAError,
+    CIBATransientError,
+    ExpiredToken,
+    InvalidBindingMessage,
+    InvalidGrant,
+    Pending,
+    SlowDown,
+    validate_binding_message,
+)
+from tools.ciba_ping import new_notification_token, token_digest
+from tools.credential_store import CredentialStore
+from tools.interrupts import (
+    AccessDeniedInterrupt,
+    AsyncAuthorizationInterrupt,
+    AuthorizationPendingInterrupt,
+    AuthorizationPollingInterrupt,
+    AuthorizationRequestExpiredInterrupt,
+    AuthorizationRequestFailedInterrupt,
+    InvalidGrantInterrupt,
+    UserDoesNotHavePushNotificationsInterrupt,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: A value, or a (sync or async) function of the tool's validated arguments returning it.
+Resolvable = T | Callable[..., T] | Callable[..., Awaitable[T]]
+InterruptCallback = Callable[[AsyncAuthorizationInterrupt, ToolContext], Any]
+
+PENDING_NAMESPACE = "ciba:pending"
+CREDENTIALS_NAMESPACE = "ciba:credentials"
+ATTEMPTS_NAMESPACE = "ciba:attempts"
+
+DENIED_TEXT = "The user has denied the request"
+DEFAULT_CREDENTIAL_TTL = 300.0
+MAX_REQUESTS_PER_CALL = 3
+"""At most this many CIBA requests for one tool call: the first, and new ones after approvals lost on the
+way (see `_check`)."""
+
+_NO_PUSH_RE = re.compile(r"push|enrol|authenticator|guardian", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class AsyncConfirmationOptions:
+    """What to ask for, and how to react. See `with_async_user_confirmation`."""
+
+    scopes: tuple[str, ...]
+    binding_message: Resolvable[str]
+    user_id: Resolvable[str] | None = None
+    audience: str | None = None
+    requested_expiry: int = 300
+    authorization_details: Resolvable[list[dict[str, Any]] | None] = None
+    on_authorization_interrupt: InterruptCallback | None = None
+    on_unauthorized: InterruptCallback | None = None
+    retry_backoff: tuple[float, float] = (2.0, 60.0)
+    """(first, max) seconds between attempts while the authorization server is unreachable."""
+    pending_retention: float = 3600.0
+    """How long a pending record outlives its request, so a late check still reports "expired"."""
+    delivery_mode: str = "poll"
+    """"ping": each request carries a notification token and the provider's ping makes the next check
+    happen at once (`accept_ping`); checks on a timer still happen every `ping_fallback` seconds."""
+    ping_fallback: float = 30.0
+    ping_key: bytes | None = None
+    """The MAC key of notification tokens (`tools.ciba_ping.ping_key`); required in ping mode."""
+
+
+@dataclass(frozen=True)
+class _Params:
+    user_id: str
+    binding_message: str
+    authorization_details: list[dict[str, Any]] | None
+    arguments_sha256: str
+
+
+def _digest(arguments: Mapping[str, Any]) -> str:
+    """A fingerprint of the tool's arguments, to bind an approval to the action it was given for."""
+    canonical = json.dumps(dict(arguments), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def _resolve(value: Any, arguments: Mapping[str, Any]) -> Any:
+    if callable(value):
+        value = value(**arguments)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+class CibaRequests:
+    """The provider side of `AsyncUserConfirmation` (a mixin: the wrapper supplies these attributes)."""
+
+    tool: Tool
+    options: AsyncConfirmationOptions
+    store: CredentialStore
+    client: CIBAClient
+    clock: Callable[[], float]
+    _approved_about: dict[str, float]
+
+    async def _params(self, ctx: ToolContext, arguments: Mapping[str, Any]) -> _Params:
+        user_id = await _resolve(self.options.user_id, arguments) if self.options.user_id is not None else None
+        user_id = user_id or ctx.owner
+        if not isinstance(user_id, str) or not user_id:
+            raise ToolError(f"{self.tool.name} needs the user's approval, but the thread has no owner to ask")
+        binding_message = await _resolve(self.options.binding_message, arguments)
+        details = await _resolve(self.options.authorization_details, arguments)
+        try:
+            validate_binding_message(binding_message)
+        except InvalidBindingMessage as exc:  # refused before any record or request exists
+            raise self._refusal(exc, ctx, {"binding_message": str(binding_message)[:80]}) from None
+        return _Params(
+            user_id=user_id,
+            binding_message=binding_message,
+            authorization_details=details,
+            arguments_sha256=_digest(arguments),
+        )
+
+    def _record_ttl(self, expires_in: float | None = None) -> float:
+        return float(expires_in or self.options.requested_expiry) + self.options.pending_retention
+
+    def _lease(self) -> float:
+        """How long a request in flight may take before another caller may assume its sender died."""
+        return self.client.max_request_seconds + 5.0
+
+    def _new_record(self, ctx: ToolContext, params: _Params, now: float) -> dict[str, Any]:
+        return {
+            "state": "requesting",
+            "attempt": 1,
+            "lease_until": now + self._lease(),
+            "next_poll_at": None,
+            "failures": 0,
+            "auth_req_id": None,
+            "expires_at": None,
+            "interval": None,
+            "binding_message": params.binding_message,
+            "arguments_sha256": params.arguments_sha256,
+            "scopes": list(self.options.scopes),
+            "audience": self.options.audience,
+            "tool_name": self.tool.name,
+            "tool_call_id": ctx.tool_call_id,
+            "thread_id": ctx.thread_id,
+            "created_at": now,
+        }
+
+    async def _resume_requesting(
+        self, ctx: ToolContext, key: str, arguments: Mapping[str, Any], record: dict[str, Any]
+    ) -> None:
+        """A record without `auth_req_id`: wait while its sender may still be at work, else take over."""
+        now = self.clock()
+        wait_until = max(float(record.get("lease_until") or 0.0), float(record.get("next_poll_at") or 0.0))
+        if now < wait_until:
+            raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=wait_until)
+        attempt = int(record.get("attempt") or 1) + 1
+        params = await self._params(ctx, arguments)
+        claimed = await self.store.create_if_absent(
+            ATTEMPTS_NAMESPACE, f"{key}#{attempt}", {"at": now}, ttl=self._record_ttl()
+        )
+        if not claimed:  # another caller took this attempt over; it is sending the request now
+            return
+        if not record.get("failures"):
+            log.warning(
+                "CIBA request for tool call %s was left half-sent (the process stopped mid-request?); sending it again",
+                ctx.tool_call_id,
+            )
+        record.update(
+            attempt=attempt,
+            lease_until=now + self._lease(),
+            binding_message=params.binding_message,
+            arguments_sha256=params.arguments_sha256,
+        )
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl())
+        await self._send_request(ctx, key, params, record)
+
+    async def _send_request(self, ctx: ToolContext, key: str, params: _Params, record: dict[str, Any]) -> NoReturn:
+        notification_token = None
+        if self.options.delivery_mode == "ping" and self.options.ping_key:
+            notification_token = new_notification_token(self.options.ping_key, ctx.thread_id, ctx.tool_call_id)
+            record["notification_token_sha256"] = token_digest(notification_token)
+            record.pop("pinged_at", None)
+        try:
+            response = await self.client.backchannel_authenticate(
+                user_id=params.user_id,
+                scope=list(self.options.scopes),
+                binding_message=params.binding_message,
+                audience=self.options.audience,
+                requested_expiry=self.options.requested_expiry,
+                authorization_details=params.authorization_details,
+                client_notification_token=notification_token,
+            )
+        except CIBAError as exc:
+            metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="error")
+            await self.store.delete(PENDING_NAMESPACE, key)
+            raise self._refusal(exc, ctx, record) from None
+        except CIBATransientError as exc:
+            now = self.clock()
+            failures = int(record.get("failures") or 0) + 1
+            backoff = max(self._backoff(failures, 0.0), exc.retry_after or 0.0)  # the server's Retry-After wins
+            if exc.maybe_sent:
+                log.warning("CIBA request for tool call %s may have reached the server; will retry", ctx.tool_call_id)
+            record.update(failures=failures, lease_until=now, next_poll_at=now + backoff)
+            await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl())
+            raise self._interrupt(
+                AuthorizationPollingInterrupt,
+                ctx,
+                record,
+                next_check_at=now + backoff,
+                retry_after=backoff,
+                reason="transient_error",
+            ) from None
+        now = self.clock()
+        record.update(
+            state="pending",
+            auth_req_id=response.auth_req_id,
+            expires_at=now + response.expires_in,
+            interval=response.interval,
+            next_poll_at=now + self._poll_gap(response.interval),
+            failures=0,
+            lease_until=None,
+            requested_at=now,
+        )
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl(response.expires_in))
+        raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"])
+
+    async def _check(
+        self, ctx: ToolContext, key: str, record: dict[str, Any], arguments: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Poll once if due; return the stored credential record on approval, else raise.
+
+        The poll is marked in the record before it is sent (`polling_since`) and unmarked by its answer. A
+        mark found at the next check means a poll whose answer never arrived (its process died, or the
+        answer was lost): the server may have handed the tokens to it and spent the request. If the server
+        then says `invalid_grant`, the approval was lost, not refused: the user is asked once more."""
+        now = self.clock()
+        expires_at = float(record["expires_at"])
+        next_poll_at = float(record.get("next_poll_at") or 0.0)
+        past_deadline = now >= expires_at
+        if not past_deadline and now < next_poll_at:
+            raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=next_poll_at)
+        interval = int(record.get("interval") or 5)
+        answer_lost_before = record.get("polling_since") is not None
+        record["polling_since"] = now
+        record["polls"] = int(record.get("polls") or 0) + 1
+        metrics.CIBA_POLLS.inc(tool=self.tool.name)
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, now))
+        try:
+            result = await self.client.poll(record["auth_req_id"], interval=interval)
+        except CIBATransientError as exc:  # the mark stays: this answer may have been lost on the way
+            await self._poll_failed(ctx, key, record, exc, past_deadline)  # raises
+        except CIBAError as exc:
+            metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="error")
+            await self.store.delete(PENDING_NAMESPACE, key)
+            raise self._refusal(exc, ctx, record) from None
+        record.pop("polling_since", None)  # answered
+        after = self.clock()  # the server timed this poll on arrival: count the next interval from now
+        if isinstance(result, Approved):
+            return await self._approved(key, record, result, after)
+        await self._not_approved(ctx, key, record, arguments, result, past_deadline, answer_lost_before, after)
+
+    async def _poll_failed(
+        self, ctx: ToolContext, key: str, record: dict[str, Any], exc: CIBATransientError, past_deadline: bool
+    ) -> NoReturn:
+        """An unreachable or failing server: back off (its `Retry-After` wins), never a denial; past the
+        request's deadline, it has expired."""
+        if past_deadline:
+            await self.store.delete(PENDING_NAMESPACE, key)
+            raise self._interrupt(AuthorizationRequestExpiredInterrupt, ctx, record) from None
+        failures = int(record.get("failures") or 0) + 1
+        backoff = max(self._backoff(failures, int(record.get("interval") or 5)), exc.retry_after or 0.0)
+        after = self.clock()
+        record.update(failures=failures, next_poll_at=after + backoff)
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
+        raise self._interrupt(
+            AuthorizationPollingInterrupt,
+            ctx,
+            record,
+            next_check_at=after + backoff,
+            retry_after=backoff,
+            reason="transient_error",
+        ) from None
+
+    async def _approved(self, key: str, record: dict[str, Any], result: Approved, after: float) -> dict[str, Any]:
+        """Store the credential (first, then drop the pending record: a crash in between still finds it)."""
+        metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="approved")
+        metrics.POLLS_PER_APPROVAL.observe(record["polls"], tool=self.tool.name)
+        # when the user approved, as near as this side knows: the ping, or the last poll still pending
+        self._approved_about[key] = float(record.get("pinged_at") or record.get("last_pending_at") or after)
+        credentials = result.tokens.to_credentials(received_at=after)
+        if not credentials.scope:  # RFC 6749 5.1: no scope in the answer means the requested one
+            credentials = credentials.model_copy(update={"scope": ["openid", *self.options.scopes]})
+        ttl = float(result.tokens.expires_in) if result.tokens.expires_in else DEFAULT_CREDENTIAL_TTL
+        stored = {
+            "credentials": credentials.model_dump(mode="json"),
+            "arguments_sha256": record.get("arguments_sha256"),
+        }
+        # Kept past the token's expiry, so an expiry during the tool's retries is seen as such.
+        await self.store.put(CREDENTIALS_NAMESPACE, key, stored, ttl=max(ttl, 1.0) + self.options.pending_retention)
+        await self.store.delete(PENDING_NAMESPACE, key)
+        return stored
+
+    async def _not_approved(
+        self,
+        ctx: ToolContext,
+        key: str,
+        record: dict[str, Any],
+        arguments: Mapping[str, Any],
+        result: Any,
+        past_deadline: bool,
+        answer_lost_before: bool,
+        after: float,
+    ) -> NoReturn:
+        """Every answer but an approval raises: a terminal outcome, or when to check next."""
+        interval = int(record.get("interval") or 5)
+        if isinstance(result, AccessDenied):
+            await self.store.delete(PENDING_NAMESPACE, key)
+            # Auth0 also answers access_denied for an expired request: past the deadline, say expired.
+            kind = AuthorizationRequestExpiredInterrupt if past_deadline else AccessDeniedInterrupt
+            metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="expired" if past_deadline else "denied")
+            raise self._interrupt(kind, ctx, record)
+        if isinstance(result, ExpiredToken):
+            metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="expired")
+            await self.store.delete(PENDING_NAMESPACE, key)
+            raise self._interrupt(AuthorizationRequestExpiredInterrupt, ctx, record)
+        if isinstance(result, InvalidGrant):
+            lost = answer_lost_before and int(record.get("attempt") or 1) < MAX_REQUESTS_PER_CALL
+            metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="lost" if lost else "error")
+            if lost:
+                await self._ask_again(ctx, key, record, arguments)  # raises
+            await self.store.delete(PENDING_NAMESPACE, key)
+            raise self._interrupt(InvalidGrantInterrupt, ctx, record)
+        if past_deadline:  # still pending by the server's account, but our deadline has passed
+            await self.store.delete(PENDING_NAMESPACE, key)
+            raise self._interrupt(AuthorizationRequestExpiredInterrupt, ctx, record)
+        if isinstance(result, SlowDown):
+            record.update(interval=result.interval, next_poll_at=after + result.wait, failures=0)
+            await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
+            raise self._interrupt(
+                AuthorizationPollingInterrupt,
+                ctx,
+                record,
+                next_check_at=record["next_poll_at"],
+                retry_after=result.wait,
+                reason="slow_down",
+            )
+        assert isinstance(result, Pending)
+        record.update(next_poll_at=after + self._poll_gap(interval), failures=0, last_pending_at=after)
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
+        raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"])
+
+    async def _ask_again(
+        self, ctx: ToolContext, key: str, record: dict[str, Any], arguments: Mapping[str, Any]
+    ) -> NoReturn:
+        """The user approved, but the tokens went to a poll whose answer was lost and the server has spent
+        the request: send a new one for the same call (the user approves once more) instead of failing a
+        purchase they approved."""
+        log.warning(
+            "the approval for tool call %s was lost with the answer that carried it; asking the user again",
+            ctx.tool_call_id,
+        )
+        params = await self._params(ctx, arguments)
+        now = self.clock()
+        record.update(
+            state="requesting",
+            attempt=int(record.get("attempt") or 1) + 1,
+            auth_req_id=None,
+            lease_until=now + self._lease(),
+            next_poll_at=None,
+            failures=0,
+            binding_message=params.binding_message,
+            arguments_sha256=params.arguments_sha256,
+        )
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl())
+        await self._send_request(ctx, key, params, record)
+
+    def _poll_gap(self, interval: float) -> float:
+        """Seconds to the next check: the interval, or in ping mode the (longer) fallback."""
+        if self.options.delivery_mode == "ping":
+            return max(float(interval), self.options.ping_fallback)
+        return float(interval)
+
+    def _record_ttl_left(self, record: dict[str, Any], now: float) -> float:
+        return max(1.0, float(record["expires_at"]) - now) + self.options.pending_retention
+
+    def _backoff(self, failures: int, interval: float) -> float:
+        first, most = self.options.retry_backoff
+        return exponential_delay(failures, first, most, floor=float(interval))
+
+    # -- interrupts ----------------------------------------------------------------------------------
+    def _interrupt(
+        self,
+        kind: type[AsyncAuthorizationInterrupt],
+        ctx: ToolContext,
+        record: Mapping[str, Any] | None,
+        message: str | None = None,
+        **extra: Any,
+    ) -> AsyncAuthorizationInterrupt:
+        record = record or {}
+        fields: dict[str, Any] = {
+            "tool_name": self.tool.name,
+            "tool_call_id": ctx.tool_call_id,
+            "thread_id": ctx.thread_id,
+            "expires_at": record.get("expires_at"),
+            "interval": record.get("interval"),
+            "binding_message": record.get("binding_message"),
+            "scopes": list(record.get("scopes") or self.options.scopes),
+        }
+        fields.update(extra)
+        return kind(message, **fields)
+
+    def _refusal(
+        self, exc: CIBAError, ctx: ToolContext, record: Mapping[str, Any] | None
+    ) -> AsyncAuthorizationInterrupt:
+        """Map a refused request to its interrupt; only an error that says so means "no push device"."""
+        log.warning("CIBA authorization for tool call %s refused: %s", ctx.tool_call_id, exc.error)
+        if _NO_PUSH_RE.search(exc.description or ""):
+            return self._interrupt(UserDoesNotHavePushNotificationsInterrupt, ctx, record)
+        if exc.error == "access_denied":
+            return self._interrupt(AccessDeniedInterrupt, ctx, record)
+        detail = f": {exc.description}" if exc.description else ""
+        return self._interrupt(
+            AuthorizationRequestFailedInterrupt,
+            ctx,
+            record,
+            f"The authorization request was refused ({exc.error}){detail}",
+            error=exc.error,
+        )
