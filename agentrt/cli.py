@@ -23,42 +23,24 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from agentrt.client import AgentRuntimeClient, ApiError, dev_login
-from auth.issuer import is_loopback_host
-
-app = typer.Typer(
-    name="agentrt",
-    help="Durable AI chat agents on Ray, with purchases approved on the user's device (CIBA).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from agentrt.cli_base import DEFAULT_URL, UserOption, app, console, err_console, run_command
+from agentrt.cli_conversation import (
+    approvals,
+    approve,
+    chat,
+    ciba_requests,
+    deny,
+    dev_authz_base,
+    follow_until_resolved,
+    stream_turn,
+    threads,
 )
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-
-UrlOption = Annotated[
-    str, typer.Option("--url", envvar="AGENTRT_URL", help="Base URL of the agentrt HTTP API.", show_default=True)
-]
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token", envvar="AGENTRT_TOKEN", help="Bearer token (default: sign in as --user on the dev server)."
-    ),
-]
-UserOption = Annotated[str, typer.Option("--user", "-u", help="Demo user of the dev authorization server.")]
-AuthzOption = Annotated[
-    str | None,
-    typer.Option(
-        "--authz-url", envvar="AGENTRT_DEV_AUTHZ_URL", help="Dev authorization server (default: from /config)."
-    ),
-]
+from agentrt.client import AgentRuntimeClient, dev_login
+from auth.issuer import is_loopback_host
 
 
 def _checked_agent_class(class_path: str) -> str:
@@ -205,249 +187,9 @@ def _print_urls(stack: Any) -> None:
     console.print(f"Try: agentrt demo --url {urls.api}", style="dim")
 
 
-# ------------------------------------------------------------------------------------------------------
-# client commands
-
-
-async def _client(url: str, token: str | None, user: str) -> AgentRuntimeClient:
-    client = AgentRuntimeClient(url, token)
-    if not token:
-        try:
-            await client.login(user)
-        except BaseException:
-            await client.aclose()
-            raise
-    return client
-
-
-def _run(coro: Any) -> Any:
-    try:
-        return asyncio.run(coro)
-    except ApiError as exc:
-        err_console.print(f"[red]Error {exc.status_code} {exc.error}: {exc.detail}[/red]")
-        raise typer.Exit(1) from None
-    except httpx.HTTPError as exc:
-        err_console.print(f"[red]Cannot reach the server: {type(exc).__name__}: {exc}[/red]")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-
-
-@app.command()
-def threads(url: UrlOption = DEFAULT_URL, token: TokenOption = None, user: UserOption = "alice") -> None:
-    """List your threads, most recently active first."""
-
-    async def main() -> None:
-        async with await _client(url, token, user) as client:
-            rows = await client.threads()
-        if not rows:
-            console.print('No threads yet. Start one: agentrt chat my-thread "what is MSFT trading at?"')
-            return
-        table = Table("thread", "title", "last active")
-        for row in rows:
-            table.add_row(row["thread_id"], row.get("title") or "", _ago(row.get("last_active_at")))
-        console.print(table)
-
-    _run(main())
-
-
-@app.command()
-def chat(
-    thread: Annotated[str, typer.Argument(help="Thread id (a new id creates a thread you own).")],
-    message: Annotated[str, typer.Argument(help="What to say.")],
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    user: UserOption = "alice",
-    wait: Annotated[bool, typer.Option(help="Keep following the thread until pending approvals resolve.")] = False,
-    timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 300.0,
-) -> None:
-    """Send one message and stream the agent's answer."""
-
-    async def main() -> None:
-        async with await _client(url, token, user) as client:
-            pending = await _stream_turn(client, thread, message)
-            if pending and wait:
-                config = await client.config()
-                if config.get("approvals_url"):
-                    console.print(f"Approve it on {config['approvals_url']} (or: agentrt approve)", style="dim")
-                await _follow_until_resolved(client, thread, pending, timeout)
-
-    _run(main())
-
-
-async def _stream_turn(client: AgentRuntimeClient, thread: str, message: str) -> set[str]:
-    """Run a turn, printing the reply as it streams; return the tool call ids left waiting for approval."""
-    console.print(Text("you  ", style="bold cyan") + Text(message))
-    pending: set[str] = set()
-    streaming = False
-    async for event in client.stream_message(thread, message):
-        data = event.data.get("data", {}) if isinstance(event.data, dict) else {}
-        if event.event == "token":
-            if not streaming:
-                console.print(Text("agent ", style="bold magenta"), end="")
-                streaming = True
-            console.print(data.get("text", ""), end="", soft_wrap=True)
-        elif event.event == "message" and data.get("message", {}).get("role") == "assistant":
-            if streaming:
-                console.print()
-                streaming = False
-        elif event.event == "interrupt":
-            pending.add(data.get("tool_call_id", ""))
-            _print_interrupt(data)
-        elif event.event == "tool_result":
-            pending.discard(data.get("tool_call_id", ""))
-            _print_tool_result(data)
-        elif event.event == "failed":
-            raise ApiError(
-                int(event.data.get("status", 500)), event.data.get("error", "failed"), event.data.get("detail")
-            )
-    if streaming:
-        console.print()
-    return pending
-
-
-def _print_tool_result(data: dict[str, Any]) -> None:
-    console.print(Text("tool  ", style="bold green") + Text(f"{data.get('tool_name')}: {data.get('result')}"))
-
-
-def _print_interrupt(data: dict[str, Any]) -> None:
-    if data.get("kind") == "confirmation":
-        console.print(Text("wait  ", style="bold yellow") + Text(f"{data.get('tool_name')} needs your confirmation"))
-        return
-    expires = data.get("expires_at")
-    left = f" (expires in {_duration(expires - time.time())})" if isinstance(expires, int | float) else ""
-    binding = data.get("binding_message") or data.get("tool_name") or "a request"
-    console.print(Text("wait  ", style="bold yellow") + Text(f"approval requested on your device: {binding!r}{left}"))
-
-
-async def _follow_until_resolved(
-    client: AgentRuntimeClient, thread: str, pending: set[str], limit: float
-) -> list[dict[str, Any]]:
-    """Follow the thread's events until the pending calls have results and the agent answered."""
-    results: list[dict[str, Any]] = []
-    final: str | None = None
-
-    async def follow() -> None:
-        nonlocal final
-        async for event in client.events(thread):
-            data = event.data.get("data", {}) if isinstance(event.data, dict) else {}
-            if event.event == "tool_result" and data.get("tool_call_id") in pending:
-                pending.discard(data["tool_call_id"])
-                results.append(data)
-                _print_tool_result(data)
-            elif event.event == "message" and not pending:
-                message = data.get("message", {})
-                if message.get("role") == "assistant" and message.get("content"):
-                    final = message["content"]
-                    console.print(Text("agent ", style="bold magenta") + Text(final))
-                    return
-            elif event.event == "reset":
-                await _check_messages()
-                if final is not None:
-                    return
-
-    async def _check_messages() -> None:
-        nonlocal final
-        messages = await client.messages(thread)
-        calls = {m["tool_call_id"]: m for m in messages if m["role"] == "tool"}
-        if all(calls.get(c, {}).get("state") == "result" for c in pending):
-            pending.clear()
-            final = next((m["content"] for m in reversed(messages) if m["role"] == "assistant" and m["content"]), "")
-
-    await asyncio.wait_for(follow(), limit)
-    return results
-
-
-@app.command()
-def approvals(
-    user: UserOption = "alice",
-    url: UrlOption = DEFAULT_URL,
-    authz_url: AuthzOption = None,
-    all_statuses: Annotated[bool, typer.Option("--all", help="Include decided and expired requests.")] = False,
-) -> None:
-    """List the CIBA requests waiting on the user's "phone" (the dev authorization server)."""
-
-    async def main() -> None:
-        rows = await _ciba_requests(url, authz_url, user, None if all_statuses else "pending")
-        if not rows:
-            console.print(f"No {'' if all_statuses else 'pending '}approval requests for {user}.")
-            return
-        table = Table("binding message", "scope", "status", "expires in")
-        table.add_column("id", no_wrap=True)
-        for row in rows:
-            table.add_row(
-                row.get("binding_message") or "",
-                row.get("scope") or "",
-                row.get("status") or "",
-                _duration((row.get("expires_at") or 0) - time.time()),
-                str(row["id"]),
-            )
-        console.print(table)
-
-    _run(main())
-
-
-@app.command()
-def approve(
-    request_id: Annotated[str | None, typer.Argument(help="Request id (default: the only pending one).")] = None,
-    user: UserOption = "alice",
-    url: UrlOption = DEFAULT_URL,
-    authz_url: AuthzOption = None,
-) -> None:
-    """Approve a pending CIBA request, as the user would on their phone."""
-    _run(_decide(request_id, True, user, url, authz_url))
-
-
-@app.command()
-def deny(
-    request_id: Annotated[str | None, typer.Argument(help="Request id (default: the only pending one).")] = None,
-    user: UserOption = "alice",
-    url: UrlOption = DEFAULT_URL,
-    authz_url: AuthzOption = None,
-) -> None:
-    """Deny a pending CIBA request, as the user would on their phone."""
-    _run(_decide(request_id, False, user, url, authz_url))
-
-
-async def _dev_authz_base(url: str, authz_url: str | None) -> str:
-    if authz_url:
-        return authz_url.rstrip("/")
-    async with httpx.AsyncClient(timeout=15.0) as http:
-        response = await http.get(url.rstrip("/") + "/config")
-        response.raise_for_status()
-        dev = response.json().get("dev_authz_url")
-    if not dev:
-        raise ApiError(404, "no_dev_server", "this server uses a real authorization server: approve on your device")
-    return str(dev).rstrip("/")
-
-
-async def _ciba_requests(url: str, authz_url: str | None, user: str, status: str | None) -> list[dict[str, Any]]:
-    base = await _dev_authz_base(url, authz_url)
-    params = {"user": user, **({"status": status} if status else {})}
-    async with httpx.AsyncClient(timeout=15.0) as http:
-        response = await http.get(f"{base}/dev/ciba/requests", params=params)
-        response.raise_for_status()
-        return list(response.json())
-
-
-async def _decide(request_id: str | None, approved: bool, user: str, url: str, authz_url: str | None) -> None:
-    base = await _dev_authz_base(url, authz_url)
-    if request_id is None:
-        pending = await _ciba_requests(url, base, user, "pending")
-        if len(pending) != 1:
-            listing = ", ".join(f"{r['id']} ({r.get('binding_message')})" for r in pending) or "none"
-            raise ApiError(409, "ambiguous", f"{len(pending)} pending requests for {user}: {listing}; pass an id")
-        request_id = str(pending[0]["id"])
-    action = "approve" if approved else "deny"
-    async with httpx.AsyncClient(timeout=15.0) as http:
-        response = await http.post(f"{base}/dev/ciba/requests/{request_id}/{action}")
-    if response.status_code >= 400:
-        raise ApiError(response.status_code, "ciba_request", response.text[:200])
-    console.print(f"{'Approved' if approved else 'Denied'} request {request_id}.")
-
-
-# ------------------------------------------------------------------------------------------------------
-# demo
+# the conversation commands (agentrt/cli_conversation.py), in the order `agentrt --help` lists them
+for command in (threads, chat, approvals, approve, deny):
+    app.command()(command)
 
 
 @app.command()
@@ -491,7 +233,7 @@ def demo(
             console.print(f"Embedded stack on {url}", style="dim")
         else:
             console.print(f"Using the server at {url}", style="dim")
-        ok = _run(_demo_story(url, user, message, manual, timeout, watch=stack is None))
+        ok = run_command(_demo_story(url, user, message, manual, timeout, watch=stack is None))
     finally:
         if stack is not None:
             with console.status("Stopping the embedded stack…"):
@@ -521,13 +263,13 @@ async def _demo_story(url: str, user: str, message: str, manual: bool, limit: fl
         if watch:
             console.print(f"   watch it live: {url}/#thread={thread_id} (signed in as {user})", style="dim")
         console.print("3. Asking the agent:")
-        pending = await _stream_turn(client, thread_id, message)
+        pending = await stream_turn(client, thread_id, message)
         if not pending:
             console.print("[red]The agent did not ask for an approval; nothing to approve.[/red]")
             return False
         interrupts = await client.interrupts(thread_id)
         binding = next((i.get("binding_message") for i in interrupts if i["tool_call_id"] in pending), None)
-        follower = asyncio.ensure_future(_follow_until_resolved(client, thread_id, set(pending), limit))
+        follower = asyncio.ensure_future(follow_until_resolved(client, thread_id, set(pending), limit))
         try:
             if manual:
                 console.print(f"4. Approve [bold]{binding!r}[/bold] on {config.get('approvals_url') or 'your device'}")
@@ -552,7 +294,7 @@ async def _demo_story(url: str, user: str, message: str, manual: bool, limit: fl
 
 async def _approve_when_visible(url: str, user: str, binding: str | None, deadline: float) -> None:
     while time.monotonic() < deadline:
-        pending = await _ciba_requests(url, None, user, "pending")
+        pending = await ciba_requests(url, None, user, "pending")
         match = [r for r in pending if binding is None or r.get("binding_message") == binding]
         if match:
             await _decide_quietly(url, str(match[0]["id"]))
@@ -562,7 +304,7 @@ async def _approve_when_visible(url: str, user: str, binding: str | None, deadli
 
 
 async def _decide_quietly(url: str, request_id: str) -> None:
-    base = await _dev_authz_base(url, None)
+    base = await dev_authz_base(url, None)
     async with httpx.AsyncClient(timeout=15.0) as http:
         response = await http.post(f"{base}/dev/ciba/requests/{request_id}/approve")
         response.raise_for_status()
@@ -570,26 +312,6 @@ async def _decide_quietly(url: str, request_id: str) -> None:
 
 # ------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _duration(seconds: float) -> str:
-    if seconds <= 0:
-        return "expired"
-    seconds = int(seconds)
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def _ago(timestamp: float | None) -> str:
-    if not timestamp:
-        return ""
-    delta = time.time() - timestamp
-    if delta < 60:
-        return "just now"
-    if delta < 3600:
-        return f"{int(delta // 60)} min ago"
-    if delta < 86400:
-        return f"{int(delta // 3600)} h ago"
-    return time.strftime("%Y-%m-%d", time.localtime(timestamp))
 
 
 @app.command()
