@@ -3,8 +3,11 @@
 A thread with a pending purchase lives on a worker node (its host needs the `agents` resource, which only
 worker nodes offer: `AGENT_HOST_RESOURCES`); that node is removed (its raylet and workers killed) after a
 second worker joins; the user approves; the thread's host is re-created on the surviving node, reloads the
-thread's file and completes the purchase by itself. Prints one JSON line with what it saw; the test
-(`tests/test_cluster_node_loss.py`) checks it. Run: `python tests/node_loss_scenario.py <storage dir>`.
+thread's file and completes the purchase by itself. The HTTP ingress runs too, one replica on the head and
+one on the doomed node (each needs one `ingress` slot, which the head and each worker offer): after the
+loss the API still answers, from the surviving nodes, with the thread's whole history. Prints one JSON
+line with what it saw; the test (`tests/test_cluster_node_loss.py`) checks it.
+Run: `python tests/node_loss_scenario.py <storage dir>`.
 """
 
 from __future__ import annotations
@@ -74,18 +77,21 @@ async def scenario(storage_dir: Path) -> dict[str, Any]:
 
     authz, checkout, _model, env = services()
     os.environ.update(env)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    doomed = cluster.add_node(num_cpus=1, resources={"agents": 1})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "resources": {"ingress": 1}}
+    )
+    doomed = cluster.add_node(num_cpus=1, resources={"agents": 1, "ingress": 1})
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="agents-node-loss", runtime_env={"env_vars": env})
     runtime.init(storage_dir=storage_dir, namespace="agents-node-loss")
+    api = start_ingress({**env, "AGENT_STORAGE_DIR": str(storage_dir), "AGENT_NAMESPACE": "agents-node-loss"})
     async with httpx.AsyncClient(base_url=authz.url, timeout=10) as http:
         token = (await http.post("/dev/login", json={"username": "alice"})).json()["access_token"]
         thread = get_agent(Chat, "t-node-loss", storage_dir=storage_dir, namespace="agents-node-loss")
         first = await thread.send_message(token, "Buy 3 shares of MSFT")
         before = await thread.host.stats.remote()
         requests = await until(lambda: _pending(http), timeout=30, what="the CIBA request on the user's phone")
-        survivor = cluster.add_node(num_cpus=1, resources={"agents": 1})
+        survivor = cluster.add_node(num_cpus=1, resources={"agents": 1, "ingress": 1})
         cluster.wait_for_nodes()
         cluster.remove_node(doomed)  # the node dies: its raylet and every worker on it
         (request,) = requests
@@ -94,6 +100,10 @@ async def scenario(storage_dir: Path) -> dict[str, Any]:
         messages = await until(lambda: _final(thread, token), timeout=60, what="the final answer")
         after = await thread.host.stats.remote()
         stats = (await http.get("/dev/stats")).json()
+        over_http = await until(lambda: _history_over_http(api, token), timeout=60, what="the API after the loss")
+    from ray import serve
+
+    serve.shutdown()
     ray.shutdown()
     cluster.shutdown()
     return {
@@ -105,7 +115,34 @@ async def scenario(storage_dir: Path) -> dict[str, Any]:
         "orders": orders,
         "backchannel_requests": stats["backchannel_requests"],
         "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "http_messages": [{"role": m["role"], "content": m["content"]} for m in over_http],
     }
+
+
+def start_ingress(env: dict[str, str]) -> str:
+    """The HTTP API on the head's proxy, its two replicas spread over the head and the doomed node."""
+    from ray import serve
+
+    from agentrt.ingress.app import AgentIngress
+    from agentrt.stack import wait_for_http
+    from devservers.server_thread import free_port
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "location": "HeadOnly"})
+    options = {"num_cpus": 0, "resources": {"ingress": 1}, "runtime_env": {"env_vars": env}}
+    serve.run(AgentIngress.options(num_replicas=2, ray_actor_options=options).bind(), name="agentrt", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    wait_for_http(url + "/healthz", timeout=120)
+    return url
+
+
+async def _history_over_http(api: str, token: str) -> list[dict[str, Any]] | None:
+    async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+        try:
+            response = await http.get("/threads/t-node-loss/messages", headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError:
+            return None
+    return response.json()["messages"] if response.status_code == 200 else None
 
 
 async def _pending(http: httpx.AsyncClient) -> list[dict[str, Any]] | None:

@@ -1,5 +1,6 @@
 """A node dies under a thread with a pending purchase: the thread is re-created on a surviving node and the
-purchase completes by itself, exactly once (one CIBA request, one order), its history intact.
+purchase completes by itself, exactly once (one CIBA request, one order), its history intact; the HTTP
+API, one of whose replicas was on that node, answers from the surviving ones.
 
 The cluster is a real multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`), in a process of
 its own (`tests/node_loss_scenario.py`), so this session's Ray stays as it is.
@@ -41,3 +42,4 @@ def test_a_pending_purchase_survives_the_loss_of_its_threads_node(tmp_path: Path
     roles = [m["role"] for m in seen["messages"]]
     assert roles[0] == "user" and seen["messages"][0]["content"] == "Buy 3 shares of MSFT"
     assert roles.count("user") == 1 and "Purchased 3 shares of MSFT" in seen["messages"][-1]["content"]
+    assert seen["http_messages"] == seen["messages"], "the API must answer from the surviving nodes, whole"
