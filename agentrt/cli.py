@@ -105,7 +105,7 @@ def serve(
     an approval page playing the phone), the demo checkout API and the offline model. Set AUTH0_* (or
     AUTH_ISSUER), CHECKOUT_API_URL, OPENAI_* to use real services instead. Ctrl-C stops everything.
     """
-    from agentrt.stack import Stack, StackError, StackOptions
+    from agentrt.stack import Stack, StackOptions
 
     extra_env: dict[str, str] = {}
     if agent:  # the agents import it too: from the current folder, as here
@@ -131,6 +131,13 @@ def serve(
             "identity provider, or pass --insecure-dev-login for a demo on a trusted network.[/red]"
         )
         raise typer.Exit(2)
+    _run_until_stopped(stack, host)
+
+
+def _run_until_stopped(stack: Any, host: str) -> None:
+    """Start the stack, print where to go, and wait for Ctrl-C or SIGTERM; then stop it."""
+    from agentrt.stack import StackError
+
     stop = threading.Event()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -110,6 +110,45 @@ def _scopes(scope: str | Sequence[str]) -> list[str]:
 _shared_clients: dict[tuple[str, ...], CIBAClient] = {}
 
 
+def _checked_request(
+    user_id: object,
+    binding_message: str,
+    requested_expiry: int | None,
+    authorization_details: Sequence[Mapping[str, Any]] | None,
+) -> str | None:
+    """Refuse a request before it is sent (`InvalidBindingMessage`, `CIBAError`); the RAR JSON, if any."""
+    validate_binding_message(binding_message)
+    if not isinstance(user_id, str) or not user_id.strip():
+        raise CIBAError("invalid_request", "a user id is required for the login hint")
+    if requested_expiry is not None and (
+        isinstance(requested_expiry, bool) or not isinstance(requested_expiry, int) or requested_expiry <= 0
+    ):
+        raise CIBAError("invalid_request", "requested_expiry must be a positive number of seconds")
+    if authorization_details is None:
+        return None
+    details = list(authorization_details)
+    if not all(isinstance(d, Mapping) and isinstance(d.get("type"), str) for d in details):
+        raise CIBAError("invalid_request", "each authorization_details entry needs a string 'type'")
+    return json.dumps([dict(d) for d in details], separators=(",", ":"))
+
+
+def _backchannel_response(response: httpx.Response) -> BackchannelResponse:
+    """The provider's answer to a backchannel request, or `CIBAError` (a refusal, or a malformed answer)."""
+    if response.status_code != 200:
+        error, description = _oauth_error(response)
+        raise CIBAError(error or "invalid_response", description, response.status_code)
+    body = _json_object(response)
+    if body is None or not isinstance(body.get("auth_req_id"), str) or not body["auth_req_id"]:
+        raise CIBAError("invalid_response", "the backchannel response has no auth_req_id", response.status_code)
+    expires_in = body.get("expires_in")
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
+        raise CIBAError("invalid_response", "the backchannel response has no valid expires_in", 200)
+    interval = body.get("interval")
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        interval = DEFAULT_INTERVAL
+    return BackchannelResponse(auth_req_id=body["auth_req_id"], expires_in=int(expires_in), interval=int(interval))
+
+
 class CIBAClient:
     """A CIBA poll-mode client for one OAuth client of one issuer.
 
@@ -398,19 +437,7 @@ class CIBAClient:
         `openid` is always added to `scope`. Raises `InvalidBindingMessage` (nothing sent), `CIBAError` for
         the server's refusals, `CIBATransientError` when the server stays unreachable.
         """
-        validate_binding_message(binding_message)
-        if not isinstance(user_id, str) or not user_id.strip():
-            raise CIBAError("invalid_request", "a user id is required for the login hint")
-        if requested_expiry is not None and (
-            isinstance(requested_expiry, bool) or not isinstance(requested_expiry, int) or requested_expiry <= 0
-        ):
-            raise CIBAError("invalid_request", "requested_expiry must be a positive number of seconds")
-        details_json: str | None = None
-        if authorization_details is not None:
-            details = list(authorization_details)
-            if not all(isinstance(d, Mapping) and isinstance(d.get("type"), str) for d in details):
-                raise CIBAError("invalid_request", "each authorization_details entry needs a string 'type'")
-            details_json = json.dumps([dict(d) for d in details], separators=(",", ":"))
+        details_json = _checked_request(user_id, binding_message, requested_expiry, authorization_details)
         metadata = await self.discover()
         if details_json is not None and not metadata.supports_authorization_details(
             [d["type"] for d in authorization_details or ()]
@@ -440,19 +467,7 @@ class CIBAClient:
             headers=headers,
             replay_safe=False,
         )
-        if response.status_code != 200:
-            error, description = _oauth_error(response)
-            raise CIBAError(error or "invalid_response", description, response.status_code)
-        body = _json_object(response)
-        if body is None or not isinstance(body.get("auth_req_id"), str) or not body["auth_req_id"]:
-            raise CIBAError("invalid_response", "the backchannel response has no auth_req_id", response.status_code)
-        expires_in = body.get("expires_in")
-        if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
-            raise CIBAError("invalid_response", "the backchannel response has no valid expires_in", 200)
-        interval = body.get("interval")
-        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
-            interval = DEFAULT_INTERVAL
-        return BackchannelResponse(auth_req_id=body["auth_req_id"], expires_in=int(expires_in), interval=int(interval))
+        return _backchannel_response(response)
 
     async def poll(self, auth_req_id: str, *, interval: int = DEFAULT_INTERVAL) -> PollResult:
         """Ask the token endpoint once whether `auth_req_id` was approved.
