@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.status import pending_approvals
-from runtime.status import due_alarms, live_agents, parked_schedules
+from runtime.status import agents_on_file, due_alarms, live_agents, parked_schedules
 
 
 def collect(storage_dir: Path) -> dict[str, Any]:
@@ -27,6 +27,7 @@ def collect(storage_dir: Path) -> dict[str, Any]:
     return {
         "storage_dir": str(Path(storage_dir).resolve()),
         "at": time.time(),
+        "agents_on_file": agents_on_file(Path(storage_dir)),
         "live_agents": [asdict(ref) for ref in live],
         "sleeping_with_due_alarm": [asdict(a) for a in alarms if not a.live],
         "pending_approvals": {
@@ -41,7 +42,7 @@ def collect(storage_dir: Path) -> dict[str, Any]:
 def render(report: dict[str, Any], console: Console) -> None:
     now = report["at"]
     console.print(f"[bold]agentrt status[/] of {report['storage_dir']}")
-    console.print(f"live agents: {len(report['live_agents'])}")
+    console.print(f"agents on file: {report['agents_on_file']}, live: {len(report['live_agents'])}")
     sleeping = report["sleeping_with_due_alarm"]
     console.print(f"sleeping agents with a due alarm: {len(sleeping)}")
     _table(

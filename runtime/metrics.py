@@ -96,3 +96,8 @@ SCHEDULE_RUNS = Metric(
     "counter", "agentrt_schedule_runs_total", "Schedule callbacks run, by outcome (ok, retry, parked)", ["outcome"]
 )
 DUE_ALARMS = Metric("gauge", "agentrt_due_alarms", "Agents with a due alarm in the scheduler's index (asleep or live)")
+AGENTS_ON_FILE = Metric(
+    "gauge",
+    "agentrt_agents_on_file",
+    "Agents the storage root holds (minus the live ones: asleep), counted each minute",
+)

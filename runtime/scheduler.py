@@ -26,6 +26,7 @@ from runtime.classes import import_agent_class
 from runtime.errors import AgentNotFoundError
 from runtime.handles import AgentHandle
 from runtime.placement import runtime_dir, scheduler_name
+from runtime.status import agents_on_file
 from runtime.storage import AgentStorage
 
 logger = logging.getLogger("runtime.scheduler")
@@ -45,6 +46,9 @@ INDEX_MIGRATIONS = [
     );
     """
 ]
+
+CENSUS_SECONDS = 60.0
+"""How often the scheduler counts the agents' files for the sleeping-agents figure."""
 
 _handles: dict[tuple[str, str, str], Any] = {}
 
@@ -85,6 +89,7 @@ class AlarmScheduler:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loaded = asyncio.get_running_loop().create_task(self._load())
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        self._census_task = asyncio.get_running_loop().create_task(self._census())
 
     async def _load(self) -> None:
         await self.index.open()
@@ -93,6 +98,17 @@ class AlarmScheduler:
             key = (row["class_path"], row["agent_id"])
             self._due[key] = float(row["next_due"])
             self._push(float(row["next_due"]), key, float(row["next_due"]))
+
+    async def _census(self) -> None:
+        """Every minute, how many agents the storage root holds (`agentrt_agents_on_file`): with the hosts'
+        live gauge, what is asleep. Counting names in the class folders reads no file."""
+        while True:
+            try:
+                count = await asyncio.to_thread(agents_on_file, self.storage_dir)
+                metrics.AGENTS_ON_FILE.set(count)
+            except OSError as exc:
+                logger.warning("counting the agents' files failed: %s", exc)
+            await asyncio.sleep(CENSUS_SECONDS)
 
     def _push(self, fire_at: float, key: tuple[str, str], due: float) -> None:
         heapq.heappush(self._heap, (fire_at, next(self._seq), key, due))

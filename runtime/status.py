@@ -11,6 +11,7 @@ Every file is opened read-only; nothing here needs Ray. Chat-level figures (pend
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +61,15 @@ def rows(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.
         if "no such table" in str(exc):
             return []
         raise
+
+
+def agents_on_file(storage_dir: Path) -> int:
+    """The agents a storage root holds: `<root>/<Class>/<id>.sqlite3` (not `_runtime`, not sub-folders)."""
+    total = 0
+    for class_dir in os.scandir(storage_dir):
+        if class_dir.is_dir() and not class_dir.name.startswith("_"):
+            total += sum(1 for entry in os.scandir(class_dir.path) if entry.name.endswith(".sqlite3"))
+    return total
 
 
 def live_agents(storage_dir: Path) -> list[AgentRef]:

@@ -37,5 +37,5 @@ def test_an_approved_and_a_denied_purchase_show_on_rays_metrics_endpoint(tmp_pat
     assert seen["turns_ok"] >= 2 and seen["turn_seconds_count"] == seen["turns_ok"], seen
     assert seen["model_calls"] >= 4 and seen["activations"] == 1, seen
     assert seen["schedule_runs_ok"] >= 2, seen  # each purchase's check ran as a schedule
-    for gauge in ("ray_agentrt_live_agents", "ray_agentrt_due_alarms"):
+    for gauge in ("ray_agentrt_live_agents", "ray_agentrt_due_alarms", "ray_agentrt_agents_on_file"):
         assert gauge in seen["names"], seen["names"]
