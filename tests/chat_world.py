@@ -7,7 +7,6 @@ them, and `ray_init_kwargs()` keeps them for tests that restart Ray later.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +16,7 @@ from devservers.authz_server import DevAuthorizationServer
 from devservers.checkout_api import CheckoutServer
 from devservers.offline_model import OfflineModelServer
 from tests import conftest
-
-API_AUDIENCE = "https://agents.test/api"
-CHECKOUT_AUDIENCE = "http://localhost:5000/api/checkout"
+from tests.dev_services import API_AUDIENCE, CHECKOUT_AUDIENCE, services_env  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -81,17 +78,6 @@ def start_world(*, ciba_interval: int = 1) -> ChatWorld:
     ).start()
     checkout = CheckoutServer(issuer=authz.issuer, audience=CHECKOUT_AUDIENCE).start()
     model = OfflineModelServer().start()
-    env = {
-        "AUTH_ISSUER": authz.issuer,
-        "AUTH0_CLIENT_ID": authz.client_id,
-        "AUTH0_CLIENT_SECRET": authz.client_secret,
-        "AUTH0_AUDIENCE": API_AUDIENCE,
-        "AUTH0_SESSION_ENCRYPTION_KEY": secrets.token_hex(32),
-        "CHECKOUT_AUDIENCE": CHECKOUT_AUDIENCE,
-        "CHECKOUT_API_URL": checkout.api_url,
-        "OPENAI_BASE_URL": model.base_url,
-        "OPENAI_API_KEY": "offline",
-        "OPENAI_MODEL": "offline-demo-model",
-    }
+    env = services_env(authz, checkout, model)
     conftest.set_world_env(env)
     return ChatWorld(authz=authz, checkout=checkout, model=model, env=env)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -26,8 +25,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-API_AUDIENCE = "https://agents.test/api"
-CHECKOUT_AUDIENCE = "http://localhost:5000/api/checkout"
+from tests.dev_services import API_AUDIENCE, CHECKOUT_AUDIENCE, services_env  # noqa: E402
 
 
 def services() -> tuple[Any, Any, Any, dict[str, str]]:
@@ -39,16 +37,7 @@ def services() -> tuple[Any, Any, Any, dict[str, str]]:
     checkout = CheckoutServer(issuer=authz.issuer, audience=CHECKOUT_AUDIENCE).start()
     model = OfflineModelServer().start()
     env = {
-        "AUTH_ISSUER": authz.issuer,
-        "AUTH0_CLIENT_ID": authz.client_id,
-        "AUTH0_CLIENT_SECRET": authz.client_secret,
-        "AUTH0_AUDIENCE": API_AUDIENCE,
-        "AUTH0_SESSION_ENCRYPTION_KEY": secrets.token_hex(32),
-        "CHECKOUT_AUDIENCE": CHECKOUT_AUDIENCE,
-        "CHECKOUT_API_URL": checkout.api_url,
-        "OPENAI_BASE_URL": model.base_url,
-        "OPENAI_API_KEY": "offline",
-        "OPENAI_MODEL": "offline-demo-model",
+        **services_env(authz, checkout, model),
         "CIBA_DELIVERY_MODE": "poll",
         "AGENT_HOSTS": "1",
         "AGENT_HOST_RESOURCES": json.dumps({"agents": 0.01}),

@@ -9,30 +9,18 @@ its own (`tests/node_loss_scenario.py`), so this session's Ray stays as it is.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SESSION_ONLY = ("AUTH", "CIBA_", "CHECKOUT_", "OPENAI_", "AGENT_", "AGENTRT_", "RAY_ADDRESS")
+from tests.isolated import run_isolated
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(400)
 def test_a_pending_purchase_survives_the_loss_of_its_threads_node(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SESSION_ONLY)}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "node_loss_scenario.py"), str(tmp_path / "agents")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=360,
-    )
+    proc = run_isolated("tests/node_loss_scenario.py", str(tmp_path / "agents"), cwd=tmp_path, timeout=360)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["host_node_before"] == seen["doomed_node"], "the thread must first live on the doomed node"

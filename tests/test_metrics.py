@@ -5,30 +5,18 @@ approved and one denied, with the right counts. The scenario runs in a process o
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SESSION_ONLY = ("AUTH", "CIBA_", "CHECKOUT_", "OPENAI_", "AGENT_", "AGENTRT_", "RAY_ADDRESS")
+from tests.isolated import run_isolated
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(300)
 def test_an_approved_and_a_denied_purchase_show_on_rays_metrics_endpoint(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SESSION_ONLY)}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "metrics_scenario.py"), str(tmp_path / "agents")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
+    proc = run_isolated("tests/metrics_scenario.py", str(tmp_path / "agents"), cwd=tmp_path, timeout=280)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (seen["approved"], seen["denied"], seen["errors"]) == (1, 1, 0), seen

@@ -9,15 +9,11 @@ none of this session's configuration in its environment.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SESSION_ONLY = ("AUTH", "CIBA_", "CHECKOUT_", "OPENAI_", "AGENT_", "AGENTRT_", "RAY_ADDRESS")
+from tests.isolated import run_isolated
 
 pytestmark = pytest.mark.slow
 
@@ -25,16 +21,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_short_soak_with_crashes_restarts_and_a_stall_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SESSION_ONLY)}
     args = ["--users", "6", "--minutes", "1.2", "--kill-every", "15", "--checkout-every", "25", "--stall", "20"]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "soak_bench.py"), *args, "--drain", "150", "--out", str(out)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
+    proc = run_isolated("bench/soak_bench.py", *args, "--drain", "150", "--out", str(out), cwd=tmp_path, timeout=540)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["violation_counts"] == {name: 0 for name in report["violation_counts"]}, report["violations"]
