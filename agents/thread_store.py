@@ -15,6 +15,7 @@ from typing import Any
 
 from agents.messages import ChatMessage, ToolCall
 from runtime import AgentStorage
+from runtime.read_cache import ReadCache
 
 CHAT_MIGRATIONS = [
     """
@@ -50,6 +51,7 @@ class ThreadStore:
 
     def __init__(self, storage: AgentStorage) -> None:
         self.storage = storage
+        self._whole_thread: ReadCache[list[ChatMessage]] = ReadCache(storage)
 
     # -- messages ------------------------------------------------------------------------------------
     async def add_message(self, role: str, content: str | None, message_id: str | None = None) -> ChatMessage:
@@ -114,7 +116,13 @@ class ThreadStore:
         return [(int(r["seq"]), r["id"], r["role"], r["content"]) for r in rows]
 
     async def messages_after(self, seq: int) -> list[ChatMessage]:
-        """Messages after `seq` in order, each assistant message followed by its calls' results."""
+        """Messages after `seq` in order, each assistant message followed by its calls' results (the whole
+        thread, `seq` 0, is read once between writes: `ReadCache`)."""
+        if seq <= 0:
+            return list(await self._whole_thread.get(lambda: self._read_messages_after(0)))
+        return await self._read_messages_after(seq)
+
+    async def _read_messages_after(self, seq: int) -> list[ChatMessage]:
         rows = await self.storage.fetchall("SELECT * FROM messages WHERE seq > ? ORDER BY seq", (seq,))
         if not rows:
             return []

@@ -28,7 +28,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from runtime.activations import check_method
 from runtime.agent import Agent
 from runtime.errors import HostRetiringError
-from runtime.host import ensure_host, forget_host
+from runtime.host import AgentCall, ensure_host, forget_host
 from runtime.ids import actor_name, validate_agent_id
 from runtime.placement import host_count, host_name, slot_for
 from runtime.settings import runtime_settings
@@ -82,7 +82,7 @@ class _HandleBase(Generic[A]):
         return kwargs
 
     def _send(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return self.host.call.remote(self.agent_class, self.id, method, args, kwargs, self.create)
+        return self.host.call.remote(AgentCall(self.agent_class, self.id, method, args, kwargs, self.create))
 
     def _check_method(self, method: str) -> None:
         if method.startswith("__"):

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,19 @@ REAPER_TICK_SECONDS = 0.25
 """How often a host looks for idle agents (and whether it is itself idle); a tick is O(live agents)."""
 
 _hosts: dict[tuple[str, str, str, int], Any] = {}
+
+
+@dataclass(frozen=True)
+class AgentCall:
+    """One call on an agent, as a handle sends it to the agent's host: one Ray argument, since Ray
+    serializes each argument of a call on its own (six of them cost a read ~0.2 ms more)."""
+
+    agent_class: type[Agent]
+    agent_id: str
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    create: bool = True
 
 
 @ray.remote
@@ -109,23 +123,17 @@ class AgentHost:
         await self._residents.execute("DELETE FROM residents WHERE name = ?", (agent.name,))
 
     # -- the one entry point ---------------------------------------------------------------------------
-    async def call(
-        self,
-        agent_class: type[Agent],
-        agent_id: str,
-        method: str,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-        create: bool = True,
-    ) -> Any:
-        """Call `method` on agent `(agent_class, agent_id)`, activating it here if it is not live."""
+    async def call(self, call: AgentCall) -> Any:
+        """Run `call` on its agent, activating the agent here if it is not live."""
         if self._retiring:
             raise HostRetiringError(f"host {self.slot} is leaving; retry")
         self._calls += 1
         self._empty_since = None
         try:
             await asyncio.shield(self._ready)
-            return await self.activations.call(agent_class, agent_id, method, args, kwargs, create=create)
+            return await self.activations.call(
+                call.agent_class, call.agent_id, call.method, call.args, call.kwargs, create=call.create
+            )
         finally:
             self._calls -= 1
 

@@ -129,6 +129,9 @@ class AgentStorage:
         """This activation's fencing epoch (None: unfenced, e.g. a tool's own store)."""
         self.on_fenced: Callable[[], None] | None = None
         """Called once when a write finds a newer epoch (the agent then leaves its host)."""
+        self.writes = 0
+        """How many write transactions have ended. The activation is its file's only writer (fencing), so
+        a read taken while this held one value is current for as long as it holds it (`ReadCache`)."""
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def open(self) -> AgentStorage:
@@ -191,6 +194,7 @@ class AgentStorage:
             else:
                 await asyncio.shield(writer.execute("COMMIT"))
             finally:
+                self.writes += 1
                 self._active.reset(token)
 
     async def take_epoch(self) -> int:
@@ -214,6 +218,10 @@ class AgentStorage:
             if callback is not None:
                 callback()
             raise stale
+
+    def in_transaction(self) -> bool:
+        """Whether the calling task is inside `transaction()` (its reads see its own uncommitted writes)."""
+        return self._active.get() is not None
 
     def _read_conn(self) -> aiosqlite.Connection:
         writer, reader = self._require_open()

@@ -63,9 +63,10 @@ async def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bear
     return Caller(token=token, subject=(await verified_claims(token))["sub"])
 
 
-def thread_id_param(
+async def thread_id_param(
     thread_id: str = Path(description="The thread's id.", json_schema_extra=THREAD_ID_SCHEMA),
 ) -> str:
+    """The path's thread id, checked (async: a plain `def` dependency would cost a thread hop)."""
     return validate_agent_id(thread_id)
 
 

@@ -24,7 +24,7 @@ from agentrt.ingress.schemas import (
     Health,
     PublicConfig,
 )
-from agentrt.ingress.settings import IngressSettings, ingress_settings
+from agentrt.ingress.settings import IngressSettings, settings_dependency
 from auth.http_pool import shared_client
 from auth.settings import AuthSettings
 from runtime import InvalidAgentIdError, validate_agent_id
@@ -54,7 +54,7 @@ async def healthz() -> Health:
 
 
 @router.get("/config", response_model=PublicConfig, tags=["service"])
-async def config(request: Request, settings: IngressSettings = Depends(ingress_settings)) -> PublicConfig:
+async def config(request: Request, settings: IngressSettings = Depends(settings_dependency)) -> PublicConfig:
     """What the web page and the CLI need to know: the issuer, and with the dev authorization server, where
     to sign in as a demo user and where the approval page ("the phone") is."""
     dev = settings.dev_base()
@@ -79,7 +79,7 @@ async def config(request: Request, settings: IngressSettings = Depends(ingress_s
     },
     tags=["service"],
 )
-async def dev_login(body: DevLoginRequest, settings: IngressSettings = Depends(ingress_settings)) -> Response:
+async def dev_login(body: DevLoginRequest, settings: IngressSettings = Depends(settings_dependency)) -> Response:
     """A demo user's access token from the dev authorization server (only when one is configured).
 
     The page signs in through here, same-origin, so the dev server needs no CORS and the page's

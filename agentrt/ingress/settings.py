@@ -74,5 +74,11 @@ class IngressSettings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def ingress_settings() -> IngressSettings:
-    """The replica's settings, read once (a FastAPI dependency)."""
+    """The replica's settings, read once."""
     return IngressSettings()
+
+
+async def settings_dependency() -> IngressSettings:
+    """`ingress_settings()` as a FastAPI dependency. Async on purpose: FastAPI runs a plain `def`
+    dependency in its thread pool, a thread hop on every request for a cached value."""
+    return ingress_settings()

@@ -34,7 +34,7 @@ from agentrt.ingress.schemas import (
     ThreadSummary,
     ToolResultRequest,
 )
-from agentrt.ingress.settings import IngressSettings, ingress_settings
+from agentrt.ingress.settings import IngressSettings, settings_dependency
 from agentrt.ingress.stream_slots import slots
 from agentrt.ingress.streams import FAR_AFTER, SSE_HEADERS, dump, parse_resume_point, thread_stream, turn_stream
 from agents.errors import NotOwnerError
@@ -107,7 +107,7 @@ def wants_event_stream(request: Request) -> bool:
 async def create_thread(
     body: CreateThreadRequest | None = None,
     who: Caller = Depends(caller),
-    settings: IngressSettings = Depends(ingress_settings),
+    settings: IngressSettings = Depends(settings_dependency),
 ) -> Response:
     """Create a thread (or open one of yours by id). The caller becomes its owner."""
     thread_id = validate_agent_id(body.thread_id) if body and body.thread_id is not None else str(uuid.uuid4())
@@ -148,7 +148,7 @@ async def send_message(
     request: Request,
     body: SendMessageRequest,
     thread: ThreadAccess = Depends(thread_access),
-    settings: IngressSettings = Depends(ingress_settings),
+    settings: IngressSettings = Depends(settings_dependency),
 ) -> Response:
     """Send a message and run the whole turn (the model, and any tools it calls)."""
     content = checked_message(body.content, settings)
@@ -211,7 +211,7 @@ async def events(
     after: int | None = Query(None, ge=0, description="Replay events after this seq (same epoch)."),
     epoch: str | None = Query(None, max_length=64, description="The epoch `after` belongs to."),
     thread: ThreadAccess = Depends(thread_access),
-    settings: IngressSettings = Depends(ingress_settings),
+    settings: IngressSettings = Depends(settings_dependency),
 ) -> Response:
     """Everything that happens in the thread, live: a first `ready` event, then the thread's events.
 

@@ -1,0 +1,115 @@
+"""The method markers of agents: `@turn`, `@read`, `@internal`, and how a marked method runs.
+
+Turns: methods decorated with `@turn` run one at a time, in arrival order, under the agent's asyncio lock
+(FIFO); a turn calling another turn of the same agent joins it instead of deadlocking. Methods decorated
+with `@read` never wait behind a turn: they only wait until start-up finished. Start-up itself runs as a
+turn (`start_as_turn`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+from runtime import metrics
+from runtime.turn_order import TURN_TICKET_KWARG
+
+if TYPE_CHECKING:
+    from runtime.agent import Agent
+
+P = ParamSpec("P")
+R = TypeVar("R")
+A = TypeVar("A", bound="Agent")
+
+_current_turn: contextvars.ContextVar[object | None] = contextvars.ContextVar("agent_turn", default=None)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def internal(fn: F) -> F:
+    """Mark a method as the agent's own: its schedules and mixins call it, handles refuse it (so a Ray
+    client in the namespace cannot run a schedule callback or an access hook out of turn)."""
+    fn.__agent_internal__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+def turn(fn: Callable[Concatenate[A, P], Awaitable[R]]) -> Callable[Concatenate[A, P], Awaitable[R]]:
+    """Mark an async method as a turn: it runs alone, in arrival order, after start-up."""
+
+    @functools.wraps(fn)
+    async def run_as_turn(self: A, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await _run_turn(self, fn, args, kwargs)
+
+    run_as_turn.__agent_turn__ = True  # type: ignore[attr-defined]
+    run_as_turn.__signature__ = _with_ticket_parameter(fn)  # type: ignore[attr-defined]
+    del run_as_turn.__wrapped__  # Ray unwraps to read signatures: make it read the one above
+    return run_as_turn
+
+
+def _with_ticket_parameter(fn: Callable[..., Any]) -> inspect.Signature:
+    """`fn`'s signature plus the keyword-only ticket handles send (Ray checks call signatures)."""
+    signature = inspect.signature(fn)
+    params = list(signature.parameters.values())
+    ticket = inspect.Parameter(TURN_TICKET_KWARG, inspect.Parameter.KEYWORD_ONLY, default=None)
+    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        params.insert(len(params) - 1, ticket)
+    else:
+        params.append(ticket)
+    return signature.replace(parameters=params)
+
+
+def read(fn: Callable[Concatenate[A, P], Awaitable[R]]) -> Callable[Concatenate[A, P], Awaitable[R]]:
+    """Mark an async method as a read: it waits for start-up only, never for a running turn. A read changes
+    nothing, so a handle sends it again after its host crashed mid-call."""
+
+    @functools.wraps(fn)
+    async def run_as_read(self: A, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await _run_read(self, fn, args, kwargs)
+
+    run_as_read.__agent_read__ = True  # type: ignore[attr-defined]
+    return run_as_read
+
+
+# The wrappers above delegate to these module-level functions so that Ray (cloudpickle) serialises
+# agent classes defined in scripts by reference to this module instead of copying the ContextVar.
+async def _run_turn(agent: Agent, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
+    ticket = kwargs.pop(TURN_TICKET_KWARG, None)
+    if _current_turn.get() is agent._turn_token:
+        return await fn(agent, *args, **kwargs)
+    if ticket is not None:
+        await agent._turn_order.admit(*ticket)
+    # No await between admission and joining the lock's FIFO queue: admission order is turn order.
+    async with agent._turn_lock:
+        token = _current_turn.set(agent._turn_token)
+        started, outcome = time.perf_counter(), "ok"
+        try:
+            await agent._ensure_started()
+            return await fn(agent, *args, **kwargs)
+        except Exception as exc:
+            outcome = "error"
+            await agent._report_error(exc, during=fn.__name__)
+            raise
+        finally:
+            _current_turn.reset(token)
+            kind = agent.agent_class_name()
+            metrics.TURNS.inc(agent_class=kind, outcome=outcome)
+            metrics.TURN_SECONDS.observe(time.perf_counter() - started, agent_class=kind)
+
+
+async def _run_read(agent: Agent, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
+    if _current_turn.get() is not agent._turn_token:
+        await agent._ensure_started()
+    return await fn(agent, *args, **kwargs)
+
+
+def start_as_turn(agent: Agent) -> asyncio.Task[None]:
+    """Run `agent._start()` in a task of its own that counts as a turn (what it calls joins it)."""
+    context = contextvars.copy_context()
+    context.run(_current_turn.set, agent._turn_token)  # start-up acts as a turn
+    return asyncio.get_running_loop().create_task(agent._start(), context=context)
