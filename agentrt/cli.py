@@ -64,40 +64,52 @@ VerboseOption = Annotated[bool, typer.Option("--verbose", help="Also show Ray's 
 # serve
 
 
+HostOption = Annotated[
+    str, typer.Option(help="Interface of the HTTP API (the dev services always listen on 127.0.0.1).")
+]
+PortOption = Annotated[int, typer.Option(help="Port of the HTTP API (falls back to a free one if taken).")]
+StrictPortOption = Annotated[bool, typer.Option(help="Fail instead of falling back when --port is taken.")]
+StorageDirOption = Annotated[
+    Path, typer.Option(envvar="AGENT_STORAGE_DIR", help="Where agents keep their SQLite files.")
+]
+NamespaceOption = Annotated[str, typer.Option(envvar="AGENT_NAMESPACE", help="Ray namespace of the agents.")]
+AddressOption = Annotated[
+    str | None, typer.Option(envvar="RAY_ADDRESS", help="Join this Ray cluster instead of starting a local one.")
+]
+NumCpusOption = Annotated[int | None, typer.Option(help="CPUs for the local Ray cluster (default: all).")]
+CibaIntervalOption = Annotated[
+    int | None, typer.Option(help="Dev server's CIBA polling interval in seconds (default: its own).")
+]
+AgentOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="AGENTRT_AGENT_CLASS",
+        help="Serve this thread agent (`module:Class`, a ThreadAgent subclass) instead of the demo's Chat.",
+    ),
+]
+InsecureDevLoginOption = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-dev-login",
+        help="Allow a non-loopback --host with the dev authorization server (anyone who reaches it can "
+        "sign in as a demo user).",
+    ),
+]
+
+
 @app.command()
 def serve(
-    host: Annotated[
-        str, typer.Option(help="Interface of the HTTP API (the dev services always listen on 127.0.0.1).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the HTTP API (falls back to a free one if taken).")] = 8000,
-    strict_port: Annotated[bool, typer.Option(help="Fail instead of falling back when --port is taken.")] = False,
-    storage_dir: Annotated[
-        Path, typer.Option(envvar="AGENT_STORAGE_DIR", help="Where agents keep their SQLite files.")
-    ] = Path("./.data"),
-    namespace: Annotated[str, typer.Option(envvar="AGENT_NAMESPACE", help="Ray namespace of the agents.")] = "agents",
-    address: Annotated[
-        str | None, typer.Option(envvar="RAY_ADDRESS", help="Join this Ray cluster instead of starting a local one.")
-    ] = None,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray cluster (default: all).")] = None,
-    ciba_interval: Annotated[
-        int | None, typer.Option(help="Dev server's CIBA polling interval in seconds (default: its own).")
-    ] = None,
-    agent: Annotated[
-        str | None,
-        typer.Option(
-            envvar="AGENTRT_AGENT_CLASS",
-            help="Serve this thread agent (`module:Class`, a ThreadAgent subclass) instead of the demo's Chat.",
-        ),
-    ] = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    strict_port: StrictPortOption = False,
+    storage_dir: StorageDirOption = Path("./.data"),
+    namespace: NamespaceOption = "agents",
+    address: AddressOption = None,
+    num_cpus: NumCpusOption = None,
+    ciba_interval: CibaIntervalOption = None,
+    agent: AgentOption = None,
     verbose: VerboseOption = False,
-    insecure_dev_login: Annotated[
-        bool,
-        typer.Option(
-            "--insecure-dev-login",
-            help="Allow a non-loopback --host with the dev authorization server (anyone who reaches it can "
-            "sign in as a demo user).",
-        ),
-    ] = False,
+    insecure_dev_login: InsecureDevLoginOption = False,
 ) -> None:
     """Run the chat service: local Ray, the dev services (unless configured otherwise) and the HTTP API.
 

@@ -7,18 +7,11 @@
     ...
     stack.stop()
 
-What runs depends on the environment (`Stack.from_env()` reads it):
-
-- no `AUTH0_DOMAIN`/`AUTH_ISSUER`: the dev authorization server (OIDC discovery, JWKS, demo users, CIBA,
-  approval page) on 127.0.0.1, with a client secret generated once and kept in the storage folder (with
-  the session encryption key, `agentrt.dev_secrets`) and its pending requests kept there too, so a restart
-  loses no pending approval;
-- no `CHECKOUT_API_URL`: the demo checkout API, trusting whichever issuer is in use;
-- no `OPENAI_API_KEY`/`OPENAI_BASE_URL`: the offline OpenAI-compatible model.
-
-Each embedded service takes its default port when free, else any free port. Everything the agents need is
-passed to Ray as the job's `runtime_env` env vars (and to the Serve replicas), never printed: the client
-secret and the session encryption key stay out of the output and the URLs.
+What runs depends on the environment: each service that is not configured is embedded (the dev
+authorization server, the demo checkout API, the offline model: see `agentrt.embedded`, which also builds
+the agents' environment). Everything the agents need is passed to Ray as the job's `runtime_env` env vars
+(and to the Serve replicas), never printed: the client secret and the session encryption key stay out of
+the output and the URLs.
 """
 
 from __future__ import annotations
@@ -27,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,53 +27,29 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import AliasChoices
-from pydantic_settings import BaseSettings
 
-from agentrt.dev_secrets import load_or_create as load_or_create_dev_secrets
-from agentrt.ingress.settings import IngressSettings
-from agents.settings import ChatSettings
-from auth.issuer import issuer_url
-from auth.settings import AuthSettings
-from devservers.server_thread import free_port
-from runtime.settings import RuntimeSettings
-from tools.stocks import StockToolSettings
+from agentrt.embedded import (
+    PASSTHROUGH_ENV,
+    StackError,
+    agent_env,
+    check_external_auth,
+    port_or_free,
+    start_dev_authz,
+    start_dev_checkout,
+    start_offline_model,
+    uses_dev_auth,
+    uses_dev_checkout,
+    uses_offline_model,
+)
 
 logger = logging.getLogger("agentrt.stack")
 
 DEFAULT_HOST = "127.0.0.1"
-SERVICES_HOST = "127.0.0.1"
-"""The embedded dev services always listen on loopback (the dev approval endpoints have no authentication)."""
 DEFAULT_PORT = 8000
 DEFAULT_AUTHZ_PORT = 8400
 DEFAULT_CHECKOUT_PORT = 5000
 DEFAULT_MODEL_PORT = 8300
-DEV_API_AUDIENCE = "urn:agentrt:api"
-DEV_CHECKOUT_AUDIENCE = "http://localhost:5000/api/checkout"
 APP_NAME = "agentrt"
-
-
-def settings_env_names(*classes: type[BaseSettings]) -> tuple[str, ...]:
-    """The environment variables these settings classes read (their aliases, or prefix + field name)."""
-    names: list[str] = []
-    for cls in classes:
-        prefix = str(cls.model_config.get("env_prefix") or "")
-        for name, info in cls.model_fields.items():
-            alias = info.validation_alias
-            if isinstance(alias, AliasChoices):
-                names.extend(choice for choice in alias.choices if isinstance(choice, str))
-            elif isinstance(alias, str):
-                names.append(alias)
-            else:
-                names.append((prefix + name).upper())
-    return tuple(dict.fromkeys(names))
-
-
-#: Environment variables passed on to the agents when set in the caller's environment: whatever the
-#: settings of the auth layer, the runtime, the chat agent, the stock tools and the ingress read.
-PASSTHROUGH_ENV = settings_env_names(
-    AuthSettings, RuntimeSettings, ChatSettings, StockToolSettings, IngressSettings
-) + ("PYTHONPATH",)
 
 
 def quiet_ray_loggers() -> None:
@@ -91,22 +59,6 @@ def quiet_ray_loggers() -> None:
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-
-
-class StackError(RuntimeError):
-    """The stack could not start (a service did not come up, or the configuration is incomplete)."""
-
-
-def port_or_free(preferred: int | None, host: str = DEFAULT_HOST) -> int:
-    """`preferred` if it can be bound on `host` right now, else a free port."""
-    if preferred:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, preferred))
-                return preferred
-            except OSError:
-                pass
-    return free_port(host)
 
 
 @dataclass
@@ -169,24 +121,13 @@ class Stack:
         return self.options.env
 
     def uses_dev_auth(self) -> bool:
-        return not (self.env.get("AUTH0_DOMAIN") or self.env.get("AUTH_ISSUER"))
+        return uses_dev_auth(self.env)
 
     def uses_dev_checkout(self) -> bool:
-        return not self.env.get("CHECKOUT_API_URL")
+        return uses_dev_checkout(self.env)
 
     def uses_offline_model(self) -> bool:
-        return not (self.env.get("OPENAI_API_KEY") or self.env.get("OPENAI_BASE_URL"))
-
-    def _check_external_auth(self) -> None:
-        needed = ["AUTH0_CLIENT_ID", "AUTH0_AUDIENCE"]
-        if self.env.get("CIBA_CLIENT_AUTH_METHOD") != "private_key_jwt":
-            needed.insert(1, "AUTH0_CLIENT_SECRET")
-        missing = [name for name in needed if not self.env.get(name)]
-        if missing:
-            raise StackError(
-                "AUTH0_DOMAIN/AUTH_ISSUER is set, so the real authorization server is used; also set "
-                + ", ".join(missing)
-            )
+        return uses_offline_model(self.env)
 
     # -- start -----------------------------------------------------------------------------------------
     def start(self, *, timeout: float = 120.0) -> Stack:
@@ -232,93 +173,33 @@ class Stack:
             self.log(f"warning: the authorization server did not answer the client check ({exc})")
 
     def _start_services(self) -> None:
-        opts = self.options
+        opts, storage = self.options, Path(self.options.storage_dir)
         if self.uses_dev_auth():
-            from devservers.authz_server import DevAuthorizationServer
-
-            kept = load_or_create_dev_secrets(Path(opts.storage_dir))
-            kwargs: dict[str, Any] = {
-                "api_audience": DEV_API_AUDIENCE,
-                "host": SERVICES_HOST,
-                "port": port_or_free(opts.authz_port, SERVICES_HOST),
-                "key_file": Path(opts.storage_dir) / "dev-authz-signing-key.pem",
-                # kept across restarts, so that a purchase pending when the service stopped can still be
-                # approved and completed after it started again
-                "clients": {kept.client_id: kept.client_secret},
-                "requests_file": Path(opts.storage_dir) / "dev-authz-requests.json",
-                "users": opts.dev_users,
-            }
-            if opts.ciba_interval is not None:
-                kwargs["default_interval"] = opts.ciba_interval
-            if self.env.get("CIBA_CLIENT_AUTH_METHOD") == "private_key_jwt":
-                kwargs["client_keys"] = {kept.client_id: self._dev_client_public_key(kept.client_id)}
-            self.authz = DevAuthorizationServer(**kwargs).start()
+            self.authz = start_dev_authz(
+                storage, self.env, port=opts.authz_port, users=opts.dev_users, ciba_interval=opts.ciba_interval
+            )
             self.log(f"dev authorization server on {self.authz.url}")
         else:
-            self._check_external_auth()
+            check_external_auth(self.env)
         if self.uses_dev_checkout():
-            from devservers.checkout_api import CheckoutServer
-
-            if self.authz is not None:
-                issuer = self.authz.issuer
-            else:
-                issuer = issuer_url(self.env.get("AUTH_ISSUER"), self.env.get("AUTH0_DOMAIN"))
-            storage = Path(opts.storage_dir)
-            storage.mkdir(parents=True, exist_ok=True)
-            self.checkout = CheckoutServer(
-                issuer=issuer,
-                audience=self.env.get("CHECKOUT_AUDIENCE") or DEV_CHECKOUT_AUDIENCE,
-                db_path=storage / "checkout-orders.sqlite3",
-                host=SERVICES_HOST,
-                port=port_or_free(opts.checkout_port, SERVICES_HOST),
-            ).start()
+            issuer = self.authz.issuer if self.authz is not None else None
+            self.checkout = start_dev_checkout(storage, self.env, issuer=issuer, port=opts.checkout_port)
             self.log(f"demo checkout API on {self.checkout.api_url}")
         if self.uses_offline_model():
-            from devservers.offline_model import OfflineModelServer
-
-            self.model = OfflineModelServer(
-                host=SERVICES_HOST,
-                port=port_or_free(opts.model_port, SERVICES_HOST),
-                chunk_delay=opts.model_chunk_delay,
-            ).start()
+            self.model = start_offline_model(port=opts.model_port, chunk_delay=opts.model_chunk_delay)
             self.log(f"offline model on {self.model.base_url}")
 
-    def _dev_client_public_key(self, client_id: str) -> bytes:
-        """private_key_jwt against the dev server: it registers the public half of the configured key."""
-        from auth.settings import AuthConfigError, AuthSettings
-
-        env = {k: v for k, v in self.env.items() if k.startswith("CIBA_")}
-        try:
-            return AuthSettings(AUTH0_CLIENT_ID=client_id, **env).require_assertion_signer().public_key_pem()
-        except AuthConfigError as exc:
-            raise StackError(str(exc)) from None
-
     def _agent_env(self) -> dict[str, str]:
-        """Everything the agents and the ingress read, for the Ray job's runtime_env."""
         opts = self.options
-        env = {name: self.env[name] for name in PASSTHROUGH_ENV if self.env.get(name)}
-        if self.authz is not None:
-            env.update(
-                AUTH_ISSUER=self.authz.issuer,
-                AUTH0_CLIENT_ID=self.authz.client_id,
-                AUTH0_CLIENT_SECRET=self.authz.client_secret,
-                AUTH0_AUDIENCE=DEV_API_AUDIENCE,
-                AGENTRT_DEV_AUTHZ_URL=self.authz.url,
-            )
-            # the dev server pings the API when the user decided (CIBA ping mode), polling stays the fallback
-            env.setdefault("CIBA_DELIVERY_MODE", "ping")
-            env.pop("AUTH0_DOMAIN", None)
-        if not env.get("AUTH0_SESSION_ENCRYPTION_KEY"):  # kept in the storage folder (0600), never printed
-            env["AUTH0_SESSION_ENCRYPTION_KEY"] = load_or_create_dev_secrets(Path(opts.storage_dir)).encryption_key
-        if self.checkout is not None:
-            env["CHECKOUT_API_URL"] = self.checkout.api_url
-            env["CHECKOUT_AUDIENCE"] = self.checkout.audience
-        if self.model is not None:
-            env.update(OPENAI_BASE_URL=self.model.base_url, OPENAI_API_KEY="offline", OPENAI_MODEL=self.model.model)
-        env["AGENT_STORAGE_DIR"] = str(Path(opts.storage_dir).resolve())
-        env["AGENT_NAMESPACE"] = opts.namespace
-        env.update({k: str(v) for k, v in opts.extra_env.items()})
-        return env
+        return agent_env(
+            self.env,
+            Path(opts.storage_dir),
+            opts.namespace,
+            authz=self.authz,
+            checkout=self.checkout,
+            model=self.model,
+            extra=opts.extra_env,
+        )
 
     def _start_ray(self) -> None:
         import ray
@@ -431,3 +312,6 @@ def wait_for_http(url: str, *, timeout: float = 60.0, interval: float = 0.2) -> 
             last = type(exc).__name__
         time.sleep(interval)
     raise StackError(f"{url} did not answer within {timeout:.0f}s (last: {last})")
+
+
+__all__ = ["PASSTHROUGH_ENV", "Stack", "StackError", "StackOptions", "StackUrls", "wait_for_http"]

@@ -12,7 +12,6 @@ Access control is a pair of hooks every public method goes through: `authenticat
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -25,6 +24,8 @@ from agents.errors import InvalidMessageError, MessageIdReusedError, ToolCallNot
 from agents.events import EventLog
 from agents.messages import ChatMessage, PendingApproval, ThreadEvent, ToolCall, validate_message_id
 from agents.metrics import MODEL_CALL_SECONDS, MODEL_ERRORS, TOOL_ERRORS, TOOL_RETRIES
+from agents.model_context import model_context
+from agents.model_stream import shared_llm, stream_completion
 from agents.settings import ChatSettings, chat_settings
 from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
 from runtime import Agent, internal, read, turn
@@ -34,10 +35,6 @@ from tools.interrupts import AsyncAuthorizationInterrupt
 
 logger = logging.getLogger("agents.chat")
 
-PENDING_RESULT_TEXT = (
-    "Pending: waiting for the user's approval on their device. The result will follow; do not call this tool again."
-)
-AWAITING_CONFIRMATION_TEXT = "Pending: waiting for the user to confirm or deny this action in the chat."
 DENIED_CONFIRMATION_TEXT = "The user denied this action."
 TOOL_RETRY_BASE_SECONDS = 1.0
 TOOL_RETRY_MAX_SECONDS = 60.0
@@ -281,75 +278,26 @@ class AIChatAgent(Agent):
         logger.info("%s: tool loop stopped after max_steps=%d", self.name, self.settings.max_steps)
 
     async def _call_llm(self, context: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
-        """One streamed completion: tokens go to watchers; returns (text, tool calls)."""
-        kwargs: dict[str, Any] = {"model": self.settings.openai_model, "messages": context, "stream": True}
+        """One streamed completion: tokens go to watchers; returns (text, tool calls). A model that is
+        down gives an apology as the answer (and an `error` event), not a failed turn."""
+        request: dict[str, Any] = {"model": self.settings.openai_model, "messages": context}
         if self.tools:
-            kwargs["tools"] = [tool.openai_schema() for tool in self.tools.values()]
-        parts: list[str] = []
-        calls: dict[int, dict[str, str]] = {}
+            request["tools"] = [tool.openai_schema() for tool in self.tools.values()]
         started = time.perf_counter()
         try:
-            stream = await self.llm().chat.completions.create(**kwargs)
-            async for chunk in stream:
-                if not chunk.choices:
-                    continue
-                delta = chunk.choices[0].delta
-                if delta.content:
-                    parts.append(delta.content)
-                    self.events.emit("token", text=delta.content)
-                for tool_delta in delta.tool_calls or []:
-                    entry = calls.setdefault(tool_delta.index, {"id": "", "name": "", "arguments": ""})
-                    if tool_delta.id:
-                        entry["id"] = tool_delta.id
-                    if tool_delta.function is not None:
-                        if tool_delta.function.name:
-                            entry["name"] = tool_delta.function.name
-                        if tool_delta.function.arguments:
-                            entry["arguments"] += tool_delta.function.arguments
+            answer = await stream_completion(self.llm(), request, lambda text: self.events.emit("token", text=text))
         except (APIError, OpenAITimeout) as exc:
             MODEL_ERRORS.inc(model=self.settings.openai_model, error=type(exc).__name__)
             logger.warning("%s: model call failed: %s", self.name, type(exc).__name__)
             self.events.emit("error", message="The model is unavailable right now.")
             return "Sorry, the model is unavailable right now. Please try again.", []
         MODEL_CALL_SECONDS.observe(time.perf_counter() - started, model=self.settings.openai_model)
-        return "".join(parts), [calls[i] for i in sorted(calls)]
+        return answer
 
     async def _llm_context(self) -> list[dict[str, Any]]:
-        """The thread in OpenAI chat format.
-
-        Each tool call is answered right after the assistant message that made it, with the result if it
-        was known then, or a "pending" note. A call resolved later (after the assistant or the user spoke
-        again) is additionally replayed where it resolved, as an assistant tool call plus its result, so
-        the model reads the outcome at the point in time it arrived and can report it.
-        """
-        context: list[dict[str, Any]] = [{"role": "system", "content": self.settings.system_prompt}]
-        rows = await self.thread_store.history()
-        calls = await self.thread_store.calls()
-        calls_by_message: dict[str, list[ToolCall]] = {}
-        late_by_seq: dict[int, list[ToolCall]] = {}
-        for call in calls:
-            calls_by_message.setdefault(call.message_id, []).append(call)
-            if call.state == "result" and call.resolved_after_seq is not None:
-                late_by_seq.setdefault(call.resolved_after_seq, []).append(call)
-        for seq, message_id, role, content in rows:
-            own_calls = sorted(calls_by_message.get(message_id, []), key=lambda c: c.position)
-            if role == "assistant" and own_calls:
-                context.append(
-                    {
-                        "role": "assistant",
-                        "content": content,
-                        "tool_calls": [call.openai_call() for call in own_calls],
-                    }
-                )
-                for call in own_calls:
-                    context.append({"role": "tool", "tool_call_id": call.id, "content": _as_seen(call)})
-            else:
-                context.append({"role": role, "content": content or ""})
-            for call in late_by_seq.get(seq, []):
-                replay = call.openai_call() | {"id": f"{call.id}.resumed"}
-                context.append({"role": "assistant", "content": None, "tool_calls": [replay]})
-                context.append({"role": "tool", "tool_call_id": replay["id"], "content": call.result or ""})
-        return context
+        """The thread in OpenAI chat format (see `agents.model_context`)."""
+        history = await self.thread_store.history()
+        return model_context(self.settings.system_prompt, history, await self.thread_store.calls())
 
     async def _execute_tool_call(self, call: ToolCall, *, confirmed: bool = False) -> None:
         tool = self.tools.get(call.name)
@@ -436,20 +384,6 @@ class AIChatAgent(Agent):
 
     async def _messages_after(self, seq: int) -> list[ChatMessage]:
         return await self.thread_store.messages_after(seq)
-
-
-@functools.lru_cache(maxsize=8)
-def shared_llm(base_url: str | None, api_key: str, timeout: float) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=2)
-
-
-def _as_seen(call: ToolCall) -> str:
-    """What the model saw as this call's result in its original place."""
-    if call.state == "result" and call.resolved_after_seq is None:
-        return call.result or ""
-    if call.state == "awaiting-confirmation":
-        return AWAITING_CONFIRMATION_TEXT
-    return PENDING_RESULT_TEXT
 
 
 __all__ = ["AIChatAgent"]

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import jwt
 
+from auth.discovery import DiscoveryCache, process_discovery
 from auth.http_pool import tls_context
 from auth.issuer import discovery_url
 from runtime.backoff import exponential_delay
@@ -129,6 +130,7 @@ class JWTVerifier:
         http: httpx.AsyncClient | None = None,
         verified_ttl: float = 0.0,
         stale_grace: float = 3600.0,
+        discovery: DiscoveryCache | None = None,
     ) -> None:
         allowed = tuple(algorithms)
         if not allowed:
@@ -151,6 +153,7 @@ class JWTVerifier:
         self.timeout = timeout
         self._http = http
         self._jwks_uri = jwks_uri
+        self._discovery = discovery
         self._keys: dict[str | None, tuple[jwt.PyJWK, str | None]] = {}
         self._fetched_at: float | None = None
         self._last_unknown_kid_refresh = -math.inf
@@ -195,8 +198,18 @@ class JWTVerifier:
 
     async def _fetch(self, client: httpx.AsyncClient) -> Any:
         if self._jwks_uri is None:
-            discovery = await self._get_json(client, discovery_url(self.issuer))
-            uri = discovery.get("jwks_uri") if isinstance(discovery, dict) else None
+
+            async def fetch_discovery() -> dict[str, Any]:
+                document = await self._get_json(client, discovery_url(self.issuer))
+                if not isinstance(document, dict):
+                    raise ValueError("the discovery document is not a JSON object")
+                return document
+
+            if self._discovery is None:
+                discovery = await fetch_discovery()
+            else:
+                discovery = await self._discovery.document(self.issuer, fetch_discovery)
+            uri = discovery.get("jwks_uri")
             if not isinstance(uri, str) or not uri:
                 raise ValueError("no jwks_uri in the discovery document")
             self._jwks_uri = uri
@@ -332,9 +345,10 @@ def shared_verifier(issuer: str, audience: str, verified_ttl: float = DEFAULT_VE
     """The process's one verifier (one JWKS cache) for this issuer and audience.
 
     Many agents live in one host process: each fetching discovery and the JWKS itself would cost every
-    activation two network round trips. Sharing also means one unknown-`kid` refresh serves them all.
+    activation two network round trips. Sharing also means one unknown-`kid` refresh serves them all, and
+    the discovery document is the one the process's CIBA client reads too (`auth.discovery`).
     """
-    return JWTVerifier(issuer=issuer, audience=audience, verified_ttl=verified_ttl)
+    return JWTVerifier(issuer=issuer, audience=audience, verified_ttl=verified_ttl, discovery=process_discovery())
 
 
 __all__ = [

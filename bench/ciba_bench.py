@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +46,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python bench/ciba_bench.py` puts bench/ first, not the repo root
     sys.path.insert(0, str(REPO))
 
-from bench.common import machine_info, summarise  # noqa: E402
+from bench.common import approve, pending_requests, report_head, summarise, wait_until, write_report  # noqa: E402
+from bench.tables import left, print_table, right  # noqa: E402
 from devservers.authz_server import DevAuthorizationServer  # noqa: E402
 from devservers.server_thread import ServerThread  # noqa: E402
-from tools.async_confirmation import AsyncAuthorizationTool, with_async_user_confirmation  # noqa: E402
+from tools.async_confirmation import AsyncUserConfirmationTool, with_async_user_confirmation  # noqa: E402
 from tools.base import Tool, ToolContext  # noqa: E402
 from tools.ciba_client import Approved, CIBAClient, Pending, SlowDown  # noqa: E402
 from tools.ciba_ping import notification_target, ping_key  # noqa: E402
@@ -106,19 +106,14 @@ async def approve_later(http: httpx.AsyncClient, message: str, delay: float) -> 
     """Find the request with `message` on the phone and approve it after `delay` s.
 
     Returns the server's approval time, the start of the latency being measured."""
-    deadline = time.time() + 30
-    request_id = None
-    while request_id is None:
-        rows = (await http.get("/dev/ciba/requests", params={"user": USER, "status": "pending"})).json()
-        request_id = next((r["id"] for r in rows if r["binding_message"] == message), None)
-        if request_id is None:
-            if time.time() > deadline:
-                raise TimeoutError(message)
-            await asyncio.sleep(0.05)
+
+    async def request_id() -> str | None:
+        rows = await pending_requests(http, USER)
+        return next((r["id"] for r in rows if r["binding_message"] == message), None)
+
+    found = await wait_until(request_id, timeout=30, what=message, interval=0.05)
     await asyncio.sleep(delay)
-    response = await http.post(f"/dev/ciba/requests/{request_id}/approve")
-    response.raise_for_status()
-    return float(response.json()["decided_at"])
+    return float((await approve(http, found))["decided_at"])
 
 
 async def wait_or_ping(ping: asyncio.Event | None, seconds: float) -> None:
@@ -160,7 +155,7 @@ class Args(BaseModel):
     n: int
 
 
-async def wrapper_flow(tool: AsyncAuthorizationTool, inbox: PingInbox | None, n: int) -> float:
+async def wrapper_flow(tool: AsyncUserConfirmationTool, inbox: PingInbox | None, n: int) -> float:
     ctx = ToolContext(tool_call_id=f"call-{n}", thread_id="bench", owner=USER)
     ping = inbox.expect(ctx.tool_call_id) if inbox else None
     while True:
@@ -174,52 +169,78 @@ async def wrapper_flow(tool: AsyncAuthorizationTool, inbox: PingInbox | None, n:
                 await tool.confirmation.accept_ping(ctx, token, auth_req_id)  # the next run polls at once
 
 
-async def run_row(delivery: str, interval: int, flow: str, options: argparse.Namespace) -> dict[str, Any]:
-    server = DevAuthorizationServer(api_audience="https://bench/api", default_interval=interval).start()
+async def buy(n: int) -> float:
+    """The tool under confirmation: it runs only with the user's CIBA credentials; when it ran."""
+    assert get_ciba_credentials() is not None
+    return time.time()
+
+
+@dataclass
+class Rig:
+    """One row's parts: the dev authorization server, the ping receiver (ping mode only), the CIBA client,
+    and the credential store the wrapper keeps its requests in."""
+
+    server: DevAuthorizationServer
+    client: CIBAClient
+    store: SQLiteCredentialStore
+    tmp: tempfile.TemporaryDirectory[str]
     inbox: PingInbox | None = None
     receiver: ServerThread | None = None
-    if delivery == "ping":
-        inbox = PingInbox(asyncio.get_running_loop(), wrapper_route if flow == "wrapper" else lambda token: token)
-        receiver = ServerThread(inbox.app()).start()
-        server.state.notification_endpoints[server.client_id] = receiver.url + "/ciba/notify"
+
+    @classmethod
+    def start(cls, delivery: str, interval: int, flow: str) -> Rig:
+        server = DevAuthorizationServer(api_audience="https://bench/api", default_interval=interval).start()
+        inbox: PingInbox | None = None
+        receiver: ServerThread | None = None
+        if delivery == "ping":
+            inbox = PingInbox(asyncio.get_running_loop(), wrapper_route if flow == "wrapper" else lambda token: token)
+            receiver = ServerThread(inbox.app()).start()
+            server.state.notification_endpoints[server.client_id] = receiver.url + "/ciba/notify"
+        client = CIBAClient(issuer=server.issuer, client_id=server.client_id, client_secret=server.client_secret)
+        tmp = tempfile.TemporaryDirectory()
+        store = SQLiteCredentialStore(Path(tmp.name) / "bench.sqlite3", "bench-key-" + "0" * 32)
+        return cls(server, client, store, tmp, inbox, receiver)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.store.close()
+        self.tmp.cleanup()
+        if self.receiver is not None:
+            self.receiver.stop()
+        self.server.stop()
+
+
+def flows(rig: Rig, delivery: str, flow: str, options: argparse.Namespace, n: int) -> list[Awaitable[float]]:
+    """`n` purchases of one flow, each returning when its token arrived (the tool ran, for the wrapper)."""
+    if flow == "client":
+        return [client_flow(rig.client, rig.inbox, f"Buy {i} BENCH", options.ping_fallback) for i in range(n)]
+    tool = with_async_user_confirmation(
+        Tool(buy, name="buy", description="bench", parameters=Args),
+        scopes=["stock:buy"],
+        binding_message=lambda n: f"Buy {n} BENCH",
+        store=rig.store,
+        client=rig.client,
+        delivery_mode=delivery,
+        ping_fallback=options.ping_fallback,
+        ping_key=PING_KEY,
+    )
+    return [wrapper_flow(tool, rig.inbox, i) for i in range(n)]
+
+
+async def run_row(delivery: str, interval: int, flow: str, options: argparse.Namespace) -> dict[str, Any]:
+    """One delivery and flow: the purchases at once, each approved after its random delay."""
+    rig = Rig.start(delivery, interval, flow)
     rng = random.Random(options.seed)
     delays = [rng.uniform(0.0, options.max_delay) for _ in range(options.requests)]
-    client = CIBAClient(issuer=server.issuer, client_id=server.client_id, client_secret=server.client_secret)
-    tmp = tempfile.TemporaryDirectory()
-    store = SQLiteCredentialStore(Path(tmp.name) / "bench.sqlite3", "bench-key-" + "0" * 32)
     started = time.perf_counter()
     try:
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-            if flow == "client":
-                fallback = options.ping_fallback
-                flows = [client_flow(client, inbox, f"Buy {n} BENCH", fallback) for n in range(len(delays))]
-            else:
-
-                async def buy(n: int) -> float:
-                    assert get_ciba_credentials() is not None
-                    return time.time()
-
-                tool = with_async_user_confirmation(
-                    Tool(buy, name="buy", description="bench", parameters=Args),
-                    scopes=["stock:buy"],
-                    binding_message=lambda n: f"Buy {n} BENCH",
-                    store=store,
-                    client=client,
-                    delivery_mode=delivery,
-                    ping_fallback=options.ping_fallback,
-                    ping_key=PING_KEY,
-                )
-                flows = [wrapper_flow(tool, inbox, n) for n in range(len(delays))]
+        async with httpx.AsyncClient(base_url=rig.server.url, timeout=10) as http:
+            purchases = flows(rig, delivery, flow, options, len(delays))
             approvals = [approve_later(http, f"Buy {n} BENCH", delays[n]) for n in range(len(delays))]
-            tokens, approved_at = await asyncio.gather(asyncio.gather(*flows), asyncio.gather(*approvals))
+            tokens, approved_at = await asyncio.gather(asyncio.gather(*purchases), asyncio.gather(*approvals))
             stats = (await http.get("/dev/stats")).json()
     finally:
-        await client.aclose()
-        await store.close()
-        tmp.cleanup()
-        if receiver is not None:
-            receiver.stop()
-        server.stop()
+        await rig.close()
     polls = list(stats["polls_by_request"].values())
     return {
         "delivery": delivery,
@@ -233,26 +254,31 @@ async def run_row(delivery: str, interval: int, flow: str, options: argparse.Nam
     }
 
 
-def print_table(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"CIBA approval-to-token latency ({report['machine']['cpu_count']} CPUs)")
-    for column in ("delivery", "interval", "flow", "n", "p50 ms", "p99 ms", "max ms", "polls/approval"):
-        table.add_column(column, justify="left" if column in ("delivery", "flow") else "right")
+def print_report(report: dict[str, Any]) -> None:
+    """One row per delivery and flow: approval -> token, and the polls it took."""
+    columns = (
+        left("delivery"),
+        right("interval"),
+        left("flow"),
+        *(right(h) for h in ("n", "p50 ms", "p99 ms", "max ms", "polls/approval")),
+    )
+    rows = []
     for row in report["runs"]:
-        s = row["approval_to_token"]
-        table.add_row(
-            row["delivery"],
-            f"{row['interval_s']} s",
-            row["flow"],
-            str(row["requests"]),
-            f"{s['p50_ms']:.0f}",
-            f"{s['p99_ms']:.0f}",
-            f"{s['max_ms']:.0f}",
-            f"{row['polls_per_approval']['mean']} (max {row['polls_per_approval']['max']})",
+        s, polls = row["approval_to_token"], row["polls_per_approval"]
+        rows.append(
+            [
+                row["delivery"],
+                f"{row['interval_s']} s",
+                row["flow"],
+                str(row["requests"]),
+                f"{s['p50_ms']:.0f}",
+                f"{s['p99_ms']:.0f}",
+                f"{s['max_ms']:.0f}",
+                f"{polls['mean']} (max {polls['max']})",
+            ]
         )
-    Console(width=140).print(table)
+    title = f"CIBA approval-to-token latency ({report['machine']['cpu_count']} CPUs)"
+    print_table(title, columns, rows, width=140)
 
 
 async def main() -> None:
@@ -270,16 +296,12 @@ async def main() -> None:
         for flow in options.flows.split(",")
     ]
     report = {
-        "benchmark": "ciba_bench",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine_info(),
+        **report_head("ciba_bench"),
         "params": {k: v for k, v in vars(options).items() if k != "output"},
         "runs": runs,
     }
-    print_table(report)
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {options.output}")
+    print_report(report)
+    write_report(options.output, report)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,17 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import final_message_at, log, machine_info, summarise, wait_until  # noqa: E402
+from bench.common import (  # noqa: E402
+    answered_at,
+    approve,
+    log,
+    machine_info,
+    pending_requests,
+    summarise,
+    wait_until,
+    write_report,
+)
+from bench.tables import left, print_table, right  # noqa: E402
 from tests.node_loss_scenario import services  # noqa: E402
 
 NAMESPACE = "agents-cluster-bench"
@@ -65,19 +75,16 @@ async def measure(root: Path, token: str, authz_url: str, turns: int, approvals:
             await buyer.send_message(token, "Buy 1 share of MSFT")
             (request,) = await wait_until(lambda: _pending(http), 30, "the CIBA request")
             approved_at = time.time()
-            (await http.post(f"/dev/ciba/requests/{request['id']}/approve")).raise_for_status()
+            await approve(http, request["id"])
             path = Chat.storage_path(root, f"bench-buy-{i}")
-            done = await wait_until(lambda p=path, t=approved_at: _final(p, t), 60, "the final answer")
+            done = await wait_until(lambda p=path, t=approved_at: answered_at(p, t), 60, "the final answer")
             finals.append(done - approved_at)
     return {"host_node": node, "turn": summarise(turn_times), "approval_to_final": summarise(finals)}
 
 
 async def _pending(http: httpx.AsyncClient) -> list[dict[str, Any]] | None:
-    return (await http.get("/dev/ciba/requests", params={"status": "pending"})).json() or None
-
-
-async def _final(path: Path, after: float) -> float | None:
-    return final_message_at(path, after)
+    """Everyone's pending CIBA requests, or None while there are none (a probe for `wait_until`)."""
+    return await pending_requests(http, user=None) or None
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,12 +125,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def print_table(results: dict[str, Any]) -> None:
-    print(f"\n{'measurement':<36}{'n':>5}{'p50 ms':>10}{'p99 ms':>10}")
+def print_report(results: dict[str, Any]) -> None:
+    """Turn and approval -> final answer on the caller's node and on the other, then their ratios and where
+    the hosts ran (so that a misplaced host shows)."""
+    rows = []
     for label in ("same_node", "other_node"):
         for what in ("turn", "approval_to_final"):
             s = results[label][what]
-            print(f"{label + ' ' + what:<36}{s['n']:>5}{s['p50_ms']:>10}{s['p99_ms']:>10}")
+            rows.append([f"{label} {what}", str(s["n"]), str(s["p50_ms"]), str(s["p99_ms"])])
+    columns = (left("measurement"), right("n"), right("p50 ms"), right("p99 ms"))
+    print_table(f"agentrt cluster benchmark ({results['machine']['cpu_count']} CPUs)", columns, rows, width=120)
     print(f"ratios other/same node (p50): {results['ratios']}")
     nodes = {label: results[label]["host_node"][:8] for label in ("same_node", "other_node")}
     print(f"hosts on nodes {nodes} (the worker node is {results['worker_node'][:8]})")
@@ -136,9 +147,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cluster_bench.json")
     args = parser.parse_args()
     results = asyncio.run(run(args))
-    print_table(results)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    print_report(results)
+    write_report(args.out, results)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,39 @@
-"""What the benchmarks share: percentiles, summaries, machine info, a scan of Ray's logs for warnings, a
-local stack, and small helpers to drive it over HTTP and read a thread's file."""
+"""What the benchmarks share: percentiles, summaries, timed rounds and phases, machine info, a scan of Ray's
+logs for warnings, Ray's worker processes, the report's head and its JSON file, a local stack, and small
+helpers to drive it over HTTP, answer its CIBA requests and read a thread's file. (Their tables:
+`bench/tables.py`.)"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import re
+import shutil
 import sqlite3
 import statistics
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import ray
+
+T = TypeVar("T")
+
+
+@ray.remote(num_cpus=0)
+class Bare:
+    """The floor of any agent call: a bare Ray async actor. At module level so that Ray pickles it by
+    reference (`bench.common.Bare`): the scripts that use it run with the repository on the workers' path."""
+
+    async def noop(self) -> None:
+        return None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -37,6 +55,42 @@ def summarise(seconds: list[float]) -> dict[str, Any]:
         "mean_ms": round(statistics.fmean(seconds) * 1000, 3),
         "max_ms": round(max(seconds) * 1000, 3),
     }
+
+
+def ratio(a: float, b: float) -> float | None:
+    """a / b to two places; None when there is no b to compare with."""
+    return round(a / b, 2) if b else None
+
+
+async def timed_calls(call: Callable[[], Awaitable[Any]], n: int) -> list[float]:
+    """`n` sequential awaits of `call()`, each one's seconds."""
+    out: list[float] = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await call()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+async def alternating_rounds(
+    variants: dict[str, Callable[[], Awaitable[Any]]], calls: int, rounds: int
+) -> dict[str, list[float]]:
+    """About `calls` timed calls of each variant, split into `rounds` rounds that take the variants in turn,
+    so that drift (other load on the machine) hits every variant alike."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    per_round = max(1, calls // rounds)
+    for _ in range(rounds):
+        for name, call in variants.items():
+            samples[name].extend(await timed_calls(call, per_round))
+    return samples
+
+
+async def timed_phase(phases: dict[str, float], key: str, work: Awaitable[T]) -> T:
+    """Await one phase of a run, noting its seconds in `phases[key]` (the report says where time went)."""
+    started = time.perf_counter()
+    result = await work
+    phases[key] = round(time.perf_counter() - started, 2)
+    return result
 
 
 def log(message: str) -> None:
@@ -114,6 +168,32 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def ray_worker_pids(parent: int | None = None) -> list[int]:
+    """The Ray worker processes on this machine (command line `ray::...`), or only the children of
+    `parent` (one raylet's, when several clusters share the machine)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if not (proc / "cmdline").read_bytes().startswith(b"ray::"):
+                continue
+            if parent is not None and f"\nPPid:\t{parent}\n" not in (proc / "status").read_text():
+                continue
+        except OSError:
+            continue
+        pids.append(int(proc.name))
+    return pids
+
+
+def ray_session_dir() -> str | None:
+    """This driver's Ray session folder (where `scan_logs` looks), if Ray says."""
+    try:
+        return ray._private.worker._global_node.get_session_dir_path()  # type: ignore[attr-defined]
+    except Exception:
+        return None
+
+
 def machine_info() -> dict[str, Any]:
     return {
         "cpu_count": os.cpu_count(),
@@ -122,6 +202,23 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "ray_version": ray.__version__,
     }
+
+
+def report_head(benchmark: str, *, utc_timestamp: bool = False) -> dict[str, Any]:
+    """What every report starts with: its name, when it ran, on what machine. The older scripts stamp
+    local time under "when", the newer ones UTC under "timestamp": kept, so that each file keeps its keys."""
+    if utc_timestamp:
+        stamp = {"timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
+    else:
+        stamp = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {"benchmark": benchmark, **stamp, "machine": machine_info()}
+
+
+def write_report(path: Path, report: dict[str, Any], note: str = "") -> None:
+    """The report as indented JSON at `path` (its folder made if need be); says where, and `note`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    log(f"wrote {path}{note}")
 
 
 def local_stack(storage_dir: Path, namespace: str, ciba_interval: int, env: dict[str, str], **options: Any) -> Any:
@@ -144,6 +241,19 @@ def local_stack(storage_dir: Path, namespace: str, ciba_interval: int, env: dict
             **options,
         )
     )
+
+
+@contextmanager
+def running(stack: Any, remove: Path | None = None) -> Iterator[Any]:
+    """The stack started for the block and stopped after it, whatever happens (a half-started stack too);
+    then `remove` (its storage root) deleted, if given."""
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        if remove is not None:
+            shutil.rmtree(remove, ignore_errors=True)
 
 
 class StackWorld:
@@ -188,6 +298,19 @@ async def new_thread_with_message(http: httpx.AsyncClient, thread_id: str, text:
     return time.perf_counter() - started
 
 
+async def pending_requests(phone: httpx.AsyncClient, user: str | None = "alice") -> list[dict[str, Any]]:
+    """The pending CIBA requests on the dev server (`phone`'s base URL), of `user` or of everyone (None)."""
+    params = {"status": "pending"} if user is None else {"user": user, "status": "pending"}
+    return (await phone.get("/dev/ciba/requests", params=params)).json()
+
+
+async def approve(phone: httpx.AsyncClient, request_id: str) -> dict[str, Any]:
+    """The user approves the request on their phone (the dev server's API); the request as decided."""
+    response = await phone.post(f"/dev/ciba/requests/{request_id}/approve")
+    response.raise_for_status()
+    return response.json()
+
+
 async def wait_until(probe: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
     deadline = time.monotonic() + timeout  # from now, not from the start of the run
     while True:
@@ -212,3 +335,8 @@ def final_message_at(path: Path, after: float) -> float | None:
     except sqlite3.Error:
         return None
     return row[0] if row and row[0] is not None else None
+
+
+async def answered_at(path: Path, after: float) -> float | None:
+    """`final_message_at` as a probe for `wait_until`."""
+    return final_message_at(path, after)

@@ -5,13 +5,16 @@ plus an `echo` Serve application (FastAPI, returns a small JSON document) on the
 measures with concurrent HTTP clients on 127.0.0.1:
 
 - `echo`: GET /echo/ (the floor: Serve proxy + one replica hop);
-- `messages`: GET /threads/{id}/messages across N threads (proxy -> ingress replica -> thread actor:
-  JWT verification + a SQLite read);
+- `echo + actor call`: GET /echo-hop/, a trivial endpoint that awaits one call on a trivial Ray actor
+  (the floor of any design that keeps its state in actors behind the ingress, as this one does);
+- `messages`: GET /threads/{id}/messages across N threads (proxy -> ingress replica -> the thread's host
+  actor: the token checked at the edge and in the agent, the thread read from the agent's read cache);
 - `chat turn`: POST /threads/{id}/messages "what is MSFT trading at?" across N threads with the offline
   model (two streamed model calls and a tool call per turn, all persisted).
 
-Prints a table (requests/s, p50, p99, and each figure relative to echo) and writes
-`bench/results/http_bench.json`.
+The loads run in alternating rounds (echo, echo + actor call, messages, turns, then again), so that drift
+in the machine's other load hits every row alike. Prints a table (requests/s, p50, p99, and each figure
+relative to echo) and writes `bench/results/http_bench.json`.
 
     python bench/http_bench.py [--threads 50] [--requests 1000] [--turns 200] [--concurrency 16]
 """
@@ -36,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from agentrt.client import dev_login  # noqa: E402
 from agentrt.stack import Stack, StackOptions, wait_for_http  # noqa: E402
+from bench import tables  # noqa: E402
 from bench.common import percentile  # noqa: E402
 
 
@@ -55,13 +59,39 @@ def echo_app() -> Any:
     return Echo.bind()
 
 
+def echo_hop_app() -> Any:
+    """A trivial endpoint that makes one call on a trivial actor: the cost of one hop behind a replica."""
+    import ray
+    from fastapi import FastAPI
+    from ray import serve
+
+    @ray.remote(num_cpus=0)
+    class Trivial:
+        async def noop(self) -> None:
+            return None
+
+    api = FastAPI()
+
+    @serve.deployment(name="EchoHop", max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+    @serve.ingress(api)
+    class EchoHop:
+        def __init__(self) -> None:
+            self.actor = Trivial.remote()  # type: ignore[attr-defined]
+
+        @api.get("/")
+        async def echo(self) -> dict[str, Any]:
+            await self.actor.noop.remote()
+            return {"ok": True, "messages": []}
+
+    return EchoHop.bind()
+
+
 async def measure(
     name: str, requests: list[tuple[str, str, dict[str, Any] | None]], headers: dict[str, str], concurrency: int
-) -> dict[str, Any]:
-    """Run `requests` (method, path, json) with `concurrency` workers; per-thread order is preserved by
-    giving each worker the requests of whole threads when they share a path."""
+) -> list[float]:
+    """Run `requests` (method, path, json) with `concurrency` workers; return each one's latency (s).
+    A response of 400 or more is counted in `ERRORS[name]`."""
     latencies: list[float] = []
-    errors = 0
     queue: asyncio.Queue[tuple[str, str, dict[str, Any] | None]] = asyncio.Queue()
     for item in requests:
         queue.put_nowait(item)
@@ -70,7 +100,6 @@ async def measure(
     async with httpx.AsyncClient(base_url=BASE, headers=headers, timeout=120.0, limits=limits) as http:
 
         async def worker() -> None:
-            nonlocal errors
             while True:
                 try:
                     method, path, body = queue.get_nowait()
@@ -80,15 +109,17 @@ async def measure(
                 response = await http.request(method, path, json=body)
                 latencies.append(time.perf_counter() - started)
                 if response.status_code >= 400:
-                    errors += 1
+                    ERRORS[name] = ERRORS.get(name, 0) + 1
 
-        wall = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - wall
+    return latencies
+
+
+def summary(name: str, latencies: list[float], wall: float, concurrency: int) -> dict[str, Any]:
     return {
         "name": name,
         "requests": len(latencies),
-        "errors": errors,
+        "errors": ERRORS.get(name, 0),
         "concurrency": concurrency,
         "seconds": round(wall, 3),
         "rps": round(len(latencies) / wall, 1),
@@ -98,7 +129,12 @@ async def measure(
     }
 
 
+ERRORS: dict[str, int] = {}
 BASE = ""
+
+
+Load = tuple[str, str, list[tuple[str, str, dict[str, Any] | None]], dict[str, str]]
+"""(key, row name, requests, headers)."""
 
 
 async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
@@ -106,47 +142,17 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     BASE = stack.urls.api
     token = await dev_login(BASE, "alice")
     auth = {"Authorization": f"Bearer {token}"}
+    thread_ids = await create_threads(args.threads, auth)
 
-    print(f"creating {args.threads} threads (one actor each) ...", flush=True)
-    async with httpx.AsyncClient(base_url=BASE, headers=auth, timeout=120.0) as http:
-        thread_ids = []
-        for i in range(args.threads):
-            response = await http.post("/threads", json={"thread_id": f"bench-{i:03d}"})
-            response.raise_for_status()
-            thread_ids.append(response.json()["thread_id"])
-        # one message each so the reads return a real thread; also warms every actor and JWKS cache
-        await asyncio.gather(
-            *(http.post(f"/threads/{t}/messages", json={"content": "what is AAPL trading at?"}) for t in thread_ids)
-        )
-
-    warmup = [("GET", "/echo/", None)] * 100
+    warmup = [("GET", "/echo/", None)] * 100 + [("GET", "/echo-hop/", None)] * 100
     await measure("warmup", warmup, {}, args.concurrency)
     await measure("warmup", [("GET", f"/threads/{t}/messages", None) for t in thread_ids], auth, args.concurrency)
 
-    echo = [("GET", "/echo/", None)] * args.requests
-    reads = [("GET", f"/threads/{thread_ids[i % len(thread_ids)]}/messages", None) for i in range(args.requests)]
-    # round-robin over the threads: turns of one thread rarely overlap (they would queue behind each other)
-    turns = [
-        ("POST", f"/threads/{thread_ids[i % len(thread_ids)]}/messages", {"content": "what is MSFT trading at?"})
-        for i in range(args.turns)
-    ]
-    loads = [
-        ("echo", "echo (trivial Serve endpoint)", echo, {}),
-        ("messages", f"GET messages ({args.threads} threads)", reads, auth),
-        ("turn", f"chat turn, offline model ({args.threads} threads)", turns, auth),
-    ]
     results = []
     for concurrency in (1, args.concurrency):
-        for key, name, requests, headers in loads:
-            count = len(requests) if concurrency > 1 else max(20, len(requests) // 5)
-            print(f"measuring {name} at concurrency {concurrency} ...", flush=True)
-            row = await measure(name, requests[:count], headers, min(concurrency, args.threads))
-            row["key"] = key
-            results.append(row)
-    for row in results:
-        base = next(r for r in results if r["key"] == "echo" and r["concurrency"] == row["concurrency"])
-        row["rps_vs_echo"] = round(row["rps"] / base["rps"], 3)
-        row["p50_vs_echo"] = round(row["p50_ms"] / base["p50_ms"], 2)
+        print(f"measuring at concurrency {concurrency}, {args.rounds} alternating rounds ...", flush=True)
+        results += await measure_rounds(loads(args, thread_ids, auth), args.rounds, min(concurrency, args.threads))
+    add_ratios(results)
     return {
         "benchmark": "http_bench",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -156,6 +162,59 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     }
 
 
+async def create_threads(count: int, auth: dict[str, str]) -> list[str]:
+    """`count` threads of alice's, one message each (so reads return a real thread; warms every agent)."""
+    print(f"creating {count} threads (one actor each) ...", flush=True)
+    async with httpx.AsyncClient(base_url=BASE, headers=auth, timeout=120.0) as http:
+        thread_ids = []
+        for i in range(count):
+            response = await http.post("/threads", json={"thread_id": f"bench-{i:03d}"})
+            response.raise_for_status()
+            thread_ids.append(response.json()["thread_id"])
+        await asyncio.gather(
+            *(http.post(f"/threads/{t}/messages", json={"content": "what is AAPL trading at?"}) for t in thread_ids)
+        )
+    return thread_ids
+
+
+def loads(args: argparse.Namespace, thread_ids: list[str], auth: dict[str, str]) -> list[Load]:
+    """The four rows' requests; reads and turns round-robin over the threads (turns of one thread rarely
+    overlap: they would queue behind each other)."""
+    count = len(thread_ids)
+    reads = [("GET", f"/threads/{thread_ids[i % count]}/messages", None) for i in range(args.requests)]
+    turn = {"content": "what is MSFT trading at?"}
+    turns = [("POST", f"/threads/{thread_ids[i % count]}/messages", turn) for i in range(args.turns)]
+    return [
+        ("echo", "echo (trivial Serve endpoint)", [("GET", "/echo/", None)] * args.requests, {}),
+        ("hop", "echo + one actor call", [("GET", "/echo-hop/", None)] * args.requests, {}),
+        ("messages", f"GET messages ({count} threads)", reads, auth),
+        ("turn", f"chat turn, offline model ({count} threads)", turns, auth),
+    ]
+
+
+async def measure_rounds(rows: list[Load], rounds: int, concurrency: int) -> list[dict[str, Any]]:
+    """Each row's requests split into `rounds` shares, run row after row, round after round."""
+    samples: dict[str, list[float]] = {key: [] for key, *_ in rows}
+    walls: dict[str, float] = {key: 0.0 for key, *_ in rows}
+    for round_ in range(rounds):
+        for key, name, requests, headers in rows:
+            share = len(requests) // rounds
+            started = time.perf_counter()
+            samples[key] += await measure(name, requests[round_ * share : (round_ + 1) * share], headers, concurrency)
+            walls[key] += time.perf_counter() - started
+    return [{**summary(name, samples[key], walls[key], concurrency), "key": key} for key, name, _, _ in rows]
+
+
+def add_ratios(results: list[dict[str, Any]]) -> None:
+    """Each row against echo and against echo + one actor call, at the same concurrency."""
+    for row in results:
+        base = next(r for r in results if r["key"] == "echo" and r["concurrency"] == row["concurrency"])
+        row["rps_vs_echo"] = round(row["rps"] / base["rps"], 3)
+        row["p50_vs_echo"] = round(row["p50_ms"] / base["p50_ms"], 2)
+        hop = next(r for r in results if r["key"] == "hop" and r["concurrency"] == row["concurrency"])
+        row["p50_vs_hop"] = round(row["p50_ms"] / hop["p50_ms"], 2)
+
+
 def _cpus() -> int:
     import os
 
@@ -163,24 +222,25 @@ def _cpus() -> int:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"agentrt HTTP benchmark ({report['machine']['cpus']} CPUs)")
-    for column in (
-        "load",
-        "requests",
-        "errors",
-        "conc.",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "req/s vs echo",
-        "p50 vs echo",
-    ):
-        table.add_column(column, justify="left" if column == "load" else "right", no_wrap=column == "load")
-    for row in report["results"]:
-        table.add_row(
+    columns = (
+        tables.left("load", no_wrap=True),
+        *(
+            tables.right(header)
+            for header in (
+                "requests",
+                "errors",
+                "conc.",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "req/s vs echo",
+                "p50 vs echo",
+                "p50 vs echo+call",
+            )
+        ),
+    )
+    rows = [
+        [
             row["name"],
             str(row["requests"]),
             str(row["errors"]),
@@ -189,9 +249,12 @@ def print_table(report: dict[str, Any]) -> None:
             f"{row['p50_ms']:.1f}",
             f"{row['p99_ms']:.1f}",
             f"{row['rps_vs_echo']:.2f}x",
-            f"{row['p50_vs_echo']:.1f}x",
-        )
-    Console(width=150).print(table)
+            f"{row['p50_vs_echo']:.2f}x",
+            f"{row['p50_vs_hop']:.2f}x",
+        ]
+        for row in report["results"]
+    ]
+    tables.print_table(f"agentrt HTTP benchmark ({report['machine']['cpus']} CPUs)", columns, rows, width=170)
 
 
 def main() -> None:
@@ -200,6 +263,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="requests for echo and for GET messages")
     parser.add_argument("--turns", type=int, default=200, help="chat turns")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds each load is split into")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "http_bench.json")
     args = parser.parse_args()
 
@@ -211,7 +275,9 @@ def main() -> None:
     stack.start()
     try:
         serve.run(echo_app(), name="echo", route_prefix="/echo", blocking=False)
+        serve.run(echo_hop_app(), name="echo-hop", route_prefix="/echo-hop", blocking=False)
         wait_for_http(stack.urls.api + "/echo/", timeout=60)
+        wait_for_http(stack.urls.api + "/echo-hop/", timeout=60)
         report = asyncio.run(run(args, stack))
     finally:
         stack.stop()

@@ -33,16 +33,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import signal
-import sqlite3
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +49,19 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import local_stack, log, machine_info, rss_mib, summarise  # noqa: E402
+from bench.common import (  # noqa: E402
+    local_stack,
+    log,
+    machine_info,
+    ray_worker_pids,
+    rss_mib,
+    summarise,
+    write_report,
+)
+from bench.soak_checks import Checks, Ledger, Traffic  # noqa: E402
+from bench.tables import left, print_table, right  # noqa: E402
 
 TICKERS = ("MSFT", "AAPL", "NVDA", "GOOGL", "AMZN")
-NON_TERMINAL = ("call", "running", "pending-authorization")
-WASTED_APPROVAL = "The authorization request is invalid or was already used"
 
 
 @dataclass
@@ -77,44 +83,10 @@ class SoakConfig:
     seed: int = 7
 
 
-@dataclass
-class Ledger:
-    """What the users and their phones did, to check the files against."""
-
-    sent: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    acknowledged: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
-    stall_windows: list[tuple[float, float]] = field(default_factory=list)
-    faults: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass
-class Traffic:
-    """Every answer the users got: latency per route, statuses, and each 5xx with when it came."""
-
-    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    statuses: Counter[str] = field(default_factory=Counter)
-    server_errors: list[dict[str, Any]] = field(default_factory=list)
-    lost_answers: Counter[str] = field(default_factory=Counter)
-    refused: list[str] = field(default_factory=list)
-    """Messages refused with a 4xx: none is expected (every message and token is valid)."""
-
-    def record(self, route: str, response: httpx.Response, seconds: float) -> None:
-        self.latencies[route].append(seconds)
-        self.statuses[f"{route} {response.status_code}"] += 1
-        if response.status_code >= 500:
-            self.server_errors.append(
-                {
-                    "at": time.monotonic(),
-                    "route": route,
-                    "status": response.status_code,
-                    "retry_after": response.headers.get("retry-after"),
-                    "body": response.text[:200],
-                }
-            )
-
-
 class Soak:
+    """One soak: the users, their phone and the fault injector against a running stack, then the drain and
+    the report (the invariants are `bench.soak_checks.Checks`)."""
+
     def __init__(self, cfg: SoakConfig, stack: Any, storage: Path, namespace: str) -> None:
         self.cfg = cfg
         self.stack = stack
@@ -127,6 +99,7 @@ class Soak:
         self.memory: dict[str, float] = {}
         self.subjects: dict[str, str] = {}
         """thread id -> its owner's `sub`."""
+        self.checks = Checks(self.ledger, self.traffic, storage, stack.authz.url, self.subjects, self.memory)
 
     # -- users ---------------------------------------------------------------------------------------
     async def call(
@@ -142,7 +115,8 @@ class Soak:
         return response
 
     async def send(self, http: httpx.AsyncClient, thread: str, content: str, message_id: str) -> bool:
-        """Send until acknowledged (resending with the same id after a 503 or a lost answer)."""
+        """Send until acknowledged (resending with the same id after a 503 or a lost answer). The deadline is
+        from now: a user's message may wait out a stall or a restart."""
         self.ledger.sent[thread].add(message_id)
         deadline = time.monotonic() + 180.0
         body = {"content": content, "message_id": message_id}
@@ -254,39 +228,19 @@ class Soak:
 
     # -- measuring -------------------------------------------------------------------------------------
     def workers_rss_mib(self) -> float:
-        total = 0.0
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    if (proc / "cmdline").read_bytes().startswith(b"ray::"):
-                        total += rss_mib(int(proc.name))
-                except OSError:
-                    continue
-        return round(total, 1)
+        """The resident memory of all Ray worker processes on the machine."""
+        return round(sum(rss_mib(pid) for pid in ray_worker_pids()), 1)
 
     async def memory_after_warmup(self, at: float) -> None:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         self.memory["after_warmup_mib"] = self.workers_rss_mib()
-
-    def thread_files(self) -> dict[str, Path]:
-        from agents.chat import Chat
-
-        return {thread: Chat.storage_path(self.storage, thread) for thread in self.ledger.sent}
-
-    def unfinished_calls(self) -> dict[str, list[tuple[str, str]]]:
-        stuck: dict[str, list[tuple[str, str]]] = {}
-        for thread, path in self.thread_files().items():
-            rows = read_rows(path, "SELECT id, state FROM tool_calls WHERE state IN (?, ?, ?)", NON_TERMINAL)
-            if rows:
-                stuck[thread] = [(r[0], r[1]) for r in rows]
-        return stuck
 
     async def drain(self, stop_phone: asyncio.Event) -> float:
         """Until every purchase is finished (or `drain` s from now). Returns the seconds it took."""
         started = time.monotonic()
         deadline = started + self.cfg.drain
         while time.monotonic() < deadline:
-            if not self.unfinished_calls():
+            if not self.checks.unfinished_calls():
                 break
             await asyncio.sleep(1.0)
         stop_phone.set()
@@ -320,14 +274,7 @@ class Soak:
         return self.report(time.monotonic() - start, drained_in)
 
     def report(self, seconds: float, drained_in: float) -> dict[str, Any]:
-        violations = {
-            "messages": self.check_messages(),
-            "orders": self.check_orders(),
-            "stuck_calls": self.unfinished_calls(),
-            "server_errors": self.check_server_errors(),
-            "refused_messages": self.traffic.refused,
-            "memory": self.check_memory(),
-        }
+        violations = self.checks.violations()
         counts = {
             name: (len(found) if isinstance(found, list | dict) else int(bool(found)))
             for name, found in violations.items()
@@ -345,94 +292,14 @@ class Soak:
             "purchases_decided": Counter(
                 "approved" if d["approved"] else "denied" for d in self.ledger.decisions.values()
             ),
-            "orphans": self.orphans(),
-            "orders_placed": sum(self.orders().values()),
-            "approvals_lost_and_asked_again": self.approvals_lost_on_the_way(),
+            "orphans": self.checks.orphans(),
+            "orders_placed": sum(self.checks.orders().values()),
+            "approvals_lost_and_asked_again": self.checks.approvals_lost_on_the_way(),
             "memory": self.memory,
             "violation_counts": counts,
             "violations": violations,
             "machine": machine_info(),
         }
-
-    # -- invariants ------------------------------------------------------------------------------------
-    def check_messages(self) -> list[str]:
-        problems = []
-        for thread, path in self.thread_files().items():
-            stored = Counter(r[0] for r in read_rows(path, "SELECT id FROM messages WHERE role = 'user'", ()))
-            for message_id, times in stored.items():
-                if times != 1 or message_id not in self.ledger.sent[thread]:
-                    problems.append(
-                        f"{thread}: {message_id} stored {times}x (sent: {message_id in self.ledger.sent[thread]})"
-                    )
-            for message_id in self.ledger.acknowledged[thread] - set(stored):
-                problems.append(f"{thread}: acknowledged {message_id} is not stored")
-        return problems
-
-    def requests(self) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.stack.authz.url}/dev/ciba/requests", timeout=30).json()
-
-    def orphans(self) -> dict[str, int]:
-        """Approved requests no agent collected: sent again after a timeout (the first copy was orphaned)."""
-        collected = Counter(r["status"] for r in self.requests() if not r["finished"])
-        return dict(collected)
-
-    def purchases(self) -> tuple[Counter[str], list[str]]:
-        """Per user, the purchases the threads record as made; and the calls whose approval was wasted."""
-        made: Counter[str] = Counter()
-        wasted: list[str] = []
-        sql = "SELECT id, result FROM tool_calls WHERE name = 'buy_stock' AND state = 'result'"
-        for thread, path in self.thread_files().items():
-            for call_id, result in read_rows(path, sql, ()):
-                if (result or "").startswith("Purchased"):
-                    made[self.subjects[thread]] += 1
-                elif (result or "").startswith(WASTED_APPROVAL):
-                    wasted.append(f"{thread}: {call_id}: {result}")
-        return made, wasted
-
-    def orders(self) -> Counter[str]:
-        rows = read_rows(self.storage / "checkout-orders.sqlite3", "SELECT subject FROM orders", ())
-        return Counter(r[0] for r in rows)
-
-    def check_orders(self) -> list[str]:
-        """Orders == purchases the threads made, per user (none twice, none lost), and no approval wasted."""
-        made, wasted = self.purchases()
-        orders = self.orders()
-        mismatches = [
-            f"{sub}: {orders[sub]} orders for {made[sub]} purchases"
-            for sub in sorted(set(made) | set(orders))
-            if orders[sub] != made[sub]
-        ]
-        return mismatches + wasted
-
-    def approvals_lost_on_the_way(self) -> int:
-        """Approvals whose tokens went to a poll that never got its answer (a host killed mid-poll): the
-        agent asked the user again. Approved-and-collected requests beyond the orders."""
-        collected = sum(1 for r in self.requests() if r["status"] == "approved" and r["finished"])
-        return max(0, collected - sum(self.orders().values()))
-
-    def check_server_errors(self) -> list[dict[str, Any]]:
-        def during_stall(at: float) -> bool:
-            # and until the hosts have the issuer's keys again (their refetches back off, up to ~30 s)
-            return any(begin <= at <= until + 30.0 for begin, until in self.ledger.stall_windows)
-
-        return [
-            error
-            for error in self.traffic.server_errors
-            if not (error["status"] == 503 and error["retry_after"] and during_stall(error["at"]))
-        ]
-
-    def check_memory(self) -> str:
-        warm, end = self.memory.get("after_warmup_mib"), self.memory.get("end_mib")
-        if warm and end and end > warm * 1.10:
-            return f"memory grew from {warm} MiB after warm-up to {end} MiB"
-        return ""
-
-
-def read_rows(path: Path, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    if not path.exists():
-        return []
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
-        return db.execute(sql, params).fetchall()
 
 
 def soak_stack(cfg: SoakConfig, storage: Path, namespace: str) -> Any:
@@ -457,10 +324,14 @@ async def run_soak(cfg: SoakConfig, storage: Path | None = None) -> dict[str, An
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(f"\nsoak: {report['config']['users']} users, {report['seconds']} s, {report['requests']} requests")
-    print(f"{'route':<22}{'n':>7}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
-    for route, s in report["routes"].items():
-        print(f"{route:<22}{s['n']:>7}{s['p50_ms']:>10}{s['p99_ms']:>10}{s['max_ms']:>10}")
+    """The latency per route, then the faults, the outcomes and the invariants' violations."""
+    title = f"soak: {report['config']['users']} users, {report['seconds']} s, {report['requests']} requests"
+    columns = (left("route"), *(right(h) for h in ("n", "p50 ms", "p99 ms", "max ms")))
+    rows = [
+        [route, str(s["n"]), str(s["p50_ms"]), str(s["p99_ms"]), str(s["max_ms"])]
+        for route, s in report["routes"].items()
+    ]
+    print_table(title, columns, rows, width=120)
     print(f"faults injected: {report['faults']}")
     print(f"statuses: {report['statuses']}")
     print(f"lost answers (client timeouts, dropped connections): {report['lost_answers']}")
@@ -484,9 +355,7 @@ def main() -> int:
     cfg = SoakConfig(**{name: getattr(args, name) for name in knobs})
     report = asyncio.run(run_soak(cfg))
     print_report(report)
-    out = args.out
-    out.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {out}")
+    write_report(args.out, report)
     return 1 if sum(report["violation_counts"].values()) else 0
 
 

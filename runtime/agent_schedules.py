@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -27,12 +27,9 @@ from runtime.methods import read, turn
 from runtime.schedules import InvalidScheduleError, Schedule, encode_payload, next_cron_time, resolve_when
 from runtime.storage import AgentStorage
 
-if TYPE_CHECKING:
-    from runtime.agent import Agent
-
 logger = logging.getLogger("runtime.agent")
 
-DueReporter = Callable[["Agent", float | None], Awaitable[bool]]
+DueReporter = Callable[["AgentSchedules", float | None], Awaitable[bool]]
 """How an agent tells the alarm scheduler its next due time; returns whether the report got through."""
 
 # Names a schedule may never call back: the runtime's own machinery and lifecycle hooks.

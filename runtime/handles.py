@@ -27,6 +27,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from runtime.activations import check_method
 from runtime.agent import Agent
+from runtime.backoff import exponential_delay
 from runtime.errors import HostRetiringError
 from runtime.host import AgentCall, ensure_host, forget_host
 from runtime.ids import actor_name, validate_agent_id
@@ -38,6 +39,7 @@ A = TypeVar("A", bound=Agent)
 
 RETRY_WINDOW_SECONDS = 30.0
 """How long a handle keeps retrying a call on a fresh host before giving up with the last error."""
+RETRY_FIRST_PAUSE_SECONDS, RETRY_MAX_PAUSE_SECONDS = 0.01, 0.5
 
 
 def unwrap_error(error: RayTaskError) -> BaseException:
@@ -108,16 +110,16 @@ class _HandleBase(Generic[A]):
         return current._actor_id != host._actor_id
 
     def _pause_before_retry(
-        self, error: Exception, host: Any, deadline: float, delay: float, harmless_twice: bool = False
+        self, error: Exception, host: Any, deadline: float, failures: int, harmless_twice: bool = False
     ) -> float:
-        """After a failed call: the pause before sending it again to a fresh host (the next one doubles,
-        up to 0.5 s), or raise, as the agent's own exception, when retrying is not safe or took too long.
-        Blocking (a GCS lookup)."""
+        """After the `failures`-th failed try: the pause before sending it again to a fresh host (10 ms,
+        doubling up to 0.5 s), or raise, as the agent's own exception, when retrying is not safe or took
+        too long. Blocking (a GCS lookup)."""
         if time.monotonic() > deadline or not self._safe_to_retry(error, host, harmless_twice):
             if isinstance(error, RayTaskError):
                 raise unwrap_error(error) from None
             raise error
-        return delay
+        return exponential_delay(failures, RETRY_FIRST_PAUSE_SECONDS, RETRY_MAX_PAUSE_SECONDS)
 
     def _refresh_host(self, failed: Any) -> None:
         forget_host(self.storage_dir, self.namespace, self.slot, failed)
@@ -149,8 +151,7 @@ class AgentHandle(_HandleBase[A]):
         harmless_twice = self._harmless_twice(method, _idempotent)
         kwargs = self._stamp(method, kwargs)
         deadline = time.monotonic() + RETRY_WINDOW_SECONDS
-        delay = 0.01
-        while True:
+        for failures in itertools.count(1):
             host = self.host
             ref = self._send(method, args, kwargs)
             try:
@@ -160,10 +161,12 @@ class AgentHandle(_HandleBase[A]):
                     ray.cancel(ref)
                 raise
             except (RayTaskError, RayActorError) as error:
-                pause = await asyncio.to_thread(self._pause_before_retry, error, host, deadline, delay, harmless_twice)
+                pause = await asyncio.to_thread(
+                    self._pause_before_retry, error, host, deadline, failures, harmless_twice
+                )
             await asyncio.sleep(pause)
-            delay = min(pause * 2, 0.5)
             await asyncio.to_thread(self._refresh_host, host)
+        raise AssertionError("unreachable")
 
 
 class SyncAgentHandle(_HandleBase[A]):
@@ -187,13 +190,12 @@ class SyncAgentHandle(_HandleBase[A]):
         harmless_twice = self._harmless_twice(method, _idempotent)
         kwargs = self._stamp(method, kwargs)
         deadline = time.monotonic() + RETRY_WINDOW_SECONDS
-        delay = 0.01
-        while True:
+        for failures in itertools.count(1):
             host = self.host
             try:
                 return ray.get(self._send(method, args, kwargs), timeout=self.timeout)
             except (RayTaskError, RayActorError) as error:
-                pause = self._pause_before_retry(error, host, deadline, delay, harmless_twice)
+                pause = self._pause_before_retry(error, host, deadline, failures, harmless_twice)
             time.sleep(pause)
-            delay = min(pause * 2, 0.5)
             self._refresh_host(host)
+        raise AssertionError("unreachable")

@@ -14,17 +14,30 @@ import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar
 
 from runtime import metrics
-from runtime.turn_order import TURN_TICKET_KWARG
+from runtime.turn_order import TURN_TICKET_KWARG, SubmissionOrder
 
-if TYPE_CHECKING:
-    from runtime.agent import Agent
+
+class TurnTaker(Protocol):
+    """What a marked method needs of its agent (`runtime.agent.Agent` has it all)."""
+
+    _turn_lock: asyncio.Lock
+    _turn_order: SubmissionOrder
+    _turn_token: object
+    agent_class_name: ClassVar[Callable[[], str]]
+
+    async def _ensure_started(self) -> None: ...
+
+    async def _report_error(self, error: BaseException, *, during: str) -> None: ...
+
+    async def _start(self) -> None: ...
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
-A = TypeVar("A", bound="Agent")
+A = TypeVar("A", bound=TurnTaker)
 
 _current_turn: contextvars.ContextVar[object | None] = contextvars.ContextVar("agent_turn", default=None)
 
@@ -78,7 +91,7 @@ def read(fn: Callable[Concatenate[A, P], Awaitable[R]]) -> Callable[Concatenate[
 
 # The wrappers above delegate to these module-level functions so that Ray (cloudpickle) serialises
 # agent classes defined in scripts by reference to this module instead of copying the ContextVar.
-async def _run_turn(agent: Agent, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
+async def _run_turn(agent: TurnTaker, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
     ticket = kwargs.pop(TURN_TICKET_KWARG, None)
     if _current_turn.get() is agent._turn_token:
         return await fn(agent, *args, **kwargs)
@@ -102,13 +115,13 @@ async def _run_turn(agent: Agent, fn: Callable[..., Awaitable[R]], args: Any, kw
             metrics.TURN_SECONDS.observe(time.perf_counter() - started, agent_class=kind)
 
 
-async def _run_read(agent: Agent, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
+async def _run_read(agent: TurnTaker, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
     if _current_turn.get() is not agent._turn_token:
         await agent._ensure_started()
     return await fn(agent, *args, **kwargs)
 
 
-def start_as_turn(agent: Agent) -> asyncio.Task[None]:
+def start_as_turn(agent: TurnTaker) -> asyncio.Task[None]:
     """Run `agent._start()` in a task of its own that counts as a turn (what it calls joins it)."""
     context = contextvars.copy_context()
     context.run(_current_turn.set, agent._turn_token)  # start-up acts as a turn

@@ -1,8 +1,8 @@
 """`ReadCache`: one read of an agent's file, kept until the agent writes again.
 
 A live agent is its file's only writer (fencing), so what it read stays true until its next write
-transaction ends; `AgentStorage.writes` counts those. A thread read many times between turns (a page
-polling `GET /messages`) then costs no SQLite round trip after the first, and memory stays bounded by what
+transaction ends; `AgentStorage.writes` counts those. State read many times between writes (a chat
+thread a page re-reads) then costs no SQLite round trip after the first, and memory stays bounded by what
 live agents hold (a hibernated agent takes its cache with it).
 """
 

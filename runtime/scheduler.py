@@ -22,6 +22,7 @@ from typing import Any
 import ray
 
 from runtime import metrics
+from runtime.backoff import exponential_delay
 from runtime.classes import import_agent_class
 from runtime.errors import AgentNotFoundError
 from runtime.handles import AgentHandle
@@ -34,7 +35,8 @@ logger = logging.getLogger("runtime.scheduler")
 WAKE_GRACE_SECONDS = 0.5
 """A live agent's own timer fires first; the scheduler calls only if the due time passed this long ago."""
 
-RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 30.0
+"""A failed wake-up is retried after 0.5 s, 1 s, 2 s, ... at most 30 s (`runtime.backoff`)."""
 
 INDEX_MIGRATIONS = [
     """
@@ -183,7 +185,7 @@ class AlarmScheduler:
         except Exception as exc:
             failures = self._failures.get(key, 0) + 1
             self._failures[key] = failures
-            backoff = RETRY_BACKOFF_SECONDS[min(failures, len(RETRY_BACKOFF_SECONDS)) - 1]
+            backoff = exponential_delay(failures, RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS)
             logger.warning("waking %s/%s failed (%s); retrying in %.1fs", class_path, agent_id, exc, backoff)
             if self._due.get(key) == due:
                 self._push(time.time() + backoff, key, due)

@@ -20,10 +20,12 @@ import pytest_asyncio
 from pydantic import BaseModel
 
 from devservers.authz_server import DevAuthorizationServer
+from tools.async_confirmation import with_async_user_confirmation
 from tools.base import Tool, ToolContext, TransientToolError
 from tools.ciba_client import CIBAClient, RetryPolicy
 from tools.credential_store import SQLiteCredentialStore
 from tools.credentials_context import get_ciba_credentials
+from tools.interrupts import AuthorizationPendingInterrupt, AuthorizationPollingInterrupt
 
 API_AUDIENCE = "https://agents.test/api"
 CHECKOUT_AUDIENCE = "http://localhost:5000/api/checkout"
@@ -150,3 +152,44 @@ def tool_context(
 
 def binding_for(ticker: str, quantity: int) -> str:
     return f"Buy {quantity} {ticker}"
+
+
+# -- the tool wrapped with `with_async_user_confirmation` ---------------------------------------------
+
+ARGS = BuyArgs(ticker="MSFT", quantity=10)
+
+
+def owner(**_: Any) -> str:
+    """What the chat agent passes as `user_id`: the thread's owner, never a tool argument."""
+    from tools.base import current_tool_context
+
+    owner = current_tool_context().owner
+    assert owner
+    return owner
+
+
+def wrap(raw: Tool, store: SQLiteCredentialStore, client: CIBAClient, **options: Any) -> Tool:
+    options.setdefault("user_id", owner)
+    options.setdefault("binding_message", binding_for)
+    options.setdefault("retry_backoff", (0.2, 1.0))
+    return with_async_user_confirmation(
+        raw, scopes=["stock:buy"], audience=CHECKOUT_AUDIENCE, store=store, client=client, **options
+    )
+
+
+async def run_until_done(tool: Tool, ctx: ToolContext, args: Any = ARGS, timeout: float = 15.0) -> Any:
+    """What the resumer does: call again at each interrupt's `next_check_at` until there is a result."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            return await tool.run(args, ctx)
+        except (AuthorizationPendingInterrupt, AuthorizationPollingInterrupt) as interrupt:
+            assert interrupt.next_check_at is not None
+            await sleep_until(min(interrupt.next_check_at, deadline))
+    raise AssertionError("the tool call never finished")
+
+
+def assert_spent(stored: Any, *, result: Any = None, error: str | None = None) -> None:
+    """The credential row now holds the call's outcome, and no token any more."""
+    assert stored is not None and stored.get("done") is True and "credentials" not in stored, stored
+    assert stored["result"] == result and stored["error"] == error

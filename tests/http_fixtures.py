@@ -7,19 +7,26 @@ env vars plus its own storage root and namespace given to the replicas explicitl
 The deployment is started once per Ray session and shared by the modules that use it (`ensure_http_api`
 caches it by Ray session; if another test restarted Ray meanwhile, it is deployed again). It stays up
 until the session's Ray cluster goes away; Ray itself is left exactly as `chat_world` configured it.
+
+The helpers at the end (`new_id`, `assert_error`, `read_events`, `assistant_text`) are what the HTTP API
+tests use to call it and check its answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from agentrt.client import ServerEvent
 from agentrt.stack import wait_for_http
 from devservers.server_thread import free_port
 
@@ -118,3 +125,47 @@ def shutdown_http_api() -> None:
         with contextlib.suppress(Exception):
             serve.shutdown()
     _current = None
+
+
+# -- calling the API and checking its answers --------------------------------------------------------
+
+
+def new_id() -> str:
+    return f"http-{uuid.uuid4().hex[:12]}"
+
+
+def assert_error(response: httpx.Response, status: int | tuple[int, ...], code: str | None = None) -> dict[str, Any]:
+    statuses = status if isinstance(status, tuple) else (status,)
+    assert response.status_code in statuses, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert isinstance(body.get("error"), str) and body.get("detail"), body
+    if code is not None:
+        assert body["error"] == code, body
+    return body
+
+
+async def read_events(
+    events: AsyncIterator[ServerEvent], until: Callable[[ServerEvent], bool], within: float = 30.0
+) -> list[ServerEvent]:
+    """Collect events until one satisfies `until` (deadline-bound)."""
+    seen: list[ServerEvent] = []
+
+    async def collect() -> list[ServerEvent]:
+        async for event in events:
+            seen.append(event)
+            if until(event):
+                return seen
+        raise AssertionError(f"stream ended before the expected event; saw {[e.event for e in seen]}")
+
+    try:
+        return await asyncio.wait_for(collect(), within)
+    except TimeoutError:
+        raise AssertionError(f"timed out; saw {[(e.event, e.data) for e in seen][-10:]}") from None
+
+
+def assistant_text(event: ServerEvent) -> str:
+    if event.event != "message":
+        return ""
+    message = event.data["data"]["message"]
+    return message["content"] or "" if message["role"] == "assistant" else ""

@@ -103,6 +103,11 @@ async def scenario(storage_dir: Path) -> dict[str, Any]:
 
     series = await until(settled, timeout=60, what="the metrics to settle")
     ray.shutdown()
+    return summary(series)
+
+
+def summary(series: list[tuple[str, dict[str, str], float]]) -> dict[str, Any]:
+    """What the test checks: the metric names exported, and the counts that tell the story."""
     names = sorted({n for n, _, _ in series if n.startswith("ray_agentrt_")})
     return {
         "names": names,

@@ -68,67 +68,91 @@ def test_buy_stock_approve_in_a_second_tab_and_see_the_purchase_live(http_api: H
     chat.on("pageerror", lambda error: page_errors.append(str(error)))
     chat.on("console", lambda message: message.type == "error" and page_errors.append(message.text))
     try:
-        chat.goto(http_api.url + "/")
-        chat.locator("#login-alice").click()
-        expect(chat.locator("#app")).to_be_visible()
-        expect(chat.locator("#user-chip")).to_contain_text("alice")
-        expect(chat.locator("#thread-id")).not_to_be_empty()
-        thread_id = chat.locator("#thread-id").inner_text()
-        expect(chat.locator("#live-status")).to_have_class(re.compile(r"\blive\b"))
-
-        chat.locator("#message-input").fill("buy 10 shares of MSFT")
-        chat.locator("#message-input").press("Enter")
-        expect(chat.locator(".msg.user").last).to_have_text("buy 10 shares of MSFT")
-
-        card = chat.locator(".approval-card")
-        expect(card).to_be_visible()
-        expect(card.locator(".binding")).to_have_text("Buy 10 MSFT")
-        expect(card.locator(".countdown")).to_have_text(re.compile(r"expires in \d+:\d\d"))
-        link = card.locator("a.approval-link")
-        expect(link).to_be_visible()
-        approvals_url = link.get_attribute("href")
-        assert approvals_url and approvals_url.startswith(http_api.world.authz.url)
-        assert http_api.token("alice") not in chat.url  # the token never travels in a URL
-        chat.screenshot(path=str(ARTIFACTS / "browser-1-pending-approval.png"))
-
-        phone = context.new_page()
-        phone.goto(approvals_url)
-        request = phone.locator("[data-request-id], li, article, tr, form, .request").filter(has_text="Buy 10 MSFT")
-        request.get_by_role("button", name=re.compile(r"^\s*approve", re.I)).first.click()
-        phone.screenshot(path=str(ARTIFACTS / "browser-2-approval-page.png"))
-
-        chat.bring_to_front()
-        result = chat.locator(".result-card.ok[data-tool-call-id]").filter(has_text="Purchased 10 shares of MSFT")
-        expect(result).to_be_visible(timeout=45_000)
-        expect(chat.locator(".approval-card")).to_have_count(0)
-        expect(chat.locator(".msg.assistant").filter(has_text="Purchased")).to_be_visible()
-        chat.screenshot(path=str(ARTIFACTS / "browser-3-purchased.png"), full_page=True)
+        thread_id = _sign_in_as_alice(chat, http_api)
+        _buy_and_approve_on_the_phone(chat, context, http_api)
         assert chat.locator("#thread-id").inner_text() == thread_id
-
-        # An in-chat confirmation: the watchlist asks here, in the chat, not on the phone.
-        chat.locator("#message-input").fill("watch NVDA")
-        chat.locator("#message-input").press("Enter")
-        confirm = chat.locator(".approval-card")
-        expect(confirm).to_be_visible()
-        chat.screenshot(path=str(ARTIFACTS / "browser-4-confirm-in-chat.png"))
-        confirm.get_by_role("button", name="Approve").click()
-        expect(chat.locator(".msg.assistant").filter(has_text="Added NVDA to your watchlist")).to_be_visible()
-        expect(chat.locator(".approval-card")).to_have_count(0)
-        chat.locator("#message-input").fill("watch TSLA")
-        chat.locator("#message-input").press("Enter")
-        chat.locator(".approval-card").get_by_role("button", name="Deny").click()
-        expect(chat.locator(".msg.assistant").filter(has_text="did not add it")).to_be_visible()
-        expect(chat.locator(".approval-card")).to_have_count(0)
-
-        # Signing in with a pasted token works too, and bob does not see alice's thread.
-        chat.locator("#sign-out").click()
-        expect(chat.locator("#signin")).to_be_visible()
-        chat.locator("#token-signin summary").click()
-        chat.locator("#token-input").fill(http_api.token("bob"))
-        chat.get_by_role("button", name="Sign in with token").click()
-        expect(chat.locator("#user-chip")).to_contain_text("bob")
-        expect(chat.locator("#thread-id")).not_to_be_empty()
-        expect(chat.locator(f'#threads [data-thread-id="{thread_id}"]')).to_have_count(0)
+        _confirm_and_deny_in_the_chat(chat)
+        _sign_in_with_a_token_as_bob(chat, http_api, thread_id)
         assert not page_errors, page_errors
     finally:
         context.close()
+
+
+def _sign_in_as_alice(chat: Any, http_api: HttpApi) -> str:
+    """The demo login: the chat opens on a fresh thread, its events stream live. Returns the thread id."""
+    from playwright.sync_api import expect
+
+    chat.goto(http_api.url + "/")
+    chat.locator("#login-alice").click()
+    expect(chat.locator("#app")).to_be_visible()
+    expect(chat.locator("#user-chip")).to_contain_text("alice")
+    expect(chat.locator("#thread-id")).not_to_be_empty()
+    thread_id = chat.locator("#thread-id").inner_text()
+    expect(chat.locator("#live-status")).to_have_class(re.compile(r"\blive\b"))
+    return str(thread_id)
+
+
+def _buy_and_approve_on_the_phone(chat: Any, context: Any, http_api: HttpApi) -> None:
+    """Ask to buy, see the approval card, approve in a second tab (the phone), see the purchase arrive."""
+    from playwright.sync_api import expect
+
+    chat.locator("#message-input").fill("buy 10 shares of MSFT")
+    chat.locator("#message-input").press("Enter")
+    expect(chat.locator(".msg.user").last).to_have_text("buy 10 shares of MSFT")
+
+    card = chat.locator(".approval-card")
+    expect(card).to_be_visible()
+    expect(card.locator(".binding")).to_have_text("Buy 10 MSFT")
+    expect(card.locator(".countdown")).to_have_text(re.compile(r"expires in \d+:\d\d"))
+    link = card.locator("a.approval-link")
+    expect(link).to_be_visible()
+    approvals_url = link.get_attribute("href")
+    assert approvals_url and approvals_url.startswith(http_api.world.authz.url)
+    assert http_api.token("alice") not in chat.url  # the token never travels in a URL
+    chat.screenshot(path=str(ARTIFACTS / "browser-1-pending-approval.png"))
+
+    phone = context.new_page()
+    phone.goto(approvals_url)
+    request = phone.locator("[data-request-id], li, article, tr, form, .request").filter(has_text="Buy 10 MSFT")
+    request.get_by_role("button", name=re.compile(r"^\s*approve", re.I)).first.click()
+    phone.screenshot(path=str(ARTIFACTS / "browser-2-approval-page.png"))
+
+    chat.bring_to_front()
+    result = chat.locator(".result-card.ok[data-tool-call-id]").filter(has_text="Purchased 10 shares of MSFT")
+    expect(result).to_be_visible(timeout=45_000)
+    expect(chat.locator(".approval-card")).to_have_count(0)
+    expect(chat.locator(".msg.assistant").filter(has_text="Purchased")).to_be_visible()
+    chat.screenshot(path=str(ARTIFACTS / "browser-3-purchased.png"), full_page=True)
+
+
+def _confirm_and_deny_in_the_chat(chat: Any) -> None:
+    """An in-chat confirmation: the watchlist asks here, in the chat, not on the phone."""
+    from playwright.sync_api import expect
+
+    chat.locator("#message-input").fill("watch NVDA")
+    chat.locator("#message-input").press("Enter")
+    confirm = chat.locator(".approval-card")
+    expect(confirm).to_be_visible()
+    chat.screenshot(path=str(ARTIFACTS / "browser-4-confirm-in-chat.png"))
+    confirm.get_by_role("button", name="Approve").click()
+    expect(chat.locator(".msg.assistant").filter(has_text="Added NVDA to your watchlist")).to_be_visible()
+    expect(chat.locator(".approval-card")).to_have_count(0)
+    chat.locator("#message-input").fill("watch TSLA")
+    chat.locator("#message-input").press("Enter")
+    chat.locator(".approval-card").get_by_role("button", name="Deny").click()
+    expect(chat.locator(".msg.assistant").filter(has_text="did not add it")).to_be_visible()
+    expect(chat.locator(".approval-card")).to_have_count(0)
+
+
+def _sign_in_with_a_token_as_bob(chat: Any, http_api: HttpApi, alice_thread: str) -> None:
+    """Signing in with a pasted token works too, and bob does not see alice's thread."""
+    from playwright.sync_api import expect
+
+    chat.locator("#sign-out").click()
+    expect(chat.locator("#signin")).to_be_visible()
+    chat.locator("#token-signin summary").click()
+    chat.locator("#token-input").fill(http_api.token("bob"))
+    chat.get_by_role("button", name="Sign in with token").click()
+    expect(chat.locator("#user-chip")).to_contain_text("bob")
+    expect(chat.locator("#thread-id")).not_to_be_empty()
+    expect(chat.locator(f'#threads [data-thread-id="{alice_thread}"]')).to_have_count(0)

@@ -103,44 +103,12 @@ def test_serve_prints_working_urls_runs_the_demo_and_stops_cleanly_on_sigint(tmp
     )
     output = Output(proc)
     try:
-        started = time.monotonic()
-        output.wait_for(r"Ctrl-C to stop", timeout=60)
-        chat_page = output.wait_for(r"Chat page\s+(http://127\.0\.0\.1:\d+/)", 1).group(1)
-        approvals = output.wait_for(r"Approval page\s+(http://127\.0\.0\.1:\d+/\S*)", 1).group(1)
-        docs = output.wait_for(r"API docs\s+(http://127\.0\.0\.1:\d+/docs)", 1).group(1)
-        api = chat_page.rstrip("/")
-        assert api == f"http://127.0.0.1:{port}"
-        for url in (chat_page, approvals, docs):
-            response = httpx.get(url, timeout=10)
-            assert response.status_code == 200, (url, response.status_code)
-            assert "text/html" in response.headers["content-type"]
-        assert httpx.get(api + "/healthz", timeout=10).json()["ok"] is True
-        assert time.monotonic() - started < 60
-        # secrets are never printed
-        assert not re.search(r"\b[0-9a-f]{64}\b", output.text), "a key was printed"
-
+        api = _printed_urls_work(output, port)
         demo = run_cli(["demo", "--url", api], env, timeout=120)
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "approval requested" in demo.stdout
         assert re.search(r"Purchased 100 shares of MSFT", demo.stdout), demo.stdout
-
-        listed = run_cli(["threads", "--url", api, "--user", "alice"], env, timeout=30)
-        assert listed.returncode == 0, listed.stderr
-        assert "buy 100 shares of MSFT" in listed.stdout
-
-        said = run_cli(["chat", "cli-thread-1", "what is AAPL trading at?", "--url", api], env, timeout=60)
-        assert said.returncode == 0, said.stderr
-        assert "AAPL" in said.stdout.split("you  ")[-1]
-
-        asked = run_cli(["chat", "cli-thread-2", "buy 3 shares of NVDA", "--url", api], env, timeout=60)
-        assert asked.returncode == 0 and "Buy 3 NVDA" in asked.stdout, asked.stdout + asked.stderr
-        pending = run_cli(["approvals", "--url", api], env, timeout=30)
-        assert "Buy 3 NVDA" in pending.stdout, pending.stdout + pending.stderr
-        denied = run_cli(["deny", "--url", api], env, timeout=30)
-        assert denied.returncode == 0 and "Denied request" in denied.stdout, denied.stdout + denied.stderr
-
-        bob = run_cli(["chat", "cli-thread-1", "hello", "--url", api, "--user", "bob"], env, timeout=60)
-        assert bob.returncode == 1 and "403 not_owner" in bob.stderr, bob.stdout + bob.stderr
+        _conversation_commands_work(api, env)
 
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=60) == 0, output.text
@@ -154,3 +122,44 @@ def test_serve_prints_working_urls_runs_the_demo_and_stops_cleanly_on_sigint(tmp
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+
+
+def _printed_urls_work(output: Output, port: int) -> str:
+    """`agentrt serve` prints its URLs within a minute, each answers, and no secret is printed; the API's."""
+    started = time.monotonic()
+    output.wait_for(r"Ctrl-C to stop", timeout=60)
+    chat_page = output.wait_for(r"Chat page\s+(http://127\.0\.0\.1:\d+/)", 1).group(1)
+    approvals = output.wait_for(r"Approval page\s+(http://127\.0\.0\.1:\d+/\S*)", 1).group(1)
+    docs = output.wait_for(r"API docs\s+(http://127\.0\.0\.1:\d+/docs)", 1).group(1)
+    api = chat_page.rstrip("/")
+    assert api == f"http://127.0.0.1:{port}"
+    for url in (chat_page, approvals, docs):
+        response = httpx.get(url, timeout=10)
+        assert response.status_code == 200, (url, response.status_code)
+        assert "text/html" in response.headers["content-type"]
+    assert httpx.get(api + "/healthz", timeout=10).json()["ok"] is True
+    assert time.monotonic() - started < 60
+    # secrets are never printed
+    assert not re.search(r"\b[0-9a-f]{64}\b", output.text), "a key was printed"
+    return str(api)
+
+
+def _conversation_commands_work(api: str, env: dict[str, str]) -> None:
+    """threads, chat, approvals and deny against the running service; bob is refused alice's thread."""
+    listed = run_cli(["threads", "--url", api, "--user", "alice"], env, timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    assert "buy 100 shares of MSFT" in listed.stdout
+
+    said = run_cli(["chat", "cli-thread-1", "what is AAPL trading at?", "--url", api], env, timeout=60)
+    assert said.returncode == 0, said.stderr
+    assert "AAPL" in said.stdout.split("you  ")[-1]
+
+    asked = run_cli(["chat", "cli-thread-2", "buy 3 shares of NVDA", "--url", api], env, timeout=60)
+    assert asked.returncode == 0 and "Buy 3 NVDA" in asked.stdout, asked.stdout + asked.stderr
+    pending = run_cli(["approvals", "--url", api], env, timeout=30)
+    assert "Buy 3 NVDA" in pending.stdout, pending.stdout + pending.stderr
+    denied = run_cli(["deny", "--url", api], env, timeout=30)
+    assert denied.returncode == 0 and "Denied request" in denied.stdout, denied.stdout + denied.stderr
+
+    bob = run_cli(["chat", "cli-thread-1", "hello", "--url", api, "--user", "bob"], env, timeout=60)
+    assert bob.returncode == 1 and "403 not_owner" in bob.stderr, bob.stdout + bob.stderr

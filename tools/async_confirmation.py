@@ -62,17 +62,17 @@ from tools.base import Tool, ToolContext, ToolError, TransientToolError, current
 from tools.ciba_client import (
     CIBAClient,
 )
-from tools.ciba_ping import token_matches
-from tools.ciba_requests import (
+from tools.ciba_options import (
     CREDENTIALS_NAMESPACE,
     DENIED_TEXT,
     PENDING_NAMESPACE,
     AsyncConfirmationOptions,
-    CibaRequests,
     InterruptCallback,
     Resolvable,
-    _digest,
+    arguments_digest,
 )
+from tools.ciba_ping import token_matches
+from tools.ciba_requests import CibaRequests
 from tools.credential_store import CredentialStore
 from tools.credentials_context import (
     CIBACredentials,
@@ -257,7 +257,7 @@ class AsyncUserConfirmation(CibaRequests):
         if stored.get("done"):
             return _Outcome(stored.get("result"), stored.get("error"))
         approved_for = stored.get("arguments_sha256")
-        if approved_for is not None and approved_for != _digest(arguments):
+        if approved_for is not None and approved_for != arguments_digest(arguments):
             await self.store.delete(CREDENTIALS_NAMESPACE, key)
             log.warning("tool call %s was re-run with other arguments than approved", ctx.tool_call_id)
             raise self._interrupt(
@@ -297,7 +297,7 @@ class AsyncUserConfirmation(CibaRequests):
 _call_args: ContextVar[BaseModel | None] = ContextVar("async_confirmation_args", default=None)
 
 
-class AsyncAuthorizationTool(Tool):
+class AsyncUserConfirmationTool(Tool):
     """The wrapped tool: same name, description and parameters; `run(args, ctx)` goes through CIBA."""
 
     def __init__(self, inner: Tool, confirmation: AsyncUserConfirmation) -> None:
@@ -342,7 +342,7 @@ def with_async_user_confirmation(
     delivery_mode: str = "poll",
     ping_fallback: float = 30.0,
     ping_key: bytes | None = None,
-) -> AsyncAuthorizationTool:
+) -> AsyncUserConfirmationTool:
     """Wrap `tool` so each call runs only after the user approved it via CIBA (see the module docstring).
 
     `user_id`, `binding_message` and `authorization_details` are values or (async) functions called with
@@ -370,11 +370,11 @@ def with_async_user_confirmation(
         ping_fallback=ping_fallback,
         ping_key=ping_key,
     )
-    return AsyncAuthorizationTool(tool, AsyncUserConfirmation(tool, options, store=store, client=client))
+    return AsyncUserConfirmationTool(tool, AsyncUserConfirmation(tool, options, store=store, client=client))
 
 
 __all__ = [
-    "AsyncAuthorizationTool",
+    "AsyncUserConfirmationTool",
     "AsyncConfirmationOptions",
     "AsyncUserConfirmation",
     "CREDENTIALS_NAMESPACE",

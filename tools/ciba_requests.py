@@ -3,19 +3,15 @@
 `CibaRequests` is the half of `AsyncUserConfirmation` (see `tools.async_confirmation`, which has the
 guarantees) that sends the backchannel request, polls the token endpoint once per due check, stores an
 approval, turns every other answer into an interrupt, and asks the user again when an approval was lost
-with the answer that carried it. The options and record layout live here too.
+with the answer that carried it. The options and record vocabulary are `tools.ciba_options`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 from runtime.backoff import exponential_delay
 from tools import metrics
@@ -33,6 +29,17 @@ from tools.ciba_client import (
     SlowDown,
     validate_binding_message,
 )
+from tools.ciba_options import (
+    ATTEMPTS_NAMESPACE,
+    CREDENTIALS_NAMESPACE,
+    DEFAULT_CREDENTIAL_TTL,
+    MAX_REQUESTS_PER_CALL,
+    PENDING_NAMESPACE,
+    AsyncConfirmationOptions,
+    RequestParams,
+    arguments_digest,
+    resolve,
+)
 from tools.ciba_ping import new_notification_token, token_digest
 from tools.credential_store import CredentialStore
 from tools.interrupts import (
@@ -48,69 +55,7 @@ from tools.interrupts import (
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-#: A value, or a (sync or async) function of the tool's validated arguments returning it.
-Resolvable = T | Callable[..., T] | Callable[..., Awaitable[T]]
-InterruptCallback = Callable[[AsyncAuthorizationInterrupt, ToolContext], Any]
-
-PENDING_NAMESPACE = "ciba:pending"
-CREDENTIALS_NAMESPACE = "ciba:credentials"
-ATTEMPTS_NAMESPACE = "ciba:attempts"
-
-DENIED_TEXT = "The user has denied the request"
-DEFAULT_CREDENTIAL_TTL = 300.0
-MAX_REQUESTS_PER_CALL = 3
-"""At most this many CIBA requests for one tool call: the first, and new ones after approvals lost on the
-way (see `_check`)."""
-
 _NO_PUSH_RE = re.compile(r"push|enrol|authenticator|guardian", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class AsyncConfirmationOptions:
-    """What to ask for, and how to react. See `with_async_user_confirmation`."""
-
-    scopes: tuple[str, ...]
-    binding_message: Resolvable[str]
-    user_id: Resolvable[str] | None = None
-    audience: str | None = None
-    requested_expiry: int = 300
-    authorization_details: Resolvable[list[dict[str, Any]] | None] = None
-    on_authorization_interrupt: InterruptCallback | None = None
-    on_unauthorized: InterruptCallback | None = None
-    retry_backoff: tuple[float, float] = (2.0, 60.0)
-    """(first, max) seconds between attempts while the authorization server is unreachable."""
-    pending_retention: float = 3600.0
-    """How long a pending record outlives its request, so a late check still reports "expired"."""
-    delivery_mode: str = "poll"
-    """"ping": each request carries a notification token and the provider's ping makes the next check
-    happen at once (`accept_ping`); checks on a timer still happen every `ping_fallback` seconds."""
-    ping_fallback: float = 30.0
-    ping_key: bytes | None = None
-    """The MAC key of notification tokens (`tools.ciba_ping.ping_key`); required in ping mode."""
-
-
-@dataclass(frozen=True)
-class _Params:
-    user_id: str
-    binding_message: str
-    authorization_details: list[dict[str, Any]] | None
-    arguments_sha256: str
-
-
-def _digest(arguments: Mapping[str, Any]) -> str:
-    """A fingerprint of the tool's arguments, to bind an approval to the action it was given for."""
-    canonical = json.dumps(dict(arguments), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-async def _resolve(value: Any, arguments: Mapping[str, Any]) -> Any:
-    if callable(value):
-        value = value(**arguments)
-    if inspect.isawaitable(value):
-        value = await value
-    return value
 
 
 class CibaRequests:
@@ -123,22 +68,22 @@ class CibaRequests:
     clock: Callable[[], float]
     _approved_about: dict[str, float]
 
-    async def _params(self, ctx: ToolContext, arguments: Mapping[str, Any]) -> _Params:
-        user_id = await _resolve(self.options.user_id, arguments) if self.options.user_id is not None else None
+    async def _params(self, ctx: ToolContext, arguments: Mapping[str, Any]) -> RequestParams:
+        user_id = await resolve(self.options.user_id, arguments) if self.options.user_id is not None else None
         user_id = user_id or ctx.owner
         if not isinstance(user_id, str) or not user_id:
             raise ToolError(f"{self.tool.name} needs the user's approval, but the thread has no owner to ask")
-        binding_message = await _resolve(self.options.binding_message, arguments)
-        details = await _resolve(self.options.authorization_details, arguments)
+        binding_message = await resolve(self.options.binding_message, arguments)
+        details = await resolve(self.options.authorization_details, arguments)
         try:
             validate_binding_message(binding_message)
         except InvalidBindingMessage as exc:  # refused before any record or request exists
             raise self._refusal(exc, ctx, {"binding_message": str(binding_message)[:80]}) from None
-        return _Params(
+        return RequestParams(
             user_id=user_id,
             binding_message=binding_message,
             authorization_details=details,
-            arguments_sha256=_digest(arguments),
+            arguments_sha256=arguments_digest(arguments),
         )
 
     def _record_ttl(self, expires_in: float | None = None) -> float:
@@ -148,7 +93,7 @@ class CibaRequests:
         """How long a request in flight may take before another caller may assume its sender died."""
         return self.client.max_request_seconds + 5.0
 
-    def _new_record(self, ctx: ToolContext, params: _Params, now: float) -> dict[str, Any]:
+    def _new_record(self, ctx: ToolContext, params: RequestParams, now: float) -> dict[str, Any]:
         return {
             "state": "requesting",
             "attempt": 1,
@@ -197,7 +142,9 @@ class CibaRequests:
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl())
         await self._send_request(ctx, key, params, record)
 
-    async def _send_request(self, ctx: ToolContext, key: str, params: _Params, record: dict[str, Any]) -> NoReturn:
+    async def _send_request(
+        self, ctx: ToolContext, key: str, params: RequestParams, record: dict[str, Any]
+    ) -> NoReturn:
         notification_token = None
         if self.options.delivery_mode == "ping" and self.options.ping_key:
             notification_token = new_notification_token(self.options.ping_key, ctx.thread_id, ctx.tool_call_id)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from runtime.backoff import exponential_delay
 from tools.credentials_context import CIBACredentials
 
 CIBA_GRANT_TYPE = "urn:openid:params:grant-type:ciba"
@@ -211,15 +212,14 @@ class RetryPolicy:
     jitter: float = 0.1
 
     def delay(self, retry: int, retry_after: float | None = None) -> float:
-        base = min(self.max_delay, self.base_delay * self.factor**retry)
-        if retry_after is not None:
-            base = min(self.max_delay, max(base, retry_after))
+        floor = retry_after or 0.0  # the server's Retry-After wins over the computed delay
+        base = exponential_delay(retry + 1, self.base_delay, self.max_delay, floor=floor, factor=self.factor)
         return base + random.uniform(0.0, base * self.jitter)
 
     def total_delay(self) -> float:
         """The longest the backoff sleeps of one call can take in all."""
         return sum(
-            min(self.max_delay, self.base_delay * self.factor**n) * (1 + self.jitter)
+            exponential_delay(n + 1, self.base_delay, self.max_delay, factor=self.factor) * (1 + self.jitter)
             for n in range(max(0, self.attempts - 1))
         )
 

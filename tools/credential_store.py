@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -33,6 +34,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import SecretStr
+
+from runtime.backoff import exponential_delay
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +228,7 @@ class SQLiteCredentialStore:
         here (briefly, with backoff) instead of failing with "database is locked"."""
         await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         deadline = time.monotonic() + self.busy_timeout_ms / 1000
-        delay = 0.005
-        while True:
+        for failures in itertools.count(1):
             try:
                 async with db.execute("PRAGMA journal_mode") as cursor:
                     row = await cursor.fetchone()
@@ -237,8 +239,7 @@ class SQLiteCredentialStore:
             except sqlite3.OperationalError as exc:
                 if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
                     raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.1)
+                await asyncio.sleep(exponential_delay(failures, 0.005, 0.1))
         await db.execute("PRAGMA synchronous = FULL")  # a lost pending record means a second push
 
     async def close(self) -> None:

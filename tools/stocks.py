@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from auth.http_pool import shared_client
+from runtime.backoff import exponential_delay, retry_after_seconds
 from tools.base import Tool, ToolContext, ToolError, TransientToolError, current_tool_context
 from tools.ciba_types import BINDING_MESSAGE_RE
 from tools.credentials_context import get_ciba_credentials
@@ -138,17 +139,16 @@ def _error_detail(response: httpx.Response) -> str:
 
 
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
-_RETRY_DELAYS = (0.2, 0.6)
+QUICK_RETRIES = 2
+"""Tries again at once (after 0.2 s, then 0.4 s) before leaving the order to the agent's durable retry."""
 DEFAULT_RETRY_AFTER = 2.0
 """Seconds before the agent tries an order again after the checkout failed transiently (no Retry-After)."""
 
 
 def _retry_after(response: httpx.Response | None) -> float:
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return min(300.0, max(DEFAULT_RETRY_AFTER, float(value))) if value else DEFAULT_RETRY_AFTER
-    except ValueError:
-        return DEFAULT_RETRY_AFTER
+    """The checkout's `Retry-After` (seconds or an HTTP date), between 2 s and 300 s."""
+    seconds = retry_after_seconds(response.headers.get("retry-after")) if response is not None else None
+    return min(300.0, max(DEFAULT_RETRY_AFTER, seconds if seconds is not None else DEFAULT_RETRY_AFTER))
 
 
 async def _place_order(
@@ -164,19 +164,19 @@ async def _place_order(
     }
     response: httpx.Response | None = None
     client = shared_client()
-    for attempt in range(len(_RETRY_DELAYS) + 1):
+    for attempt in range(QUICK_RETRIES + 1):
         try:
             response = await client.post(url, json=body, headers=headers, timeout=request_timeout)
         except httpx.HTTPError as exc:
-            if attempt < len(_RETRY_DELAYS):
-                await asyncio.sleep(_RETRY_DELAYS[attempt])
+            if attempt < QUICK_RETRIES:
+                await asyncio.sleep(exponential_delay(attempt + 1, 0.2, 1.0))
                 continue
             raise TransientToolError(
                 f"buy_stock could not reach the checkout API ({type(exc).__name__}); it will try again",
                 DEFAULT_RETRY_AFTER,
             ) from None
-        if response.status_code in _RETRY_STATUSES and attempt < len(_RETRY_DELAYS):
-            await asyncio.sleep(_RETRY_DELAYS[attempt])
+        if response.status_code in _RETRY_STATUSES and attempt < QUICK_RETRIES:
+            await asyncio.sleep(exponential_delay(attempt + 1, 0.2, 1.0))
             continue
         break
     assert response is not None

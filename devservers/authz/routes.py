@@ -58,6 +58,8 @@ def _endpoint_layout(request: Request) -> EndpointLayout:
 async def discovery(request: Request) -> JSONResponse:
     """`/.well-known/openid-configuration`: where every endpoint is, and what the server supports."""
     state, paths = authz_state(request), _endpoint_layout(request)
+    with state.lock:
+        state.discovery_requests += 1
     base = state.issuer
     return JSONResponse(
         {

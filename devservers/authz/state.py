@@ -81,6 +81,7 @@ class AuthzState:
     """Where the requests are kept (JSON, mode 0600) so that a restart forgets none; None: memory only."""
     backchannel_requests: int = 0
     token_requests: int = 0
+    discovery_requests: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     # -- users and clients ---------------------------------------------------------------------------
@@ -317,6 +318,7 @@ class AuthzState:
         with self.lock:
             return {
                 "backchannel_requests": self.backchannel_requests,
+                "discovery_requests": self.discovery_requests,
                 "token_requests": self.token_requests,
                 "pings_sent": self.pings_sent,
                 "polls_by_request": {r.id: r.polls for r in self.requests.values()},

@@ -1,0 +1,108 @@
+"""What the scale benchmark watches (see `bench/scale_bench.py`): the node's memory, the storage root's host
+actors (their live agents and resident memory), sampled in the background for the peaks, and the floor
+under a host, an empty Ray actor process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.common import rss_mib
+
+NAMESPACE = "agents-scale-bench"
+
+
+def node_used_mib() -> float:
+    """Memory in use on the node (MemTotal - MemAvailable), MiB."""
+    fields = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = int(value.split()[0])
+    return (fields["MemTotal"] - fields["MemAvailable"]) / 1024
+
+
+class Hosts:
+    """The storage root's host actors: live agents and their processes' memory."""
+
+    def __init__(self, storage_dir: Path) -> None:
+        self.storage_dir = storage_dir
+
+    async def stats(self) -> list[dict[str, Any]]:
+        import ray
+
+        from runtime.placement import host_count, host_name
+
+        out = []
+        for slot in range(host_count(self.storage_dir.resolve(), 2)):
+            try:
+                handle = ray.get_actor(host_name(self.storage_dir.resolve(), slot), namespace=NAMESPACE)
+                out.append(await handle.stats.remote())
+            except Exception:
+                continue
+        return out
+
+    async def live_names(self) -> set[str]:
+        return {name for stats in await self.stats() for name in stats["live_names"]}
+
+    async def none_live(self, prefix: str) -> bool:
+        """No thread whose id starts with `prefix` is live (all hibernated): a probe for `wait_until`."""
+        return not any(name.split("/", 1)[1].startswith(prefix) for name in await self.live_names())
+
+
+class Sampler:
+    """Samples node memory, host RSS and live agents every `interval` s in the background; keeps peaks."""
+
+    def __init__(self, hosts: Hosts, interval: float = 0.5) -> None:
+        self.hosts = hosts
+        self.interval = interval
+        self.peak_node_mib = 0.0
+        self.peak_live = 0
+        self.peak_host_rss_mib = 0.0
+        self.rss_at_peak_live = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def sample(self) -> dict[str, Any]:
+        stats = await self.hosts.stats()
+        live = sum(s["live"] + s["leaving"] for s in stats)
+        rss = sum(rss_mib(s["pid"]) for s in stats)
+        node = node_used_mib()
+        self.peak_node_mib = max(self.peak_node_mib, node)
+        self.peak_host_rss_mib = max(self.peak_host_rss_mib, rss)
+        if live >= self.peak_live:
+            self.peak_live, self.rss_at_peak_live = live, rss
+        return {"live": live, "host_rss_mib": rss, "node_mib": node, "hosts": len(stats)}
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sample()
+            except Exception:
+                pass
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def bare_actor_rss() -> float:
+    """RSS of an empty Ray actor process: the floor under any host. (Defined here, not `bench.common.Bare`:
+    pickled by value, it needs nothing of `bench` on the workers' path.)"""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Bare:
+        def pid(self) -> int:
+            return os.getpid()
+
+    actor = Bare.remote()
+    try:
+        return rss_mib(await actor.pid.remote())
+    finally:
+        ray.kill(actor)

@@ -1,0 +1,84 @@
+"""What `with_async_user_confirmation` is configured with, and the vocabulary of its stored records.
+
+`AsyncConfirmationOptions` (the scopes, audience, binding message, callbacks, delivery mode of one wrapped
+tool), the namespaces its records live under in the `CredentialStore`, and the two helpers that turn a
+tool call's arguments into a request (`resolve`) and into the fingerprint an approval is bound to
+(`arguments_digest`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tools.base import ToolContext
+from tools.interrupts import AsyncAuthorizationInterrupt
+
+T = TypeVar("T")
+
+#: A value, or a (sync or async) function of the tool's validated arguments returning it.
+Resolvable = T | Callable[..., T] | Callable[..., Awaitable[T]]
+InterruptCallback = Callable[[AsyncAuthorizationInterrupt, ToolContext], Any]
+
+PENDING_NAMESPACE = "ciba:pending"
+CREDENTIALS_NAMESPACE = "ciba:credentials"
+ATTEMPTS_NAMESPACE = "ciba:attempts"
+
+DENIED_TEXT = "The user has denied the request"
+DEFAULT_CREDENTIAL_TTL = 300.0
+MAX_REQUESTS_PER_CALL = 3
+"""At most this many CIBA requests for one tool call: the first, and new ones after approvals lost on the
+way (see `CibaRequests._check`)."""
+
+
+@dataclass(frozen=True)
+class AsyncConfirmationOptions:
+    """What to ask for, and how to react. See `with_async_user_confirmation`."""
+
+    scopes: tuple[str, ...]
+    binding_message: Resolvable[str]
+    user_id: Resolvable[str] | None = None
+    audience: str | None = None
+    requested_expiry: int = 300
+    authorization_details: Resolvable[list[dict[str, Any]] | None] = None
+    on_authorization_interrupt: InterruptCallback | None = None
+    on_unauthorized: InterruptCallback | None = None
+    retry_backoff: tuple[float, float] = (2.0, 60.0)
+    """(first, max) seconds between attempts while the authorization server is unreachable."""
+    pending_retention: float = 3600.0
+    """How long a pending record outlives its request, so a late check still reports "expired"."""
+    delivery_mode: str = "poll"
+    """"ping": each request carries a notification token and the provider's ping makes the next check
+    happen at once (`accept_ping`); checks on a timer still happen every `ping_fallback` seconds."""
+    ping_fallback: float = 30.0
+    ping_key: bytes | None = None
+    """The MAC key of notification tokens (`tools.ciba_ping.ping_key`); required in ping mode."""
+
+
+@dataclass(frozen=True)
+class RequestParams:
+    """One tool call's request, resolved from its arguments: whom to ask, what they see."""
+
+    user_id: str
+    binding_message: str
+    authorization_details: list[dict[str, Any]] | None
+    arguments_sha256: str
+
+
+def arguments_digest(arguments: Mapping[str, Any]) -> str:
+    """A fingerprint of the tool's arguments, to bind an approval to the action it was given for."""
+    canonical = json.dumps(dict(arguments), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def resolve(value: Any, arguments: Mapping[str, Any]) -> Any:
+    """A `Resolvable`'s value for these tool arguments."""
+    if callable(value):
+        value = value(**arguments)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
