@@ -57,17 +57,15 @@ class Caller:
 
 
 async def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> Caller:
+    """The authenticated caller of a route that names no thread."""
+    return await _caller_of(credentials)
+
+
+async def _caller_of(credentials: HTTPAuthorizationCredentials | None) -> Caller:
     if credentials is None or not credentials.credentials.strip():
         raise bearer_required()
     token = credentials.credentials.strip()
     return Caller(token=token, subject=(await verified_claims(token))["sub"])
-
-
-async def thread_id_param(
-    thread_id: str = Path(description="The thread's id.", json_schema_extra=THREAD_ID_SCHEMA),
-) -> str:
-    """The path's thread id, checked (async: a plain `def` dependency would cost a thread hop)."""
-    return validate_agent_id(thread_id)
 
 
 @dataclass(frozen=True)
@@ -94,6 +92,12 @@ class ThreadAccess:
         return ThreadAccess(self.caller, self.thread_id, await self.gateway.thread(self.thread_id), self.gateway)
 
 
-async def thread_access(thread_id: str = Depends(thread_id_param), who: Caller = Depends(caller)) -> ThreadAccess:
-    """An existing thread (an unknown id is a 404 at the first call, and starts nothing)."""
+async def thread_access(
+    thread_id: str = Path(description="The thread's id.", json_schema_extra=THREAD_ID_SCHEMA),
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),
+) -> ThreadAccess:
+    """An existing thread (an unknown id is a 404 at the first call, and starts nothing). One dependency,
+    not three: FastAPI resolves each on every request, and a read is a few of them plus one actor call."""
+    thread_id = validate_agent_id(thread_id)
+    who = await _caller_of(credentials)
     return ThreadAccess(who, thread_id, await gateway.thread(thread_id), gateway)
