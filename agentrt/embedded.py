@@ -93,9 +93,13 @@ def check_external_auth(env: Mapping[str, str]) -> None:
 
 
 def port_or_free(preferred: int | None, host: str = SERVICES_HOST) -> int:
-    """`preferred` if it can be bound on `host` right now, else a free port."""
+    """`preferred` if a server could listen on it on `host` right now, else a free port.
+
+    With `SO_REUSEADDR`, as uvicorn and Serve bind: connections the last run closed linger in TIME_WAIT for
+    a minute, and without it a restart would move every embedded service (and the dev issuer's URL)."""
     if preferred:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, preferred))
                 return preferred
