@@ -24,8 +24,6 @@ class DiscoveryCache:
     def __init__(self, ttl: float = DEFAULT_DISCOVERY_TTL) -> None:
         self.ttl = ttl
         self._documents: dict[str, tuple[float, dict[str, Any]]] = {}
-        self.fetches = 0
-        """How many documents were fetched (tests, metrics)."""
 
     async def document(
         self, issuer: str, fetch: Callable[[], Awaitable[dict[str, Any]]], *, refresh: bool = False
@@ -35,7 +33,6 @@ class DiscoveryCache:
         remembered = self._documents.get(key)
         if remembered is not None and not refresh and time.monotonic() - remembered[0] < self.ttl:
             return remembered[1]
-        self.fetches += 1
         document = await fetch()
         self._documents[key] = (time.monotonic(), document)
         return document

@@ -33,6 +33,3 @@ class ReadCache(Generic[T]):
         value = await read()
         self._value, self._taken_at = value, taken_at
         return value
-
-    def clear(self) -> None:
-        self._value, self._taken_at = None, None

@@ -84,6 +84,8 @@ class CIBAClient:
     assertion with `assertion_signer` for every request, RFC 7523, and needs no secret). `login_hint_format` chooses
     Auth0's `{"format":"iss_sub","iss":...,"sub":...}` JSON hint or the plain user id. Pass `http` to share
     an `httpx.AsyncClient`; otherwise one is created on first use (per event loop) and closed by `aclose()`.
+    Pass `discovery` to share discovery documents with other consumers (its own ttl then applies, not
+    `discovery_ttl`); by default the client keeps its own.
     """
 
     def __init__(
@@ -119,7 +121,6 @@ class CIBAClient:
         self.login_hint_format: LoginHintFormat = login_hint_format
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
-        self.discovery_ttl = discovery_ttl
         self._shared_http = http
         self._own_http: httpx.AsyncClient | None = None
         self._own_http_loop: asyncio.AbstractEventLoop | None = None
