@@ -1,0 +1,66 @@
+"""The house stays readable: small modules, short functions, imports that point down only.
+
+Issue 10's rules, checked on every run so a change that breaks them fails here rather than in a review:
+no module over 400 lines, no function over 60, and the layers import only the layers below them
+(`runtime` knows nothing of chat or auth; `auth` nothing of tools or agents; ...).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("runtime", "auth", "tools", "agents", "agentrt", "devservers", "examples", "bench", "tests")
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+# What each layer may import from this project (its own package always).
+MAY_IMPORT = {
+    "runtime": set(),
+    "auth": {"runtime"},
+    "tools": {"runtime", "auth"},
+    "agents": {"runtime", "auth", "tools"},
+    "agentrt": {"runtime", "auth", "tools", "agents", "devservers"},
+}
+PROJECT = set(PACKAGES)
+
+
+def modules() -> list[Path]:
+    return sorted(p for package in PACKAGES for p in (REPO / package).rglob("*.py"))
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = {str(p.relative_to(REPO)): n for p in modules() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, long
+
+
+def test_no_function_is_over_60_lines() -> None:
+    long: dict[str, int] = {}
+    for path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long[f"{path.relative_to(REPO)}:{node.name}"] = lines
+    assert not long, long
+
+
+@pytest.mark.parametrize("layer", sorted(MAY_IMPORT))
+def test_imports_point_down(layer: str) -> None:
+    upward: list[str] = []
+    for path in sorted((REPO / layer).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in PROJECT and top != layer and top not in MAY_IMPORT[layer]:
+                    upward.append(f"{path.relative_to(REPO)} imports {name}")
+    assert not upward, upward
