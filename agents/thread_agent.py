@@ -38,18 +38,6 @@ def thread_owner(**_: Any) -> str:
 CREDENTIALS_FOLDER = "credentials"
 
 
-def _adopt_legacy_file(legacy: Path, path: Path) -> None:
-    """Move a store from where earlier versions kept it (`<id>.credentials.sqlite3`, which the thread with id
-    `<id>.credentials` also reached), with its WAL files, so a purchase pending across the upgrade survives."""
-    if path.exists() or not legacy.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ("-wal", "-shm", ""):  # the main file last: its presence says "moved"
-        old = legacy.with_name(legacy.name + suffix)
-        if old.exists():
-            old.replace(path.with_name(path.name + suffix))
-
-
 class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAgent):
     """A chat thread owned by its creator whose sensitive tools wait for the owner's approval."""
 
@@ -101,7 +89,6 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
         """This thread's approved tokens, encrypted with `AUTH0_SESSION_ENCRYPTION_KEY` (one file per thread)."""
         if self._credential_store is None:
             path = self.credential_store_path(self.storage_dir, self.id)
-            _adopt_legacy_file(self.storage_dir / self.agent_class_name() / f"{self.id}.credentials.sqlite3", path)
             self._credential_store = SQLiteCredentialStore(path, AuthSettings().require_encryption_key())
         return self._credential_store
 

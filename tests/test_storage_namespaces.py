@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from agents.chat import Chat
+from runtime import get_agent
 
 
 @pytest.mark.parametrize("thread_id", ["X", "X.credentials", "credentials", "X.sqlite3", "credentials.X"])
@@ -19,18 +24,21 @@ def test_no_thread_id_reaches_another_threads_credential_file(tmp_path: Path, th
     assert Chat.credential_store_path(tmp_path, thread_id) not in theirs
 
 
-def test_a_credential_file_from_the_old_place_is_moved_with_its_wal(tmp_path: Path) -> None:
-    """A purchase pending across the upgrade keeps its request: the store moves to its new folder."""
-    from agents.thread_agent import _adopt_legacy_file
+async def test_a_purchase_never_takes_the_file_of_the_thread_named_like_its_old_credential_store(
+    chat_world: Any, storage_dir: Path
+) -> None:
+    """Review hole 1: thread `N`'s first purchase used to move `Chat/N.credentials.sqlite3` (the agent file of
+    another user's thread `N.credentials`) into its own credential folder, emptying that thread."""
+    name = f"notes-{uuid.uuid4().hex[:8]}"
+    bobs = get_agent(Chat, f"{name}.credentials", storage_dir=storage_dir)
+    await bobs.send_message(chat_world.token("bob"), "hello")
+    bobs_file = Chat.storage_path(storage_dir, f"{name}.credentials")
+    assert bobs_file.exists()
 
-    legacy = tmp_path / "Chat" / "t1.credentials.sqlite3"
-    legacy.parent.mkdir()
-    legacy.write_bytes(b"main")
-    legacy.with_name(legacy.name + "-wal").write_bytes(b"wal")
-    target = tmp_path / "Chat" / "credentials" / "t1.sqlite3"
-    _adopt_legacy_file(legacy, target)
-    assert target.read_bytes() == b"main" and target.with_name("t1.sqlite3-wal").read_bytes() == b"wal"
-    assert not legacy.exists()
-    legacy.write_bytes(b"stale")  # once moved, never again (the new file wins)
-    _adopt_legacy_file(legacy, target)
-    assert target.read_bytes() == b"main"
+    alices = get_agent(Chat, name, storage_dir=storage_dir)
+    (tool,) = [m for m in await alices.send_message(chat_world.token("alice"), "buy 1 MSFT") if m.role == "tool"]
+    assert tool.state == "pending-authorization"  # the credential store of `name` is open now
+
+    assert bobs_file.exists()
+    assert Chat.credential_store_path(storage_dir, name).exists()
+    assert [m.content for m in await bobs.get_messages(chat_world.token("bob")) if m.role == "user"] == ["hello"]
