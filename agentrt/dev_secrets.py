@@ -15,6 +15,8 @@ import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from runtime.private_files import private_dir
+
 FILE_NAME = "dev-secrets.json"
 
 
@@ -37,7 +39,7 @@ def load_or_create(storage_dir: Path) -> DevSecrets:
             client_secret=secrets.token_urlsafe(32),
             encryption_key=secrets.token_hex(32),
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:

@@ -28,6 +28,7 @@ from agents.settings import ChatSettings
 from auth.issuer import issuer_url
 from auth.settings import DEFAULT_CHECKOUT_AUDIENCE, AuthConfigError, AuthSettings
 from devservers.server_thread import free_port
+from runtime.private_files import private_dir
 from runtime.settings import RuntimeSettings
 from tools.stocks import StockToolSettings
 
@@ -152,7 +153,7 @@ def start_dev_checkout(
     """The demo checkout API, trusting `issuer` (the dev server's, else the configured one)."""
     from devservers.checkout_api import CheckoutServer
 
-    storage_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(storage_dir)
     return CheckoutServer(
         issuer=issuer or issuer_url(env.get("AUTH_ISSUER"), env.get("AUTH0_DOMAIN")),
         audience=env.get("CHECKOUT_AUDIENCE") or DEFAULT_CHECKOUT_AUDIENCE,

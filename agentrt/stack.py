@@ -41,6 +41,7 @@ from agentrt.embedded import (
     uses_dev_checkout,
     uses_offline_model,
 )
+from runtime.private_files import private_dir
 
 logger = logging.getLogger("agentrt.stack")
 
@@ -207,7 +208,7 @@ class Stack:
         import runtime
 
         opts = self.options
-        Path(opts.storage_dir).mkdir(parents=True, exist_ok=True)
+        private_dir(opts.storage_dir)
         if opts.use_current_ray and ray.is_initialized():
             runtime.init(storage_dir=opts.storage_dir, namespace=opts.namespace, start_hosts=True)
             return

@@ -8,6 +8,7 @@ answerable in order, whatever was said in the thread since.
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -23,6 +24,15 @@ def validate_message_id(message_id: object) -> str:
     if not isinstance(message_id, str) or not MESSAGE_ID_PATTERN.fullmatch(message_id):
         raise InvalidMessageError("message_id must be 1-128 characters of letters, digits, '_', '.', ':' and '-'")
     return message_id
+
+
+def tool_call_id_from_model(wanted: object) -> str:
+    """The id a model gave a tool call, if it is safe to key state on, log and put in a URL (the same
+    characters as a message id); otherwise a fresh `call_<hex>`. A model endpoint chooses these ids, so one
+    could forge log lines or paths with them."""
+    if isinstance(wanted, str) and MESSAGE_ID_PATTERN.fullmatch(wanted):
+        return wanted
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 ToolCallState = Literal["call", "running", "pending-authorization", "awaiting-confirmation", "result"]

@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from agents.messages import ChatMessage, ToolCall
+from agents.messages import ChatMessage, ToolCall, tool_call_id_from_model
 from runtime import AgentStorage
 from runtime.read_cache import ReadCache
 
@@ -74,7 +74,7 @@ class ThreadStore:
             )
             for position, raw in enumerate(raw_calls):
                 call = ToolCall(
-                    id=await _unique_call_id(tx, raw.get("id") or f"call_{uuid.uuid4().hex[:24]}"),
+                    id=await _unique_call_id(tx, tool_call_id_from_model(raw.get("id"))),
                     message_id=message_id,
                     name=raw.get("name", ""),
                     arguments=raw.get("arguments") or "{}",
@@ -189,11 +189,11 @@ class ThreadStore:
 
 async def _unique_call_id(tx: Any, wanted: str) -> str:
     """Models may reuse tool call ids across messages; ours key durable state, so keep them unique."""
-    candidate = wanted[:200]
+    candidate = wanted
     suffix = 1
     while await tx.fetchone("SELECT 1 FROM tool_calls WHERE id = ?", (candidate,)) is not None:
         suffix += 1
-        candidate = f"{wanted[:190]}-{suffix}"
+        candidate = f"{wanted[:118]}-{suffix}"
     return candidate
 
 

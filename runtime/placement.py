@@ -15,6 +15,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from runtime.private_files import private_dir
+
 PLACEMENT_FILE = "placement.json"
 
 
@@ -44,7 +46,7 @@ def host_count(storage_dir: Path, configured: int) -> int:
         return _read_hosts(path)
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     temporary = path.with_name(f".{PLACEMENT_FILE}.{os.getpid()}")
     temporary.write_text(json.dumps({"hosts": configured}))
     try:

@@ -30,6 +30,7 @@ import aiosqlite
 from pydantic import BaseModel, TypeAdapter
 
 from runtime.errors import StaleActivationError
+from runtime.private_files import private_file
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -135,7 +136,7 @@ class AgentStorage:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def open(self) -> AgentStorage:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)
         self._write_lock = asyncio.Lock()
         self._writer = await self._connect()
         await self._writer.execute(f"PRAGMA journal_mode={'WAL' if self.journal == 'wal' else 'DELETE'}")

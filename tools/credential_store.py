@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import SecretStr
 
 from runtime.backoff import exponential_delay
+from runtime.private_files import private_file
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +204,7 @@ class SQLiteCredentialStore:
                 stale, self._db = self._db, None
                 with contextlib.suppress(Exception):
                     await stale.close()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not self.path.exists():
-                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-                os.close(fd)
+            private_file(self.path)
             pending = aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
             # aiosqlite runs each connection in a non-daemon thread: a store nobody closed (an agent that
             # just goes away) would keep the interpreter from exiting. SQLite is crash-safe, so let it die.
