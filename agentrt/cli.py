@@ -123,6 +123,8 @@ def serve(
     if agent:  # the agents import it too: from the current folder, as here
         extra_env["AGENTRT_AGENT_CLASS"] = _checked_agent_class(agent)
         extra_env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+    if insecure_dev_login:  # a demo on a trusted network: the API answers whatever name it is reached by
+        extra_env["AGENTRT_ALLOWED_HOSTS"] = "*"
     options = StackOptions(
         host=host,
         port=port,

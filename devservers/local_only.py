@@ -23,6 +23,23 @@ def _host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def refusal(
+    headers: dict[str, str], method: str, *, check_write: bool = True, other_hosts: frozenset[str] = frozenset()
+) -> tuple[int, str, str] | None:
+    """(status, error, detail) for a request that must be refused, else None: 421 for a `Host` that is not
+    this machine (nor one of `other_hosts`; "*" allows any), 403 for a cross-origin write when
+    `check_write`. `headers` are lower-cased names."""
+    host = headers.get("host", "")
+    name = _host_name(host).lower()
+    if name not in LOCAL_HOST_NAMES and name not in other_hosts and "*" not in other_hosts:
+        return (421, "misdirected_request", "this development server answers only requests to this machine")
+    if check_write and method not in SAFE_METHODS:
+        origin = headers.get("origin")
+        if (origin is not None and origin != f"http://{host}") or headers.get("sec-fetch-site") == "cross-site":
+            return (403, "cross_origin", "a request from another site may not change anything here")
+    return None
+
+
 class LocalOnly:
     """ASGI middleware: 421 for a `Host` that is not this machine, 403 for a cross-origin write."""
 
@@ -34,18 +51,11 @@ class LocalOnly:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
-        host = headers.get("host", "")
-        refusal: tuple[int, str, str] | None = None
-        if _host_name(host).lower() not in LOCAL_HOST_NAMES:
-            refusal = (421, "misdirected_request", "this development server answers only requests to this machine")
-        elif scope.get("method", "GET") not in SAFE_METHODS:
-            origin = headers.get("origin")
-            if (origin is not None and origin != f"http://{host}") or headers.get("sec-fetch-site") == "cross-site":
-                refusal = (403, "cross_origin", "a request from another site may not change anything here")
-        if refusal is None:
+        refused = refusal(headers, scope.get("method", "GET"))
+        if refused is None:
             await self.app(scope, receive, send)
             return
-        status, error, detail = refusal
+        status, error, detail = refused
         body = json.dumps({"error": error, "error_description": detail, "detail": detail}).encode()
         start = {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
         await send(start)

@@ -265,3 +265,23 @@ async def test_a_callers_token_is_checked_once_per_process_not_once_per_call(htt
             assert (await client.get(f"/threads/{thread}/messages")).status_code == 200
         assert (await client.get("/threads")).status_code == 200
         assert await signature_checks(http_api) == first
+
+
+async def test_with_the_dev_sign_in_a_rebound_name_gets_nothing_and_cross_site_sign_in_is_refused(
+    http_api: HttpApi,
+) -> None:
+    """Review hole 7: a web page that rebinds its own name to 127.0.0.1 must not sign in as alice through
+    the API's `/dev/login` proxy and read her threads; a cross-site sign-in is refused too."""
+    async with http_api.client() as http:
+        for path, method in (("/dev/login", "POST"), ("/threads", "GET"), ("/config", "GET")):
+            rebound = await http.request(
+                method, path, json={"username": "alice"}, headers={"Host": "evil.example", **http_api.headers("alice")}
+            )
+            assert_error(rebound, 421, "misdirected_request")
+        for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            refused = await http.post("/dev/login", json={"username": "alice"}, headers=headers)
+            assert_error(refused, 403, "cross_origin")
+        same_origin = await http.post("/dev/login", json={"username": "alice"}, headers={"Origin": http_api.url})
+        assert same_origin.status_code == 200 and same_origin.json()["access_token"]
+        by_name = await http.get("/threads", headers={"Host": "localhost", **http_api.headers("alice")})
+        assert by_name.status_code == 200

@@ -3,6 +3,7 @@ paths with the tool call ids it chooses."""
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def mode(path: Path) -> int:
 
 
 async def test_an_agents_file_and_its_folders_are_private(storage_dir: Path) -> None:
-    storage_dir.rmdir()  # let the runtime create the root, as `agentrt serve` does on a fresh machine
+    os.rmdir(storage_dir)  # let the runtime create the root, as `agentrt serve` does on a fresh machine
     counter = get_agent(Counter, "private-1", storage_dir=storage_dir)
     await counter.put("k", "v")
     path = Counter.storage_path(storage_dir, "private-1")

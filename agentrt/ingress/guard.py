@@ -2,6 +2,10 @@
 
 Thread routes without a bearer token get 401 and bodies over `AGENTRT_MAX_BODY_BYTES` get 413 (by
 Content-Length, or while a chunked body streams in), so neither costs a parse, a token check or an actor.
+With the dev sign-in on (the dev authorization server hands anyone a demo user's token through
+`/dev/login`), the API also keeps to this machine as the dev servers do (`devservers.local_only`): a `Host`
+that is not this machine is 421 (a web page that rebinds its name to 127.0.0.1 cannot sign in as alice
+and read her threads), and a cross-origin write to `/dev/*` is 403.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentrt.ingress.errors import BEARER_REQUIRED, error_response
 from agentrt.ingress.settings import IngressSettings
+from devservers.local_only import refusal as local_only_refusal
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -32,14 +37,17 @@ class RequestGuard:
 
     def __init__(self, app: ASGIApp, max_bytes: int | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes or IngressSettings().max_body_bytes
+        settings = IngressSettings()
+        self.max_bytes = max_bytes or settings.max_body_bytes
+        self.local_only = settings.dev_base() is not None
+        self.other_hosts = settings.other_hosts()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        refusal = self._refusal(scope.get("path", ""), headers)
+        refusal = self._refusal(scope, scope.get("path", ""), headers)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -56,7 +64,15 @@ class RequestGuard:
 
         await self.app(scope, limited_receive, send)
 
-    def _refusal(self, path: str, headers: dict[bytes, bytes]) -> ASGIApp | None:
+    def _refusal(self, scope: Scope, path: str, headers: dict[bytes, bytes]) -> ASGIApp | None:
+        if self.local_only:
+            named = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers.items()}
+            method = scope.get("method", "GET")
+            refused = local_only_refusal(
+                named, method, check_write=path.startswith("/dev/"), other_hosts=self.other_hosts
+            )
+            if refused is not None:
+                return error_response(*refused)
         if _needs_bearer(path) and not _has_bearer(headers):
             return error_response(401, "unauthenticated", BEARER_REQUIRED, {"WWW-Authenticate": "Bearer"})
         length = headers.get(b"content-length")

@@ -33,6 +33,14 @@ class IngressSettings(BaseSettings):
         validation_alias=AliasChoices("AGENTRT_AGENT_CLASS"),
         description="The thread agent served (`module:Class`, a `ThreadAgent` subclass).",
     )
+    allowed_hosts: str = Field(
+        default="",
+        validation_alias=AliasChoices("AGENTRT_ALLOWED_HOSTS"),
+        description=(
+            "With the dev sign-in on, the host names (comma-separated) the API answers besides this machine's "
+            "loopback names; '*' for any (`agentrt serve --insecure-dev-login`). Others get 421: no DNS rebinding."
+        ),
+    )
     auth_issuer: str | None = Field(default=None, validation_alias=AliasChoices("AUTH_ISSUER"))
     auth0_domain: str | None = Field(default=None, validation_alias=AliasChoices("AUTH0_DOMAIN"))
     audience: str | None = Field(default=None, validation_alias=AliasChoices("AUTH0_AUDIENCE"))
@@ -67,6 +75,10 @@ class IngressSettings(BaseSettings):
             return issuer_url(self.auth_issuer, self.auth0_domain)
         except AuthConfigError:
             return None
+
+    def other_hosts(self) -> frozenset[str]:
+        """`allowed_hosts` as lower-cased names."""
+        return frozenset(name.strip().lower() for name in self.allowed_hosts.split(",") if name.strip())
 
     def dev_base(self) -> str | None:
         return self.dev_authz_url.rstrip("/") if self.dev_authz_url else None
