@@ -252,3 +252,53 @@ async def run_until_asked_again(tool: Tool, ctx: ToolContext, timeout: float = 1
         except AuthorizationPollingInterrupt as interrupt:
             await sleep_until(min(interrupt.next_check_at or time.time(), deadline))
     raise AssertionError("the call was not asked again")
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_gateway_error_after_the_tokens_were_issued_is_a_lost_answer_not_a_refusal(
+    authz: DevAuthorizationServer,  # noqa: F811
+    client: CIBAClient,  # noqa: F811
+    store: SQLiteCredentialStore,  # noqa: F811
+    status: int,
+) -> None:
+    """Review hole 3: the provider handed out the tokens, and a gateway in front of it answered 502/504.
+    Polling again at once would meet `invalid_grant` (the request is spent) and end the call as refused;
+    a 502/504 may have been acted on, so the call backs off, and the next check asks the user once more."""
+    raw = RecordingTool()
+    tool = wrap(raw.tool(), store, client)
+    ctx = tool_context(f"call-gateway-{status}")
+    with pytest.raises(AuthorizationPendingInterrupt):
+        await tool.run(ARGS, ctx)
+    first = await only_request(authz)
+    await decide(authz, first["id"], approve=True)
+    authz.replace_answers(1, status)
+    with pytest.raises(AuthorizationPollingInterrupt) as lost:
+        await run_until_done_or_polling(tool, ctx)
+    assert lost.value.reason == "transient_error"
+    again = await run_until_a_new_request(authz, tool, ctx, first["id"])
+    await decide(authz, again["id"], approve=True)
+    assert await run_until_done(tool, ctx) == "bought 10 MSFT"
+    assert len(raw.runs) == 1
+
+
+async def run_until_a_new_request(
+    authz: DevAuthorizationServer,  # noqa: F811
+    tool: Tool,
+    ctx: ToolContext,
+    old_id: str,
+    timeout: float = 15.0,
+) -> dict[str, Any]:
+    """Run the call at its check times until the user has a new pending request for it; a result first
+    (the call ended, as a refusal) fails."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            result = await tool.run(ARGS, ctx)
+        except (AuthorizationPendingInterrupt, AuthorizationPollingInterrupt) as interrupt:
+            fresh = [r for r in await requests_for(authz) if r["id"] != old_id]
+            if fresh:
+                return fresh[0]
+            await sleep_until(min(interrupt.next_check_at or time.time(), deadline))
+        else:
+            raise AssertionError(f"the call ended instead of asking again: {result!r}")
+    raise AssertionError("the call was not asked again")

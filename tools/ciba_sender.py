@@ -4,8 +4,10 @@ A provider outage must never look like the user saying no, and a request must ne
 because it was retried. So a fault is retried with the `RetryPolicy`'s backoff only when sending again is
 harmless: always for a replay-safe request (discovery, a configuration check), and for the others
 (a backchannel request, a token poll) only when the request certainly did not take effect — the
-connection failed, or the server answered 429/502/503/504. Anything else becomes `CIBATransientError`,
-with `maybe_sent` saying whether the provider may have acted on it.
+connection failed, or the server answered 429 or 503. A 502 or 504 comes from a gateway that may have
+passed the request on (the provider handed out the tokens, and its answer was lost), so it is ambiguous,
+as a timeout after sending is. Anything else becomes `CIBATransientError`, with `maybe_sent` saying
+whether the provider may have acted on it.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ log = logging.getLogger("tools.ciba_client")
 
 CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 """Faults before the request left: sending again is always safe."""
-RETRYABLE_STATUSES_NOT_SENT = frozenset({429, 502, 503, 504})
-"""Answers that say the request was not acted on."""
+RETRYABLE_STATUSES_NOT_SENT = frozenset({429, 503})
+"""Answers that say the request was not acted on (a 502/504 says nothing of the kind)."""
 
 
 @dataclass

@@ -115,6 +115,11 @@ class DevAuthorizationServer:
         to a client whose timeout is shorter)."""
         self.state.stall.delay_answers(seconds)
 
+    def replace_answers(self, count: int, status: int = 502, path: str = "token") -> None:
+        """Serve the next `count` requests whose path contains `path` (default: the token endpoint) and
+        answer each with `status` instead (a gateway error after the server acted: tokens handed out)."""
+        self.state.stall.replace_answers(count, status, path)
+
     def __enter__(self) -> DevAuthorizationServer:
         return self.start()
 
