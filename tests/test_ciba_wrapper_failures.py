@@ -302,3 +302,28 @@ async def run_until_a_new_request(
         else:
             raise AssertionError(f"the call ended instead of asking again: {result!r}")
     raise AssertionError("the call was not asked again")
+
+
+async def test_a_slow_provider_gets_at_most_the_capped_requests_then_the_call_ends_clearly(
+    authz: DevAuthorizationServer,  # noqa: F811
+    client: CIBAClient,  # noqa: F811
+    store: SQLiteCredentialStore,  # noqa: F811
+) -> None:
+    """Review hole 4: every backchannel request reaches the provider, which acts on it (a push to the
+    user's phone) but answers too late for the client. Each check used to send a new one, for as long as
+    the provider stayed slow; now the call sends at most `MAX_REQUESTS_PER_CALL`, backing off, then ends
+    with a result that says what happened, and its record lives no longer than the first request would."""
+    from tools.ciba_options import MAX_REQUESTS_PER_CALL
+
+    raw = RecordingTool()
+    tool = wrap(raw.tool(), store, client)
+    ctx = tool_context("call-slow-provider")
+    await client.discover()  # the provider's document first: from here on it acts at once, answers late
+    authz.delay_answers(120.0)  # every answer arrives after the client's timeout (2 s)
+    started = time.time()
+    result = await run_until_done(tool, ctx, timeout=60.0)
+    assert "could not be completed" in result and "Ask again later" in result
+    assert authz.state.backchannel_requests == MAX_REQUESTS_PER_CALL
+    assert raw.runs == []
+    assert await store.get(PENDING_NAMESPACE, f"thread-1:buy:{ctx.tool_call_id}") is None
+    assert time.time() - started < 60.0

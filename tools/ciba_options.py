@@ -31,8 +31,10 @@ ATTEMPTS_NAMESPACE = "ciba:attempts"
 DENIED_TEXT = "The user has denied the request"
 DEFAULT_CREDENTIAL_TTL = 300.0
 MAX_REQUESTS_PER_CALL = 3
-"""At most this many CIBA requests for one tool call: the first, and new ones after approvals lost on the
-way (see `CibaRequests._check`)."""
+"""At most this many CIBA requests that may have reached the user's device, for one tool call, on every
+path: the first, new ones after approvals lost on the way (`CibaRequests._check`), and resends of a request
+whose answer was lost (a timeout or a 5xx after sending: `CibaRequests._resume_requesting`). A request that
+certainly never left (no connection, 429, 503) does not count. Past the cap the call ends clearly."""
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,7 @@ class CibaRequests:
         return {
             "state": "requesting",
             "attempt": 1,
+            "pushes": 1,
             "lease_until": now + self._lease(),
             "next_poll_at": None,
             "failures": 0,
@@ -116,15 +117,17 @@ class CibaRequests:
     async def _resume_requesting(
         self, ctx: ToolContext, key: str, arguments: Mapping[str, Any], record: dict[str, Any]
     ) -> None:
-        """A record without `auth_req_id`: wait while its sender may still be at work, else take over."""
+        """A record without `auth_req_id`: wait while its sender may still be at work, else take over (within
+        the per-call cap on requests, and the first request's lifetime)."""
         now = self.clock()
         wait_until = max(float(record.get("lease_until") or 0.0), float(record.get("next_poll_at") or 0.0))
         if now < wait_until:
             raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=wait_until)
+        await self._end_if_out_of_requests(ctx, key, record, now)
         attempt = int(record.get("attempt") or 1) + 1
         params = await self._params(ctx, arguments)
         claimed = await self.store.create_if_absent(
-            ATTEMPTS_NAMESPACE, f"{key}#{attempt}", {"at": now}, ttl=self._record_ttl()
+            ATTEMPTS_NAMESPACE, f"{key}#{attempt}", {"at": now}, ttl=self._requesting_ttl(record, now)
         )
         if not claimed:  # another caller took this attempt over; it is sending the request now
             return
@@ -135,12 +138,50 @@ class CibaRequests:
             )
         record.update(
             attempt=attempt,
+            pushes=self._pushes(record) + 1,
             lease_until=now + self._lease(),
             binding_message=params.binding_message,
             arguments_sha256=params.arguments_sha256,
         )
-        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl())
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._requesting_ttl(record, now))
         await self._send_request(ctx, key, params, record)
+
+    async def _end_if_out_of_requests(self, ctx: ToolContext, key: str, record: dict[str, Any], now: float) -> None:
+        """Before another request for this call: end the call (a terminal, clear result) if it has had its
+        `MAX_REQUESTS_PER_CALL` requests that may have reached the user's device, or if the first request's
+        lifetime has passed without one being accepted. Otherwise a slow provider would push the user's phone
+        again at every check, for as long as it stays slow."""
+        first_deadline = float(record.get("created_at") or now) + self.options.requested_expiry
+        if self._pushes(record) < MAX_REQUESTS_PER_CALL and now < first_deadline:
+            return
+        metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="error")
+        await self.store.delete(PENDING_NAMESPACE, key)
+        log.warning(
+            "CIBA tool call %s: no request accepted after %d sent; ending the call",
+            ctx.tool_call_id,
+            self._pushes(record),
+        )
+        raise self._interrupt(
+            AuthorizationRequestFailedInterrupt,
+            ctx,
+            record,
+            f"The approval request for {self.tool.name} could not be completed: the authorization server did not "
+            f"answer in time ({self._pushes(record)} request(s) sent, the last ones may have reached the user's "
+            "device). Nothing was done; any approval still shown on the device will not be used. "
+            "Ask again later.",
+            error="too_many_requests",
+        )
+
+    @staticmethod
+    def _pushes(record: Mapping[str, Any]) -> int:
+        """Requests of this call that may have reached the provider (and so the user's device)."""
+        return int(record.get("pushes") or record.get("attempt") or 1)
+
+    def _requesting_ttl(self, record: Mapping[str, Any], now: float) -> float:
+        """A record still asking lives as long as its first request would have, never longer: a write
+        does not extend it."""
+        created = float(record.get("created_at") or now)
+        return max(1.0, created + self.options.requested_expiry - now) + self.options.pending_retention
 
     async def _send_request(
         self, ctx: ToolContext, key: str, params: RequestParams, record: dict[str, Any]
@@ -170,8 +211,10 @@ class CibaRequests:
             backoff = max(self._backoff(failures, 0.0), exc.retry_after or 0.0)  # the server's Retry-After wins
             if exc.maybe_sent:
                 log.warning("CIBA request for tool call %s may have reached the server; will retry", ctx.tool_call_id)
+            else:  # it certainly never left: it does not count against the call's requests
+                record["pushes"] = max(0, self._pushes(record) - 1)
             record.update(failures=failures, lease_until=now, next_poll_at=now + backoff)
-            await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl())
+            await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._requesting_ttl(record, now))
             raise self._interrupt(
                 AuthorizationPollingInterrupt,
                 ctx,
@@ -294,7 +337,7 @@ class CibaRequests:
             await self.store.delete(PENDING_NAMESPACE, key)
             raise self._interrupt(AuthorizationRequestExpiredInterrupt, ctx, record)
         if isinstance(result, InvalidGrant):
-            lost = answer_lost_before and int(record.get("attempt") or 1) < MAX_REQUESTS_PER_CALL
+            lost = answer_lost_before and self._pushes(record) < MAX_REQUESTS_PER_CALL
             metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="lost" if lost else "error")
             if lost:
                 await self._ask_again(ctx, key, record, arguments)  # raises
@@ -334,6 +377,8 @@ class CibaRequests:
         record.update(
             state="requesting",
             attempt=int(record.get("attempt") or 1) + 1,
+            pushes=self._pushes(record) + 1,
+            created_at=now,  # a new request: the user has its lifetime to answer it
             auth_req_id=None,
             lease_until=now + self._lease(),
             next_poll_at=None,
@@ -341,7 +386,7 @@ class CibaRequests:
             binding_message=params.binding_message,
             arguments_sha256=params.arguments_sha256,
         )
-        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl())
+        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._requesting_ttl(record, now))
         await self._send_request(ctx, key, params, record)
 
     def _poll_gap(self, interval: float) -> float:
