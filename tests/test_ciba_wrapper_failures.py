@@ -327,3 +327,29 @@ async def test_a_slow_provider_gets_at_most_the_capped_requests_then_the_call_en
     assert raw.runs == []
     assert await store.get(PENDING_NAMESPACE, f"thread-1:buy:{ctx.tool_call_id}") is None
     assert time.time() - started < 60.0
+
+
+async def test_a_spent_approval_is_remembered_past_the_retention_so_a_late_rerun_never_asks_again(
+    authz: DevAuthorizationServer,  # noqa: F811
+    client: CIBAClient,  # noqa: F811
+    store: SQLiteCredentialStore,  # noqa: F811
+) -> None:
+    """Review hole 9: the tool ran with the approval, then the agent could not record the result for longer
+    than `pending_retention` (a cluster down for that long). Its re-run must replay the outcome, not find
+    nothing and send the user a new request."""
+    import dataclasses
+
+    raw = RecordingTool()
+    tool = wrap(raw.tool(), store, client)
+    confirmation = tool.confirmation  # type: ignore[attr-defined]
+    confirmation.options = dataclasses.replace(confirmation.options, pending_retention=0.5)
+    ctx = tool_context("call-late-result")
+    with pytest.raises(AuthorizationPendingInterrupt):
+        await tool.run(ARGS, ctx)
+    await decide(authz, (await only_request(authz))["id"], approve=True)
+    assert await run_until_done(tool, ctx) == "bought 10 MSFT"
+    await sleep_until(time.time() + 1.0)  # twice the retention: anything kept for it is gone
+    assert await tool.run(ARGS, ctx) == "bought 10 MSFT"  # the outcome, replayed
+    assert len(raw.runs) == 1
+    assert (await stats(authz))["backchannel_requests"] == 1
+    assert await requests_for(authz) == []

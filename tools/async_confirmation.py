@@ -140,11 +140,15 @@ class AsyncUserConfirmation(CibaRequests):
 
     async def _consume(self, key: str, *, result: Any = None, error: str | None = None) -> None:
         """Replace the credential by the call's outcome (one row, one write): the token is gone, and a re-run
-        after a crash gets the outcome back without running the tool or asking the user again."""
+        after a crash gets the outcome back without running the tool or asking the user again.
+
+        The outcome never expires: a re-run may come any time before the agent records the result (after a
+        cluster was down for a day), and one that found no row would ask the user again. It is one small row
+        per approved call, kept like the call's result in the thread."""
         if not isinstance(result, str | int | float | bool | list | dict | type(None)):
             result = str(result)
         outcome = {"done": True, "result": result, "error": error}
-        await self.store.put(CREDENTIALS_NAMESPACE, key, outcome, ttl=self.options.pending_retention)
+        await self.store.put(CREDENTIALS_NAMESPACE, key, outcome, ttl=None)
 
     def key_for(self, ctx: ToolContext) -> str:
         return f"{ctx.thread_id}:{self.tool.name}:{ctx.tool_call_id}"

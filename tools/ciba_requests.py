@@ -303,13 +303,16 @@ class CibaRequests:
         credentials = result.tokens.to_credentials(received_at=after)
         if not credentials.scope:  # RFC 6749 5.1: no scope in the answer means the requested one
             credentials = credentials.model_copy(update={"scope": ["openid", *self.options.scopes]})
-        ttl = float(result.tokens.expires_in) if result.tokens.expires_in else DEFAULT_CREDENTIAL_TTL
+        if credentials.expires_at is None:  # no `expires_in`: usable for a default time, not forever
+            credentials = credentials.model_copy(update={"expires_at": after + DEFAULT_CREDENTIAL_TTL})
         stored = {
             "credentials": credentials.model_dump(mode="json"),
             "arguments_sha256": record.get("arguments_sha256"),
         }
-        # Kept past the token's expiry, so an expiry during the tool's retries is seen as such.
-        await self.store.put(CREDENTIALS_NAMESPACE, key, stored, ttl=max(ttl, 1.0) + self.options.pending_retention)
+        # No row lifetime: the token's own `expires_at` decides (`_bound_credentials`), so an expiry during the
+        # tool's retries, or a cluster down for longer than the token lives, ends the call as "expired" and
+        # never as a fresh request to the user.
+        await self.store.put(CREDENTIALS_NAMESPACE, key, stored, ttl=None)
         await self.store.delete(PENDING_NAMESPACE, key)
         return stored
 
