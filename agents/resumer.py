@@ -8,24 +8,33 @@ credential and the conversation continues; denied or expired -> that becomes the
 
 One pending check per tool call: scheduling a new one replaces the old, so overlapping resumer loops
 (a known flaw of other resumers) cannot happen.
+
+A check that fails (its storage busy, the tool's code raising) is never parked while the user may still
+decide: the runtime retries it with backoff (`keeps_retrying`), and once the request has expired the check
+ends the call with a result that says so, instead of leaving it pending forever.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 from agents.host import MixinBase
 from agents.messages import ToolCall
 from auth.settings import AuthSettings
-from runtime import internal, turn
+from runtime import Schedule, internal, turn
 from tools.base import ToolContext
 from tools.ciba_ping import notification_target, ping_key
 from tools.interrupts import AsyncAuthorizationInterrupt
 
 CHECK_CALLBACK = "check_async_user_confirmation"
 DEFAULT_INTERVAL_SECONDS = 5.0
+UNKNOWN_EXPIRY_SECONDS = 3600.0
+"""How long a failing check keeps trying for a call whose request's expiry is not known (never sent)."""
+
+logger = logging.getLogger("agents.resumer")
 
 
 class AsyncUserConfirmationResumer(MixinBase):
@@ -82,8 +91,28 @@ class AsyncUserConfirmationResumer(MixinBase):
 
     @internal
     async def check_async_user_confirmation(self, payload: dict[str, Any]) -> None:
-        """The alarm: poll once by re-running the tool call (a no-op if it already finished)."""
-        await self.resume_tool_call(payload)
+        """The alarm: poll once by re-running the tool call (a no-op if it already finished). If that fails
+        after the request expired, end the call clearly; before, raise, and the runtime tries again."""
+        try:
+            await self.resume_tool_call(payload)
+        except Exception as exc:
+            call = await self.thread_store.call(str(payload.get("tool_call_id", "")))
+            if call is None or call.state != "pending-authorization" or time.time() < _expiry(call):
+                raise
+            logger.warning("%s: the approval check of %s failed past its expiry: %s", self.name, call.id, exc)
+            await self._finish_call(
+                call,
+                f"The approval for {call.name} could not be checked before the request expired "
+                f"({type(exc).__name__}); it was not confirmed. If you approved it, check the outcome "
+                "before asking again.",
+            )
+            await self._continue_if_resolved(call.id)
+
+    @internal
+    def keeps_retrying(self, schedule: Schedule) -> bool:
+        """Approval checks are retried for as long as they fail (they end the call themselves once the
+        request has expired); other schedules as the base class says."""
+        return schedule.callback == CHECK_CALLBACK or super().keeps_retrying(schedule)
 
     async def _schedule_recovery(self) -> None:
         """After a restart, every call still waiting for approval has a check scheduled."""
@@ -96,3 +125,9 @@ class AsyncUserConfirmationResumer(MixinBase):
         for call in await self.thread_store.calls("pending-authorization"):
             if json.dumps({"tool_call_id": call.id}, sort_keys=True) not in scheduled:
                 await self.schedule_async_user_confirmation_check(call.id, call.interrupt or {})
+
+
+def _expiry(call: ToolCall) -> float:
+    """When the call's request expires (from its last interrupt), or a bound if it was never sent."""
+    expires_at = (call.interrupt or {}).get("expires_at")
+    return float(expires_at) if expires_at else float(call.created_at) + UNKNOWN_EXPIRY_SECONDS

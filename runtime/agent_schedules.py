@@ -34,7 +34,7 @@ DueReporter = Callable[["AgentSchedules", float | None], Awaitable[bool]]
 
 # Names a schedule may never call back: the runtime's own machinery and lifecycle hooks.
 _RESERVED_CALLBACKS = frozenset(
-    {"schedule", "cancel_schedule", "get_schedules", "set_state", "on_start", "on_error", "ready"}
+    {"schedule", "cancel_schedule", "get_schedules", "set_state", "on_start", "on_error", "ready", "keeps_retrying"}
 )
 
 SCHEDULE_RETRY_MAX_SECONDS = 300.0
@@ -101,6 +101,13 @@ class AgentSchedules:
         rows = await self.storage.fetchall(sql + " ORDER BY due_at", params)
         return [_schedule_from_row(row) for row in rows]
 
+    def keeps_retrying(self, schedule: Schedule) -> bool:
+        """Whether a failing `schedule` is retried (with backoff, at most every `SCHEDULE_RETRY_MAX_SECONDS`)
+        for as long as it fails instead of being parked as failed after `schedule_max_retries`. Override it
+        for a callback whose work cannot wait for the next activation to re-arm it (an approval check while
+        the user may still decide); such a callback must end its own work when retrying stops making sense."""
+        return False
+
     def _validate_callback(self, callback: object) -> None:
         if not isinstance(callback, str) or not callback.isidentifier():
             raise InvalidScheduleError(f"callback must be a method name, got {callback!r}")
@@ -134,7 +141,7 @@ class AgentSchedules:
         except Exception as exc:
             attempts = schedule.attempts + 1
             message = f"{type(exc).__name__}: {exc}"[:1000]
-            parked = attempts > self.schedule_max_retries
+            parked = attempts > self.schedule_max_retries and not self.keeps_retrying(schedule)
             metrics.SCHEDULE_RUNS.inc(outcome="parked" if parked else "retry")
             if parked:
                 await self.storage.execute(

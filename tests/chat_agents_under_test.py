@@ -76,3 +76,29 @@ class HibernatingChat(Chat):
     """The real `Chat`, hibernating after half a second with nothing to do."""
 
     idle_seconds = 0.5
+
+
+class FlakyCheckChat(Chat):
+    """Its approval checks fail `failing_checks` times before they work (a stand-in for a storage that stays
+    busy for minutes, which cannot be provoked quickly; the failure is raised where that one would be)."""
+
+    failing_checks = 6
+    schedule_retry_base_seconds = 0.1
+    schedule_max_retries = 2
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed_checks = 0
+
+    async def resume_tool_call(self, payload: dict[str, Any]) -> str | None:
+        if self.failed_checks < self.failing_checks:
+            self.failed_checks += 1
+            raise RuntimeError("database is locked")
+        return await super().resume_tool_call(payload)
+
+
+class NeverCheckingChat(FlakyCheckChat):
+    """Approval checks that always fail, and a 3 s approval window."""
+
+    failing_checks = 10**9
+    ciba_requested_expiry = 3

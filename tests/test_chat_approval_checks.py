@@ -1,0 +1,54 @@
+"""Review hole 8: an approval check that keeps failing is never parked while the user may still decide.
+Real Ray, the dev authorization server, the checkout API and the offline model; the failing checks are a
+test agent's (see `FlakyCheckChat`)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from runtime import get_agent
+from tests.chat_agents_under_test import FlakyCheckChat, NeverCheckingChat
+from tests.chat_world import ChatWorld
+from tests.test_chat_flow import final_text, tool_messages, wait_for_final, wait_for_requests
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.usefixtures("chat_world")
+
+
+async def test_checks_that_fail_past_the_retry_limit_still_complete_the_approval(
+    chat_world: ChatWorld, storage_dir: Path
+) -> None:
+    alice = chat_world.token("alice")
+    agent = get_agent(FlakyCheckChat, f"flaky-{uuid.uuid4().hex[:8]}", storage_dir=storage_dir)
+    orders = chat_world.orders()
+    (tool,) = tool_messages(await agent.send_message(alice, "buy 2 MSFT"))
+    assert tool.state == "pending-authorization"
+    (request,) = await wait_for_requests(chat_world, "alice", 1)
+    chat_world.decide(request["id"], approve=True)
+    # six failed checks, three more than `schedule_max_retries`: a parked check would never come back
+    await wait_for_final(agent, alice, "Purchased 2 shares of MSFT", timeout=60)
+    assert chat_world.orders() == orders + 1
+    assert await agent.get_schedules(status="failed") == []
+
+
+async def test_checks_that_never_work_end_the_call_clearly_once_the_request_expired(
+    chat_world: ChatWorld, storage_dir: Path
+) -> None:
+    alice = chat_world.token("alice")
+    agent = get_agent(NeverCheckingChat, f"broken-{uuid.uuid4().hex[:8]}", storage_dir=storage_dir)
+    (tool,) = tool_messages(await agent.send_message(alice, "buy 3 MSFT"))
+    assert tool.state == "pending-authorization"
+
+    async def ended() -> str | None:
+        messages = await agent.get_messages(alice)
+        (call,) = tool_messages(messages)
+        return call.content if call.state == "result" else None
+
+    result = await eventually(ended, timeout=60, interval=0.2, what="the call ended")
+    assert "could not be checked before the request expired" in result
+    assert await agent.get_pending_approvals(alice) == []
+    assert await agent.get_schedules(status="failed") == []
+    assert final_text(await agent.get_messages(alice))
