@@ -30,7 +30,7 @@ from agents.settings import ChatSettings, chat_settings
 from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
 from runtime import Agent, internal, read, turn
 from runtime.backoff import exponential_delay
-from tools.base import Tool, ToolContext, ToolError, TransientToolError
+from tools.base import OutcomeUnknownError, Tool, ToolContext, ToolError, TransientToolError
 from tools.interrupts import AsyncAuthorizationInterrupt
 
 logger = logging.getLogger("agents.chat")
@@ -156,26 +156,7 @@ class AIChatAgent(Agent):
         """Tool calls waiting for the user (on their device, or for a confirmation in the chat)."""
         await self.check_access(token, "get_pending_approvals")
         calls = await self.thread_store.calls("pending-authorization", "awaiting-confirmation")
-        approvals = []
-        for call in calls:
-            interrupt = call.interrupt or {}
-            try:
-                arguments: dict[str, Any] | str = json.loads(call.arguments)
-            except ValueError:
-                arguments = call.arguments
-            approvals.append(
-                PendingApproval(
-                    tool_call_id=call.id,
-                    tool_name=call.name,
-                    arguments=arguments,
-                    kind="async-authorization" if call.state == "pending-authorization" else "confirmation",
-                    binding_message=interrupt.get("binding_message"),
-                    expires_at=interrupt.get("expires_at"),
-                    next_check_at=interrupt.get("next_check_at"),
-                    code=interrupt.get("code"),
-                )
-            )
-        return approvals
+        return [PendingApproval.of(call) for call in calls]
 
     @turn
     async def submit_tool_result(self, token: str | None, tool_call_id: str, approved: bool) -> list[ChatMessage]:
@@ -316,7 +297,11 @@ class AIChatAgent(Agent):
         if call.state != "pending-authorization":  # a re-check of a pending approval is not a new run
             await self._set_call_state(call, "running")
         context = ToolContext(
-            tool_call_id=call.id, thread_id=self.id, owner=await self.get_owner(), agent_name=self.name
+            tool_call_id=call.id,
+            thread_id=self.id,
+            owner=await self.get_owner(),
+            agent_name=self.name,
+            outcome_unknown=bool((call.interrupt or {}).get("outcome_unknown")),
         )
         try:
             result = await tool.run(args, context)
@@ -333,7 +318,7 @@ class AIChatAgent(Agent):
                 TOOL_RETRIES.inc(tool=call.name)
                 return
             TOOL_ERRORS.inc(tool=call.name)
-            result = f"Error: {exc}"
+            result = f"Error: {call.name} did not complete: {exc} (given up after {self.tool_retry_limit} tries)"
         except ToolError as exc:
             TOOL_ERRORS.inc(tool=call.name)
             result = f"Error: {exc}"
@@ -345,13 +330,23 @@ class AIChatAgent(Agent):
 
     async def _retry_later(self, call: ToolCall, error: TransientToolError) -> bool:
         """Keep a transiently failed call running and run it again later, on a durable schedule with
-        exponential backoff (the server's `retry_after` at least). False once the retries are used up."""
-        attempt = int((call.interrupt or {}).get("attempt") or 0) + 1
-        if attempt > self.tool_retry_limit:
+        exponential backoff (the server's `retry_after` at least). False once the retries are used up; never
+        while the call's outcome is unknown (`OutcomeUnknownError`, now or in an earlier run): unknown is
+        not failed, and a failure would invite the user to do it again."""
+        earlier = call.interrupt or {}
+        unknown = isinstance(error, OutcomeUnknownError) or bool(earlier.get("outcome_unknown"))
+        attempt = int(earlier.get("attempt") or 0) + 1
+        if attempt > self.tool_retry_limit and not unknown:
             logger.warning("%s: %s failed %d times in a row; giving up", self.name, call.name, attempt - 1)
             return False
         delay = exponential_delay(attempt, TOOL_RETRY_BASE_SECONDS, TOOL_RETRY_MAX_SECONDS, floor=error.retry_after)
-        retry = {"retrying": True, "attempt": attempt, "next_attempt_at": time.time() + delay, "reason": str(error)}
+        retry = {
+            "retrying": True,
+            "attempt": attempt,
+            "next_attempt_at": time.time() + delay,
+            "reason": str(error),
+            "outcome_unknown": unknown,
+        }
         await self._set_call_state(call, "running", interrupt=retry)
         await self.schedule(delay, "resume_tool_call", {"tool_call_id": call.id})
         logger.info("%s: %s will be tried again in %.1fs (attempt %d)", self.name, call.name, delay, attempt)

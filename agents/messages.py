@@ -7,6 +7,7 @@ answerable in order, whatever was said in the thread since.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from typing import Any, Literal
@@ -84,6 +85,25 @@ class PendingApproval(BaseModel):
     expires_at: float | None = None
     next_check_at: float | None = None
     code: str | None = None
+
+    @classmethod
+    def of(cls, call: ToolCall) -> PendingApproval:
+        """The approval `call` waits for (its state is `pending-authorization` or `awaiting-confirmation`)."""
+        interrupt = call.interrupt or {}
+        try:
+            arguments: dict[str, Any] | str = json.loads(call.arguments)
+        except ValueError:
+            arguments = call.arguments
+        return cls(
+            tool_call_id=call.id,
+            tool_name=call.name,
+            arguments=arguments,
+            kind="async-authorization" if call.state == "pending-authorization" else "confirmation",
+            binding_message=interrupt.get("binding_message"),
+            expires_at=interrupt.get("expires_at"),
+            next_check_at=interrupt.get("next_check_at"),
+            code=interrupt.get("code"),
+        )
 
 
 class ThreadEvent(BaseModel):

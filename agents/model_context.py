@@ -16,6 +16,13 @@ PENDING_RESULT_TEXT = (
     "Pending: waiting for the user's approval on their device. The result will follow; do not call this tool again."
 )
 AWAITING_CONFIRMATION_TEXT = "Pending: waiting for the user to confirm or deny this action in the chat."
+OUTCOME_UNKNOWN_TEXT = (
+    "Outcome not known yet: the request was sent but its answer was lost, and it is being looked up. It may "
+    "already have taken effect: do not call this tool again for it, and tell the user the result will follow."
+)
+RETRYING_TEXT = (
+    "Pending: the service is unavailable for a moment; this call is retried by itself. The result will follow."
+)
 
 
 def model_context(
@@ -52,7 +59,16 @@ def as_seen(call: ToolCall) -> str:
         return call.result or ""
     if call.state == "awaiting-confirmation":
         return AWAITING_CONFIRMATION_TEXT
+    if call.state == "running" and (call.interrupt or {}).get("retrying"):
+        return OUTCOME_UNKNOWN_TEXT if (call.interrupt or {}).get("outcome_unknown") else RETRYING_TEXT
     return PENDING_RESULT_TEXT
 
 
-__all__ = ["AWAITING_CONFIRMATION_TEXT", "PENDING_RESULT_TEXT", "as_seen", "model_context"]
+__all__ = [
+    "AWAITING_CONFIRMATION_TEXT",
+    "OUTCOME_UNKNOWN_TEXT",
+    "PENDING_RESULT_TEXT",
+    "RETRYING_TEXT",
+    "as_seen",
+    "model_context",
+]

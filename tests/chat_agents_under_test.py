@@ -102,3 +102,9 @@ class NeverCheckingChat(FlakyCheckChat):
 
     failing_checks = 10**9
     ciba_requested_expiry = 3
+
+
+class ImpatientChat(Chat):
+    """Gives up on a transiently failing tool after two retries (the product waits twenty)."""
+
+    tool_retry_limit = 2

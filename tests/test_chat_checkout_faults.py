@@ -85,3 +85,41 @@ async def test_a_permanent_checkout_refusal_ends_the_call_and_spends_the_credent
     finally:
         await store.close()
     assert left is not None and left["done"] is True and "credentials" not in left  # the token is gone
+
+
+@pytest.mark.parametrize("lost_answer", [504, None], ids=["gateway-504", "timeout"])
+async def test_an_order_whose_answer_was_lost_is_never_reported_failed_and_is_found_by_its_key(
+    chat_world: ChatWorld, storage_dir: Path, lost_answer: int | None
+) -> None:
+    """Review hole 2: the checkout places the order and the answer is lost (a gateway's 504, or held past
+    the client's timeout), then the checkout stays down for longer than the agent's retries. The call must
+    stay "outcome unknown" (never an error that invites the user to buy again), and once the checkout is
+    back the order is found by its Idempotency-Key: one order, reported as bought."""
+    from tests.chat_agents_under_test import ImpatientChat
+
+    world = chat_world
+    alice = world.token("alice")
+    agent = get_agent(ImpatientChat, new_thread_id(), storage_dir=storage_dir)
+    orders_before = world.orders()
+    await agent.send_message(alice, "Buy 4 shares of MSFT")
+    (request,) = await wait_for_requests(world, "alice", 1)
+    world.checkout.lose_next_answers(1, lost_answer)
+    world.checkout.fail_next(503, 40)  # down for every quick retry and look-up of 4+ durable runs
+    world.decide(request["id"], approve=True)
+
+    async def unknown_past_the_retry_limit() -> Any:
+        messages = await agent.get_messages(alice)
+        (tool,) = tool_messages(messages)
+        assert tool.state != "result", tool.content  # an error here would invite a second order
+        (call,) = [c for m in messages for c in (m.tool_calls or [])]
+        retry = call.interrupt or {}
+        return retry.get("outcome_unknown") and retry.get("attempt", 0) > ImpatientChat.tool_retry_limit
+
+    await eventually(unknown_past_the_retry_limit, timeout=90, interval=0.2, what="unknown past the retry limit")
+    assert world.orders() == orders_before + 1  # placed once, though nobody was told
+    world.checkout.recover()
+    seen: list[tuple[str, str | None]] = []
+    messages = await watch_until_result(agent, alice, seen)
+    (tool,) = tool_messages(messages)
+    assert tool.content == "Purchased 4 shares of MSFT at 25.0"
+    assert world.orders() == orders_before + 1

@@ -325,3 +325,18 @@ async def test_orders_are_read_only_by_their_owner(issuer, client):
     _assert_error(await client.get(f"/orders/{order['id']}", headers=bob), 404, "not_found")
     other_api = {"Authorization": f"Bearer {issuer.token(audience='https://other/api')}"}
     _assert_error(await client.get("/orders", headers=other_api), 401, "invalid_token")
+
+
+async def test_an_order_whose_answer_was_lost_is_found_by_its_key_by_its_owner_only(issuer, checkout, client):
+    """Review hole 2: the checkout records the order and the answer is lost (a gateway's 504); the client
+    finds it by its Idempotency-Key, and nobody else can."""
+    token, key = issuer.token(audience=AUDIENCE), _key()
+    mine = {"Authorization": f"Bearer {token}"}
+    assert (await client.get("/orders", params={"idempotency_key": key}, headers=mine)).json() == {"orders": []}
+    checkout.lose_next_answers(1, 504)
+    lost = await _buy(client, token, {"ticker": "MSFT", "quantity": 3}, key)
+    assert lost.status_code == 504
+    (found,) = (await client.get("/orders", params={"idempotency_key": key}, headers=mine)).json()["orders"]
+    assert found["quantity"] == 3 and found["ticker"] == "MSFT"
+    other = {"Authorization": f"Bearer {issuer.token(audience=AUDIENCE, subject='auth0|bob')}"}
+    assert (await client.get("/orders", params={"idempotency_key": key}, headers=other)).json() == {"orders": []}

@@ -353,3 +353,31 @@ async def test_a_spent_approval_is_remembered_past_the_retention_so_a_late_rerun
     assert len(raw.runs) == 1
     assert (await stats(authz))["backchannel_requests"] == 1
     assert await requests_for(authz) == []
+
+
+async def test_an_approval_that_expires_while_the_outcome_is_unknown_never_invites_a_repeat(
+    authz: DevAuthorizationServer,  # noqa: F811
+    client: CIBAClient,  # noqa: F811
+    store: SQLiteCredentialStore,  # noqa: F811
+) -> None:
+    """Review hole 2: the tool may have had its effect (`OutcomeUnknownError`) and could not find out before
+    the approved token expired. The call ends as "unknown, do not repeat", never as "expired, ask again"."""
+    from tools.base import OutcomeUnknownError
+
+    raw = RecordingTool()
+    raw.fail_next = OutcomeUnknownError("the answer was lost", 1.0)
+    tool = wrap(raw.tool(), store, client)
+    ctx = tool_context("call-unknown-expired")
+    with pytest.raises(AuthorizationPendingInterrupt):
+        await tool.run(ARGS, ctx)
+    await decide(authz, (await only_request(authz))["id"], approve=True)
+    with pytest.raises(OutcomeUnknownError):
+        await run_until_done(tool, ctx)
+    key = f"thread-1:buy:{ctx.tool_call_id}"
+    stored = await store.get(CREDENTIALS_NAMESPACE, key)
+    assert stored["outcome_unknown"] is True
+    stored["credentials"]["expires_at"] = time.time() - 1  # the token expired while nobody could find out
+    await store.put(CREDENTIALS_NAMESPACE, key, stored)
+    result = await tool.run(ARGS, ctx)
+    assert result.startswith("Outcome unknown") and "do not repeat" in result and "ask again" not in result
+    assert len(raw.runs) == 1 and (await stats(authz))["backchannel_requests"] == 1

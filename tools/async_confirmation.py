@@ -52,13 +52,19 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
 from tools import metrics
-from tools.base import Tool, ToolContext, ToolError, TransientToolError, current_tool_context
+from tools.base import (
+    OutcomeUnknownError,
+    Tool,
+    ToolContext,
+    ToolError,
+    TransientToolError,
+    current_tool_context,
+)
 from tools.ciba_client import (
     CIBAClient,
 )
@@ -69,7 +75,9 @@ from tools.ciba_options import (
     AsyncConfirmationOptions,
     InterruptCallback,
     Resolvable,
+    SpentOutcome,
     arguments_digest,
+    unknown_outcome_text,
 )
 from tools.ciba_ping import token_matches
 from tools.ciba_requests import CibaRequests
@@ -88,19 +96,6 @@ from tools.interrupts import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    """What a spent credential's call ended with (replayed on a re-run after a crash)."""
-
-    result: Any
-    error: str | None
-
-    def replay(self) -> Any:
-        if self.error is not None:
-            raise ToolError(self.error)
-        return self.result
 
 
 async def _call(callback: InterruptCallback, interrupt: AsyncAuthorizationInterrupt, ctx: ToolContext) -> Any:
@@ -150,6 +145,13 @@ class AsyncUserConfirmation(CibaRequests):
         outcome = {"done": True, "result": result, "error": error}
         await self.store.put(CREDENTIALS_NAMESPACE, key, outcome, ttl=None)
 
+    async def _mark_outcome_unknown(self, key: str) -> None:
+        """The tool may have had its effect with this credential: should the credential expire before
+        anyone finds out, the call must end as "unknown", never as "expired, ask again"."""
+        stored = await self.store.get(CREDENTIALS_NAMESPACE, key)
+        if stored is not None and not stored.get("done") and not stored.get("outcome_unknown"):
+            await self.store.put(CREDENTIALS_NAMESPACE, key, {**stored, "outcome_unknown": True}, ttl=None)
+
     def key_for(self, ctx: ToolContext) -> str:
         return f"{ctx.thread_id}:{self.tool.name}:{ctx.tool_call_id}"
 
@@ -174,11 +176,14 @@ class AsyncUserConfirmation(CibaRequests):
                     return await self._unauthorized(interrupt, ctx)
                 await self._notify(interrupt, ctx)
                 raise
-            if isinstance(credentials, _Outcome):
+            if isinstance(credentials, SpentOutcome):
                 return credentials.replay()
             with use_ciba_credentials(credentials):
                 try:
                     result = await self.tool.run(args, ctx)
+                except OutcomeUnknownError:
+                    await self._mark_outcome_unknown(key)
+                    raise  # the credential stays: the agent runs this call again later, and it looks first
                 except TransientToolError:
                     raise  # the credential stays: the agent runs this call again later
                 except ToolError as exc:
@@ -208,7 +213,7 @@ class AsyncUserConfirmation(CibaRequests):
         return DENIED_TEXT if isinstance(interrupt, AccessDeniedInterrupt) else interrupt.message
 
     # -- the state machine ---------------------------------------------------------------------------
-    async def _obtain(self, ctx: ToolContext, key: str, arguments: Mapping[str, Any]) -> CIBACredentials | _Outcome:
+    async def _obtain(self, ctx: ToolContext, key: str, arguments: Mapping[str, Any]) -> CIBACredentials | SpentOutcome:
         """The approved credential for this call (or the outcome of its spent one), or raise the interrupt
         that says why not (yet)."""
         for _ in range(3):  # re-read after losing a race; more than twice means another writer churns
@@ -236,7 +241,7 @@ class AsyncUserConfirmation(CibaRequests):
             return await self._bound_credentials(ctx, key, stored, arguments)
         raise self._interrupt(AuthorizationPendingInterrupt, ctx, None, next_check_at=self.clock() + 1.0)
 
-    async def _lost(self, ctx: ToolContext, key: str) -> _Outcome:
+    async def _lost(self, ctx: ToolContext, key: str) -> SpentOutcome:
         """This call's records exist but cannot be decrypted (`AUTH0_SESSION_ENCRYPTION_KEY` changed): end
         the call with a clear result instead of waiting forever, and leave no unreadable row behind. It does
         not ask the user again by itself: they may have approved already, and a second push for the same
@@ -248,18 +253,18 @@ class AsyncUserConfirmation(CibaRequests):
             "changed); please ask again"
         )
         await self._consume(key, error=error)
-        return _Outcome(None, error)
+        return SpentOutcome(None, error)
 
     async def _bound_credentials(
         self, ctx: ToolContext, key: str, stored: Mapping[str, Any], arguments: Mapping[str, Any]
-    ) -> CIBACredentials | _Outcome:
+    ) -> CIBACredentials | SpentOutcome:
         """The stored credential, if it was approved for these very arguments and is still valid.
 
         The user approved one action (the binding message shows it); a re-run of the tool call with other
         arguments must not spend that approval. Refused, the credential is dropped. A spent credential is
         its outcome; one that expired while the tool was being retried ends the call (ask again)."""
         if stored.get("done"):
-            return _Outcome(stored.get("result"), stored.get("error"))
+            return SpentOutcome(stored.get("result"), stored.get("error"))
         approved_for = stored.get("arguments_sha256")
         if approved_for is not None and approved_for != arguments_digest(arguments):
             await self.store.delete(CREDENTIALS_NAMESPACE, key)
@@ -273,9 +278,12 @@ class AsyncUserConfirmation(CibaRequests):
             )
         credentials = CIBACredentials.model_validate(stored.get("credentials", stored))
         if credentials.expires_at is not None and credentials.expires_at <= self.clock():
+            if stored.get("outcome_unknown"):  # it may have happened: a repeat could do it twice
+                await self._consume(key, result=unknown_outcome_text(self.tool.name))
+                return SpentOutcome(unknown_outcome_text(self.tool.name), None)
             error = f"the approval expired before {self.tool.name} could complete; please ask again"
             await self._consume(key, error=error)
-            return _Outcome(None, error)
+            return SpentOutcome(None, error)
         return credentials
 
     async def accept_ping(self, ctx: ToolContext, token: str, auth_req_id: str | None = None) -> bool:

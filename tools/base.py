@@ -34,6 +34,14 @@ class TransientToolError(Exception):
         return (type(self), (str(self), self.retry_after))
 
 
+class OutcomeUnknownError(TransientToolError):
+    """The tool's side effect may have happened and nobody knows yet: its request was sent and the answer
+    lost (a timeout, a 502/504), and finding out (by its idempotency key) failed too. Unknown is not
+    failed: the agent never reports the call as failed nor invites the user to repeat it; it keeps the
+    call running, says the outcome is not known yet, and runs the tool again on its durable schedule,
+    with `ToolContext.outcome_unknown` set so that the tool finds out first."""
+
+
 @dataclass(frozen=True)
 class ToolContext:
     """Who is calling a tool, and for which tool call: the key of every durable decision about it."""
@@ -43,6 +51,9 @@ class ToolContext:
     owner: str | None = None
     agent_name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    outcome_unknown: bool = False
+    """An earlier run of this very call may have had its effect (it raised `OutcomeUnknownError`): look
+    before acting again."""
 
 
 _current_context: contextvars.ContextVar[ToolContext | None] = contextvars.ContextVar("tool_context", default=None)

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tools.base import ToolContext
+from tools.base import ToolContext, ToolError
 from tools.interrupts import AsyncAuthorizationInterrupt
 
 T = TypeVar("T")
@@ -35,6 +35,29 @@ MAX_REQUESTS_PER_CALL = 3
 path: the first, new ones after approvals lost on the way (`CibaRequests._check`), and resends of a request
 whose answer was lost (a timeout or a 5xx after sending: `CibaRequests._resume_requesting`). A request that
 certainly never left (no connection, 429, 503) does not count. Past the cap the call ends clearly."""
+
+
+def unknown_outcome_text(tool_name: str) -> str:
+    """The result of a call whose effect may have happened, when finding out stopped being possible (its
+    approval expired): what the user must know, and must not do."""
+    return (
+        f"Outcome unknown: {tool_name} was sent, but its answer was lost and it could not be confirmed before "
+        "the approval expired. It may have taken effect: do not repeat it before checking (for a purchase, "
+        "the orders list shows whether it was placed)."
+    )
+
+
+@dataclass(frozen=True)
+class SpentOutcome:
+    """What a spent credential's call ended with (replayed on a re-run after a crash)."""
+
+    result: Any
+    error: str | None
+
+    def replay(self) -> Any:
+        if self.error is not None:
+            raise ToolError(self.error)
+        return self.result
 
 
 @dataclass(frozen=True)

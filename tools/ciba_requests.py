@@ -30,7 +30,6 @@ from tools.ciba_client import (
     validate_binding_message,
 )
 from tools.ciba_options import (
-    ATTEMPTS_NAMESPACE,
     CREDENTIALS_NAMESPACE,
     DEFAULT_CREDENTIAL_TTL,
     MAX_REQUESTS_PER_CALL,
@@ -41,6 +40,7 @@ from tools.ciba_options import (
     resolve,
 )
 from tools.ciba_ping import new_notification_token, token_digest
+from tools.ciba_resends import RequestResends
 from tools.credential_store import CredentialStore
 from tools.interrupts import (
     AccessDeniedInterrupt,
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 _NO_PUSH_RE = re.compile(r"push|enrol|authenticator|guardian", re.IGNORECASE)
 
 
-class CibaRequests:
+class CibaRequests(RequestResends):
     """The provider side of `AsyncUserConfirmation` (a mixin: the wrapper supplies these attributes)."""
 
     tool: Tool
@@ -113,75 +113,6 @@ class CibaRequests:
             "thread_id": ctx.thread_id,
             "created_at": now,
         }
-
-    async def _resume_requesting(
-        self, ctx: ToolContext, key: str, arguments: Mapping[str, Any], record: dict[str, Any]
-    ) -> None:
-        """A record without `auth_req_id`: wait while its sender may still be at work, else take over (within
-        the per-call cap on requests, and the first request's lifetime)."""
-        now = self.clock()
-        wait_until = max(float(record.get("lease_until") or 0.0), float(record.get("next_poll_at") or 0.0))
-        if now < wait_until:
-            raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=wait_until)
-        await self._end_if_out_of_requests(ctx, key, record, now)
-        attempt = int(record.get("attempt") or 1) + 1
-        params = await self._params(ctx, arguments)
-        claimed = await self.store.create_if_absent(
-            ATTEMPTS_NAMESPACE, f"{key}#{attempt}", {"at": now}, ttl=self._requesting_ttl(record, now)
-        )
-        if not claimed:  # another caller took this attempt over; it is sending the request now
-            return
-        if not record.get("failures"):
-            log.warning(
-                "CIBA request for tool call %s was left half-sent (the process stopped mid-request?); sending it again",
-                ctx.tool_call_id,
-            )
-        record.update(
-            attempt=attempt,
-            pushes=self._pushes(record) + 1,
-            lease_until=now + self._lease(),
-            binding_message=params.binding_message,
-            arguments_sha256=params.arguments_sha256,
-        )
-        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._requesting_ttl(record, now))
-        await self._send_request(ctx, key, params, record)
-
-    async def _end_if_out_of_requests(self, ctx: ToolContext, key: str, record: dict[str, Any], now: float) -> None:
-        """Before another request for this call: end the call (a terminal, clear result) if it has had its
-        `MAX_REQUESTS_PER_CALL` requests that may have reached the user's device, or if the first request's
-        lifetime has passed without one being accepted. Otherwise a slow provider would push the user's phone
-        again at every check, for as long as it stays slow."""
-        first_deadline = float(record.get("created_at") or now) + self.options.requested_expiry
-        if self._pushes(record) < MAX_REQUESTS_PER_CALL and now < first_deadline:
-            return
-        metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="error")
-        await self.store.delete(PENDING_NAMESPACE, key)
-        log.warning(
-            "CIBA tool call %s: no request accepted after %d sent; ending the call",
-            ctx.tool_call_id,
-            self._pushes(record),
-        )
-        raise self._interrupt(
-            AuthorizationRequestFailedInterrupt,
-            ctx,
-            record,
-            f"The approval request for {self.tool.name} could not be completed: the authorization server did not "
-            f"answer in time ({self._pushes(record)} request(s) sent, the last ones may have reached the user's "
-            "device). Nothing was done; any approval still shown on the device will not be used. "
-            "Ask again later.",
-            error="too_many_requests",
-        )
-
-    @staticmethod
-    def _pushes(record: Mapping[str, Any]) -> int:
-        """Requests of this call that may have reached the provider (and so the user's device)."""
-        return int(record.get("pushes") or record.get("attempt") or 1)
-
-    def _requesting_ttl(self, record: Mapping[str, Any], now: float) -> float:
-        """A record still asking lives as long as its first request would have, never longer: a write
-        does not extend it."""
-        created = float(record.get("created_at") or now)
-        return max(1.0, created + self.options.requested_expiry - now) + self.options.pending_retention
 
     async def _send_request(
         self, ctx: ToolContext, key: str, params: RequestParams, record: dict[str, Any]
@@ -364,33 +295,6 @@ class CibaRequests:
         record.update(next_poll_at=after + self._poll_gap(interval), failures=0, last_pending_at=after)
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
         raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"])
-
-    async def _ask_again(
-        self, ctx: ToolContext, key: str, record: dict[str, Any], arguments: Mapping[str, Any]
-    ) -> NoReturn:
-        """The user approved, but the tokens went to a poll whose answer was lost and the server has spent
-        the request: send a new one for the same call (the user approves once more) instead of failing a
-        purchase they approved."""
-        log.warning(
-            "the approval for tool call %s was lost with the answer that carried it; asking the user again",
-            ctx.tool_call_id,
-        )
-        params = await self._params(ctx, arguments)
-        now = self.clock()
-        record.update(
-            state="requesting",
-            attempt=int(record.get("attempt") or 1) + 1,
-            pushes=self._pushes(record) + 1,
-            created_at=now,  # a new request: the user has its lifetime to answer it
-            auth_req_id=None,
-            lease_until=now + self._lease(),
-            next_poll_at=None,
-            failures=0,
-            binding_message=params.binding_message,
-            arguments_sha256=params.arguments_sha256,
-        )
-        await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._requesting_ttl(record, now))
-        await self._send_request(ctx, key, params, record)
 
     def _poll_gap(self, interval: float) -> float:
         """Seconds to the next check: the interval, or in ping mode the (longer) fallback."""

@@ -19,7 +19,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from auth.http_pool import shared_client
 from runtime.backoff import exponential_delay, retry_after_seconds
-from tools.base import Tool, ToolContext, ToolError, TransientToolError, current_tool_context
+from tools.base import (
+    OutcomeUnknownError,
+    Tool,
+    ToolContext,
+    ToolError,
+    TransientToolError,
+    current_tool_context,
+)
 from tools.ciba_types import BINDING_MESSAGE_RE
 from tools.credentials_context import get_ciba_credentials
 from tools.stock_prices import CURRENCY, MAX_QUANTITY, UnknownTickerError, get_price, normalize_ticker
@@ -138,11 +145,20 @@ def _error_detail(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}"
 
 
-_RETRY_STATUSES = {429, 500, 502, 503, 504}
+NOT_PROCESSED_STATUSES = frozenset({429, 503})
+"""Answers that say the order was not acted on: trying again is all there is to do."""
+AMBIGUOUS_STATUSES = frozenset({500, 502, 504})
+"""Answers after which the order may exist (a gateway gave up on a checkout that may have committed)."""
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+"""Failures before the request left: the order certainly does not exist because of it."""
 QUICK_RETRIES = 2
 """Tries again at once (after 0.2 s, then 0.4 s) before leaving the order to the agent's durable retry."""
 DEFAULT_RETRY_AFTER = 2.0
 """Seconds before the agent tries an order again after the checkout failed transiently (no Retry-After)."""
+UNKNOWN_TEXT = (
+    "the checkout API did not confirm whether the order was placed (its answer was lost and it cannot be "
+    "reached to look it up); the order will be looked up again by its idempotency key"
+)
 
 
 def _retry_after(response: httpx.Response | None) -> float:
@@ -151,60 +167,120 @@ def _retry_after(response: httpx.Response | None) -> float:
     return min(300.0, max(DEFAULT_RETRY_AFTER, seconds if seconds is not None else DEFAULT_RETRY_AFTER))
 
 
-async def _place_order(
-    url: str, body: dict[str, Any], *, access_token: str, idempotency_key: str, request_timeout: float
-) -> dict[str, Any]:
-    """POST the order. Transient failures (no connection, a timeout, 429 or 5xx) are retried here briefly,
-    then raised as `TransientToolError` so the agent retries later on a durable schedule: the
-    Idempotency-Key makes every retry safe. A 4xx is final (`ToolError`)."""
-    headers = {
-        "Authorization": f"Bearer {access_token}",
-        "Idempotency-Key": idempotency_key,
-        "Accept": "application/json",
-    }
+def _headers(access_token: str, idempotency_key: str | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    return headers
+
+
+async def find_order(url: str, *, access_token: str, idempotency_key: str, request_timeout: float) -> dict | None:
+    """The order placed under `idempotency_key`, None if the checkout says there is none; raises
+    `OutcomeUnknownError` when it cannot tell (unreachable, failing, or an unreadable answer)."""
+    try:
+        response = await shared_client().get(
+            url,
+            params={"idempotency_key": idempotency_key},
+            headers=_headers(access_token),
+            timeout=request_timeout,
+        )
+        orders = response.json().get("orders") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        orders = None
+    if not isinstance(orders, list):
+        raise OutcomeUnknownError(f"buy_stock: {UNKNOWN_TEXT}", DEFAULT_RETRY_AFTER)
+    return next((order for order in orders if isinstance(order, dict)), None)
+
+
+async def _post_with_quick_retries(
+    url: str, body: dict[str, Any], headers: dict[str, str], request_timeout: float
+) -> tuple[httpx.Response | None, bool]:
+    """POST the order, retried briefly while that is harmless (same Idempotency-Key); the last answer (None:
+    no answer at all) and whether any attempt may have placed the order."""
     response: httpx.Response | None = None
-    client = shared_client()
+    maybe_placed = False
     for attempt in range(QUICK_RETRIES + 1):
         try:
-            response = await client.post(url, json=body, headers=headers, timeout=request_timeout)
+            response = await shared_client().post(url, json=body, headers=headers, timeout=request_timeout)
         except httpx.HTTPError as exc:
-            if attempt < QUICK_RETRIES:
-                await asyncio.sleep(exponential_delay(attempt + 1, 0.2, 1.0))
-                continue
-            raise TransientToolError(
-                f"buy_stock could not reach the checkout API ({type(exc).__name__}); it will try again",
-                DEFAULT_RETRY_AFTER,
-            ) from None
-        if response.status_code in _RETRY_STATUSES and attempt < QUICK_RETRIES:
+            response = None
+            maybe_placed = maybe_placed or not isinstance(exc, NOT_SENT_ERRORS)
+        else:
+            maybe_placed = maybe_placed or response.status_code in AMBIGUOUS_STATUSES
+            if response.status_code not in NOT_PROCESSED_STATUSES | AMBIGUOUS_STATUSES:
+                return response, maybe_placed
+        if attempt < QUICK_RETRIES:
             await asyncio.sleep(exponential_delay(attempt + 1, 0.2, 1.0))
-            continue
-        break
-    assert response is not None
-    status = response.status_code
+    return response, maybe_placed
+
+
+async def _place_order(
+    url: str,
+    body: dict[str, Any],
+    *,
+    access_token: str,
+    idempotency_key: str,
+    request_timeout: float,
+    outcome_unknown: bool = False,
+) -> dict[str, Any]:
+    """Place the order once, whatever happens on the way.
+
+    After a run whose outcome was unknown (`outcome_unknown`), look the order up by its Idempotency-Key
+    first. Transient failures (no connection, a timeout, 429 or 5xx) are retried here briefly under the
+    same key, then raised so the agent retries later on a durable schedule: `OutcomeUnknownError` if any
+    attempt may have placed it (and a look-up could not tell), else `TransientToolError`. A 4xx is final
+    (`ToolError`)."""
+    if outcome_unknown:
+        found = await find_order(
+            url, access_token=access_token, idempotency_key=idempotency_key, request_timeout=request_timeout
+        )
+        if found is not None:
+            return found
+    headers = _headers(access_token, idempotency_key)
+    response, maybe_placed = await _post_with_quick_retries(url, body, headers, request_timeout)
+    status = response.status_code if response is not None else None
     if status in (200, 201):
-        try:
-            order = response.json()
-        except ValueError:
-            order = None
-        if not isinstance(order, dict):
-            raise ToolError("the checkout API answered with an unreadable order")
-        return order
-    if status in _RETRY_STATUSES:
+        return _order_from(response)
+    if status is None or status in NOT_PROCESSED_STATUSES | AMBIGUOUS_STATUSES:
+        if maybe_placed:
+            found = await find_order(
+                url, access_token=access_token, idempotency_key=idempotency_key, request_timeout=request_timeout
+            )
+            if found is not None:
+                return found
+        if status is None:
+            raise TransientToolError(
+                "buy_stock could not reach the checkout API; it will try again", DEFAULT_RETRY_AFTER
+            )
         raise TransientToolError(
             f"the checkout API is unavailable (HTTP {status}); it will try again", _retry_after(response)
         )
+    raise ToolError(f"buy_stock failed: {_refusal(response, access_token)}")
+
+
+def _order_from(response: httpx.Response | None) -> dict[str, Any]:
+    try:
+        order = response.json() if response is not None else None
+    except ValueError:
+        order = None
+    if not isinstance(order, dict):
+        raise ToolError("the checkout API answered with an unreadable order")
+    return order
+
+
+def _refusal(response: httpx.Response, access_token: str) -> str:
+    """Why the checkout refused the order (a 4xx, or a 5xx it will not retry), without the token."""
+    status = response.status_code
     detail = _redact(_error_detail(response), access_token)
     if status == 401:
-        message = f"the checkout API rejected the authorization (401 {detail})"
-    elif status == 403:
-        message = f"the authorization does not allow buying stock (403 {detail})"
-    elif status == 409:
-        message = f"the checkout API refused a conflicting retry of this order (409 {detail})"
-    elif 400 <= status < 500:
-        message = f"the checkout API rejected the order ({status} {detail})"
-    else:
-        message = f"the checkout API failed (HTTP {status})"
-    raise ToolError(f"buy_stock failed: {message}")
+        return f"the checkout API rejected the authorization (401 {detail})"
+    if status == 403:
+        return f"the authorization does not allow buying stock (403 {detail})"
+    if status == 409:
+        return f"the checkout API refused a conflicting retry of this order (409 {detail})"
+    if 400 <= status < 500:
+        return f"the checkout API rejected the order ({status} {detail})"
+    return f"the checkout API failed (HTTP {status})"
 
 
 def make_buy_stock_tool(checkout_url: str | None = None, *, timeout: float | None = None) -> Tool:
@@ -227,6 +303,7 @@ def make_buy_stock_tool(checkout_url: str | None = None, *, timeout: float | Non
             access_token=credentials.access_token,
             idempotency_key=idempotency_key_for(ctx),
             request_timeout=timeout if timeout is not None else settings.checkout_api_timeout,
+            outcome_unknown=ctx.outcome_unknown,
         )
         executed = order.get("price")
         shares = order.get("quantity", quantity)

@@ -87,7 +87,7 @@ def create_checkout_app(
     app.state.store = store
     app.state.verifier = verifier
     app.state.prices = price_table
-    app.state.faults = collections.deque()  # statuses the next order requests answer with (fault injection)
+    app.state.faults = collections.deque()  # injected faults, in the order they happen (see `routes`)
     return app
 
 
@@ -115,9 +115,20 @@ class CheckoutServer(ServerThread):
         return self.url + API_PREFIX
 
     def fail_next(self, status: int, count: int = 1) -> None:
-        """Answer the next `count` order requests with `status` (before recording anything): an outage, as
-        tests need one. Real HTTP answers from the real server, so the client side is exercised for real."""
-        self.app.state.faults.extend([status] * count)
+        """Answer the next `count` order requests (placing or listing orders) with `status`, before recording
+        anything: an outage, as tests need one. Real HTTP answers from the real server, so the client side is
+        exercised for real."""
+        self.app.state.faults.extend([("fail", status)] * count)
+
+    def lose_next_answers(self, count: int = 1, status: int | None = None) -> None:
+        """Record the next `count` new orders, then lose their answers: answer `status` instead (a gateway's
+        502/504), or with None hold the answer until the client's timeout has passed. The client cannot
+        know whether its order was placed."""
+        self.app.state.faults.extend([("lose", status)] * count)
+
+    def recover(self) -> None:
+        """End every injected fault still queued."""
+        self.app.state.faults.clear()
 
     def start(self, timeout: float = 15.0) -> CheckoutServer:
         super().start(timeout)

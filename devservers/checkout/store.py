@@ -150,13 +150,18 @@ class OrderStore:
             log.info("order %s: %d %s at %s", order["id"], order["quantity"], order["ticker"], order["price"])
             return created, True
 
-    async def list_orders(self, *, subject: str | None = None, limit: int = 1000) -> list[aiosqlite.Row]:
+    async def list_orders(
+        self, *, subject: str | None = None, limit: int = 1000, idempotency_key: str | None = None
+    ) -> list[aiosqlite.Row]:
         db = await self.db()
-        sql = f"SELECT {ORDER_COLUMNS} FROM orders"
+        sql = f"SELECT {ORDER_COLUMNS} FROM orders WHERE 1 = 1"
         params: tuple[Any, ...] = ()
         if subject is not None:
-            sql += " WHERE subject = ?"
-            params = (subject,)
+            sql += " AND subject = ?"
+            params += (subject,)
+        if idempotency_key is not None:
+            sql += " AND idempotency_key = ?"
+            params += (idempotency_key,)
         sql += " ORDER BY seq LIMIT ?"
         async with db.execute(sql, (*params, limit)) as cur:
             return list(await cur.fetchall())
