@@ -28,7 +28,7 @@ from agents.model_context import model_context
 from agents.model_stream import shared_llm, stream_completion
 from agents.settings import ChatSettings, chat_settings
 from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
-from runtime import Agent, internal, read, turn
+from runtime import Agent, internal, public, read, turn
 from runtime.backoff import exponential_delay
 from tools.base import OutcomeUnknownError, Tool, ToolContext, ToolError, TransientToolError
 from tools.interrupts import AsyncAuthorizationInterrupt
@@ -114,6 +114,7 @@ class AIChatAgent(Agent):
         return claims
 
     # -- public API --------------------------------------------------------------------------------
+    @public
     @turn
     async def send_message(self, token: str | None, content: str, message_id: str | None = None) -> list[ChatMessage]:
         """Run one turn: append the user's message, run the tool loop, return the new messages.
@@ -145,12 +146,14 @@ class AIChatAgent(Agent):
             await self.recover_turn()  # the crash that lost the answer also cut the turn short: finish it now
         return await self._messages_after(seq - 1)
 
+    @public
     @read
     async def get_messages(self, token: str | None) -> list[ChatMessage]:
         """The whole thread in order, tool results after the call that asked for them."""
         await self.check_access(token, "get_messages")
         return await self._messages_after(0)
 
+    @public
     @read
     async def get_pending_approvals(self, token: str | None) -> list[PendingApproval]:
         """Tool calls waiting for the user (on their device, or for a confirmation in the chat)."""
@@ -158,6 +161,7 @@ class AIChatAgent(Agent):
         calls = await self.thread_store.calls("pending-authorization", "awaiting-confirmation")
         return [PendingApproval.of(call) for call in calls]
 
+    @public
     @turn
     async def submit_tool_result(self, token: str | None, tool_call_id: str, approved: bool) -> list[ChatMessage]:
         """Answer an in-chat confirmation: run the tool (approved) or record the denial, then continue."""
@@ -177,6 +181,7 @@ class AIChatAgent(Agent):
         await self._continue_if_resolved(call.id)
         return await self._messages_after(first_seq)
 
+    @public
     @read
     async def poll_events(
         self, token: str | None, after: int = 0, epoch: str | None = None, timeout: float = 25.0

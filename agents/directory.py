@@ -18,7 +18,7 @@ from typing import Any
 
 from agents.auth_agent import AuthAgent
 from agents.errors import InvalidMessageError, NotOwnerError, ThreadQuotaExceededError, UnauthenticatedError
-from runtime import Agent, read, turn, validate_agent_id
+from runtime import Agent, public, read, turn, validate_agent_id
 
 DIRECTORY_MIGRATIONS = [
     """
@@ -72,6 +72,7 @@ class ThreadDirectory(AuthAgent, Agent):
             raise NotOwnerError("this thread directory belongs to another user")
         return subject
 
+    @public
     @turn
     async def add(self, token: str | None, thread_id: str, max_threads: int | None = None) -> dict[str, Any]:
         """Record a thread of the caller's; `created` says whether it is new to the directory.
@@ -98,6 +99,7 @@ class ThreadDirectory(AuthAgent, Agent):
             )
         return {"thread_id": thread_id, "created_at": now, "title": None, "last_active_at": now, "created": True}
 
+    @public
     @turn
     async def touch(self, token: str | None, thread_id: str, text: str | None = None) -> dict[str, Any]:
         """Note activity in a thread the caller owns (adding it if missing); the first text becomes its title."""
@@ -115,12 +117,14 @@ class ThreadDirectory(AuthAgent, Agent):
         row = await self.storage.fetchone("SELECT * FROM threads WHERE thread_id = ?", (thread_id,))
         return _row(row)
 
+    @public
     @turn
     async def remove(self, token: str | None, thread_id: str) -> bool:
         """Forget a thread (the thread itself is untouched). True if it was listed."""
         await self._check_caller(token)
         return await self.storage.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,)) > 0
 
+    @public
     @read
     async def list_threads(self, token: str | None, limit: int = 100) -> list[dict[str, Any]]:
         """The caller's threads, most recently active first."""

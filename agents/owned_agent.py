@@ -12,7 +12,7 @@ from typing import Any
 
 from agents.errors import NotOwnerError, UnauthenticatedError
 from agents.host import MixinBase
-from runtime import internal, read, turn
+from runtime import internal, public, read, turn
 
 OWNER_KEY = "_owner"
 READ_ACTIONS = frozenset({"get_messages", "get_pending_approvals", "poll_events", "describe"})
@@ -48,6 +48,7 @@ class OwnedAgent(MixinBase):
             raise NotOwnerError("this thread belongs to another user")
         await super().authorize(claims, action)
 
+    @public
     @turn
     async def claim(self, token: str | None) -> dict[str, Any]:
         """Create-or-open: the caller becomes the owner of a new thread; others get `NotOwnerError`."""
@@ -55,6 +56,7 @@ class OwnedAgent(MixinBase):
         claims = await self.check_access(token, "claim")
         return {"thread_id": self.id, "owner": claims.get("sub"), "created": not had_owner}
 
+    @public
     @read
     async def describe(self, token: str | None) -> dict[str, Any]:
         """The thread's id, owner and message count, for listings."""

@@ -24,7 +24,7 @@ from typing import Any
 from agents.host import MixinBase
 from agents.messages import ToolCall
 from auth.settings import AuthSettings
-from runtime import Schedule, internal, turn
+from runtime import Schedule, internal, public, turn
 from tools.base import ToolContext
 from tools.ciba_ping import notification_target, ping_key
 from tools.interrupts import AsyncAuthorizationInterrupt
@@ -63,6 +63,7 @@ class AsyncUserConfirmationResumer(MixinBase):
         for schedule_id in earlier:
             await self.cancel_schedule(schedule_id)
 
+    @public
     @turn
     async def notify_ciba_ping(self, notification_token: str, auth_req_id: str | None = None) -> bool:
         """A CIBA ping (the provider says the user decided): if the token is the one a pending call's request

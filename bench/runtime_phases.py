@@ -18,7 +18,7 @@ from typing import Any
 import ray
 
 from bench.common import Bare, alternating_rounds, log, ratio, summarise, timed_calls
-from runtime import Agent, InvalidScheduleError, read, turn
+from runtime import Agent, InvalidScheduleError, public, read, turn
 
 NAMESPACE = "runtime-bench"
 
@@ -33,18 +33,27 @@ class BenchAgent(Agent):
         super().__init__(*args, **kwargs)
         self.fired: list[tuple[int, float]] = []
 
+    @public
     @read
     async def noop_read(self) -> None:
         return None
 
+    @public
     @turn
     async def noop_turn(self) -> None:
         return None
 
+    @public
     @turn
     async def put_value(self, key: str, value: Any) -> None:
         await self.storage.put(key, value)
 
+    @public
+    async def schedule_fire(self, when: float, payload: dict[str, Any]) -> Any:
+        """`schedule(when, "on_fire", payload)`, for the benchmark driving it from outside."""
+        return await self.schedule(when, "on_fire", payload)
+
+    @public
     @turn
     async def storage_timings(self, n: int) -> dict[str, Any]:
         """Time `n` puts of distinct keys, then `n` gets of the same keys, around the storage calls only."""
@@ -92,14 +101,17 @@ class BenchAgent(Agent):
     async def on_fire(self, payload: dict[str, Any]) -> None:
         self.fired.append((int(payload["i"]), time.time() - float(payload["due_at"])))
 
+    @public
     @read
     async def fired_count(self) -> int:
         return len(self.fired)
 
+    @public
     @read
     async def fired_records(self) -> list[tuple[int, float]]:
         return list(self.fired)
 
+    @public
     @read
     async def pending_schedules(self) -> int:
         return len(await self.get_schedules(status="pending"))
@@ -247,7 +259,7 @@ async def schedule_in_due_order(handle: Any, indices: list[int], dues: list[floa
             due = dues[i] = max(dues[i], time.time() + SCHEDULE_HEADROOM_S)
             try:
                 when = datetime.fromtimestamp(due, UTC)
-                created.append(await handle.schedule(when, "on_fire", {"i": i, "due_at": due}))
+                created.append(await handle.schedule_fire(when, {"i": i, "due_at": due}))
                 break
             except InvalidScheduleError:  # it still arrived after its time: plan it later
                 dues[i] = time.time() + 2 * SCHEDULE_HEADROOM_S

@@ -2,8 +2,8 @@
 
 Knows nothing of chat or auth. Public surface:
 
-- `Agent`, `turn`, `read`, `internal`: the base class and its method markers (`internal`: not callable
-  through a handle, only by the agent itself and its schedules);
+- `Agent`, `public`, `turn`, `read`, `internal`: the base class and its method markers (`public`: callable
+  through a handle, and only what is marked so is; `internal`: never, even if a base class made it public);
 - `get_agent` / `get_agent_sync`: address an agent by `(class, id)`;
 - `init`: connect to (or start) Ray and the alarm scheduler for a storage root;
 - `Schedule`, `InvalidScheduleError`, `InvalidAgentIdError`: what schedules and ids give back;
@@ -22,6 +22,7 @@ from runtime.agent import Agent, internal, read, turn
 from runtime.errors import AgentCapacityError, AgentIdConflictError, AgentNotFoundError, StaleActivationError
 from runtime.handles import AgentHandle, SyncAgentHandle
 from runtime.ids import InvalidAgentIdError, validate_agent_id
+from runtime.methods import public
 from runtime.registry import get_agent, get_agent_sync
 from runtime.schedules import InvalidScheduleError, Schedule
 from runtime.settings import RuntimeSettings, runtime_settings
@@ -45,6 +46,7 @@ __all__ = [
     "get_agent_sync",
     "internal",
     "init",
+    "public",
     "read",
     "runtime_settings",
     "turn",

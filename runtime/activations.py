@@ -375,22 +375,22 @@ class Activations:
         }
 
 
-RUNTIME_ENTRY_POINTS = frozenset({"_run_due_schedules"})
-"""The private methods the runtime itself calls through a host (the alarm scheduler's wake-up)."""
-
-NOT_REMOTE = frozenset({"close"})
-"""Public methods that belong to the lifecycle: only the host calls them, never a caller."""
+RUNTIME_ENTRY_POINTS = frozenset({"_run_due_schedules", "ready"})
+"""What the runtime itself calls through a host (the alarm scheduler's wake-up, a host re-activating the
+agents that were live when it crashed); never a caller's business, and harmless if one tries."""
 
 
 def check_method(cls: type[Agent], method: str) -> None:
-    """What a caller may call: public methods (and the runtime's entry points), not private ones or the
-    lifecycle's; anything else is AttributeError, raised before the agent is activated."""
-    allowed = isinstance(method, str) and (
-        method in RUNTIME_ENTRY_POINTS or (not method.startswith("_") and method not in NOT_REMOTE)
-    )
-    target = getattr(cls, method, None) if allowed else None
-    if not allowed or not callable(target) or _is_internal(cls, method):
-        raise AttributeError(f"{cls.__name__} has no method {method!r} that can be called")
+    """What a caller may call: the methods the class marks `@public` (and the runtime's entry points), and
+    nothing `@internal`; anything else is AttributeError, raised before the agent is activated. The mark is
+    read on the method the class resolves to, so an override that drops it is no longer callable (fails
+    closed: an unmarked override would run outside the turn order)."""
+    target = getattr(cls, method, None) if isinstance(method, str) else None
+    allowed = callable(target) and (method in RUNTIME_ENTRY_POINTS or getattr(target, "__agent_public__", False))
+    if not allowed or _is_internal(cls, method):
+        raise AttributeError(
+            f"{cls.__name__} has no method {method!r} that can be called (only methods marked @public can)"
+        )
 
 
 def _is_internal(cls: type[Agent], method: str) -> bool:

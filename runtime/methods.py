@@ -1,4 +1,9 @@
-"""The method markers of agents: `@turn`, `@read`, `@internal`, and how a marked method runs.
+"""The method markers of agents: `@public`, `@turn`, `@read`, `@internal`, and how a marked method runs.
+
+Public: the only methods a handle (or a host's caller) may call are the ones a class marks `@public`, as a
+Durable Object's `@callable()` methods are: everything else (the runtime's own `schedule`, `set_state`, a
+schedule callback, an access hook) is refused before the agent is activated. A public method that does not
+say `@read` runs as a turn.
 
 Turns: methods decorated with `@turn` run one at a time, in arrival order, under the agent's asyncio lock
 (FIFO); a turn calling another turn of the same agent joins it instead of deadlocking. Methods decorated
@@ -49,6 +54,16 @@ def internal(fn: F) -> F:
     """Mark a method as the agent's own: its schedules and mixins call it, handles refuse it (so a Ray
     client in the namespace cannot run a schedule callback or an access hook out of turn)."""
     fn.__agent_internal__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+def public(fn: F) -> F:
+    """Mark a method as callable through handles: the agent's public surface, which must check its caller
+    (the chat's methods verify the caller's token). A method not marked `@read` (or `@turn`) becomes a turn.
+    `@internal` anywhere in the class's ancestry wins over it."""
+    if not (getattr(fn, "__agent_turn__", False) or getattr(fn, "__agent_read__", False)):
+        fn = turn(fn)  # type: ignore[assignment, arg-type]
+    fn.__agent_public__ = True  # type: ignore[attr-defined]
     return fn
 
 

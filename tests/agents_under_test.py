@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from runtime import Agent, read, turn
+from runtime import Agent, Schedule, public, read, turn
 
 
 class CounterState(BaseModel):
@@ -18,7 +18,39 @@ class CounterState(BaseModel):
     label: str = ""
 
 
-class Counter(Agent):
+class RuntimeMethodsForTests:
+    """The runtime's own methods (schedules, state, the process id), opened to the tests' handles: a product
+    agent exposes none of them (they are not `@public`), a test drives them from outside."""
+
+    @public
+    async def schedule(self, when: Any, callback: str, payload: Any = None) -> Schedule:
+        return await super().schedule(when, callback, payload)  # type: ignore[misc]
+
+    @public
+    async def cancel_schedule(self, schedule_id: str) -> bool:
+        return await super().cancel_schedule(schedule_id)  # type: ignore[misc]
+
+    @public
+    @read
+    async def get_schedules(self, *, status: str | None = None) -> list[Schedule]:
+        return await super().get_schedules(status=status)  # type: ignore[misc]
+
+    @public
+    async def set_state(self, state: Any) -> Any:
+        return await super().set_state(state)  # type: ignore[misc]
+
+    @public
+    @read
+    async def get_state(self) -> Any:
+        return await super().get_state()  # type: ignore[misc]
+
+    @public
+    @read
+    async def process_id(self) -> int:
+        return await super().process_id()  # type: ignore[misc]
+
+
+class Counter(RuntimeMethodsForTests, Agent):
     """Exercises storage, state, turns and schedules."""
 
     state_model = CounterState
@@ -40,23 +72,28 @@ class Counter(Agent):
         starts = await self.storage.get("starts", 0)
         await self.storage.put("starts", starts + 1)
 
+    @public
     @read
     async def whoami(self) -> dict[str, Any]:
         return {"token": self.instance_token, "pid": os.getpid(), "name": self.name}
 
     # -- storage -----------------------------------------------------------------------------------
+    @public
     @turn
     async def put(self, key: str, value: Any) -> None:
         await self.storage.put(key, value)
 
+    @public
     @read
     async def get(self, key: str) -> Any:
         return await self.storage.get(key)
 
+    @public
     @read
     async def list_keys(self, prefix: str = "") -> dict[str, Any]:
         return await self.storage.list(prefix)
 
+    @public
     @turn
     async def add_events_then_fail(self, values: list[int]) -> None:
         async with self.storage.transaction() as tx:
@@ -64,11 +101,13 @@ class Counter(Agent):
                 await tx.execute("INSERT INTO events(value) VALUES (?)", (value,))
             raise RuntimeError("boom after inserts")
 
+    @public
     @read
     async def events(self) -> list[int]:
         return [row["value"] for row in await self.storage.fetchall("SELECT value FROM events ORDER BY seq")]
 
     # -- turns -------------------------------------------------------------------------------------
+    @public
     @turn
     async def append(self, value: int) -> int:
         self._active_turns += 1
@@ -82,16 +121,19 @@ class Counter(Agent):
         finally:
             self._active_turns -= 1
 
+    @public
     @turn
     async def slow_put(self, key: str, value: Any, seconds: float) -> None:
         """A turn that writes only after a while (so a test can cancel its caller in between)."""
         await asyncio.sleep(seconds)
         await self.storage.put(key, value)
 
+    @public
     @read
     async def turn_stats(self) -> dict[str, Any]:
         return {"max_active_turns": self.max_active_turns, "busy": self.busy}
 
+    @public
     @turn
     async def slow(self, seconds: float) -> str:
         self.busy = True
@@ -131,17 +173,20 @@ class SlowLeavingCounter(Counter):
 
 
 class PlainCounter(Agent):
-    """Undecorated methods only: they still run after start-up (storage open, migrations applied)."""
+    """`@public` alone (no `@turn`/`@read`): turns, run after start-up (storage open, migrations applied)."""
 
     migrations = ["CREATE TABLE notes (text TEXT NOT NULL)"]
 
+    @public
     async def write(self, key: str, value: Any) -> None:
         await self.storage.put(key, value)
 
+    @public
     async def note(self, text: str) -> int:
         await self.storage.execute("INSERT INTO notes(text) VALUES (?)", (text,))
         row = await self.storage.fetchone("SELECT COUNT(*) AS n FROM notes")
         return int(row["n"])
 
+    @public
     async def lookup(self, key: str) -> Any:
         return await self.storage.get(key)

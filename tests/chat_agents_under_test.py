@@ -9,15 +9,16 @@ import signal
 from typing import Any
 
 from agents.chat import Chat
+from tests.agents_under_test import RuntimeMethodsForTests
 from tools.base import Tool
 from tools.stocks import get_stock_price, make_buy_stock_tool
 
 
-class ShortExpiryChat(Chat):
+class ShortExpiryChat(RuntimeMethodsForTests, Chat):
     ciba_requested_expiry = 3
 
 
-class ConfirmingChat(Chat):
+class ConfirmingChat(RuntimeMethodsForTests, Chat):
     """Price look-ups need an in-chat confirmation here."""
 
     def build_tools(self) -> list[Tool]:
@@ -32,7 +33,7 @@ class ConfirmingChat(Chat):
         return [confirming, *tools]
 
 
-class CrashableChat(Chat):
+class CrashableChat(RuntimeMethodsForTests, Chat):
     """`buy_stock` that dies (SIGKILL) before it runs, after the order was placed, or after the tool
     returned but before the thread recorded its result; or a turn that dies right after storing the user's
     message; once per marker file."""
@@ -72,13 +73,13 @@ class CrashableChat(Chat):
         return appended
 
 
-class HibernatingChat(Chat):
+class HibernatingChat(RuntimeMethodsForTests, Chat):
     """The real `Chat`, hibernating after half a second with nothing to do."""
 
     idle_seconds = 0.5
 
 
-class FlakyCheckChat(Chat):
+class FlakyCheckChat(RuntimeMethodsForTests, Chat):
     """Its approval checks fail `failing_checks` times before they work (a stand-in for a storage that stays
     busy for minutes, which cannot be provoked quickly; the failure is raised where that one would be)."""
 
@@ -104,7 +105,7 @@ class NeverCheckingChat(FlakyCheckChat):
     ciba_requested_expiry = 3
 
 
-class ImpatientChat(Chat):
+class ImpatientChat(RuntimeMethodsForTests, Chat):
     """Gives up on a transiently failing tool after two retries (the product waits twenty)."""
 
     tool_retry_limit = 2

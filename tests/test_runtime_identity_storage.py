@@ -13,7 +13,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError
 
 import runtime
 from runtime import InvalidAgentIdError, InvalidScheduleError, get_agent, get_agent_sync
-from tests.agents_under_test import Counter
+from tests.agents_under_test import Counter, PlainCounter
 from tests.conftest import ray_init_kwargs
 from tests.waiting import eventually
 
@@ -197,3 +197,35 @@ async def test_internal_methods_cannot_be_called_through_a_handle(storage_dir: P
         for method in ("resume_tool_call", "recover_turn", "check_access", "set_owner", "build_tools", "purchase_tool"):
             with pytest.raises(AttributeError, match="that can be called"):
                 await thread.invoke(method, {"tool_call_id": "x"})
+
+
+async def test_only_what_a_class_marks_public_can_be_called_through_a_handle(storage_dir: Path) -> None:
+    """Review hole 5: the remote surface is opt-in. Through a handle, without any token, a caller used to
+    run the runtime's own methods on a chat thread: schedule a `set_owner` or a `resume_tool_call`, cancel
+    the check of a pending approval, overwrite its state, re-run `on_start`, reach its model client."""
+    from agents.chat import Chat
+
+    thread = get_agent(Chat, "surface-1", storage_dir=storage_dir)
+    refused = {
+        "schedule": (0, "set_owner", {"owner": "mallory"}),
+        "cancel_schedule": ("any",),
+        "get_schedules": (),
+        "set_state": ({},),
+        "get_state": (),
+        "on_start": (),
+        "on_error": (RuntimeError(),),
+        "llm": (),
+        "jwt_verifier": (),
+        "process_id": (),
+        "credential_store": (),
+        "keeps_retrying": (None,),
+    }
+    for method, args in refused.items():
+        with pytest.raises(AttributeError, match="only methods marked @public"):
+            await thread.invoke(method, *args)
+    assert not Chat.storage_path(storage_dir, "surface-1").exists()  # refused before the agent was activated
+
+    plain = get_agent(PlainCounter, "surface-2", storage_dir=storage_dir)
+    assert await plain.note("marked @public: a turn") == 1
+    with pytest.raises(AttributeError):
+        await plain.invoke("schedule", 0, "note", "x")
