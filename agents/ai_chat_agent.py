@@ -36,6 +36,7 @@ from tools.interrupts import AsyncAuthorizationInterrupt
 logger = logging.getLogger("agents.chat")
 
 DENIED_CONFIRMATION_TEXT = "The user denied this action."
+TOO_MANY_CALLS_TEXT = "Not run: at most {cap} tool calls are run per answer. Ask for the rest in another step."
 TOOL_RETRY_BASE_SECONDS = 1.0
 TOOL_RETRY_MAX_SECONDS = 60.0
 
@@ -259,8 +260,11 @@ class AIChatAgent(Agent):
             _, calls = await self._append_assistant(content, raw_calls)
             if not calls:
                 return
-            for call in calls:
+            cap = self.settings.max_tool_calls_per_step
+            for call in calls[:cap]:
                 await self._execute_tool_call(call)
+            for call in calls[cap:]:  # one answer must not fan out into unbounded work (or pushes)
+                await self._finish_call(call, TOO_MANY_CALLS_TEXT.format(cap=cap))
         logger.info("%s: tool loop stopped after max_steps=%d", self.name, self.settings.max_steps)
 
     async def _call_llm(self, context: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:

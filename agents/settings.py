@@ -23,6 +23,18 @@ class ChatSettings(BaseSettings):
     openai_timeout: float = Field(default=60.0, validation_alias=AliasChoices("OPENAI_TIMEOUT"))
     max_steps: int = Field(default=5, ge=1, le=50, validation_alias=AliasChoices("CHAT_MAX_STEPS"))
     max_message_chars: int = Field(default=8000, ge=1, validation_alias=AliasChoices("CHAT_MAX_MESSAGE_CHARS"))
+    max_tool_calls_per_step: int = Field(
+        default=4,
+        ge=1,
+        validation_alias=AliasChoices("CHAT_MAX_TOOL_CALLS_PER_STEP"),
+        description="Tool calls run from one model answer; the rest are answered 'not run' (the model is told).",
+    )
+    max_pending_approvals_per_thread: int = Field(
+        default=3,
+        ge=1,
+        validation_alias=AliasChoices("CHAT_MAX_PENDING_APPROVALS_PER_THREAD"),
+        description="Approvals one thread may have waiting on the user's device; a new one is refused until one ends.",
+    )
     system_prompt: str = Field(
         default=(
             "You are a helpful stock trading assistant. Use get_stock_price to look up prices and buy_stock to "

@@ -16,11 +16,17 @@ from typing import Any, ClassVar
 
 from agents.ai_chat_agent import AIChatAgent
 from agents.auth_agent import AuthAgent
+from agents.messages import ToolCall
 from agents.owned_agent import OwnedAgent
 from agents.resumer import AsyncUserConfirmationResumer
 from auth.settings import AuthSettings
 from runtime import internal
-from tools.async_confirmation import InterruptCallback, Resolvable, with_async_user_confirmation
+from tools.async_confirmation import (
+    AsyncUserConfirmationTool,
+    InterruptCallback,
+    Resolvable,
+    with_async_user_confirmation,
+)
 from tools.base import Tool, current_tool_context
 from tools.ciba_client import CIBAClient
 from tools.ciba_ping import ping_key
@@ -36,6 +42,10 @@ def thread_owner(**_: Any) -> str:
 
 
 CREDENTIALS_FOLDER = "credentials"
+TOO_MANY_PENDING_TEXT = (
+    "Not sent: {cap} approvals of this conversation are already waiting on the user's device. Ask the user to "
+    "answer those first, then ask again."
+)
 
 
 class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAgent):
@@ -91,6 +101,18 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
             path = self.credential_store_path(self.storage_dir, self.id)
             self._credential_store = SQLiteCredentialStore(path, AuthSettings().require_encryption_key())
         return self._credential_store
+
+    async def _execute_tool_call(self, call: ToolCall, *, confirmed: bool = False) -> None:
+        """A new call of a tool that asks the user's device for approval is refused (with a result that says
+        why) while `max_pending_approvals_per_thread` approvals of this thread are already waiting: one
+        thread cannot flood the user's phone, nor the provider's per-user limit."""
+        tool = self.tools.get(call.name)
+        if call.state == "call" and isinstance(tool, AsyncUserConfirmationTool):
+            cap = self.settings.max_pending_approvals_per_thread
+            if len(await self.thread_store.calls("pending-authorization")) >= cap:
+                await self._finish_call(call, TOO_MANY_PENDING_TEXT.format(cap=cap))
+                return
+        await super()._execute_tool_call(call, confirmed=confirmed)
 
     async def close(self) -> None:
         """Hibernating: also close the credential store's file."""

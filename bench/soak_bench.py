@@ -307,6 +307,8 @@ def soak_stack(cfg: SoakConfig, storage: Path, namespace: str) -> Any:
         "CIBA_DELIVERY_MODE": "ping",
         "CIBA_PING_FALLBACK_SECONDS": "5",
         "AGENT_MAX_THREADS_PER_USER": "10",
+        "AGENTRT_MAX_TURNS_PER_MINUTE": "100000",  # load from a few users, not abuse
+        "AGENTRT_MAX_CONCURRENT_TURNS": "1000",
     }
     return local_stack(storage, namespace, 1, env, dev_users=tuple(f"soak{i}" for i in range(cfg.users)))
 

@@ -109,3 +109,13 @@ class ImpatientChat(RuntimeMethodsForTests, Chat):
     """Gives up on a transiently failing tool after two retries (the product waits twenty)."""
 
     tool_retry_limit = 2
+
+
+class LimitedChat(RuntimeMethodsForTests, Chat):
+    """At most 3 tool calls per answer and 2 approvals waiting per thread (the product: 4 and 3)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings = self.settings.model_copy(
+            update={"max_tool_calls_per_step": 3, "max_pending_approvals_per_thread": 2}
+        )

@@ -97,6 +97,9 @@ def ensure_http_api(world: Any, *, timeout: float = 120.0) -> HttpApi:
         "AGENTRT_SSE_PING_SECONDS": "2",
         "AGENT_MAX_THREADS_PER_USER": str(THREADS_PER_USER),
         "AGENTRT_MAX_STREAMS_PER_USER": str(STREAMS_PER_USER),
+        # the suite's few demo users send far more than a person would (the limit itself: test_turn_limits)
+        "AGENTRT_MAX_TURNS_PER_MINUTE": "100000",
+        "AGENTRT_MAX_CONCURRENT_TURNS": "1000",
         "AGENTRT_MAX_STREAMS_PER_THREAD": str(STREAMS_PER_THREAD),
         # CIBA ping mode for the threads behind the HTTP API (their hosts inherit the replicas' env); the
         # dev server pings /ciba/notify, and a lost ping is caught by a poll every 2 s

@@ -52,3 +52,22 @@ async def test_checks_that_never_work_end_the_call_clearly_once_the_request_expi
     assert await agent.get_pending_approvals(alice) == []
     assert await agent.get_schedules(status="failed") == []
     assert final_text(await agent.get_messages(alice))
+
+
+async def test_one_answer_cannot_fan_out_into_unbounded_calls_or_pushes(
+    chat_world: ChatWorld, storage_dir: Path
+) -> None:
+    """Review hole 6: one message that makes the model call `buy_stock` four times runs three of them (the
+    fourth is answered "not run"), and of those only two reach the user's device (the third is answered
+    "not sent": two approvals of the thread are already waiting). The model reads why in each result."""
+    from tests.chat_agents_under_test import LimitedChat
+
+    alice = chat_world.token("alice")
+    before = chat_world.stats()["backchannel_requests"]
+    agent = get_agent(LimitedChat, f"limited-{uuid.uuid4().hex[:8]}", storage_dir=storage_dir)
+    new = await agent.send_message(alice, "buy 1 MSFT, 1 AAPL, 1 NVDA and 1 GOOGL")
+    states = [(m.state, m.content or "") for m in tool_messages(new)]
+    assert [s for s, _ in states] == ["pending-authorization", "pending-authorization", "result", "result"]
+    assert states[2][1].startswith("Not sent: 2 approvals") and states[3][1].startswith("Not run: at most 3")
+    assert len(await agent.get_pending_approvals(alice)) == 2
+    assert chat_world.stats()["backchannel_requests"] == before + 2

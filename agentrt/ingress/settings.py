@@ -62,6 +62,18 @@ class IngressSettings(BaseSettings):
         validation_alias=AliasChoices("AGENTRT_MAX_STREAMS_PER_THREAD"),
         description="Open event streams on one thread per replica; the next is refused with 429.",
     )
+    max_turns_per_minute: int = Field(
+        default=30,
+        ge=1,
+        validation_alias=AliasChoices("AGENTRT_MAX_TURNS_PER_MINUTE"),
+        description="Turns (messages, tool results) one user may start per minute per replica; then 429.",
+    )
+    max_concurrent_turns: int = Field(
+        default=4,
+        ge=1,
+        validation_alias=AliasChoices("AGENTRT_MAX_CONCURRENT_TURNS"),
+        description="Turns of one user running at once per replica; the next is refused with 429.",
+    )
     max_threads_per_user: int = Field(
         default=1000,
         ge=1,

@@ -37,6 +37,7 @@ from agentrt.ingress.schemas import (
 from agentrt.ingress.settings import IngressSettings, settings_dependency
 from agentrt.ingress.stream_slots import slots
 from agentrt.ingress.streams import FAR_AFTER, SSE_HEADERS, dump, parse_resume_point, thread_stream, turn_stream
+from agentrt.ingress.turn_limits import turn_limits
 from agents.errors import NotOwnerError
 from runtime import validate_agent_id
 
@@ -57,6 +58,13 @@ async def open_thread(who: Caller, thread_id: str, settings: IngressSettings) ->
             await gateway.call(directory, "remove", who.token, thread_id, idempotent=True)
         raise
     return entry
+
+
+def take_turn(thread: ThreadAccess, settings: IngressSettings) -> Any:
+    """A turn of the caller's counted in (`turn_limits`), or 429; call the result when the turn ends."""
+    return turn_limits.take(
+        thread.caller.subject, per_minute=settings.max_turns_per_minute, concurrent=settings.max_concurrent_turns
+    )
 
 
 async def call_or_create(
@@ -154,14 +162,21 @@ async def send_message(
     content = checked_message(body.content, settings)
     # the message's own id makes resending it harmless: the gateway resends it if the agent's host crashes
     message_id = body.message_id or f"msg-{uuid.uuid4().hex}"
+    done = take_turn(thread, settings)
     if not wants_event_stream(request):
-        messages = await call_or_create(thread, settings, "send_message", content, message_id, idempotent=True)
+        try:
+            messages = await call_or_create(thread, settings, "send_message", content, message_id, idempotent=True)
+        finally:
+            done()
         note_activity(thread, content)
         return JSONResponse({"thread_id": thread.thread_id, "messages": dump(messages)})
-    # a first zero-wait poll: auth errors become HTTP errors here, before the stream starts
-    start = await call_or_create(thread, settings, "poll_events", FAR_AFTER, None, 0.0)
+    try:  # a first zero-wait poll: auth errors become HTTP errors here, before the stream starts
+        start = await call_or_create(thread, settings, "poll_events", FAR_AFTER, None, 0.0)
+    except BaseException:
+        done()
+        raise
     turn = asyncio.ensure_future(thread.call("send_message", content, message_id, idempotent=True))
-    turn.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even if the client left
+    turn.add_done_callback(lambda t: done() or t.cancelled() or t.exception())  # retrieved if the client left
     stream = turn_stream(thread, turn, start, settings.poll_timeout, lambda: note_activity(thread, content))
     return EventSourceResponse(stream, ping=settings.sse_ping_seconds, headers=SSE_HEADERS)
 
@@ -191,9 +206,17 @@ async def get_interrupts(thread: ThreadAccess = Depends(thread_access)) -> Respo
     },
     tags=["approvals"],
 )
-async def submit_tool_result(body: ToolResultRequest, thread: ThreadAccess = Depends(thread_access)) -> Response:
+async def submit_tool_result(
+    body: ToolResultRequest,
+    thread: ThreadAccess = Depends(thread_access),
+    settings: IngressSettings = Depends(settings_dependency),
+) -> Response:
     """Approve or deny a tool call waiting for an in-chat confirmation; the turn then continues."""
-    messages = await thread.call("submit_tool_result", body.tool_call_id, body.approved)
+    done = take_turn(thread, settings)
+    try:
+        messages = await thread.call("submit_tool_result", body.tool_call_id, body.approved)
+    finally:
+        done()
     return JSONResponse({"thread_id": thread.thread_id, "messages": dump(messages)})
 
 
