@@ -36,6 +36,7 @@ def collect(storage_dir: Path) -> dict[str, Any]:
             "calls": [asdict(p) for p in waiting],
         },
         "parked_schedules": [asdict(p) for p in parked],
+        "parked_alarms": [asdict(a) for a in alarms if a.parked_error],
     }
 
 
@@ -62,6 +63,14 @@ def render(report: dict[str, Any], console: Console) -> None:
             [p["thread"]["agent_id"], p["tool_name"], p["state"], _relative(now - p["since"])]
             for p in pending["calls"][:20]
         ],
+    )
+    parked_alarms = report.get("parked_alarms", [])
+    console.print(f"parked alarms (their agent's class cannot be loaded): {len(parked_alarms)}")
+    _table(
+        console,
+        "Parked alarms",
+        ["agent", "why"],
+        [[f"{_short(a['class_path'])}/{a['agent_id']}", a["parked_error"]] for a in parked_alarms[:20]],
     )
     parked = report["parked_schedules"]
     console.print(f"parked schedules (failed every retry): {len(parked)}")

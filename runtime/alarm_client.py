@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
+from runtime.classes import is_script_class
 from runtime.placement import scheduler_name
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ async def report_next_due(agent: Agent, due: float | None) -> bool:
     key = (str(agent.storage_dir), agent.namespace)
     try:
         scheduler = await scheduler_for(agent.storage_dir, agent.namespace)
-        await scheduler.set_next_due.remote(agent.class_path(), agent.id, due)
+        cls = type(agent)
+        await scheduler.set_next_due.remote(agent.class_path(), agent.id, due, cls if is_script_class(cls) else None)
         return True
     except Exception as exc:  # the local timer still fires; the next re-arm (or the leave) tries again
         _schedulers.pop(key, None)

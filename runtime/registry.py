@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runtime.agent import Agent
+from runtime.classes import is_script_class, script_agent_classes
 from runtime.handles import AgentHandle, SyncAgentHandle
 from runtime.host import ensure_host
 from runtime.placement import host_count
@@ -43,7 +44,7 @@ def get_agent(
     scheduler and host actors); from then on it is a cheap local object.
     """
     root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
-    ensure_scheduler(root, ns)  # before any host: hosts report due times to it by name
+    register_script_classes(ensure_scheduler(root, ns), [cls])  # before any host: hosts report to it by name
     return AgentHandle(cls, agent_id, storage_dir=root, namespace=ns, create=create)
 
 
@@ -58,8 +59,17 @@ def get_agent_sync(
 ) -> SyncAgentHandle[A]:
     """The blocking twin of `get_agent`, for scripts."""
     root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
-    ensure_scheduler(root, ns)
+    register_script_classes(ensure_scheduler(root, ns), [cls])
     return SyncAgentHandle(cls, agent_id, storage_dir=root, namespace=ns, create=create, timeout=timeout)
+
+
+def register_script_classes(scheduler: Any, classes: list[type[Agent]]) -> None:
+    """Send the scheduler every class in `classes` that no other process can import by path (defined in a
+    script), so that its agents' alarms fire while they sleep. Every time, not once per process: a
+    scheduler that restarted has forgotten the classes it was given (a script's handles are few)."""
+    for cls in classes:
+        if is_script_class(cls):
+            scheduler.register_class.remote(cls)  # fire and forget
 
 
 def start_runtime(storage_dir: str | Path | None = None, namespace: str | None = None) -> tuple[Any, list[Any]]:
@@ -67,5 +77,6 @@ def start_runtime(storage_dir: str | Path | None = None, namespace: str | None =
     after a deploy pays no process start. Returns their actor handles; blocks on the GCS briefly."""
     root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
     scheduler = ensure_scheduler(root, ns)
+    register_script_classes(scheduler, script_agent_classes())
     hosts = [ensure_host(root, ns, slot) for slot in range(host_count(root, runtime_settings().hosts))]
     return scheduler, hosts

@@ -22,6 +22,7 @@ from typing import Any
 import ray
 
 from runtime import metrics
+from runtime.agent import Agent
 from runtime.backoff import exponential_delay
 from runtime.classes import import_agent_class
 from runtime.errors import AgentNotFoundError
@@ -46,7 +47,8 @@ INDEX_MIGRATIONS = [
         next_due REAL NOT NULL,
         PRIMARY KEY (class_path, agent_id)
     );
-    """
+    """,
+    "ALTER TABLE alarm_index ADD COLUMN parked_error TEXT",
 ]
 
 CENSUS_SECONDS = 60.0
@@ -88,6 +90,10 @@ class AlarmScheduler:
         self._changed = asyncio.Event()
         self._in_flight: set[tuple[str, str]] = set()
         self._failures: dict[tuple[str, str], int] = {}
+        self._classes: dict[str, type[Agent]] = {}
+        """Classes no process can import by path (defined in a script), as handles registered them."""
+        self._parked: dict[tuple[str, str], str] = {}
+        """Due alarms whose class cannot be loaded here, with why: waiting for the class to be registered."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loaded = asyncio.get_running_loop().create_task(self._load())
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
@@ -96,10 +102,13 @@ class AlarmScheduler:
     async def _load(self) -> None:
         await self.index.open()
         await self.index.migrate("runtime.AlarmScheduler", INDEX_MIGRATIONS)
-        for row in await self.index.fetchall("SELECT class_path, agent_id, next_due FROM alarm_index"):
+        for row in await self.index.fetchall("SELECT class_path, agent_id, next_due, parked_error FROM alarm_index"):
             key = (row["class_path"], row["agent_id"])
             self._due[key] = float(row["next_due"])
-            self._push(float(row["next_due"]), key, float(row["next_due"]))
+            if row["parked_error"]:
+                self._parked[key] = row["parked_error"]
+            else:
+                self._push(float(row["next_due"]), key, float(row["next_due"]))
 
     async def _census(self) -> None:
         """Every minute, how many agents the storage root holds (`agentrt_agents_on_file`): with the hosts'
@@ -116,9 +125,26 @@ class AlarmScheduler:
         heapq.heappush(self._heap, (fire_at, next(self._seq), key, due))
         self._changed.set()
 
-    async def set_next_due(self, class_path: str, agent_id: str, due: float | None) -> None:
-        """Record (durably) when an agent next needs waking; None removes it from the index."""
+    async def register_class(self, cls: type[Agent]) -> None:
+        """Wake the agents of `cls` (a class defined in a script, sent by value) with it from now on; the
+        alarms parked for want of it are due again."""
         await self._loaded
+        self._classes[cls.class_path()] = cls
+        for key in [k for k in self._parked if k[0] == cls.class_path()]:
+            del self._parked[key]
+            await self.index.execute(
+                "UPDATE alarm_index SET parked_error = NULL WHERE class_path = ? AND agent_id = ?", key
+            )
+            self._push(time.time(), key, self._due[key])
+
+    async def set_next_due(
+        self, class_path: str, agent_id: str, due: float | None, agent_class: type[Agent] | None = None
+    ) -> None:
+        """Record (durably) when an agent next needs waking; None removes it from the index. A class that
+        cannot be imported by path comes along (`agent_class`) and is registered."""
+        await self._loaded
+        if agent_class is not None and class_path not in self._classes:
+            await self.register_class(agent_class)
         key = (class_path, agent_id)
         if due is None:
             if key not in self._due:
@@ -131,9 +157,10 @@ class AlarmScheduler:
             return
         await self.index.execute(
             "INSERT INTO alarm_index(class_path, agent_id, next_due) VALUES (?, ?, ?) "
-            "ON CONFLICT(class_path, agent_id) DO UPDATE SET next_due = excluded.next_due",
+            "ON CONFLICT(class_path, agent_id) DO UPDATE SET next_due = excluded.next_due, parked_error = NULL",
             (class_path, agent_id, due),
         )
+        self._parked.pop(key, None)
         self._due[key] = due
         self._push(due + WAKE_GRACE_SECONDS, key, due)
         metrics.DUE_ALARMS.set(len(self._due))
@@ -160,17 +187,41 @@ class AlarmScheduler:
                     pass
                 continue
             heapq.heappop(self._heap)
-            if self._due.get(key) != due or key in self._in_flight:
+            if self._due.get(key) != due or key in self._in_flight or key in self._parked:
                 continue  # stale entry: the agent re-armed since, or a wake-up is already running
             self._in_flight.add(key)
             task = asyncio.get_running_loop().create_task(self._wake(key, due))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    async def _agent_class(self, key: tuple[str, str]) -> type[Agent] | None:
+        """The class of a due agent: registered, or imported by path. If neither works (a class defined in a
+        script, after a restart), the alarm is parked with the reason, in the index (`agentrt status` shows
+        it), until the script runs again and registers its class: never a silent retry loop."""
+        class_path = key[0]
+        if class_path in self._classes:
+            return self._classes[class_path]
+        try:
+            return import_agent_class(class_path)
+        except Exception as exc:
+            reason = (
+                f"cannot load {class_path} ({type(exc).__name__}: {exc}); if it is defined in a script, run the "
+                "script again (runtime.init() or get_agent() registers it), or move it into an importable module"
+            )[:1000]
+            logger.error("the alarm of %s/%s is parked: %s", class_path, key[1], reason)
+            self._parked[key] = reason
+            await self.index.execute(
+                "UPDATE alarm_index SET parked_error = ? WHERE class_path = ? AND agent_id = ?", (reason, *key)
+            )
+            return None
+
     async def _wake(self, key: tuple[str, str], due: float) -> None:
         class_path, agent_id = key
+        cls = await self._agent_class(key)
+        if cls is None:
+            self._in_flight.discard(key)
+            return
         try:
-            cls = import_agent_class(class_path)
             agent = await asyncio.to_thread(  # finding (or starting) its host blocks: keep the loop free
                 AgentHandle, cls, agent_id, storage_dir=self.storage_dir, namespace=self.namespace, create=False
             )

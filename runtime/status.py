@@ -32,6 +32,8 @@ class DueAlarm:
     agent_id: str
     next_due: float
     live: bool
+    parked_error: str | None = None
+    """Why the alarm cannot fire (its class cannot be loaded); None while it can."""
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,19 @@ def live_agents(storage_dir: Path) -> list[AgentRef]:
 def due_alarms(storage_dir: Path) -> list[DueAlarm]:
     live = {(ref.class_name, ref.agent_id) for ref in live_agents(storage_dir)}
     index = runtime_dir(storage_dir) / "alarm_index.sqlite3"
+    try:
+        found = rows(index, "SELECT class_path, agent_id, next_due, parked_error FROM alarm_index ORDER BY next_due")
+    except sqlite3.OperationalError:  # an index from before parked alarms (the scheduler adds the column)
+        found = rows(index, "SELECT class_path, agent_id, next_due, NULL AS parked_error FROM alarm_index")
     return [
-        DueAlarm(r["class_path"], r["agent_id"], r["next_due"], (_class_name(r["class_path"]), r["agent_id"]) in live)
-        for r in rows(index, "SELECT class_path, agent_id, next_due FROM alarm_index ORDER BY next_due")
+        DueAlarm(
+            r["class_path"],
+            r["agent_id"],
+            r["next_due"],
+            (_class_name(r["class_path"]), r["agent_id"]) in live,
+            r["parked_error"],
+        )
+        for r in found
     ]
 
 
