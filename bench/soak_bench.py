@@ -9,7 +9,9 @@ the demo checkout API, the offline model). Then, for `--minutes`:
   approvals, and now and then buy a stock (one purchase pending at a time);
 - their phone (the dev server's JSON API) approves or denies each purchase at random;
 - a fault injector SIGKILLs a random agent host every `--kill-every` s, restarts the checkout API every
-  `--checkout-every` s (down a few seconds) and stalls the authorization server once for `--stall` s
+  `--checkout-every` s (down a few seconds), loses an answer every `--lost-answer-every` s (the checkout's
+  after it placed the order, or the token endpoint's after it handed out tokens, replaced by a 502/504)
+  and stalls the authorization server once for `--stall` s
   (connections accepted, nothing answered).
 
 Then it drains (no new messages, faults stopped, the phone still deciding) until every purchase is
@@ -74,6 +76,9 @@ class SoakConfig:
     kill_every: float = 30.0
     checkout_every: float = 60.0
     checkout_down: float = 3.0
+    lost_answer_every: float = 20.0
+    """Every so often, alternately: the checkout places the next order and loses its answer (a 504, or held
+    past the client's timeout); the authorization server hands out tokens and a 502/504 replaces the answer."""
     stall: float = 30.0
     stall_at: float = 0.4
     """When the stall starts, as a share of the run."""
@@ -205,12 +210,23 @@ class Soak:
         await asyncio.to_thread(self.stack.checkout.start)
         self.ledger.faults["checkout_restart"] += 1
 
+    def lose_an_answer(self, turn: int) -> None:
+        """Arm the next lost answer: at the checkout (after it placed the order) or at the authorization
+        server (after it handed out the tokens); the flow must find out, never double nor waste anything."""
+        if turn % 2 == 0:
+            self.stack.checkout.lose_next_answers(1, 504 if turn % 4 == 0 else None)
+            self.ledger.faults["checkout_answer_lost"] += 1
+        else:
+            self.stack.authz.replace_answers(1, 502 if turn % 4 == 1 else 504, "token")
+            self.ledger.faults["authz_gateway_error_after_acting"] += 1
+
     async def faults(self, start: float, end: float) -> None:
         rng = random.Random(self.cfg.seed + 1)
         next_kill = start + self.cfg.kill_every * rng.uniform(0.5, 1.0)
         next_checkout = start + self.cfg.checkout_every * rng.uniform(0.5, 1.0)
         stall_at = start + self.cfg.stall_at * (end - start)
         stalled = self.cfg.stall <= 0
+        next_loss, losses = start + self.cfg.lost_answer_every * rng.uniform(0.3, 0.6), 0
         while time.monotonic() < end:
             now = time.monotonic()
             if now >= next_kill:
@@ -219,6 +235,10 @@ class Soak:
             if now >= next_checkout:
                 await self.restart_checkout()
                 next_checkout = time.monotonic() + self.cfg.checkout_every * rng.uniform(0.5, 1.5)
+            if self.cfg.lost_answer_every > 0 and now >= next_loss:
+                self.lose_an_answer(losses)
+                losses += 1
+                next_loss = now + self.cfg.lost_answer_every * rng.uniform(0.5, 1.5)
             if not stalled and now >= stall_at:
                 self.stack.authz.stall(self.cfg.stall)
                 self.ledger.stall_windows.append((now, now + self.cfg.stall))
@@ -348,7 +368,18 @@ def print_report(report: dict[str, Any]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = SoakConfig()
-    knobs = ("users", "minutes", "kill_every", "checkout_every", "stall", "buy_share", "approve_share", "drain", "seed")
+    knobs = (
+        "users",
+        "minutes",
+        "kill_every",
+        "checkout_every",
+        "lost_answer_every",
+        "stall",
+        "buy_share",
+        "approve_share",
+        "drain",
+        "seed",
+    )
     for name in knobs:
         value = getattr(defaults, name)
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 def test_a_short_soak_with_crashes_restarts_and_a_stall_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     args = ["--users", "6", "--minutes", "1.2", "--kill-every", "15", "--checkout-every", "25", "--stall", "20"]
+    args += ["--lost-answer-every", "10"]
     proc = run_isolated("bench/soak_bench.py", *args, "--drain", "150", "--out", str(out), cwd=tmp_path, timeout=540)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -30,6 +31,7 @@ def test_a_short_soak_with_crashes_restarts_and_a_stall_loses_nothing(tmp_path: 
     faults = report["faults"]
     assert faults.get("host_sigkill", 0) >= 1 and faults.get("checkout_restart", 0) >= 1, faults
     assert faults.get("authz_stall") == 1, faults
+    assert faults.get("checkout_answer_lost", 0) >= 1 and faults.get("authz_gateway_error_after_acting", 0) >= 1
     decided = report["purchases_decided"]
     assert decided.get("approved", 0) >= 1 and report["orders_placed"] >= 1, report
     assert report["messages_acknowledged"] >= 30, report

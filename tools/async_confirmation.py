@@ -25,9 +25,10 @@ the request, polling and reading the answers is `tools.ciba_requests`):
 2. Nothing is pending: atomically create a pending record (`create_if_absent`), send the backchannel
    request, store `auth_req_id`, expiry, interval and next poll time, raise `AuthorizationPendingInterrupt`.
    Racing calls (same process or another one after a restart) lose the create and send nothing, so the
-   user gets exactly one push per tool call. The single exception: a record left "requesting" without an
-   `auth_req_id` after its lease ran out (the process died mid-request, or the server was unreachable) is
-   taken over by exactly one caller, which sends the request again.
+   user gets exactly one push per tool call. The exceptions, capped together at `MAX_REQUESTS_PER_CALL`
+   requests that may have reached the device (`tools.ciba_resends`): a record left "requesting" without an
+   `auth_req_id` after its lease ran out (the process died mid-request, or the answer was lost) is taken
+   over by exactly one caller, which sends the request again; an approval lost with its poll's answer.
 3. A request is pending: before `next_poll_at` raise `AuthorizationPendingInterrupt` without polling;
    otherwise poll exactly once. `slow_down` adds 5 s to the interval for every later poll and raises
    `AuthorizationPollingInterrupt`; an unreachable server backs off and raises the same (never a denial);
