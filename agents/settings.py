@@ -29,6 +29,12 @@ class ChatSettings(BaseSettings):
         validation_alias=AliasChoices("CHAT_MAX_TOOL_CALLS_PER_STEP"),
         description="Tool calls run from one model answer; the rest are answered 'not run' (the model is told).",
     )
+    max_pending_approvals_per_user: int = Field(
+        default=5,
+        ge=1,
+        validation_alias=AliasChoices("CHAT_MAX_PENDING_APPROVALS_PER_USER"),
+        description="Approvals one user may have waiting on their device across all their threads.",
+    )
     max_pending_approvals_per_thread: int = Field(
         default=3,
         ge=1,

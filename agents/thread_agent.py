@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agents.ai_chat_agent import AIChatAgent
+from agents.approval_slots import approval_slots
 from agents.auth_agent import AuthAgent
 from agents.messages import ToolCall
 from agents.owned_agent import OwnedAgent
@@ -42,6 +43,10 @@ def thread_owner(**_: Any) -> str:
 
 
 CREDENTIALS_FOLDER = "credentials"
+TOO_MANY_PENDING_FOR_USER_TEXT = (
+    "Not sent: {cap} approvals of this user are already waiting on their device (across their "
+    "conversations). Ask the user to answer those first, then ask again."
+)
 TOO_MANY_PENDING_TEXT = (
     "Not sent: {cap} approvals of this conversation are already waiting on the user's device. Ask the user to "
     "answer those first, then ask again."
@@ -108,11 +113,34 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
         thread cannot flood the user's phone, nor the provider's per-user limit."""
         tool = self.tools.get(call.name)
         if call.state == "call" and isinstance(tool, AsyncUserConfirmationTool):
-            cap = self.settings.max_pending_approvals_per_thread
-            if len(await self.thread_store.calls("pending-authorization")) >= cap:
-                await self._finish_call(call, TOO_MANY_PENDING_TEXT.format(cap=cap))
+            refusal = await self._approval_refusal(call)
+            if refusal is not None:
+                await self._finish_call(call, refusal)
                 return
         await super()._execute_tool_call(call, confirmed=confirmed)
+
+    async def _approval_refusal(self, call: ToolCall) -> str | None:
+        """Why a new approval for `call` may not be asked for (the thread's or the user's approvals waiting
+        are at their cap), else None, with a slot taken for it among the user's."""
+        per_thread = self.settings.max_pending_approvals_per_thread
+        if len(await self.thread_store.calls("pending-authorization")) >= per_thread:
+            return TOO_MANY_PENDING_TEXT.format(cap=per_thread)
+        owner = await self.get_owner()
+        per_user = self.settings.max_pending_approvals_per_user
+        lifetime = 2.0 * self.ciba_requested_expiry + 60.0  # the request's life, and a lost-answer re-ask
+        slots = approval_slots(self.storage_dir)
+        if owner and not await slots.take(owner, self._slot_key(call.id), per_user=per_user, lifetime=lifetime):
+            return TOO_MANY_PENDING_FOR_USER_TEXT.format(cap=per_user)
+        return None
+
+    def _slot_key(self, tool_call_id: str) -> str:
+        return f"{self.name}/{tool_call_id}"
+
+    async def _finish_call(self, call: ToolCall, result: str) -> None:
+        """A call that ends gives its approval slot back (if it had one)."""
+        await super()._finish_call(call, result)
+        if isinstance(self.tools.get(call.name), AsyncUserConfirmationTool):
+            await approval_slots(self.storage_dir).give_back(self._slot_key(call.id))
 
     async def close(self) -> None:
         """Hibernating: also close the credential store's file."""

@@ -8,6 +8,7 @@ and comes back transparently on the next call or due alarm.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from runtime.scheduler import ensure_scheduler
 from runtime.settings import runtime_settings
 
 A = TypeVar("A", bound=Agent)
+logger = logging.getLogger("runtime.registry")
 
 
 def resolve_storage_dir(storage_dir: str | Path | None) -> Path:
@@ -68,8 +70,12 @@ def register_script_classes(scheduler: Any, classes: list[type[Agent]]) -> None:
     script), so that its agents' alarms fire while they sleep. Every time, not once per process: a
     scheduler that restarted has forgotten the classes it was given (a script's handles are few)."""
     for cls in classes:
-        if is_script_class(cls):
+        if not is_script_class(cls):
+            continue
+        try:
             scheduler.register_class.remote(cls)  # fire and forget
+        except Exception as exc:  # a class that cannot be pickled: its alarms park (with the reason) instead
+            logger.warning("cannot hand %s to the alarm scheduler: %s", cls.__qualname__, exc)
 
 
 def start_runtime(storage_dir: str | Path | None = None, namespace: str | None = None) -> tuple[Any, list[Any]]:

@@ -112,10 +112,14 @@ class ImpatientChat(RuntimeMethodsForTests, Chat):
 
 
 class LimitedChat(RuntimeMethodsForTests, Chat):
-    """At most 3 tool calls per answer and 2 approvals waiting per thread (the product: 4 and 3)."""
+    """At most 3 tool calls per answer, 2 approvals waiting per thread and 3 per user (the product: 4, 3, 5)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.settings = self.settings.model_copy(
-            update={"max_tool_calls_per_step": 3, "max_pending_approvals_per_thread": 2}
+            update={
+                "max_tool_calls_per_step": 3,
+                "max_pending_approvals_per_thread": 2,
+                "max_pending_approvals_per_user": 3,
+            }
         )

@@ -5,6 +5,7 @@ test agent's (see `FlakyCheckChat`)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,14 @@ from tests.test_chat_flow import final_text, tool_messages, wait_for_final, wait
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("chat_world")
+
+
+@pytest.fixture
+def no_requests_left(chat_world: ChatWorld) -> Iterator[None]:
+    """Deny what a test left pending on alice's phone: the next tests expect hers to hold only theirs."""
+    yield
+    for request in chat_world.requests_for("alice"):
+        chat_world.decide(request["id"], approve=False)
 
 
 async def test_checks_that_fail_past_the_retry_limit_still_complete_the_approval(
@@ -34,6 +43,7 @@ async def test_checks_that_fail_past_the_retry_limit_still_complete_the_approval
     assert await agent.get_schedules(status="failed") == []
 
 
+@pytest.mark.usefixtures("no_requests_left")
 async def test_checks_that_never_work_end_the_call_clearly_once_the_request_expired(
     chat_world: ChatWorld, storage_dir: Path
 ) -> None:
@@ -54,6 +64,7 @@ async def test_checks_that_never_work_end_the_call_clearly_once_the_request_expi
     assert final_text(await agent.get_messages(alice))
 
 
+@pytest.mark.usefixtures("no_requests_left")
 async def test_one_answer_cannot_fan_out_into_unbounded_calls_or_pushes(
     chat_world: ChatWorld, storage_dir: Path
 ) -> None:
@@ -71,3 +82,28 @@ async def test_one_answer_cannot_fan_out_into_unbounded_calls_or_pushes(
     assert states[2][1].startswith("Not sent: 2 approvals") and states[3][1].startswith("Not run: at most 3")
     assert len(await agent.get_pending_approvals(alice)) == 2
     assert chat_world.stats()["backchannel_requests"] == before + 2
+
+
+@pytest.mark.usefixtures("no_requests_left")
+async def test_a_user_cannot_have_more_approvals_waiting_than_the_cap_across_threads(
+    chat_world: ChatWorld, storage_dir: Path
+) -> None:
+    """Review hole 6: the per-user cap counts every thread of the user; an approval that ends (here denied)
+    gives its place back."""
+    from tests.chat_agents_under_test import LimitedChat
+
+    alice = chat_world.token("alice")
+    first = get_agent(LimitedChat, f"user-cap-a-{uuid.uuid4().hex[:6]}", storage_dir=storage_dir)
+    second = get_agent(LimitedChat, f"user-cap-b-{uuid.uuid4().hex[:6]}", storage_dir=storage_dir)
+    states = [m.state for m in tool_messages(await first.send_message(alice, "buy 1 MSFT and 1 AAPL"))]
+    assert states == ["pending-authorization", "pending-authorization"]
+    new = tool_messages(await second.send_message(alice, "buy 1 NVDA and 1 GOOGL"))
+    assert [m.state for m in new] == ["pending-authorization", "result"]
+    assert (new[1].content or "").startswith("Not sent: 3 approvals of this user")
+    assert len(chat_world.requests_for("alice")) == 3
+
+    denied = next(r for r in chat_world.requests_for("alice") if r["binding_message"] == "Buy 1 MSFT")
+    chat_world.decide(denied["id"], approve=False)
+    await wait_for_final(first, alice, "denied", timeout=30)
+    again = tool_messages(await second.send_message(alice, "buy 1 AMZN"))
+    assert again[-1].state == "pending-authorization"

@@ -42,3 +42,5 @@ async def test_a_purchase_never_takes_the_file_of_the_thread_named_like_its_old_
     assert bobs_file.exists()
     assert Chat.credential_store_path(storage_dir, name).exists()
     assert [m.content for m in await bobs.get_messages(chat_world.token("bob")) if m.role == "user"] == ["hello"]
+    for request in chat_world.requests_for("alice"):  # the next tests expect alice's phone to hold only theirs
+        chat_world.decide(request["id"], approve=False)
