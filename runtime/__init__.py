@@ -64,19 +64,22 @@ def init(
     """Connect to Ray (starting a local cluster if none is running) and start the alarm scheduler.
 
     Call it once per driver. After a full cluster restart this is what brings due schedules back:
-    the scheduler reloads its index from `storage_dir` and wakes the agents that are due. With
+    the scheduler reloads its index from `storage_dir` and wakes the agents that are due. `storage_dir`
+    (default: `AGENT_STORAGE_DIR`, else `./.data`) and `namespace` become this process's: every handle
+    `get_agent` gives without its own `storage_dir=` keeps its agents' files and alarms there. With
     `start_hosts`, the root's agent hosts are started too (and waited for), so that the first call pays
     no process start. Returns the scheduler's actor handle.
     """
     import ray
 
-    from runtime.registry import resolve_namespace, start_runtime
+    from runtime.registry import start_runtime
+    from runtime.storage_root import use_storage_root
 
-    ns = resolve_namespace(namespace)
+    root, ns = use_storage_root(storage_dir, namespace)
     if not ray.is_initialized():
         ray_init_kwargs.setdefault("namespace", ns)
         ray.init(**ray_init_kwargs)
-    scheduler, hosts = start_runtime(storage_dir, ns)
+    scheduler, hosts = start_runtime(root, ns)
     ray.get(scheduler.pending.remote())  # wait until it has loaded its index
     if start_hosts:
         ray.get([host.stats.remote() for host in hosts])

@@ -36,6 +36,7 @@ from runtime.errors import HostRetiringError
 from runtime.placement import host_count, host_name, runtime_dir
 from runtime.settings import runtime_settings
 from runtime.storage import AgentStorage
+from runtime.storage_root import use_storage_root
 
 logger = logging.getLogger("runtime.host")
 
@@ -70,6 +71,7 @@ class AgentHost:
         settings = runtime_settings()
         self.storage_dir = Path(storage_dir)
         self.namespace = namespace
+        use_storage_root(storage_dir, namespace)  # its agents' own get_agent() calls stay in this root
         self.slot = slot
         self.host_idle_seconds = settings.host_idle_seconds
         self.activations = Activations(

@@ -19,17 +19,10 @@ from runtime.host import ensure_host
 from runtime.placement import host_count
 from runtime.scheduler import ensure_scheduler
 from runtime.settings import runtime_settings
+from runtime.storage_root import resolve_namespace, resolve_storage_dir
 
 A = TypeVar("A", bound=Agent)
 logger = logging.getLogger("runtime.registry")
-
-
-def resolve_storage_dir(storage_dir: str | Path | None) -> Path:
-    return Path(storage_dir or runtime_settings().storage_dir).resolve()
-
-
-def resolve_namespace(namespace: str | None) -> str:
-    return namespace or runtime_settings().namespace
 
 
 def get_agent(
@@ -40,7 +33,8 @@ def get_agent(
     namespace: str | None = None,
     create: bool = True,
 ) -> AgentHandle[A]:
-    """A handle to the one `cls` agent with this id (created on its first call unless `create=False`).
+    """A handle to the one `cls` agent with this id (created on its first call unless `create=False`), in
+    the storage root `runtime.init` was given unless `storage_dir` names another.
 
     Blocks briefly the first time a process reaches a storage root (it looks up or starts the root's
     scheduler and host actors); from then on it is a cheap local object.
