@@ -152,3 +152,28 @@ def test_raised_in_a_ray_task_arrives_as_the_same_interrupt(ray_module: object) 
     assert cause.to_dict() == AuthorizationPollingInterrupt(retry_after=6.0, reason="slow_down", **FIELDS).to_dict()
     sent = AccessDeniedInterrupt(**FIELDS)
     assert_same(sent, ray.get(echo.remote(sent.to_dict())))
+
+
+@pytest.mark.parametrize(
+    ("text", "fitted"),
+    [
+        ("Pay A&B Café 42.50€", "Pay A+B Cafe 42.50 EUR"),
+        ("Book 2 seats to Paris", "Book 2 seats to Paris"),
+        (
+            "Submit expense: 42.50 USD at Acme Corporation International Holdings Ltd (ref 99)",
+            "Submit expense: 42.50 USD at Acme Corporation International",
+        ),
+        ("x" * 100, "x" * 64),
+    ],
+)
+def test_any_text_is_fitted_into_a_binding_message_the_provider_accepts(text: str, fitted: str) -> None:
+    from tools import fit_binding_message, validate_binding_message
+
+    assert validate_binding_message(fit_binding_message(text)) == fitted
+
+
+def test_a_text_with_nothing_showable_is_refused_clearly() -> None:
+    from tools import InvalidBindingMessage, fit_binding_message
+
+    with pytest.raises(InvalidBindingMessage, match="nothing of"):
+        fit_binding_message("«»")

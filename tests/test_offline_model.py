@@ -274,3 +274,31 @@ def test_plan_reply_price_phrasings_and_tool_choice_none():
         assert [c.arguments["ticker"] for c in reply.tool_calls] == tickers
         assert {c.name for c in reply.tool_calls} == {"get_stock_price"}
     assert not plan_reply(_user("buy 100 MSFT"), TOOLS, tool_choice="none").tool_calls
+
+
+async def test_with_tools_of_your_own_it_names_them_and_how_to_call_one(server):
+    """Review: for free text it has no rule for, with an agent's own tools offered, the offline model says
+    which tools exist and how to call one by hand, instead of "No tools are available"."""
+    from tools import Tool
+
+    async def submit_expense(amount: float, merchant: str, note: str = "") -> str: ...
+
+    async def list_expenses() -> str: ...
+
+    own = [Tool(submit_expense, description="Submit one expense.").openai_schema(), Tool(list_expenses).openai_schema()]
+    async with _client(server) as client:
+        completion = await client.chat.completions.create(
+            model=MODEL_NAME, messages=_user("submit an expense of 42.50 at Acme"), tools=own
+        )
+        text = completion.choices[0].message.content
+        assert not completion.choices[0].message.tool_calls
+        assert "No tools are available" not in text
+        assert '/submit_expense {"amount": 1.5, "merchant": "..."}' in text
+        assert "/list_expenses" in text
+        example = text.split("; ")[0].split(": ", 1)[1]  # the example, sent back as it is, is a call
+        called = await client.chat.completions.create(model=MODEL_NAME, messages=_user(example), tools=own)
+        (call,) = called.choices[0].message.tool_calls
+        assert (call.function.name, json.loads(call.function.arguments)) == (
+            "submit_expense",
+            {"amount": 1.5, "merchant": "..."},
+        )

@@ -1,7 +1,12 @@
 """The tool abstraction shared by the chat agent, the CIBA wrapper and the demo tools.
 
-A tool is a named async function with a pydantic parameter model, so the LLM sees a JSON schema and the
-agent validates the model's arguments before anything runs. The agent passes a `ToolContext` naming the
+A tool is a named (async) function with a pydantic parameter model, so the LLM sees a JSON schema and the
+agent validates the model's arguments before anything runs; the model is read from the function's type
+hints unless one is given (`tools.tool_parameters`). What a tool raises decides what the model reads:
+`ToolError("...")` is its answer to a mistake (the model reads "Error: ..." and may correct itself);
+`TransientToolError` runs it again later; any other exception is a bug, shown to the model only as
+"Error: <tool> failed (<ExceptionType>)" and recorded, with its message, in the storage root's failure
+journal (`agentrt logs`, and the terminal of `agentrt serve`). The agent passes a `ToolContext` naming the
 tool call, the thread and its owner: wrappers such as `with_async_user_confirmation` key their durable
 state on it and take the CIBA user from it (never from the LLM's arguments).
 """
@@ -16,9 +21,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from tools.tool_parameters import parameters_from_signature, tool_name_of
+
 
 class ToolError(Exception):
-    """A failure the LLM should see as the tool's result (bad arguments, unknown ticker, ...)."""
+    """A failure the LLM should see as the tool's result (bad arguments, unknown ticker, ...): raise it for
+    what the model or the user can correct. Its message is the model's to read (the user may see it too),
+    so it must name the problem and hold no secret; the call ends as `Error: <message>`."""
 
 
 class TransientToolError(Exception):
@@ -73,23 +82,25 @@ ToolFunction = Callable[..., Awaitable[Any] | Any]
 class Tool:
     """A tool the LLM may call.
 
-    `fn` receives the validated parameter model's fields as keyword arguments. `requires_confirmation`
-    marks a tool that waits for an in-chat approve/deny from the client before it runs.
+    `fn` receives the validated parameter model's fields as keyword arguments. `name` defaults to the
+    function's name, `description` to its docstring, and `parameters` to a model read from its signature
+    (`async def list_expenses()` needs none; `async def book(city: str, seats: int = 1)` gets one).
+    `requires_confirmation` marks a tool that waits for an in-chat approve/deny before it runs.
     """
 
     def __init__(
         self,
         fn: ToolFunction,
         *,
-        name: str,
-        description: str,
-        parameters: type[BaseModel],
+        name: str | None = None,
+        description: str | None = None,
+        parameters: type[BaseModel] | None = None,
         requires_confirmation: bool = False,
     ) -> None:
         self.fn = fn
-        self.name = name
-        self.description = description
-        self.parameters = parameters
+        self.name = tool_name_of(fn, name)
+        self.description = description if description is not None else (inspect.getdoc(fn) or "")
+        self.parameters = parameters if parameters is not None else parameters_from_signature(fn, self.name)
         self.requires_confirmation = requires_confirmation
 
     def parse_arguments(self, arguments: str | dict[str, Any]) -> BaseModel:
@@ -130,16 +141,16 @@ class Tool:
 def tool(
     *,
     name: str | None = None,
-    description: str,
-    parameters: type[BaseModel],
+    description: str | None = None,
+    parameters: type[BaseModel] | None = None,
     requires_confirmation: bool = False,
 ) -> Callable[[ToolFunction], Tool]:
-    """Decorator form: `@tool(description=..., parameters=Model)` over an (async) function."""
+    """Decorator form: `@tool()` (or `@tool(description=..., parameters=Model)`) over an (async) function."""
 
     def wrap(fn: ToolFunction) -> Tool:
         return Tool(
             fn,
-            name=name or fn.__name__,
+            name=name,
             description=description,
             parameters=parameters,
             requires_confirmation=requires_confirmation,

@@ -104,6 +104,38 @@ def validate_binding_message(message: object) -> str:
     return message
 
 
+_BINDING_MESSAGE_SUBSTITUTES = {
+    "&": "+",
+    "/": "-",
+    "@": " at ",
+    "%": " pct",
+    "$": "",
+    "\u20ac": " EUR",
+    "\u00a3": " GBP",
+}
+
+
+def fit_binding_message(text: str, *, limit: int = 64) -> str:
+    """`text` made into a binding message any provider accepts (Auth0: at most 64 of letters, digits, spaces
+    and `+-_.,:#`), for text you do not control (a merchant "A&B Caf\u00e9", a product name): accents are
+    dropped, `&` becomes `+`, other characters become spaces, and an overlong text is cut at a word. The
+    user reads it on their device to recognise the request, so keep what identifies it at the start."""
+    import unicodedata
+
+    for char, substitute in _BINDING_MESSAGE_SUBSTITUTES.items():
+        text = str(text).replace(char, substitute)
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    kept = "".join(c if BINDING_MESSAGE_RE.fullmatch(c) else " " for c in ascii_text)
+    fitted = " ".join(kept.split())
+    if len(fitted) > limit:
+        head = fitted[: limit + 1]
+        at_word = head.rsplit(" ", 1)[0] if " " in head else ""
+        fitted = (at_word if len(at_word) >= limit // 2 else head[:limit]).rstrip(" +-_.,:#")
+    if not fitted:
+        raise InvalidBindingMessage(f"nothing of {text!r} can be shown as a binding message")
+    return fitted
+
+
 # ---------------------------------------------------------------------------------------------------
 # Results
 

@@ -39,6 +39,8 @@ BUY_TOOL = "buy_stock"
 PRICE_TOOL = "get_stock_price"
 WATCH_TOOL = "watch_stock"
 WATCHLIST_TOOL = "get_watchlist"
+DEMO_TOOLS = frozenset({BUY_TOOL, PRICE_TOOL, WATCH_TOOL, WATCHLIST_TOOL})
+"""The tools whose free-text requests the offline model understands; any other it calls by `/name {...}`."""
 
 
 @dataclass
@@ -66,22 +68,27 @@ class OfflineReply:
         return "tool_calls" if self.tool_calls else "stop"
 
 
-def _offered_tools(tools: Any, tool_choice: Any) -> set[str]:
-    """The names of the function tools the model may call (none for `tool_choice: "none"`, only the forced
-    one for a named `tool_choice`)."""
+Offered = dict[str, dict[str, Any]]
+"""The function tools the model may call: name -> its parameters' JSON schema."""
+
+
+def _offered_tools(tools: Any, tool_choice: Any) -> Offered:
+    """The function tools the model may call (none for `tool_choice: "none"`, only the forced one for a
+    named `tool_choice`)."""
     if tool_choice == "none":
-        return set()
-    names = set()
+        return {}
+    offered: Offered = {}
     for entry in tools or []:
         if isinstance(entry, dict):
             fn = entry.get("function") if entry.get("type", "function") == "function" else None
             if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-                names.add(fn["name"])
+                parameters = fn.get("parameters")
+                offered[fn["name"]] = parameters if isinstance(parameters, dict) else {}
     if isinstance(tool_choice, dict):
         forced = (tool_choice.get("function") or {}).get("name")
         if isinstance(forced, str):
-            names &= {forced}
-    return names
+            offered = {name: schema for name, schema in offered.items() if name == forced}
+    return offered
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -166,7 +173,7 @@ def _answer_tool_results(messages: list[dict[str, Any]]) -> str:
 _COMMAND = re.compile(r"/([A-Za-z_][A-Za-z0-9_]{0,63})(?:\s+(\{.*\}))?", re.S)
 
 
-def _command_reply(command: re.Match[str], offered: set[str]) -> OfflineReply:
+def _command_reply(command: re.Match[str], offered: Offered) -> OfflineReply:
     """`/tool_name {"arg": ...}`: one call of that tool with those arguments."""
     name, raw = command.group(1), command.group(2) or "{}"
     if name not in offered:
@@ -180,7 +187,7 @@ def _command_reply(command: re.Match[str], offered: set[str]) -> OfflineReply:
     return OfflineReply(tool_calls=[OfflineToolCall(name, arguments)])
 
 
-def _help_text(offered: set[str]) -> str:
+def _help_text(offered: Offered) -> str:
     abilities = []
     if PRICE_TOOL in offered:
         abilities.append('look up a demo stock price (try "What is MSFT trading at?")')
@@ -188,12 +195,30 @@ def _help_text(offered: set[str]) -> str:
         abilities.append('buy shares for you (try "Buy 10 shares of MSFT"), which you approve on your phone')
     if WATCH_TOOL in offered:
         abilities.append('keep a watchlist (try "Watch MSFT"), which you confirm here in the chat')
-    if not abilities:
+    others = [_command_example(name, schema) for name, schema in offered.items() if name not in DEMO_TOOLS]
+    if not abilities and not others:
         return "Hi! I'm the offline demo model. No tools are available in this conversation, so I can only chat."
-    return "Hi! I'm the offline demo model. I can " + " or ".join(abilities) + "."
+    text = "Hi! I'm the offline demo model."
+    if abilities:
+        text += " I can " + " or ".join(abilities) + "."
+    if others:
+        text += (
+            f" I don't understand free text for {'these tools' if len(others) > 1 else 'this tool'}, but I call"
+            " one when you send its name and JSON arguments: " + "; ".join(others) + "."
+        )
+    return text
 
 
-def _buy_reply(text: str, offered: set[str]) -> OfflineReply:
+def _command_example(name: str, schema: dict[str, Any]) -> str:
+    """`/name {"arg": <placeholder>}` for a tool's parameters schema: how to call it by hand."""
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    required = [p for p in schema.get("required") or [] if p in properties] or list(properties)
+    placeholders = {"string": "...", "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
+    example = {p: placeholders.get(str(properties[p].get("type")), "...") for p in required}
+    return f"/{name} {json.dumps(example)}" if example else f"/{name}"
+
+
+def _buy_reply(text: str, offered: Offered) -> OfflineReply:
     items = buy_items(text)
     if not items:
         symbols = mentioned_symbols(BUY_VERB.split(text, maxsplit=1)[-1])
@@ -205,7 +230,7 @@ def _buy_reply(text: str, offered: set[str]) -> OfflineReply:
     return OfflineReply(tool_calls=[OfflineToolCall(BUY_TOOL, item) for item in items])
 
 
-def _watch_reply(text: str, offered: set[str]) -> OfflineReply:
+def _watch_reply(text: str, offered: Offered) -> OfflineReply:
     symbols = mentioned_symbols(WATCH.split(text, maxsplit=1)[-1]) or mentioned_symbols(text)
     if not symbols and SHOW.search(text):
         if WATCHLIST_TOOL not in offered:
@@ -218,7 +243,7 @@ def _watch_reply(text: str, offered: set[str]) -> OfflineReply:
     return OfflineReply(tool_calls=[OfflineToolCall(WATCH_TOOL, {"ticker": s}) for s in symbols])
 
 
-def _price_reply(text: str, offered: set[str]) -> OfflineReply:
+def _price_reply(text: str, offered: Offered) -> OfflineReply:
     symbols = mentioned_symbols(text)
     if not symbols:
         return OfflineReply(content='Which stock would you like a price for? For example: "Price of MSFT".')
@@ -227,7 +252,7 @@ def _price_reply(text: str, offered: set[str]) -> OfflineReply:
     return OfflineReply(tool_calls=[OfflineToolCall(PRICE_TOOL, {"ticker": s}) for s in symbols])
 
 
-def _answer_user(text: str, offered: set[str]) -> OfflineReply:
+def _answer_user(text: str, offered: Offered) -> OfflineReply:
     """The reply to the user's words `text`: the first intent that matches (not buying, selling, buying,
     the watchlist, a price), or what the model can do."""
     if text and NEGATED_BUY.search(text):
