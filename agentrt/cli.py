@@ -5,6 +5,7 @@
     agentrt chat THREAD "message"      # one turn (streamed); --wait follows it until approvals resolve
     agentrt threads                    # your threads
     agentrt approvals | approve [ID] | deny [ID]   # the dev server's pending CIBA requests ("the phone")
+    agentrt status | logs [THREAD]     # from a storage root's files: agents, waiting approvals; failures
 
 Client commands talk to `--url` (default `$AGENTRT_URL` or http://127.0.0.1:8000) with `--token`
 (`$AGENTRT_TOKEN`) or, against the dev authorization server, as the demo user `--user` (default alice).
@@ -39,6 +40,7 @@ from agentrt.cli_conversation import (
     stream_turn,
     threads,
 )
+from agentrt.cli_operator import logs, status
 from agentrt.client import AgentRuntimeClient, dev_login
 from auth.issuer import is_loopback_host
 
@@ -151,6 +153,7 @@ def serve(
 def _run_until_stopped(stack: Any, host: str) -> None:
     """Start the stack, print where to go, and wait for Ctrl-C or SIGTERM; then stop it."""
     from agentrt.stack import StackError
+    from runtime.failures import FailureFollower
 
     stop = threading.Event()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -166,8 +169,11 @@ def _run_until_stopped(stack: Any, host: str) -> None:
                 f"[yellow]Warning: the API listens on {host} while the dev authorization server is in use: anyone "
                 "who can reach it can sign in as a demo user. Configure AUTH0_* for anything but a demo.[/yellow]"
             )
+        failures = FailureFollower(stack.options.storage_dir)  # the agents' failures, shown as they happen
+        console.print("Agents' failures show here (and in agentrt logs).", style="dim")
         while not stop.wait(0.5):
-            pass
+            for failure in failures.new():
+                err_console.print(Text("failure: " + failure.line(), style="red"))
         console.print("\nStopping…")
     except KeyboardInterrupt:
         console.print("\nInterrupted while starting; stopping…")
@@ -208,8 +214,9 @@ def _print_urls(stack: Any) -> None:
     console.print(f"Try: agentrt demo --url {urls.api}", style="dim")
 
 
-# the conversation commands (agentrt/cli_conversation.py), in the order `agentrt --help` lists them
-for command in (threads, chat, approvals, approve, deny):
+# the conversation commands (agentrt/cli_conversation.py), then the operator's (agentrt/cli_operator.py), in
+# the order `agentrt --help` lists them
+for command in (threads, chat, approvals, approve, deny, status, logs):
     app.command()(command)
 
 
@@ -329,32 +336,6 @@ async def _decide_quietly(url: str, request_id: str) -> None:
     async with httpx.AsyncClient(timeout=15.0) as http:
         response = await http.post(f"{base}/dev/ciba/requests/{request_id}/approve")
         response.raise_for_status()
-
-
-# ------------------------------------------------------------------------------------------------------
-# helpers
-
-
-@app.command()
-def status(
-    storage_dir: Annotated[
-        Path, typer.Option(envvar="AGENT_STORAGE_DIR", help="The agents' storage root (AGENT_STORAGE_DIR).")
-    ] = Path("./.data"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
-) -> None:
-    """Live and sleeping agents, approvals waiting for their user, parked schedules: from the files."""
-    import json
-
-    from agentrt.status_report import collect, render
-
-    if not storage_dir.is_dir():
-        console.print(f"[red]no storage root at {storage_dir}[/]")
-        raise typer.Exit(2)
-    report = collect(storage_dir)
-    if as_json:
-        print(json.dumps(report, indent=2))
-    else:
-        render(report, console)
 
 
 if __name__ == "__main__":  # pragma: no cover

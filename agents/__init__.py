@@ -16,24 +16,53 @@
 
 from __future__ import annotations
 
-from agents.ai_chat_agent import AIChatAgent
-from agents.auth_agent import AuthAgent
-from agents.chat import Chat
-from agents.errors import (
-    AuthUnavailableError,
-    ChatError,
-    InvalidMessageError,
-    MessageIdReusedError,
-    NotOwnerError,
-    ThreadQuotaExceededError,
-    ToolCallNotAwaitingError,
-    UnauthenticatedError,
-    UnknownToolCallError,
+from typing import TYPE_CHECKING
+
+from runtime.lazy_exports import lazy_exports
+
+if TYPE_CHECKING:
+    from agents.ai_chat_agent import AIChatAgent
+    from agents.auth_agent import AuthAgent
+    from agents.chat import Chat
+    from agents.errors import (
+        AuthUnavailableError,
+        ChatError,
+        InvalidMessageError,
+        MessageIdReusedError,
+        NotOwnerError,
+        ThreadQuotaExceededError,
+        ToolCallNotAwaitingError,
+        UnauthenticatedError,
+        UnknownToolCallError,
+    )
+    from agents.messages import ChatMessage, PendingApproval, ToolCall
+    from agents.owned_agent import OwnedAgent
+    from agents.resumer import AsyncUserConfirmationResumer
+    from agents.thread_agent import ThreadAgent
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "AIChatAgent": "agents.ai_chat_agent",
+        "AsyncUserConfirmationResumer": "agents.resumer",
+        "AuthAgent": "agents.auth_agent",
+        "AuthUnavailableError": "agents.errors",
+        "Chat": "agents.chat",
+        "ChatError": "agents.errors",
+        "ChatMessage": "agents.messages",
+        "InvalidMessageError": "agents.errors",
+        "MessageIdReusedError": "agents.errors",
+        "NotOwnerError": "agents.errors",
+        "OwnedAgent": "agents.owned_agent",
+        "PendingApproval": "agents.messages",
+        "ThreadAgent": "agents.thread_agent",
+        "ThreadQuotaExceededError": "agents.errors",
+        "ToolCall": "agents.messages",
+        "ToolCallNotAwaitingError": "agents.errors",
+        "UnauthenticatedError": "agents.errors",
+        "UnknownToolCallError": "agents.errors",
+    },
 )
-from agents.messages import ChatMessage, PendingApproval, ToolCall
-from agents.owned_agent import OwnedAgent
-from agents.resumer import AsyncUserConfirmationResumer
-from agents.thread_agent import ThreadAgent
 
 __all__ = [
     "AIChatAgent",

@@ -278,7 +278,7 @@ class AIChatAgent(Agent):
             answer = await stream_completion(self.llm(), request, lambda text: self.events.emit("token", text=text))
         except (APIError, OpenAITimeout) as exc:
             MODEL_ERRORS.inc(model=self.settings.openai_model, error=type(exc).__name__)
-            logger.warning("%s: model call failed: %s", self.name, type(exc).__name__)
+            await self._report_error(exc, during="model")
             self.events.emit("error", message="The model is unavailable right now.")
             return "Sorry, the model is unavailable right now. Please try again.", []
         MODEL_CALL_SECONDS.observe(time.perf_counter() - started, model=self.settings.openai_model)
@@ -327,13 +327,14 @@ class AIChatAgent(Agent):
                 TOOL_RETRIES.inc(tool=call.name)
                 return
             TOOL_ERRORS.inc(tool=call.name)
+            await self._report_error(exc, during=f"tool:{call.name}")
             result = f"Error: {call.name} did not complete: {exc} (given up after {self.tool_retry_limit} tries)"
         except ToolError as exc:
             TOOL_ERRORS.inc(tool=call.name)
             result = f"Error: {exc}"
-        except Exception as exc:
+        except Exception as exc:  # a bug in the tool: the model reads its type, the journal its message
             TOOL_ERRORS.inc(tool=call.name)
-            logger.exception("%s: tool %s failed", self.name, call.name)
+            await self._report_error(exc, during=f"tool:{call.name}")
             result = f"Error: {call.name} failed ({type(exc).__name__})"
         await self._finish_call(call, result if isinstance(result, str) else json.dumps(result, default=str))
 

@@ -25,11 +25,13 @@ from pydantic import BaseModel
 
 from runtime.agent_schedules import UNREPORTED, AgentSchedules, DueReporter
 from runtime.errors import AgentIdConflictError
+from runtime.failures import record_failure
 from runtime.ids import actor_name, validate_agent_id
 from runtime.methods import internal, read, start_as_turn, turn
 from runtime.schedules import SCHEDULES_MIGRATIONS
 from runtime.settings import runtime_settings
 from runtime.storage import AgentStorage, Migration
+from runtime.storage_root import resolve_namespace, resolve_storage_dir
 from runtime.turn_order import SubmissionOrder
 
 logger = logging.getLogger("runtime.agent")
@@ -56,8 +58,8 @@ class Agent(AgentSchedules):
         settings = runtime_settings()
         self.id: str = validate_agent_id(agent_id)
         self.name: str = actor_name(self.agent_class_name(), agent_id)
-        self.namespace: str = namespace or settings.namespace
-        self.storage_dir: Path = Path(storage_dir or settings.storage_dir).resolve()
+        self.namespace: str = resolve_namespace(namespace)
+        self.storage_dir: Path = resolve_storage_dir(storage_dir)
         self.storage = AgentStorage(
             self.storage_path(self.storage_dir, agent_id),
             synchronous=settings.sqlite_synchronous,
@@ -140,6 +142,9 @@ class Agent(AgentSchedules):
         logger.warning("%s: %s raised %s: %s", self.name, during, type(error).__name__, error)
 
     async def _report_error(self, error: BaseException, *, during: str) -> None:
+        """Journal `error` in the storage root (`runtime.failures`: `agentrt logs`, the terminal of
+        `agentrt serve`), then call the `on_error` hook."""
+        record_failure(self.storage_dir, self.name, during, error)
         try:
             await self.on_error(error, during=during)
         except Exception:  # an error hook must never mask the original error

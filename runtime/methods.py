@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar
 
 from runtime import metrics
+from runtime.failures import is_callers_mistake
 from runtime.turn_order import TURN_TICKET_KWARG, SubmissionOrder
 
 
@@ -121,7 +122,8 @@ async def _run_turn(agent: TurnTaker, fn: Callable[..., Awaitable[R]], args: Any
             return await fn(agent, *args, **kwargs)
         except Exception as exc:
             outcome = "error"
-            await agent._report_error(exc, during=fn.__name__)
+            if not is_callers_mistake(exc):  # a bad token, a stranger's thread: an answer, not a failure
+                await agent._report_error(exc, during=fn.__name__)
             raise
         finally:
             _current_turn.reset(token)

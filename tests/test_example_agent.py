@@ -4,8 +4,6 @@ binding message approved on the dev server's phone API, and an in-chat confirmed
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from devservers.server_thread import free_port
-from tests.test_cli import Output, agentrt_command, clean_env, run_cli
+from tests.serve_process import served
+from tests.test_cli import clean_env, run_cli
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -28,27 +26,8 @@ def last_assistant(messages: list[dict[str, Any]]) -> str:
 @pytest.fixture
 def travel_api(tmp_path: Path) -> Iterator[str]:
     """`agentrt serve --agent examples.travel_agent:TravelAgent`, embedded defaults; yields the API URL."""
-    port = free_port()
-    command = agentrt_command() + ["serve", "--port", str(port), "--storage-dir", str(tmp_path / "data")]
-    command += ["--num-cpus", "2", "--agent", "examples.travel_agent:TravelAgent"]
-    proc = subprocess.Popen(
-        command,
-        env=clean_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    output = Output(proc)
-    try:
-        output.wait_for(r"Ctrl-C to stop", timeout=90)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with served(tmp_path, "--agent", "examples.travel_agent:TravelAgent") as (api, _):
+        yield api
 
 
 BOOK = '/book_trip {"destination": "Paris", "seats": 2}'

@@ -19,27 +19,61 @@ every part given explicitly.
 
 from __future__ import annotations
 
-from tools.async_confirmation import AsyncUserConfirmationTool, with_async_user_confirmation
-from tools.base import (
-    OutcomeUnknownError,
-    Tool,
-    ToolContext,
-    ToolError,
-    TransientToolError,
-    current_tool_context,
-    tool,
-)
-from tools.ciba_types import InvalidBindingMessage, fit_binding_message, validate_binding_message
-from tools.credentials_context import CIBACredentials, get_async_authorization_credentials, get_ciba_credentials
-from tools.interrupts import (
-    AccessDeniedInterrupt,
-    AsyncAuthorizationInterrupt,
-    AuthorizationPendingInterrupt,
-    AuthorizationPollingInterrupt,
-    AuthorizationRequestExpiredInterrupt,
-    AuthorizationRequestFailedInterrupt,
-    InvalidGrantInterrupt,
-    UserDoesNotHavePushNotificationsInterrupt,
+from typing import TYPE_CHECKING
+
+from runtime.lazy_exports import lazy_exports
+
+if TYPE_CHECKING:
+    from tools.async_confirmation import AsyncUserConfirmationTool, with_async_user_confirmation
+    from tools.base import (
+        OutcomeUnknownError,
+        Tool,
+        ToolContext,
+        ToolError,
+        TransientToolError,
+        current_tool_context,
+        tool,
+    )
+    from tools.ciba_types import InvalidBindingMessage, fit_binding_message, validate_binding_message
+    from tools.credentials_context import CIBACredentials, get_async_authorization_credentials, get_ciba_credentials
+    from tools.interrupts import (
+        AccessDeniedInterrupt,
+        AsyncAuthorizationInterrupt,
+        AuthorizationPendingInterrupt,
+        AuthorizationPollingInterrupt,
+        AuthorizationRequestExpiredInterrupt,
+        AuthorizationRequestFailedInterrupt,
+        InvalidGrantInterrupt,
+        UserDoesNotHavePushNotificationsInterrupt,
+    )
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "AccessDeniedInterrupt": "tools.interrupts",
+        "AsyncAuthorizationInterrupt": "tools.interrupts",
+        "AsyncUserConfirmationTool": "tools.async_confirmation",
+        "AuthorizationPendingInterrupt": "tools.interrupts",
+        "AuthorizationPollingInterrupt": "tools.interrupts",
+        "AuthorizationRequestExpiredInterrupt": "tools.interrupts",
+        "AuthorizationRequestFailedInterrupt": "tools.interrupts",
+        "CIBACredentials": "tools.credentials_context",
+        "InvalidBindingMessage": "tools.ciba_types",
+        "InvalidGrantInterrupt": "tools.interrupts",
+        "OutcomeUnknownError": "tools.base",
+        "Tool": "tools.base",
+        "ToolContext": "tools.base",
+        "ToolError": "tools.base",
+        "TransientToolError": "tools.base",
+        "UserDoesNotHavePushNotificationsInterrupt": "tools.interrupts",
+        "current_tool_context": "tools.base",
+        "fit_binding_message": "tools.ciba_types",
+        "get_async_authorization_credentials": "tools.credentials_context",
+        "get_ciba_credentials": "tools.credentials_context",
+        "tool": "tools.base",
+        "validate_binding_message": "tools.ciba_types",
+        "with_async_user_confirmation": "tools.async_confirmation",
+    },
 )
 
 __all__ = [
