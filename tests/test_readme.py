@@ -1,0 +1,109 @@
+"""README.md is a contract: its Python snippets run as they are, and its CLI table names every flag.
+
+Each ```python block runs in its own process from a fresh folder: a block marked `<!-- file: NAME -->` is
+written to that file (the agent of your own and its test-kit tests, which then run under pytest); a block
+marked `<!-- sketch ... -->` is only compiled; every other block runs as a script (the one that talks to
+`http://127.0.0.1:8000` with `agentrt serve` running, as its text says, on a free port here).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.isolated import REPO, SESSION_ONLY
+from tests.serve_process import served
+
+README = (REPO / "README.md").read_text()
+BLOCK = re.compile(r"(?:<!-- (?P<mark>[^>]*) -->\n)?```python\n(?P<code>.*?)```", re.S)
+SERVED_URL = "http://127.0.0.1:8000"
+
+
+@dataclass
+class Snippet:
+    code: str
+    mark: str
+    line: int
+
+    @property
+    def file(self) -> str | None:
+        return self.mark.removeprefix("file:").strip() if self.mark.startswith("file:") else None
+
+
+SNIPPETS = [Snippet(m["code"], m["mark"] or "", README[: m.start()].count("\n") + 1) for m in BLOCK.finditer(README)]
+SCRIPTS = [s for s in SNIPPETS if not s.mark]
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SESSION_ONLY)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"README line {args}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_the_readme_has_the_snippets_this_test_knows() -> None:
+    assert len(SCRIPTS) == 3 and {s.file for s in SNIPPETS if s.file} == {
+        "expenses.py",
+        "conftest.py",
+        "test_expenses.py",
+    }
+    for sketch in (s for s in SNIPPETS if s.mark.startswith("sketch")):
+        compile(sketch.code, f"README.md:{sketch.line}", "exec")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("snippet", [s for s in SCRIPTS if SERVED_URL not in s.code], ids=lambda s: f"line{s.line}")
+def test_a_python_snippet_runs_as_it_is(snippet: Snippet, tmp_path: Path) -> None:
+    (tmp_path / "snippet.py").write_text(snippet.code)
+    proc = run([sys.executable, "snippet.py"], cwd=tmp_path)
+    if "counter-data" in snippet.code:  # the runtime's: its agent and alarm in the root it chose
+        assert proc.stdout.split() == ["5"]
+        assert (tmp_path / "counter-data" / "Counter" / "c-1.sqlite3").is_file()
+        assert not (tmp_path / ".data").exists()
+    else:  # the chat thread's: the purchase, approved, done
+        assert "Purchased 100 shares of MSFT" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_client_snippet_runs_against_agentrt_serve(tmp_path: Path) -> None:
+    (snippet,) = [s for s in SCRIPTS if SERVED_URL in s.code]
+    with served(tmp_path) as (api, _):
+        (tmp_path / "snippet.py").write_text(snippet.code.replace(SERVED_URL, api))
+        proc = run([sys.executable, "snippet.py"], cwd=tmp_path)
+    assert "MSFT is trading at" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_agent_of_your_own_passes_the_readme_tests_written_with_the_kit(tmp_path: Path) -> None:
+    for snippet in SNIPPETS:
+        if snippet.file:
+            (tmp_path / snippet.file).write_text(snippet.code)
+    proc = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_expenses.py"], cwd=tmp_path)
+    assert "1 passed" in proc.stdout
+
+
+def test_the_cli_table_lists_every_flag_of_every_command() -> None:
+    import typer
+
+    from agentrt.cli import app
+
+    table = README[README.index("## CLI") : README.index("## Configuration")]
+    rows = {m[1]: m[0] for m in re.finditer(r"^\| `agentrt (\w+)[^|]*\|.*$", table, re.M)}
+    rows.update({m[1]: m[0] for m in re.finditer(r"^.* / `agentrt (\w+).*$", table, re.M)})  # `approve` / `deny`
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        assert name in rows, f"agentrt {name} is not in the README's CLI table"
+        for param in command.params:
+            for flag in (o for o in param.opts if o.startswith("--") and o != "--help"):
+                assert flag in rows[name], f"agentrt {name} {flag} is not in its README row"
