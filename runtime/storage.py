@@ -1,4 +1,5 @@
-"""Durable per-agent storage: one SQLite file (WAL) behind aiosqlite.
+"""Durable per-agent storage: one SQLite file (WAL) behind aiosqlite (the embedded default backend; the
+agent-facing API is `runtime.storage_api`, PostgreSQL's backend `runtime.storage_pg`).
 
 Two connections: a writer, guarded by a lock so that concurrent coroutines never interleave inside one
 transaction, and a reader that sees only committed data, so reads never wait behind a slow turn. A write
@@ -21,21 +22,25 @@ import contextvars
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
-from pydantic import BaseModel, TypeAdapter
 
 from runtime.errors import StaleActivationError
 from runtime.private_files import private_file
-
-M = TypeVar("M", bound=BaseModel)
-
-Migration = str | Sequence[str] | Callable[["Transaction"], Awaitable[None]]
-"""One schema step: SQL text (one or more statements), a list of statements, or an async function."""
+from runtime.storage_api import (
+    EPOCH_KEY,
+    Migration,
+    Params,
+    StorageAPI,
+    StorageError,
+    TransactionAPI,
+    decode,
+    to_json,
+)
 
 _KV_SCHEMA = """
 CREATE TABLE IF NOT EXISTS _kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,24 +48,6 @@ CREATE TABLE IF NOT EXISTS _migrations (
     scope TEXT PRIMARY KEY, version INTEGER NOT NULL, applied_at REAL NOT NULL
 );
 """
-
-
-EPOCH_KEY = "_epoch"
-"""The fencing epoch of the file's current writer (see the module docstring)."""
-
-
-class StorageError(RuntimeError):
-    """Storage was used wrongly (closed, or a value that cannot be stored)."""
-
-
-def to_json(value: Any) -> str:
-    """Serialise a JSON-able value or pydantic model; raise `TypeError` naming what cannot be stored."""
-    if isinstance(value, BaseModel):
-        return value.model_dump_json()
-    try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"value is not JSON-serialisable: {exc}") from None
 
 
 def split_sql(script: str) -> list[str]:
@@ -80,13 +67,13 @@ def split_sql(script: str) -> list[str]:
     return statements
 
 
-class Transaction:
+class Transaction(TransactionAPI):
     """Write access inside one open transaction (see `AgentStorage.transaction`)."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
-    async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+    async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement; return the number of rows changed."""
         cursor = await self._conn.execute(sql, params)
         return cursor.rowcount
@@ -94,26 +81,16 @@ class Transaction:
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self._conn.executemany(sql, rows)
 
-    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         cursor = await self._conn.execute(sql, params)
         return list(await cursor.fetchall())
 
-    async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Row | None:
+    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         cursor = await self._conn.execute(sql, params)
         return await cursor.fetchone()
 
-    async def put(self, key: str, value: Any) -> None:
-        await self._conn.execute(
-            "INSERT INTO _kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, to_json(value)),
-        )
 
-    async def delete(self, key: str) -> bool:
-        cursor = await self._conn.execute("DELETE FROM _kv WHERE key = ?", (key,))
-        return cursor.rowcount > 0
-
-
-class AgentStorage:
+class AgentStorage(StorageAPI):
     """One agent's SQLite file: a small KV API, raw SQL, transactions and per-scope migrations."""
 
     def __init__(self, path: Path, *, synchronous: str = "FULL", journal: str = "wal") -> None:
@@ -228,57 +205,15 @@ class AgentStorage:
         writer, reader = self._require_open()
         return writer if self._active.get() is not None else reader
 
-    # -- raw SQL ---------------------------------------------------------------------------------------
-    async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
-        """Run one write statement in its own transaction (or the caller's); return rows changed."""
-        async with self.transaction() as tx:
-            return await tx.execute(sql, params)
-
-    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+    # -- reads ---------------------------------------------------------------------------------------
+    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         """Read rows from committed data (or the caller's open transaction)."""
         cursor = await self._read_conn().execute(sql, params)
         return list(await cursor.fetchall())
 
-    async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Row | None:
+    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         cursor = await self._read_conn().execute(sql, params)
         return await cursor.fetchone()
-
-    # -- key/value -------------------------------------------------------------------------------------
-    async def get(self, key: str, default: Any = None, *, model: type[M] | Any = None) -> Any:
-        """The value stored under `key` (validated as `model` if given), else `default`."""
-        row = await self.fetchone("SELECT value FROM _kv WHERE key = ?", (key,))
-        if row is None:
-            return default
-        return _decode(row["value"], model)
-
-    async def put(self, key: str, value: Any) -> None:
-        """Store a JSON-able value or pydantic model under `key`; durable when this returns."""
-        to_json(value)  # fail before touching the database
-        async with self.transaction() as tx:
-            await tx.put(key, value)
-
-    async def setdefault(self, key: str, value: Any) -> Any:
-        """The value under `key`, storing `value` there first if there is none (atomic: of two callers
-        racing, one stores and both get its value)."""
-        encoded = to_json(value)
-        async with self.transaction() as tx:
-            await tx.execute("INSERT INTO _kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", (key, encoded))
-            row = await tx.fetchone("SELECT value FROM _kv WHERE key = ?", (key,))
-        assert row is not None
-        return _decode(row["value"], None)
-
-    async def delete(self, key: str) -> bool:
-        """Remove `key`; return whether it existed."""
-        async with self.transaction() as tx:
-            return await tx.delete(key)
-
-    async def list(self, prefix: str = "", *, model: type[M] | Any = None) -> dict[str, Any]:
-        """All keys starting with `prefix`, in key order."""
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = await self.fetchall(
-            "SELECT key, value FROM _kv WHERE key LIKE ? ESCAPE '\\' ORDER BY key", (escaped + "%",)
-        )
-        return {row["key"]: _decode(row["value"], model) for row in rows}
 
     # -- migrations ------------------------------------------------------------------------------------
     async def migrate(self, scope: str, migrations: Sequence[Migration]) -> int:
@@ -318,9 +253,4 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
             raise
 
 
-def _decode(text: str, model: Any) -> Any:
-    if model is None:
-        return json.loads(text)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return model.model_validate_json(text)
-    return TypeAdapter(model).validate_json(text)
+__all__ = ["EPOCH_KEY", "AgentStorage", "Migration", "StorageError", "Transaction", "decode", "split_sql", "to_json"]

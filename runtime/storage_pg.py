@@ -1,0 +1,355 @@
+"""Durable per-agent storage in PostgreSQL, for clusters: the same `self.storage` as the SQLite backend.
+
+SQLite keeps one file per agent, and an agent's SQL sees only its own file. Here every agent of a class
+shares that class's tables, in a schema of its own (`agents_<class>_<hash>`), and **row-level security**
+keeps each agent to its own rows: every table gets an `agent_id` column filled in by default from the
+transaction's `agentrt.agent_id` setting, and a policy that lets a statement see and write only the rows of
+that id. So an agent's SQL runs unchanged (`SELECT * FROM events` reads its own events), at 100,000 agents
+a class still has one set of tables (a schema per agent would put millions of relations in the catalog),
+and a statement run without an agent id sees no rows and cannot write one (never everyone's). For the same reason the
+runtime's role must be neither a superuser nor `BYPASSRLS` (PostgreSQL lets those see through policies):
+`open()` refuses such a role.
+
+- **Migrations** are per class, not per agent: the first activation of a class in any process applies
+  the missing steps under an advisory lock, translated by `runtime.sql_dialect`; each table a step
+  creates is then made per-agent (the `agent_id` column, the policy, its primary key, unique constraints
+  and indexes led by `agent_id`). Function steps (data migrations written against one agent's rows)
+  cannot run class-wide and are refused. Foreign keys between agent tables are not supported.
+- **Fencing** is enforced by the database: an activation takes the next epoch in `_agents` (a row lock),
+  and every write transaction first reads its row `FOR SHARE` and compares, so a stale activation's write
+  fails with `StaleActivationError` and changes nothing, and a new activation's `take_epoch` waits for an
+  old write in flight to finish.
+- **Connections** come from one pool per process and event loop (`psycopg_pool`, `AGENT_STORAGE_POOL_SIZE`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import re
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg_pool import AsyncConnectionPool
+
+from runtime.errors import StaleActivationError
+from runtime.sql_dialect import to_postgres, to_postgres_ddl
+from runtime.storage import split_sql
+from runtime.storage_api import Migration, Params, StorageAPI, StorageError, TransactionAPI
+
+AGENT_SETTING = "agentrt.agent_id"
+
+_BASE_TABLES = """
+CREATE TABLE IF NOT EXISTS {schema}._agents (
+    agent_id TEXT PRIMARY KEY, epoch BIGINT NOT NULL DEFAULT 0, created_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {schema}._migrations (
+    scope TEXT PRIMARY KEY, version BIGINT NOT NULL, applied_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {schema}._kv (key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (key));
+"""
+
+
+class Row(tuple):
+    """A result row by column name or by position, like `sqlite3.Row`."""
+
+    _index: dict[str, int]
+
+    def __new__(cls, values: Sequence[Any], index: dict[str, int]) -> Row:
+        row = super().__new__(cls, values)
+        row._index = index
+        return row
+
+    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+        return super().__getitem__(self._index[key] if isinstance(key, str) else key)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+def _row_factory(cursor: Any) -> Any:
+    index = {column.name: i for i, column in enumerate(cursor.description or ())}
+    return lambda values: Row(values, index)
+
+
+def class_schema(class_name: str) -> str:
+    """The schema of an agent class: readable, and unique even for names that differ only in case."""
+    slug = re.sub(r"[^a-z0-9]+", "_", class_name.lower()).strip("_")[:40]
+    return f"agents_{slug}_{hashlib.sha256(class_name.encode()).hexdigest()[:8]}"
+
+
+# -- one pool per process, URL and event loop ----------------------------------------------------------
+_pools: dict[tuple[str, int], AsyncConnectionPool] = {}
+
+
+async def connection_pool(url: str, size: int = 10) -> AsyncConnectionPool:
+    """The pool of this process's event loop for `url`, opened on first use."""
+    key = (url, id(asyncio.get_running_loop()))
+    pool = _pools.get(key)
+    if pool is None:
+        pool = AsyncConnectionPool(
+            url, min_size=1, max_size=size, open=False, kwargs={"row_factory": _row_factory, "autocommit": False}
+        )
+        _pools[key] = pool
+        await pool.open(wait=True, timeout=30)
+    return pool
+
+
+class PostgresTransaction(TransactionAPI):
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        cursor = await self._conn.execute(to_postgres(sql), params or ())
+        return cursor.rowcount
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        async with self._conn.cursor() as cursor:
+            await cursor.executemany(to_postgres(sql), list(rows))
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Any]:
+        cursor = await self._conn.execute(to_postgres(sql), params or ())
+        return list(await cursor.fetchall())
+
+
+_prepared_classes: set[tuple[str, str]] = set()
+"""(url, schema) whose schema and base tables this process has made sure of."""
+_migrated: set[tuple[str, str, str, int]] = set()
+"""(url, schema, scope, version) this process has seen applied."""
+
+
+class PostgresAgentStorage(StorageAPI):
+    """One agent's rows in its class's tables (see the module docstring)."""
+
+    def __init__(self, url: str, class_name: str, agent_id: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.class_name = class_name
+        self.agent_id = agent_id
+        self.schema = class_schema(class_name)
+        self.pool_size = pool_size
+        self.path = f"{class_name}/{agent_id}"  # what errors name, as the file name does on SQLite
+        self._pool: AsyncConnectionPool | None = None
+        self._write_lock = asyncio.Lock()
+        self._active: contextvars.ContextVar[PostgresTransaction | None] = contextvars.ContextVar(
+            f"pgtx:{self.path}", default=None
+        )
+        self.epoch: int | None = None
+        self.on_fenced: Any = None
+        self.writes = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def open(self) -> PostgresAgentStorage:
+        self._pool = await connection_pool(self.url, self.pool_size)
+        if (self.url, self.schema) not in _prepared_classes:
+            await self._prepare_class()
+            _prepared_classes.add((self.url, self.schema))
+        return self
+
+    async def _prepare_class(self) -> None:
+        async with self._connection() as conn, conn.transaction():
+            role = await (
+                await conn.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+            ).fetchone()
+            if role is not None and (role[0] or role[1]):
+                raise StorageError(
+                    "the PostgreSQL role of AGENT_STORAGE_URL is a superuser or has BYPASSRLS: row-level "
+                    "security would not keep agents to their own rows; use an ordinary role"
+                )
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.schema,))
+            await conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema)))
+            for statement in split_sql(_BASE_TABLES.format(schema=self.schema)):
+                await conn.execute(statement)
+            await _scope_new_tables(conn, self.schema)
+
+    async def close(self) -> None:
+        self._pool = None  # the pool is the process's, shared by every agent
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if self._pool is None:
+            raise StorageError(f"storage {self.path} is not open")
+        async with self._pool.connection() as conn:
+            yield conn
+
+    async def exists(self) -> bool:
+        """Whether this agent was ever created (it took an epoch)."""
+        row = await self.fetchone("SELECT 1 FROM _agents WHERE agent_id = ?", (self.agent_id,))
+        return row is not None
+
+    # -- transactions ----------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
+        current = self._active.get()
+        if current is not None:
+            yield current
+            return
+        async with self._write_lock, self._connection() as conn:
+            tx = PostgresTransaction(conn)
+            token = self._active.set(tx)
+            try:
+                async with conn.transaction():
+                    await self._enter(conn)
+                    if self.epoch is not None:
+                        await self._check_epoch(conn)
+                    yield tx
+            finally:
+                self.writes += 1
+                self._active.reset(token)
+
+    async def _enter(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Point the transaction at this agent's rows and its class's tables."""
+        await conn.execute(
+            "SELECT set_config(%s, %s, true), set_config('search_path', %s, true)",
+            (AGENT_SETTING, self.agent_id, self.schema),
+        )
+
+    async def take_epoch(self) -> int:
+        """Become this agent's writer: take the next fencing epoch (every older activation is fenced off)."""
+        self.epoch = None
+        async with self.transaction() as tx:
+            row = await tx.fetchone(
+                "INSERT INTO _agents(agent_id, epoch, created_at) VALUES (?, 1, ?) ON CONFLICT (agent_id) "
+                "DO UPDATE SET epoch = _agents.epoch + 1 RETURNING epoch",
+                (self.agent_id, time.time()),
+            )
+        assert row is not None
+        self.epoch = int(row["epoch"])
+        return self.epoch
+
+    async def _check_epoch(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        cursor = await conn.execute("SELECT epoch FROM _agents WHERE agent_id = %s FOR SHARE", (self.agent_id,))
+        row = await cursor.fetchone()
+        current = int(row[0]) if row else 0
+        if current != self.epoch:
+            assert self.epoch is not None
+            stale = StaleActivationError(self.path, self.epoch, current)
+            callback, self.on_fenced = self.on_fenced, None
+            if callback is not None:
+                callback()
+            raise stale
+
+    def in_transaction(self) -> bool:
+        return self._active.get() is not None
+
+    # -- reads -----------------------------------------------------------------------------------------
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Any]:
+        current = self._active.get()
+        if current is not None:
+            return await current.fetchall(sql, params)
+        async with self._connection() as conn, conn.transaction():
+            await self._enter(conn)
+            cursor = await conn.execute(to_postgres(sql), params or ())
+            return list(await cursor.fetchall())
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Any | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    # -- migrations ------------------------------------------------------------------------------------
+    async def migrate(self, scope: str, migrations: Sequence[Migration]) -> int:
+        """Apply the class's missing migrations of `scope` (once per class, under an advisory lock)."""
+        if (self.url, self.schema, scope, len(migrations)) in _migrated:
+            return 0
+        applied_now = 0
+        async with self._connection() as conn, conn.transaction():
+            await self._enter(conn)
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.schema}:{scope}",))
+            row = await (await conn.execute("SELECT version FROM _migrations WHERE scope = %s", (scope,))).fetchone()
+            applied = int(row[0]) if row else 0
+            if applied > len(migrations):
+                raise StorageError(
+                    f"{self.class_name}: scope {scope!r} is at version {applied} but only {len(migrations)} "
+                    "migrations are known (code older than the data?)"
+                )
+            for version in range(applied + 1, len(migrations) + 1):
+                step = migrations[version - 1]
+                if callable(step):
+                    raise StorageError(
+                        f"{self.class_name}: migration {version} of {scope!r} is a function; on PostgreSQL "
+                        "migrations run once per class, so they must be SQL"
+                    )
+                for statement in split_sql(step) if isinstance(step, str) else step:
+                    await conn.execute(to_postgres_ddl(statement))
+                await _scope_new_tables(conn, self.schema)
+                await conn.execute(
+                    "INSERT INTO _migrations(scope, version, applied_at) VALUES (%s, %s, %s) ON CONFLICT (scope) "
+                    "DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
+                    (scope, version, time.time()),
+                )
+                applied_now += 1
+        _migrated.add((self.url, self.schema, scope, len(migrations)))
+        return applied_now
+
+
+async def _scope_new_tables(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    """Make every table of `schema` per-agent (see the module docstring), and lead its indexes with
+    `agent_id`. Idempotent: a table already scoped keeps its column and policy."""
+    tables = await (
+        await conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind = 'r' AND c.relname NOT IN ('_agents', '_migrations') "
+            "AND NOT c.relrowsecurity",
+            (schema,),
+        )
+    ).fetchall()
+    for (name,) in tables:
+        table = pgsql.Identifier(schema, name)
+        setting = pgsql.Literal(AGENT_SETTING)
+        await conn.execute(
+            pgsql.SQL(
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS agent_id TEXT NOT NULL DEFAULT current_setting({s}, true)"
+            ).format(t=table, s=setting)
+        )
+        await conn.execute(pgsql.SQL("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY").format(t=table))
+        await conn.execute(pgsql.SQL("ALTER TABLE {t} FORCE ROW LEVEL SECURITY").format(t=table))
+        await conn.execute(
+            pgsql.SQL(
+                "CREATE POLICY agent_rows ON {t} USING (agent_id = current_setting({s}, true)) "
+                "WITH CHECK (agent_id = current_setting({s}, true))"
+            ).format(t=table, s=setting)
+        )
+    await _lead_indexes_with_agent_id(conn, schema)
+
+
+async def _lead_indexes_with_agent_id(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    """Every index (primary keys and unique constraints included) of a scoped table, rebuilt with
+    `agent_id` first: uniqueness holds per agent, and an agent's rows are one index range."""
+    indexes = await (
+        await conn.execute(
+            "SELECT t.relname, i.relname, ix.indisunique, ix.indisprimary, con.conname, "
+            "ARRAY(SELECT a.attname FROM unnest(ix.indkey) WITH ORDINALITY k(attnum, ord) "
+            "      JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum ORDER BY k.ord), "
+            "ix.indexprs IS NOT NULL "
+            "FROM pg_index ix JOIN pg_class i ON i.oid = ix.indexrelid JOIN pg_class t ON t.oid = ix.indrelid "
+            "JOIN pg_namespace n ON n.oid = t.relnamespace "
+            "LEFT JOIN pg_constraint con ON con.conindid = ix.indexrelid AND con.conrelid = t.oid "
+            "WHERE n.nspname = %s AND t.relrowsecurity AND t.relname NOT IN ('_agents', '_migrations')",
+            (schema,),
+        )
+    ).fetchall()
+    for table_name, index_name, unique, primary, constraint, columns, has_expressions in indexes:
+        if columns and columns[0] == "agent_id":
+            continue
+        if has_expressions:
+            raise StorageError(f"{schema}.{table_name}: index {index_name} on an expression is not supported")
+        table = pgsql.Identifier(schema, table_name)
+        led = pgsql.SQL(", ").join(pgsql.Identifier(c) for c in ["agent_id", *columns])
+        if constraint:
+            kind = pgsql.SQL("PRIMARY KEY" if primary else "UNIQUE")
+            await conn.execute(
+                pgsql.SQL("ALTER TABLE {t} DROP CONSTRAINT {c}, ADD CONSTRAINT {c} {k} ({cols})").format(
+                    t=table, c=pgsql.Identifier(constraint), k=kind, cols=led
+                )
+            )
+        else:
+            await conn.execute(pgsql.SQL("DROP INDEX {i}").format(i=pgsql.Identifier(schema, index_name)))
+            await conn.execute(
+                pgsql.SQL("CREATE {u}INDEX {i} ON {t} ({cols})").format(
+                    u=pgsql.SQL("UNIQUE " if unique else ""), i=pgsql.Identifier(index_name), t=table, cols=led
+                )
+            )

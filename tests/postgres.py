@@ -1,0 +1,111 @@
+"""A throwaway PostgreSQL server for the tests: Debian's PostgreSQL (`/usr/lib/postgresql/<v>/bin`),
+initialised in a temporary folder, listening on 127.0.0.1 on a free port, stopped and deleted afterwards.
+
+PostgreSQL refuses to run as root, so when the tests run as root the server runs as the `postgres` user
+(its folder handed over to it). The runtime connects as `agentrt`, an ordinary role that owns the
+database: not a superuser and without BYPASSRLS, as the runtime requires (row-level security keeps each
+agent to its own rows, and a superuser would see through it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from devservers.server_thread import free_port
+
+RUNTIME_ROLE = "agentrt"
+DATABASE = "agentrt"
+
+
+def postgres_bin() -> Path | None:
+    """The newest installed PostgreSQL's programs, or None."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[-3]))
+    return Path(found[-1]).parent if found else None
+
+
+@dataclass
+class PostgresServer:
+    folder: Path
+    port: int
+    bin: Path
+    run_as: str | None
+
+    @property
+    def url(self) -> str:
+        """The runtime's connection URL (role `agentrt`, trusted on 127.0.0.1: a test server only)."""
+        return f"postgresql://{RUNTIME_ROLE}@127.0.0.1:{self.port}/{DATABASE}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = list(args)
+        if self.run_as:
+            command = ["runuser", "-u", self.run_as, "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, check=check, timeout=120)
+
+    def start(self) -> PostgresServer:
+        data, sockets = self.folder / "data", self.folder / "sockets"
+        self._run(str(self.bin / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8")
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {sockets} -c fsync=off -c max_connections=200"
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.folder / "log"), "-o", options, "-w", "start"
+        )
+        self.psql(f"CREATE ROLE {RUNTIME_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS")
+        self.psql(f"CREATE DATABASE {DATABASE} OWNER {RUNTIME_ROLE}")
+        return self
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL as the superuser (the harness's own setup and checks)."""
+        proc = self._run(
+            str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
+            "-v", "ON_ERROR_STOP=1", "-At", "-c", sql,
+        )  # fmt: skip
+        return proc.stdout.strip()
+
+    def stop(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop", check=False)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop the server (connections dropped) and start it again after `down_for` seconds."""
+        data = str(self.folder / "data")
+        self._run(str(self.bin / "pg_ctl"), "-D", data, "-m", "fast", "stop")
+        time.sleep(down_for)  # the outage itself is what is being tested, not a wait for a condition
+        sockets = self.folder / "sockets"
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {sockets} -c fsync=off -c max_connections=200"
+        self._run(str(self.bin / "pg_ctl"), "-D", data, "-l", str(self.folder / "log"), "-o", options, "-w", "start")
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """A started throwaway server (see the module docstring); raises `RuntimeError` if none is installed."""
+    binaries = postgres_bin()
+    if binaries is None:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql; scripts/test.sh does)")
+    folder = Path(tempfile.mkdtemp(prefix="agentrt-pg-"))
+    run_as = None
+    if os.geteuid() == 0:
+        run_as = "postgres"
+        account = pwd.getpwnam(run_as)
+        os.chmod(folder, 0o700)
+        os.chown(folder, account.pw_uid, account.pw_gid)
+    (folder / "sockets").mkdir()
+    if run_as:
+        os.chown(folder / "sockets", pwd.getpwnam(run_as).pw_uid, pwd.getpwnam(run_as).pw_gid)
+    server = PostgresServer(folder=folder, port=free_port(), bin=binaries, run_as=run_as)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)

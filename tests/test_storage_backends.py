@@ -1,0 +1,144 @@
+"""The storage contract, on both backends: one SQLite file per agent (the embedded default) and
+PostgreSQL (for clusters; a real throwaway server). The same agent code, written once in SQLite's style,
+keeps the same promises on each: key/value and raw SQL, migrations, atomic transactions, each agent's rows
+its own, and fencing (a stale activation's writes fail and change nothing)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.errors import StaleActivationError
+from runtime.storage import AgentStorage
+from runtime.storage_api import StorageError
+from tests.postgres import PostgresServer, postgres_server
+
+EVENTS = [
+    """
+    CREATE TABLE events (id TEXT PRIMARY KEY, value INTEGER NOT NULL, at REAL NOT NULL);
+    CREATE INDEX events_at ON events(at);
+    """,
+    "ALTER TABLE events ADD COLUMN note TEXT",
+]
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with postgres_server() as server:
+        yield server
+
+
+Opener = Callable[[str], Any]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def open_storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """Opens the storage of agent `agent_id` of one class, on the backend under test."""
+    opened: list[Any] = []
+    cls = f"Events{time.monotonic_ns()}"  # a class of its own per test: PostgreSQL's tables are per class
+
+    async def open_one(agent_id: str) -> Any:
+        if request.param == "sqlite":
+            storage = AgentStorage(tmp_path / cls / f"{agent_id}.sqlite3")
+        else:
+            from runtime.storage_pg import PostgresAgentStorage
+
+            storage = PostgresAgentStorage(request.getfixturevalue("postgres").url, cls, agent_id)
+        await storage.open()
+        opened.append(storage)
+        return storage
+
+    yield open_one
+    for storage in opened:
+        await storage.close()
+
+
+async def test_key_value_round_trips(open_storage: Opener) -> None:
+    storage = await open_storage("a-1")
+    await storage.put("user:1", {"name": "Ada", "tags": ["x"]})
+    await storage.put("user_2", [1, 2.5, None])
+    await storage.put("user%3", "percent")
+    assert await storage.get("user:1") == {"name": "Ada", "tags": ["x"]}
+    assert await storage.get("missing", "default") == "default"
+    assert await storage.setdefault("user:1", "other") == {"name": "Ada", "tags": ["x"]}
+    assert list(await storage.list("user_")) == ["user_2"]  # `_` and `%` in a prefix are literal
+    assert list(await storage.list("user%")) == ["user%3"]
+    assert await storage.delete("user:1") is True and await storage.delete("user:1") is False
+
+
+async def test_migrations_and_raw_sql_keep_types_and_run_once(open_storage: Opener) -> None:
+    storage = await open_storage("a-1")
+    await storage.migrate("Events", EVENTS)
+    await storage.migrate("Events", EVENTS)  # applied once
+    now = time.time()
+    await storage.execute("INSERT INTO events(id, value, at, note) VALUES (?, ?, ?, ?)", ("e1", 2**40, now, "50%"))
+    await storage.execute(
+        "INSERT INTO events(id, value, at) VALUES (:id, :value, :at) "
+        "ON CONFLICT(id) DO UPDATE SET value = events.value + excluded.value",
+        {"id": "e1", "value": 1, "at": now},
+    )
+    row = await storage.fetchone("SELECT value, at, note FROM events WHERE id = ? AND note LIKE '50%'", ("e1",))
+    assert (row["value"], row[1], row["note"]) == (2**40 + 1, now, "50%")  # 8-byte ints and floats, exactly
+
+
+async def test_each_agent_sees_and_writes_only_its_own_rows(open_storage: Opener) -> None:
+    alice, bob = await open_storage("alice"), await open_storage("bob")
+    for storage in (alice, bob):
+        await storage.migrate("Events", EVENTS)
+    await alice.execute("INSERT INTO events(id, value, at) VALUES ('same-id', 1, 0)")
+    await bob.execute("INSERT INTO events(id, value, at) VALUES ('same-id', 2, 0)")  # its own key space
+    await alice.put("k", "alice's")
+    assert [r["value"] for r in await alice.fetchall("SELECT value FROM events")] == [1]
+    assert await bob.execute("DELETE FROM events WHERE value = 1") == 0  # cannot touch alice's row
+    assert await bob.get("k") is None
+    assert [r["value"] for r in await bob.fetchall("SELECT value FROM events")] == [2]
+
+
+async def test_a_transaction_is_all_or_nothing(open_storage: Opener) -> None:
+    storage = await open_storage("a-1")
+    await storage.migrate("Events", EVENTS)
+    with pytest.raises(RuntimeError, match="midway"):
+        async with storage.transaction() as tx:
+            await tx.execute("INSERT INTO events(id, value, at) VALUES ('e1', 1, 0)")
+            await tx.put("k", 1)
+            assert await storage.get("k") == 1  # the transaction sees its own writes
+            raise RuntimeError("midway")
+    assert await storage.fetchall("SELECT * FROM events") == [] and await storage.get("k") is None
+
+
+async def test_a_stale_activation_cannot_write(open_storage: Opener) -> None:
+    old = await open_storage("a-1")
+    assert await old.take_epoch() == 1
+    await old.put("k", "old")
+    fenced: list[bool] = []
+    old.on_fenced = lambda: fenced.append(True)
+    new = await open_storage("a-1")  # the agent activated again elsewhere
+    assert await new.take_epoch() == 2
+    with pytest.raises(StaleActivationError):
+        await old.put("k", "stale")
+    assert fenced == [True]
+    assert await new.get("k") == "old"
+    await new.put("k", "new")
+    assert await new.get("k") == "new"
+
+
+async def test_postgres_refuses_a_role_that_sees_through_row_level_security(postgres: PostgresServer) -> None:
+    from runtime.storage_pg import PostgresAgentStorage
+
+    with pytest.raises(StorageError, match="superuser or has BYPASSRLS"):
+        await PostgresAgentStorage(postgres.admin_url, f"Refused{time.monotonic_ns()}", "a-1").open()
+
+
+async def test_postgres_refuses_a_function_migration(open_storage: Opener, request: pytest.FixtureRequest) -> None:
+    storage = await open_storage("a-1")
+    if type(storage).__name__ != "PostgresAgentStorage":
+        pytest.skip("SQLite runs function migrations per agent file")
+
+    async def backfill(tx: Any) -> None: ...
+
+    with pytest.raises(StorageError, match="must be SQL"):
+        await storage.migrate("Data", [backfill])
