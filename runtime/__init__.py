@@ -63,18 +63,21 @@ def init(
 ) -> Any:
     """Connect to Ray (starting a local cluster if none is running) and start the alarm scheduler.
 
-    Call it once per driver. After a full cluster restart this is what brings due schedules back:
-    the scheduler reloads its index from `storage_dir` and wakes the agents that are due. `storage_dir`
+    Call it once per driver. After a full cluster restart this is what brings due schedules back: the
+    scheduler reloads its index from `storage_dir` and wakes the agents that are due. `storage_dir`
     (default: `AGENT_STORAGE_DIR`, else `./.data`) and `namespace` become this process's: every handle
     `get_agent` gives without its own `storage_dir=` keeps its agents' files and alarms there. With
-    `start_hosts`, the root's agent hosts are started too (and waited for), so that the first call pays
-    no process start. Returns the scheduler's actor handle.
+    `AGENT_STORAGE_URL` set, its database must answer (`runtime.storage_choice.StorageConfigError`
+    otherwise). With `start_hosts`, the root's agent hosts are started too (and waited for), so that the
+    first call pays no process start. Returns the scheduler's actor handle.
     """
     import ray
 
     from runtime.registry import start_runtime
+    from runtime.storage_choice import check_storage
     from runtime.storage_root import use_storage_root
 
+    check_storage()  # a malformed or unreachable AGENT_STORAGE_URL: refused here, naming it
     root, ns = use_storage_root(storage_dir, namespace)
     if not ray.is_initialized():
         ray_init_kwargs.setdefault("namespace", ns)

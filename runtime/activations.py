@@ -34,6 +34,7 @@ from runtime import metrics
 from runtime.agent import Agent, DueReporter
 from runtime.errors import AgentCapacityError, AgentNotFoundError, StaleActivationError
 from runtime.ids import actor_name
+from runtime.storage_choice import agent_exists
 from runtime.turn_order import TURN_TICKET_KWARG, SubmissionOrder
 
 logger = logging.getLogger("runtime.activations")
@@ -178,7 +179,7 @@ class Activations:
             if leaving is not None:
                 await asyncio.shield(leaving)
                 continue
-            if not create and not cls.storage_path(self.storage_dir, agent_id).exists():
+            if not create and not await agent_exists(cls.agent_class_name(), agent_id, self.storage_dir):
                 raise AgentNotFoundError(name)
             if self._fenced_until.get(name, 0.0) > time.monotonic():
                 raise StaleActivationError(name, 0, 0)  # not here: the newer activation is elsewhere

@@ -29,8 +29,9 @@ from runtime.failures import record_failure
 from runtime.ids import actor_name, validate_agent_id
 from runtime.methods import internal, read, start_as_turn, turn
 from runtime.schedules import SCHEDULES_MIGRATIONS
-from runtime.settings import runtime_settings
-from runtime.storage import AgentStorage, Migration
+from runtime.storage import Migration
+from runtime.storage_api import StorageAPI
+from runtime.storage_choice import agent_storage, sqlite_path
 from runtime.storage_root import resolve_namespace, resolve_storage_dir
 from runtime.turn_order import SubmissionOrder
 
@@ -55,16 +56,11 @@ class Agent(AgentSchedules):
     """Seconds with nothing to do before this agent hibernates; None: the host's `AGENT_IDLE_SECONDS`."""
 
     def __init__(self, agent_id: str, storage_dir: str | Path | None = None, namespace: str | None = None) -> None:
-        settings = runtime_settings()
         self.id: str = validate_agent_id(agent_id)
         self.name: str = actor_name(self.agent_class_name(), agent_id)
         self.namespace: str = resolve_namespace(namespace)
         self.storage_dir: Path = resolve_storage_dir(storage_dir)
-        self.storage = AgentStorage(
-            self.storage_path(self.storage_dir, agent_id),
-            synchronous=settings.sqlite_synchronous,
-            journal=settings.sqlite_journal,
-        )
+        self.storage: StorageAPI = agent_storage(self.agent_class_name(), agent_id, self.storage_dir)
         self._state: BaseModel | None = None
         self._turn_lock = asyncio.Lock()
         self._turn_order = SubmissionOrder()
@@ -91,7 +87,7 @@ class Agent(AgentSchedules):
     @classmethod
     def storage_path(cls, storage_dir: str | Path, agent_id: str) -> Path:
         """The SQLite file of agent `agent_id` under `storage_dir` (it exists once the agent was created)."""
-        return Path(storage_dir) / cls.agent_class_name() / f"{validate_agent_id(agent_id)}.sqlite3"
+        return sqlite_path(Path(storage_dir), cls.agent_class_name(), validate_agent_id(agent_id))
 
     @classmethod
     def class_path(cls) -> str:

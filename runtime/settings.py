@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,6 +16,15 @@ class RuntimeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENT_", extra="ignore")
 
     storage_dir: Path = Field(default=Path("./.data"), description="Root folder of the agents' SQLite files.")
+    storage_url: SecretStr | None = Field(
+        default=None,
+        description="A PostgreSQL URL (postgresql://user:password@host:5432/db): every agent's storage in that "
+        "database, for clusters (`runtime.storage_pg`). Unset: one SQLite file per agent under storage_dir. "
+        "Secret: shown as ***, its password never printed.",
+    )
+    storage_pool_size: int = Field(
+        default=10, ge=1, le=1000, description="PostgreSQL connections per host process (and per ingress replica)."
+    )
     namespace: str = Field(default="agents", description="Ray namespace of the agent hosts and the scheduler.")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",

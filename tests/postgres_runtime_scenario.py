@@ -1,0 +1,78 @@
+"""The runtime on PostgreSQL, as its own process with its own Ray (the storage backend is chosen per
+process, from `AGENT_STORAGE_URL` in the job's environment). Prints one JSON line of what it saw for
+`tests/test_storage_postgres_runtime.py`. Run: `python tests/postgres_runtime_scenario.py URL ROOT`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+async def scenario(root: Path) -> dict[str, Any]:
+    from runtime import AgentNotFoundError, get_agent
+    from tests.agents_under_test import QuickCounter
+    from tests.lifecycle import live_agent_names, wait_until_hibernated
+    from tests.waiting import eventually
+
+    seen: dict[str, Any] = {}
+    counters = [get_agent(QuickCounter, f"pg-{i}", storage_dir=root) for i in range(3)]
+    for i, counter in enumerate(counters):
+        for value in range(i + 1):
+            await counter.append(value)
+        await counter.put("label", f"counter {i}")
+    seen["sequences"] = [await c.get("sequence") for c in counters]
+    seen["labels"] = [await c.get("label") for c in counters]
+    with_failure = counters[0]
+    try:
+        await with_failure.add_events_then_fail([1, 2, 3])
+    except RuntimeError:
+        pass
+    seen["events_after_failed_transaction"] = await with_failure.events()
+
+    # an alarm fires while its agent sleeps, and wakes it from the database
+    await counters[1].schedule(2.0, "record_fire", {"n": 1})
+    await wait_until_hibernated(root, "agents", "QuickCounter/pg-1", timeout=30)
+    fires = await eventually(lambda: counters[1].get("fires"), timeout=30, what="the alarm, fired asleep")
+    seen["fires"] = [f["payload"] for f in fires]
+
+    # a SIGKILLed host: the agent comes back with everything it had acknowledged
+    pid = (await counters[2].whoami())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    seen["after_kill"] = await eventually(lambda: counters[2].get("sequence"), timeout=60, what="the agent back")
+    seen["starts_after_kill"] = await counters[2].get("starts")
+
+    try:
+        await get_agent(QuickCounter, "never-made", storage_dir=root, create=False).get("x")
+        seen["not_found"] = False
+    except AgentNotFoundError:
+        seen["not_found"] = True
+    seen["live"] = sorted(await live_agent_names(root, "agents"))
+    return seen
+
+
+def main() -> None:
+    import ray
+
+    import runtime
+
+    url, root = sys.argv[1], Path(sys.argv[2])
+    env = {"AGENT_STORAGE_URL": url, "PYTHONPATH": str(REPO), "AGENT_HOSTS": "2", "AGENT_IDLE_SECONDS": "1"}
+    os.environ.update(env)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", runtime_env={"env_vars": env})
+    runtime.init(storage_dir=root, namespace="agents")
+    seen = asyncio.run(scenario(root))
+    seen["sqlite_files"] = sorted(p.name for p in root.rglob("*.sqlite3") if "QuickCounter" in str(p))
+    print(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The runtime with `AGENT_STORAGE_URL` naming a real PostgreSQL: agents keep their data in the database
+(no SQLite file of theirs anywhere), transactions stay atomic, an alarm wakes a sleeping agent, a
+SIGKILLed host loses nothing acknowledged, and an agent never created stays not found. A malformed or
+unreachable URL is refused at start-up naming the setting, without the password."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runtime.storage_choice import StorageConfigError, check_storage, redacted_url, storage_url
+from tests.isolated import run_isolated
+from tests.postgres import PostgresServer, postgres_server
+
+
+@pytest.fixture(scope="module")
+def postgres() -> PostgresServer:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.mark.slow
+def test_agents_live_in_postgres_through_sleep_alarms_and_a_killed_host(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    proc = run_isolated(
+        "tests/postgres_runtime_scenario.py", postgres.url, str(tmp_path / "root"), cwd=tmp_path, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["sequences"] == [[0], [0, 1], [0, 1, 2]]
+    assert seen["labels"] == ["counter 0", "counter 1", "counter 2"]
+    assert seen["events_after_failed_transaction"] == []
+    assert seen["fires"] == [{"n": 1}]
+    assert seen["after_kill"] == [0, 1, 2] and seen["starts_after_kill"] >= 2
+    assert seen["not_found"] is True
+    assert seen["sqlite_files"] == []  # the agents' data is in the database only
+    rows = postgres.psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'agents_quickcounter_%'", "agentrt")
+    assert rows == "1"  # one schema for the class, whatever the number of agents
+
+
+def test_a_malformed_or_unreachable_url_is_refused_naming_the_setting_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runtime.settings import runtime_settings
+
+    for url, expected in [
+        ("mysql://u:hunter2@db/x", "must be postgresql://"),
+        ("postgresql://u:hunter2@db:notaport/x", "not a valid URL"),
+        ("postgresql://u:hunter2@127.0.0.1:1/x", "cannot be used"),
+    ]:
+        monkeypatch.setenv("AGENT_STORAGE_URL", url)
+        runtime_settings.cache_clear()
+        try:
+            with pytest.raises(StorageConfigError, match=expected) as caught:
+                storage_url()
+                check_storage()
+            assert "hunter2" not in str(caught.value) and "AGENT_STORAGE_URL" in str(caught.value)
+        finally:
+            runtime_settings.cache_clear()
+    assert redacted_url("postgresql://u:hunter2@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert "hunter2" not in repr(runtime_settings().model_copy(update={}))
