@@ -2,8 +2,9 @@
 
 The provider limits CIBA requests per user (Auth0: about five a minute), and each one pushes the user's
 phone, so a user's threads together may have at most `CHAT_MAX_PENDING_APPROVALS_PER_USER` approvals
-waiting. One small SQLite file in the storage root (beside the class folders, so no agent id can name it)
-holds a slot per waiting tool call; every host takes and gives back slots in it under SQLite's lock. A
+waiting. One shared store of the root (`runtime.storage_choice.shared_storage`: a small SQLite file beside
+the class folders, or rows in the database) holds a slot per waiting tool call; every host takes and gives
+back slots in it one writer at a time. A
 slot is taken before a tool call's first request, given back when the call ends (whatever its outcome),
 and expires on its own after the request's lifetime, so a crash between the two never keeps one forever.
 """
@@ -13,9 +14,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from runtime import AgentStorage
+from runtime.storage_api import StorageAPI
+from runtime.storage_choice import shared_storage
 
-SLOTS_FILE = "approval-slots.sqlite3"
+SLOTS_NAME = "approval-slots"
 SLOTS_MIGRATIONS = [
     """
     CREATE TABLE slots (
@@ -31,11 +33,11 @@ SLOTS_MIGRATIONS = [
 class ApprovalSlots:
     """The slots of one storage root (one per process and root: `approval_slots`)."""
 
-    def __init__(self, path: Path) -> None:
-        self.storage = AgentStorage(path, synchronous="NORMAL")
+    def __init__(self, storage_dir: Path) -> None:
+        self.storage = shared_storage(SLOTS_NAME, storage_dir)
         self._open = False
 
-    async def _ready(self) -> AgentStorage:
+    async def _ready(self) -> StorageAPI:
         if not self._open:
             await self.storage.open()
             await self.storage.migrate("agents.ApprovalSlots", SLOTS_MIGRATIONS)
@@ -68,7 +70,7 @@ _shared: dict[Path, ApprovalSlots] = {}
 
 def approval_slots(storage_dir: Path) -> ApprovalSlots:
     """The slots of this storage root, shared by the agents of this process."""
-    path = Path(storage_dir) / SLOTS_FILE
-    if path not in _shared:
-        _shared[path] = ApprovalSlots(path)
-    return _shared[path]
+    root = Path(storage_dir).resolve()
+    if root not in _shared:
+        _shared[root] = ApprovalSlots(root)
+    return _shared[root]

@@ -11,7 +11,6 @@ for approve/deny in the chat instead. Override `build_tools()`; see `examples/tr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 from agents.ai_chat_agent import AIChatAgent
@@ -22,6 +21,7 @@ from agents.owned_agent import OwnedAgent
 from agents.resumer import AsyncUserConfirmationResumer
 from auth.settings import AuthSettings
 from runtime import internal
+from tools.agent_credential_store import AgentCredentialStore
 from tools.async_confirmation import (
     AsyncUserConfirmationTool,
     InterruptCallback,
@@ -31,7 +31,6 @@ from tools.async_confirmation import (
 from tools.base import Tool, current_tool_context
 from tools.ciba_client import CIBAClient
 from tools.ciba_ping import ping_key
-from tools.credential_store import SQLiteCredentialStore
 
 
 def thread_owner(**_: Any) -> str:
@@ -42,7 +41,6 @@ def thread_owner(**_: Any) -> str:
     return owner
 
 
-CREDENTIALS_FOLDER = "credentials"
 TOO_MANY_PENDING_FOR_USER_TEXT = (
     "Not sent: {cap} approvals of this user are already waiting on their device (across their "
     "conversations). Ask the user to answer those first, then ask again."
@@ -59,7 +57,7 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
     ciba_requested_expiry: ClassVar[int] = 300
     """Seconds the user has to approve (CIBA `requested_expiry`), unless a tool says otherwise."""
 
-    _credential_store: SQLiteCredentialStore | None = None
+    _credential_store: AgentCredentialStore | None = None
 
     @internal
     def with_async_user_confirmation(
@@ -93,18 +91,12 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
             ping_key=ping_key(settings.require_encryption_key().get_secret_value()),
         )
 
-    @classmethod
-    def credential_store_path(cls, storage_dir: str | Path, agent_id: str) -> Path:
-        """`<root>/<Class>/credentials/<id>.sqlite3`: a folder no agent's own file can be (agent files are
-        `<root>/<Class>/<id>.sqlite3` and ids hold no `/`), so no id reaches another thread's tokens."""
-        return Path(storage_dir) / cls.agent_class_name() / CREDENTIALS_FOLDER / f"{agent_id}.sqlite3"
-
     @internal
-    def credential_store(self) -> SQLiteCredentialStore:
-        """This thread's approved tokens, encrypted with `AUTH0_SESSION_ENCRYPTION_KEY` (one file per thread)."""
+    def credential_store(self) -> AgentCredentialStore:
+        """This thread's approved tokens and pending requests, encrypted with `AUTH0_SESSION_ENCRYPTION_KEY`,
+        in the thread's own storage (so fenced like its other writes, on either backend)."""
         if self._credential_store is None:
-            path = self.credential_store_path(self.storage_dir, self.id)
-            self._credential_store = SQLiteCredentialStore(path, AuthSettings().require_encryption_key())
+            self._credential_store = AgentCredentialStore(self.storage, AuthSettings().require_encryption_key())
         return self._credential_store
 
     async def _execute_tool_call(self, call: ToolCall, *, confirmed: bool = False) -> None:
@@ -141,12 +133,3 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
         await super()._finish_call(call, result)
         if isinstance(self.tools.get(call.name), AsyncUserConfirmationTool):
             await approval_slots(self.storage_dir).give_back(self._slot_key(call.id))
-
-    async def close(self) -> None:
-        """Hibernating: also close the credential store's file."""
-        try:
-            if self._credential_store is not None:
-                await self._credential_store.close()
-                self._credential_store = None
-        finally:
-            await super().close()

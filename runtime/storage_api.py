@@ -101,6 +101,11 @@ class StorageAPI:
     async def fetchone(self, sql: str, params: Params = ()) -> Any | None:
         raise NotImplementedError
 
+    async def migrate(self, scope: str, migrations: Sequence[Migration]) -> int:
+        """Apply the migrations of `scope` not yet applied; return how many. A migration's index in the
+        list is its version: never reorder or edit applied ones, only append."""
+        raise NotImplementedError
+
     # -- raw SQL ---------------------------------------------------------------------------------------
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one write statement in its own transaction (or the caller's); return rows changed."""

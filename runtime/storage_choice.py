@@ -64,6 +64,18 @@ def agent_storage(class_name: str, agent_id: str, storage_dir: Path) -> StorageA
     )
 
 
+def shared_storage(name: str, storage_dir: Path) -> StorageAPI:
+    """The (unopened) storage of something every agent of a root shares, not an agent's own (the users'
+    approval slots): `<root>/<name>.sqlite3` beside the class folders (no agent id can name it), or the
+    rows of `name` in the database. Its write transactions are serialized across processes on both."""
+    url = storage_url()
+    if url is not None:
+        from runtime.storage_pg import PostgresAgentStorage
+
+        return PostgresAgentStorage(url, "_shared", name, pool_size=runtime_settings().storage_pool_size)
+    return AgentStorage(Path(storage_dir) / f"{name}.sqlite3", synchronous="NORMAL")
+
+
 def sqlite_path(storage_dir: Path, class_name: str, agent_id: str) -> Path:
     """Where the SQLite backend keeps an agent's file."""
     return Path(storage_dir) / class_name / f"{agent_id}.sqlite3"

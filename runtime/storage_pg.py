@@ -14,7 +14,7 @@ runtime's role must be neither a superuser nor `BYPASSRLS` (PostgreSQL lets thos
   the missing steps under an advisory lock, translated by `runtime.sql_dialect`; each table a step
   creates is then made per-agent (the `agent_id` column, the policy, its primary key, unique constraints
   and indexes led by `agent_id`). Function steps (data migrations written against one agent's rows)
-  cannot run class-wide and are refused. Foreign keys between agent tables are not supported.
+  cannot run class-wide and are refused. Foreign keys between agent tables are led by `agent_id` too.
 - **Fencing** is enforced by the database: an activation takes the next epoch in `_agents` (a row lock),
   and every write transaction first reads its row `FOR SHARE` and compares, so a stale activation's write
   fails with `StaleActivationError` and changes nothing, and a new activation's `take_epoch` waits for an
@@ -196,6 +196,8 @@ class PostgresAgentStorage(StorageAPI):
                     await self._enter(conn)
                     if self.epoch is not None:
                         await self._check_epoch(conn)
+                    else:  # no fencing (a shared store): one writer at a time, as SQLite's write lock gives
+                        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.path,))
                     yield tx
             finally:
                 self.writes += 1
@@ -287,8 +289,9 @@ class PostgresAgentStorage(StorageAPI):
 
 
 async def _scope_new_tables(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
-    """Make every table of `schema` per-agent (see the module docstring), and lead its indexes with
-    `agent_id`. Idempotent: a table already scoped keeps its column and policy."""
+    """Make every table of `schema` per-agent (see the module docstring), and lead its indexes and foreign
+    keys with `agent_id`. Idempotent: a table already scoped keeps its column and policy."""
+    foreign_keys = await _take_foreign_keys(conn, schema)
     tables = await (
         await conn.execute(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -314,6 +317,52 @@ async def _scope_new_tables(conn: psycopg.AsyncConnection[Any], schema: str) -> 
             ).format(t=table, s=setting)
         )
     await _lead_indexes_with_agent_id(conn, schema)
+    for name, table, columns, target, target_columns, on_delete in foreign_keys:
+        await conn.execute(
+            pgsql.SQL("ALTER TABLE {t} ADD CONSTRAINT {c} FOREIGN KEY ({cols}) REFERENCES {f} ({fcols}) {d}").format(
+                t=pgsql.Identifier(schema, table),
+                c=pgsql.Identifier(name),
+                cols=pgsql.SQL(", ").join(pgsql.Identifier(c) for c in ["agent_id", *columns]),
+                f=pgsql.Identifier(schema, target),
+                fcols=pgsql.SQL(", ").join(pgsql.Identifier(c) for c in ["agent_id", *target_columns]),
+                d=pgsql.SQL(_ON_DELETE[on_delete]),
+            )
+        )
+
+
+_ON_DELETE = {"a": "ON DELETE NO ACTION", "r": "ON DELETE RESTRICT", "c": "ON DELETE CASCADE"}
+
+
+async def _take_foreign_keys(conn: psycopg.AsyncConnection[Any], schema: str) -> list[tuple[Any, ...]]:
+    """Drop and return the foreign keys of `schema` not yet led by `agent_id` (re-added, led by it, once
+    the keys they reference are): one agent's rows may only reference its own."""
+    found = await (
+        await conn.execute(
+            "SELECT con.conname, t.relname, "
+            "ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(n, o) JOIN pg_attribute a "
+            "      ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o), "
+            "f.relname, "
+            "ARRAY(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(n, o) JOIN pg_attribute a "
+            "      ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.o), "
+            "con.confdeltype "
+            "FROM pg_constraint con JOIN pg_class t ON t.oid = con.conrelid JOIN pg_class f ON f.oid = con.confrelid "
+            "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = %s AND con.contype = 'f'",
+            (schema,),
+        )
+    ).fetchall()
+    taken = []
+    for name, table, columns, target, target_columns, on_delete in found:
+        if columns and columns[0] == "agent_id":
+            continue
+        if on_delete not in _ON_DELETE:
+            raise StorageError(f"{schema}.{table}: foreign key {name}: only ON DELETE NO ACTION/RESTRICT/CASCADE")
+        await conn.execute(
+            pgsql.SQL("ALTER TABLE {t} DROP CONSTRAINT {c}").format(
+                t=pgsql.Identifier(schema, table), c=pgsql.Identifier(name)
+            )
+        )
+        taken.append((name, table, list(columns), target, list(target_columns), on_delete))
+    return taken
 
 
 async def _lead_indexes_with_agent_id(conn: psycopg.AsyncConnection[Any], schema: str) -> None:

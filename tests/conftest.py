@@ -73,6 +73,15 @@ def chat_world(ray_cluster: None) -> Iterator[object]:
     world.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A throwaway PostgreSQL server for the session (tests/postgres.py); tests keep to classes of their own."""
+    from tests.postgres import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
 @pytest.fixture
 def storage_dir(tmp_path: Path) -> Path:
     """A fresh storage root per test, so each test has its own agents' files and alarm scheduler."""

@@ -6,8 +6,9 @@ second worker joins; the user approves; the thread's host is re-created on the s
 thread's file and completes the purchase by itself. The HTTP ingress runs too, one replica on the head and
 one on the doomed node (each needs one `ingress` slot, which the head and each worker offer): after the
 loss the API still answers, from the surviving nodes, with the thread's whole history. Prints one JSON
-line with what it saw; the test (`tests/test_cluster_node_loss.py`) checks it.
-Run: `python tests/node_loss_scenario.py <storage dir>`.
+line with what it saw; the test (`tests/test_cluster_node_loss.py`) checks it. With a PostgreSQL URL as
+second argument, every agent's storage is in that database (`AGENT_STORAGE_URL`) instead of SQLite files.
+Run: `python tests/node_loss_scenario.py <storage dir> [<postgresql url>]`.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ async def until(probe: Any, timeout: float, what: str) -> Any:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-async def scenario(storage_dir: Path) -> dict[str, Any]:
+async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[str, Any]:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -65,6 +66,8 @@ async def scenario(storage_dir: Path) -> dict[str, Any]:
     from runtime import get_agent
 
     authz, checkout, _model, env = services()
+    if storage_url:
+        env["AGENT_STORAGE_URL"] = storage_url
     os.environ.update(env)
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "resources": {"ingress": 1}}
@@ -152,4 +155,6 @@ async def _final(thread: Any, token: str) -> list[Any] | None:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(scenario(Path(sys.argv[1])))))
+    seen = asyncio.run(scenario(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None))
+    seen["agent_files"] = sorted(str(p.relative_to(sys.argv[1])) for p in Path(sys.argv[1]).rglob("*.sqlite3"))
+    print(json.dumps(seen))

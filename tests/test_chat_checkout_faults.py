@@ -11,11 +11,12 @@ from pydantic import SecretStr
 
 from agents.chat import Chat
 from runtime import get_agent
+from runtime.storage import AgentStorage
 from tests.chat_world import ChatWorld
 from tests.test_chat_flow import final_text, new_thread_id, tool_messages, wait_for_requests
 from tests.waiting import eventually
+from tools.agent_credential_store import AgentCredentialStore
 from tools.async_confirmation import CREDENTIALS_NAMESPACE
-from tools.credential_store import SQLiteCredentialStore
 
 pytestmark = pytest.mark.usefixtures("chat_world")
 
@@ -76,14 +77,12 @@ async def test_a_permanent_checkout_refusal_ends_the_call_and_spends_the_credent
     (tool,) = tool_messages(messages)
     assert tool.content.startswith("Error: buy_stock failed: the checkout API rejected the order (400")
     assert world.orders() == orders_before
-    store = SQLiteCredentialStore(
-        Chat.credential_store_path(storage_dir, thread_id),
-        SecretStr(world.env["AUTH0_SESSION_ENCRYPTION_KEY"]),
-    )
+    storage = await AgentStorage(Chat.storage_path(storage_dir, thread_id)).open()  # the thread's own file
     try:
+        store = AgentCredentialStore(storage, SecretStr(world.env["AUTH0_SESSION_ENCRYPTION_KEY"]))
         left = await store.get(CREDENTIALS_NAMESPACE, f"{thread_id}:buy_stock:{tool.tool_call_id}")
     finally:
-        await store.close()
+        await storage.close()
     assert left is not None and left["done"] is True and "credentials" not in left  # the token is gone
 
 

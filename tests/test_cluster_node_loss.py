@@ -3,7 +3,8 @@ purchase completes by itself, exactly once (one CIBA request, one order), its hi
 API, one of whose replicas was on that node, answers from the surviving ones.
 
 The cluster is a real multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`), in a process of
-its own (`tests/node_loss_scenario.py`), so this session's Ray stays as it is.
+its own (`tests/node_loss_scenario.py`), so this session's Ray stays as it is; on each storage backend:
+SQLite files in a shared folder, and a real PostgreSQL (the clusters' store).
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(400)
-def test_a_pending_purchase_survives_the_loss_of_its_threads_node(tmp_path: Path) -> None:
-    proc = run_isolated("tests/node_loss_scenario.py", str(tmp_path / "agents"), cwd=tmp_path, timeout=360)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_pending_purchase_survives_the_loss_of_its_threads_node(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = [request.getfixturevalue("postgres").url] if backend == "postgres" else []
+    proc = run_isolated("tests/node_loss_scenario.py", str(tmp_path / "agents"), *url, cwd=tmp_path, timeout=360)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["host_node_before"] == seen["doomed_node"], "the thread must first live on the doomed node"
@@ -31,3 +36,5 @@ def test_a_pending_purchase_survives_the_loss_of_its_threads_node(tmp_path: Path
     assert roles[0] == "user" and seen["messages"][0]["content"] == "Buy 3 shares of MSFT"
     assert roles.count("user") == 1 and "Purchased 3 shares of MSFT" in seen["messages"][-1]["content"]
     assert seen["http_messages"] == seen["messages"], "the API must answer from the surviving nodes, whole"
+    if backend == "postgres":  # every agent's data in the database: no agent file, no credential file
+        assert [f for f in seen["agent_files"] if not f.startswith("_runtime/")] == []

@@ -6,7 +6,7 @@ its own, and fencing (a stale activation's writes fail and change nothing)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 from runtime.errors import StaleActivationError
 from runtime.storage import AgentStorage
 from runtime.storage_api import StorageError
-from tests.postgres import PostgresServer, postgres_server
+from tests.postgres import PostgresServer
 
 EVENTS = [
     """
@@ -24,12 +24,6 @@ EVENTS = [
     """,
     "ALTER TABLE events ADD COLUMN note TEXT",
 ]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    with postgres_server() as server:
-        yield server
 
 
 Opener = Callable[[str], Any]
@@ -142,3 +136,23 @@ async def test_postgres_refuses_a_function_migration(open_storage: Opener, reque
 
     with pytest.raises(StorageError, match="must be SQL"):
         await storage.migrate("Data", [backfill])
+
+
+async def test_the_chat_tables_and_their_foreign_key_hold_per_agent(open_storage: Opener) -> None:
+    from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
+
+    alice, bob = await open_storage("alice"), await open_storage("bob")
+    for storage in (alice, bob):
+        await storage.migrate("Chat", CHAT_MIGRATIONS)
+        store = ThreadStore(storage)
+        await store.add_message("user", "buy 1 MSFT", message_id="m-1")  # the same message id in each thread
+        await store.add_assistant(None, [{"id": "call-1", "name": "buy_stock", "arguments": "{}"}])
+    (call,) = await ThreadStore(alice).calls()
+    await ThreadStore(alice).finish_call(call, "Purchased")
+    assert [c.state for c in await ThreadStore(bob).calls()] == ["call"]  # bob's call untouched
+    assert [m.content for m in await ThreadStore(alice).messages_after(0)][-1] == "Purchased"
+    with pytest.raises(Exception, match="(?i)foreign key"):  # a call of a message the thread does not have
+        await bob.execute(
+            "INSERT INTO tool_calls(id, message_id, position, name, arguments, state, created_at, updated_at) "
+            "VALUES ('c', 'm-1-of-nobody', 0, 'x', '{}', 'call', 0, 0)"
+        )

@@ -13,15 +13,12 @@ from runtime import get_agent
 
 
 @pytest.mark.parametrize("thread_id", ["X", "X.credentials", "credentials", "X.sqlite3", "credentials.X"])
-def test_no_thread_id_reaches_another_threads_credential_file(tmp_path: Path, thread_id: str) -> None:
-    """Thread `X.credentials` once opened thread X's credential store; every agent file and credential file
-    now lives where no other id's can (credentials in their own folder, ids hold no `/`)."""
-    from agents.chat import Chat
-
+def test_no_thread_id_reaches_another_threads_file(tmp_path: Path, thread_id: str) -> None:
+    """Thread `X.credentials` once opened thread X's credential store; a thread's credentials now live in
+    its own storage, and no valid id names another's file (ids hold no `/`)."""
     others = ["X", "X.credentials", "credentials", "X.sqlite3", "credentials.X"]
-    theirs = {Chat.storage_path(tmp_path, other) for other in others}
-    theirs |= {Chat.credential_store_path(tmp_path, other) for other in others if other != thread_id}
-    assert Chat.credential_store_path(tmp_path, thread_id) not in theirs
+    theirs = {Chat.storage_path(tmp_path, other) for other in others if other != thread_id}
+    assert Chat.storage_path(tmp_path, thread_id) not in theirs
 
 
 async def test_a_purchase_never_takes_the_file_of_the_thread_named_like_its_old_credential_store(
@@ -40,7 +37,20 @@ async def test_a_purchase_never_takes_the_file_of_the_thread_named_like_its_old_
     assert tool.state == "pending-authorization"  # the credential store of `name` is open now
 
     assert bobs_file.exists()
-    assert Chat.credential_store_path(storage_dir, name).exists()
+    assert await credential_rows(Chat.storage_path(storage_dir, name)) == 1  # alice's request, in her file
+    assert await credential_rows(bobs_file) == 0
     assert [m.content for m in await bobs.get_messages(chat_world.token("bob")) if m.role == "user"] == ["hello"]
     for request in chat_world.requests_for("alice"):  # the next tests expect alice's phone to hold only theirs
         chat_world.decide(request["id"], approve=False)
+
+
+async def credential_rows(path: Path) -> int:
+    """How many credential records (pending requests, approvals) an agent's file holds."""
+    import aiosqlite
+
+    async with aiosqlite.connect(f"file:{path}?mode=ro", uri=True) as db:
+        try:
+            cursor = await db.execute("SELECT COUNT(*) FROM _credentials")
+        except aiosqlite.OperationalError:  # never used a credential: no table
+            return 0
+        return (await cursor.fetchone())[0]

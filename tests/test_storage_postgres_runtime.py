@@ -12,13 +12,7 @@ import pytest
 
 from runtime.storage_choice import StorageConfigError, check_storage, redacted_url, storage_url
 from tests.isolated import run_isolated
-from tests.postgres import PostgresServer, postgres_server
-
-
-@pytest.fixture(scope="module")
-def postgres() -> PostgresServer:
-    with postgres_server() as server:
-        yield server
+from tests.postgres import PostgresServer
 
 
 @pytest.mark.slow

@@ -73,7 +73,8 @@ class CredentialStore(Protocol):
         ...
 
 
-def _expires_at(ttl: float | None, now: float) -> float | None:
+def expiry_time(ttl: float | None, now: float) -> float | None:
+    """When a value stored `now` with `ttl` seconds to live expires (None: never)."""
     if ttl is None:
         return None
     if ttl <= 0:
@@ -111,7 +112,7 @@ class MemoryCredentialStore:
 
     async def put(self, namespace: str, key: str, value: Any, ttl: float | None = None) -> None:
         now = time.time()
-        self._data[(namespace, key)] = (_encode(value), _expires_at(ttl, now))
+        self._data[(namespace, key)] = (_encode(value), expiry_time(ttl, now))
 
     async def delete(self, namespace: str, key: str) -> None:
         self._data.pop((namespace, key), None)
@@ -120,7 +121,7 @@ class MemoryCredentialStore:
         now = time.time()  # no await between the check and the write: atomic within the event loop
         if self._live(namespace, key, now) is not None:
             return False
-        self._data[(namespace, key)] = (_encode(value), _expires_at(ttl, now))
+        self._data[(namespace, key)] = (_encode(value), expiry_time(ttl, now))
         return True
 
     async def exists(self, namespace: str, key: str) -> bool:
@@ -138,6 +139,42 @@ def derive_key(secret: EncryptionKey) -> bytes:
     if not material:
         raise ValueError("the credential store needs a non-empty encryption key")
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=HKDF_SALT, info=HKDF_INFO).derive(material)
+
+
+class CredentialSealer:
+    """AES-256-GCM for stored credentials (see the module docstring): `seal` a value for its row, `open` it
+    again, reading a wrong key, a tampered value or an unknown format as None (with a warning)."""
+
+    def __init__(self, encryption_key: EncryptionKey) -> None:
+        self._aead = AESGCM(derive_key(encryption_key))
+
+    @staticmethod
+    def _aad(namespace: str, key: str) -> bytes:
+        return b"\x1f".join((bytes([FORMAT_VERSION]), namespace.encode(), key.encode()))
+
+    def seal(self, namespace: str, key: str, value: Any) -> bytes:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return bytes([FORMAT_VERSION]) + nonce + self._aead.encrypt(nonce, _encode(value), self._aad(namespace, key))
+
+    def open(self, namespace: str, key: str, blob: bytes) -> Any | None:
+        if len(blob) < 1 + NONCE_BYTES + 16 or blob[0] != FORMAT_VERSION:
+            log.warning("credential %s/%s has an unknown format; ignoring it", namespace, key)
+            return None
+        nonce, ciphertext = blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :]
+        try:
+            plaintext = self._aead.decrypt(nonce, ciphertext, self._aad(namespace, key))
+        except InvalidTag:
+            log.warning(
+                "credential %s/%s could not be decrypted (wrong AUTH0_SESSION_ENCRYPTION_KEY or tampered); ignoring it",
+                namespace,
+                key,
+            )
+            return None
+        try:
+            return json.loads(plaintext)
+        except ValueError:
+            log.warning("credential %s/%s decrypted to invalid JSON; ignoring it", namespace, key)
+            return None
 
 
 _SCHEMA = """
@@ -179,7 +216,7 @@ class SQLiteCredentialStore:
         purge_interval: float = 60.0,
     ) -> None:
         self.path = Path(path)
-        self._aead = AESGCM(derive_key(encryption_key))
+        self._sealer = CredentialSealer(encryption_key)
         self.busy_timeout_ms = busy_timeout_ms
         self.purge_interval = purge_interval
         self._db: aiosqlite.Connection | None = None
@@ -255,35 +292,6 @@ class SQLiteCredentialStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # -- encryption ----------------------------------------------------------------------------------
-    @staticmethod
-    def _aad(namespace: str, key: str) -> bytes:
-        return b"\x1f".join((bytes([FORMAT_VERSION]), namespace.encode(), key.encode()))
-
-    def _seal(self, namespace: str, key: str, value: Any) -> bytes:
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        return bytes([FORMAT_VERSION]) + nonce + self._aead.encrypt(nonce, _encode(value), self._aad(namespace, key))
-
-    def _open(self, namespace: str, key: str, blob: bytes) -> Any | None:
-        if len(blob) < 1 + NONCE_BYTES + 16 or blob[0] != FORMAT_VERSION:
-            log.warning("credential %s/%s has an unknown format; ignoring it", namespace, key)
-            return None
-        nonce, ciphertext = blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :]
-        try:
-            plaintext = self._aead.decrypt(nonce, ciphertext, self._aad(namespace, key))
-        except InvalidTag:
-            log.warning(
-                "credential %s/%s could not be decrypted (wrong AUTH0_SESSION_ENCRYPTION_KEY or tampered); ignoring it",
-                namespace,
-                key,
-            )
-            return None
-        try:
-            return json.loads(plaintext)
-        except ValueError:
-            log.warning("credential %s/%s decrypted to invalid JSON; ignoring it", namespace, key)
-            return None
-
     # -- CredentialStore -----------------------------------------------------------------------------
     async def get(self, namespace: str, key: str) -> Any | None:
         db = await self._conn()
@@ -301,17 +309,17 @@ class SQLiteCredentialStore:
                 (namespace, key, now),
             )
             return None
-        return self._open(namespace, key, bytes(blob))
+        return self._sealer.open(namespace, key, bytes(blob))
 
     async def put(self, namespace: str, key: str, value: Any, ttl: float | None = None) -> None:
         now = time.time()
-        blob = self._seal(namespace, key, value)
+        blob = self._sealer.seal(namespace, key, value)
         db = await self._conn()
         await db.execute(
             "INSERT INTO credentials (namespace, key, value, expires_at, updated_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
             "expires_at = excluded.expires_at, updated_at = excluded.updated_at",
-            (namespace, key, blob, _expires_at(ttl, now), now),
+            (namespace, key, blob, expiry_time(ttl, now), now),
         )
         await self._maybe_purge(db, now)
 
@@ -321,9 +329,9 @@ class SQLiteCredentialStore:
 
     async def create_if_absent(self, namespace: str, key: str, value: Any, ttl: float | None = None) -> bool:
         now = time.time()
-        blob = self._seal(namespace, key, value)
+        blob = self._sealer.seal(namespace, key, value)
         db = await self._conn()
-        cursor = await db.execute(_CREATE_IF_ABSENT, (namespace, key, blob, _expires_at(ttl, now), now, now))
+        cursor = await db.execute(_CREATE_IF_ABSENT, (namespace, key, blob, expiry_time(ttl, now), now, now))
         created = cursor.rowcount == 1
         await cursor.close()
         await self._maybe_purge(db, now)
@@ -343,4 +351,11 @@ class SQLiteCredentialStore:
             await db.execute("DELETE FROM credentials WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
 
 
-__all__ = ["CredentialStore", "MemoryCredentialStore", "SQLiteCredentialStore", "derive_key"]
+__all__ = [
+    "CredentialSealer",
+    "CredentialStore",
+    "expiry_time",
+    "MemoryCredentialStore",
+    "SQLiteCredentialStore",
+    "derive_key",
+]
