@@ -38,11 +38,10 @@ from psycopg import sql as pgsql
 from psycopg_pool import AsyncConnectionPool
 
 from runtime.errors import StaleActivationError
+from runtime.pg_agent_rows import AGENT_SETTING, scope_new_tables
 from runtime.sql_dialect import to_postgres, to_postgres_ddl
 from runtime.storage import split_sql
 from runtime.storage_api import Migration, Params, StorageAPI, StorageError, TransactionAPI
-
-AGENT_SETTING = "agentrt.agent_id"
 
 _BASE_TABLES = """
 CREATE TABLE IF NOT EXISTS {schema}._agents (
@@ -164,7 +163,7 @@ class PostgresAgentStorage(StorageAPI):
             await conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema)))
             for statement in split_sql(_BASE_TABLES.format(schema=self.schema)):
                 await conn.execute(statement)
-            await _scope_new_tables(conn, self.schema)
+            await scope_new_tables(conn, self.schema)
 
     async def close(self) -> None:
         self._pool = None  # the pool is the process's, shared by every agent
@@ -277,7 +276,7 @@ class PostgresAgentStorage(StorageAPI):
                     )
                 for statement in split_sql(step) if isinstance(step, str) else step:
                     await conn.execute(to_postgres_ddl(statement))
-                await _scope_new_tables(conn, self.schema)
+                await scope_new_tables(conn, self.schema)
                 await conn.execute(
                     "INSERT INTO _migrations(scope, version, applied_at) VALUES (%s, %s, %s) ON CONFLICT (scope) "
                     "DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
@@ -286,119 +285,3 @@ class PostgresAgentStorage(StorageAPI):
                 applied_now += 1
         _migrated.add((self.url, self.schema, scope, len(migrations)))
         return applied_now
-
-
-async def _scope_new_tables(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
-    """Make every table of `schema` per-agent (see the module docstring), and lead its indexes and foreign
-    keys with `agent_id`. Idempotent: a table already scoped keeps its column and policy."""
-    foreign_keys = await _take_foreign_keys(conn, schema)
-    tables = await (
-        await conn.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relkind = 'r' AND c.relname NOT IN ('_agents', '_migrations') "
-            "AND NOT c.relrowsecurity",
-            (schema,),
-        )
-    ).fetchall()
-    for (name,) in tables:
-        table = pgsql.Identifier(schema, name)
-        setting = pgsql.Literal(AGENT_SETTING)
-        await conn.execute(
-            pgsql.SQL(
-                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS agent_id TEXT NOT NULL DEFAULT current_setting({s}, true)"
-            ).format(t=table, s=setting)
-        )
-        await conn.execute(pgsql.SQL("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY").format(t=table))
-        await conn.execute(pgsql.SQL("ALTER TABLE {t} FORCE ROW LEVEL SECURITY").format(t=table))
-        await conn.execute(
-            pgsql.SQL(
-                "CREATE POLICY agent_rows ON {t} USING (agent_id = current_setting({s}, true)) "
-                "WITH CHECK (agent_id = current_setting({s}, true))"
-            ).format(t=table, s=setting)
-        )
-    await _lead_indexes_with_agent_id(conn, schema)
-    for name, table, columns, target, target_columns, on_delete in foreign_keys:
-        await conn.execute(
-            pgsql.SQL("ALTER TABLE {t} ADD CONSTRAINT {c} FOREIGN KEY ({cols}) REFERENCES {f} ({fcols}) {d}").format(
-                t=pgsql.Identifier(schema, table),
-                c=pgsql.Identifier(name),
-                cols=pgsql.SQL(", ").join(pgsql.Identifier(c) for c in ["agent_id", *columns]),
-                f=pgsql.Identifier(schema, target),
-                fcols=pgsql.SQL(", ").join(pgsql.Identifier(c) for c in ["agent_id", *target_columns]),
-                d=pgsql.SQL(_ON_DELETE[on_delete]),
-            )
-        )
-
-
-_ON_DELETE = {"a": "ON DELETE NO ACTION", "r": "ON DELETE RESTRICT", "c": "ON DELETE CASCADE"}
-
-
-async def _take_foreign_keys(conn: psycopg.AsyncConnection[Any], schema: str) -> list[tuple[Any, ...]]:
-    """Drop and return the foreign keys of `schema` not yet led by `agent_id` (re-added, led by it, once
-    the keys they reference are): one agent's rows may only reference its own."""
-    found = await (
-        await conn.execute(
-            "SELECT con.conname, t.relname, "
-            "ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(n, o) JOIN pg_attribute a "
-            "      ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o), "
-            "f.relname, "
-            "ARRAY(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(n, o) JOIN pg_attribute a "
-            "      ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.o), "
-            "con.confdeltype "
-            "FROM pg_constraint con JOIN pg_class t ON t.oid = con.conrelid JOIN pg_class f ON f.oid = con.confrelid "
-            "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = %s AND con.contype = 'f'",
-            (schema,),
-        )
-    ).fetchall()
-    taken = []
-    for name, table, columns, target, target_columns, on_delete in found:
-        if columns and columns[0] == "agent_id":
-            continue
-        if on_delete not in _ON_DELETE:
-            raise StorageError(f"{schema}.{table}: foreign key {name}: only ON DELETE NO ACTION/RESTRICT/CASCADE")
-        await conn.execute(
-            pgsql.SQL("ALTER TABLE {t} DROP CONSTRAINT {c}").format(
-                t=pgsql.Identifier(schema, table), c=pgsql.Identifier(name)
-            )
-        )
-        taken.append((name, table, list(columns), target, list(target_columns), on_delete))
-    return taken
-
-
-async def _lead_indexes_with_agent_id(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
-    """Every index (primary keys and unique constraints included) of a scoped table, rebuilt with
-    `agent_id` first: uniqueness holds per agent, and an agent's rows are one index range."""
-    indexes = await (
-        await conn.execute(
-            "SELECT t.relname, i.relname, ix.indisunique, ix.indisprimary, con.conname, "
-            "ARRAY(SELECT a.attname FROM unnest(ix.indkey) WITH ORDINALITY k(attnum, ord) "
-            "      JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum ORDER BY k.ord), "
-            "ix.indexprs IS NOT NULL "
-            "FROM pg_index ix JOIN pg_class i ON i.oid = ix.indexrelid JOIN pg_class t ON t.oid = ix.indrelid "
-            "JOIN pg_namespace n ON n.oid = t.relnamespace "
-            "LEFT JOIN pg_constraint con ON con.conindid = ix.indexrelid AND con.conrelid = t.oid "
-            "WHERE n.nspname = %s AND t.relrowsecurity AND t.relname NOT IN ('_agents', '_migrations')",
-            (schema,),
-        )
-    ).fetchall()
-    for table_name, index_name, unique, primary, constraint, columns, has_expressions in indexes:
-        if columns and columns[0] == "agent_id":
-            continue
-        if has_expressions:
-            raise StorageError(f"{schema}.{table_name}: index {index_name} on an expression is not supported")
-        table = pgsql.Identifier(schema, table_name)
-        led = pgsql.SQL(", ").join(pgsql.Identifier(c) for c in ["agent_id", *columns])
-        if constraint:
-            kind = pgsql.SQL("PRIMARY KEY" if primary else "UNIQUE")
-            await conn.execute(
-                pgsql.SQL("ALTER TABLE {t} DROP CONSTRAINT {c}, ADD CONSTRAINT {c} {k} ({cols})").format(
-                    t=table, c=pgsql.Identifier(constraint), k=kind, cols=led
-                )
-            )
-        else:
-            await conn.execute(pgsql.SQL("DROP INDEX {i}").format(i=pgsql.Identifier(schema, index_name)))
-            await conn.execute(
-                pgsql.SQL("CREATE {u}INDEX {i} ON {t} ({cols})").format(
-                    u=pgsql.SQL("UNIQUE " if unique else ""), i=pgsql.Identifier(index_name), t=table, cols=led
-                )
-            )
