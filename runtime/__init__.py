@@ -10,7 +10,8 @@ Knows nothing of chat or auth. Public surface:
 - `AgentNotFoundError`, `AgentCapacityError`: an agent that was never created (with `create=False`), and a
   host whose live agents are all busy (retry later); `AgentIdConflictError`: an id whose file belongs to
   another id (ids that differ only in case, on a case-insensitive filesystem); `StaleActivationError`: a
-  write from an activation a newer one has fenced off (refused, nothing written).
+  write from an activation a newer one has fenced off (refused, nothing written); `StorageUnavailableError`:
+  the agents' database (`AGENT_STORAGE_URL`) cannot be reached now (nothing written, retry).
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from runtime.agent import Agent, internal, read, turn
-from runtime.errors import AgentCapacityError, AgentIdConflictError, AgentNotFoundError, StaleActivationError
+from runtime.errors import (
+    AgentCapacityError,
+    AgentIdConflictError,
+    AgentNotFoundError,
+    StaleActivationError,
+    StorageUnavailableError,
+)
 from runtime.handles import AgentHandle, SyncAgentHandle
 from runtime.ids import InvalidAgentIdError, validate_agent_id
 from runtime.methods import public
@@ -41,6 +48,7 @@ __all__ = [
     "Schedule",
     "StaleActivationError",
     "StorageError",
+    "StorageUnavailableError",
     "SyncAgentHandle",
     "get_agent",
     "get_agent_sync",

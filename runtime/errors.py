@@ -62,3 +62,16 @@ class StaleActivationError(RuntimeError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.path, self.epoch, self.current))
+
+
+class StorageUnavailableError(RuntimeError):
+    """The agents' database (`AGENT_STORAGE_URL`) cannot be reached right now: the call's transaction did
+    not commit, so nothing of it was written. Retry after `retry_after` seconds; once the database is back,
+    agents use it again by themselves (the HTTP API answers 503 `storage_unavailable` with `Retry-After`)."""
+
+    def __init__(self, message: str, retry_after: float = 2.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.retry_after))

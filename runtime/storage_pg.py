@@ -35,9 +35,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from runtime.errors import StaleActivationError
+from runtime.errors import StaleActivationError, StorageUnavailableError
 from runtime.pg_agent_rows import AGENT_SETTING, scope_new_tables
 from runtime.sql_dialect import to_postgres, to_postgres_ddl
 from runtime.storage import split_sql
@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS {schema}._migrations (
 );
 CREATE TABLE IF NOT EXISTS {schema}._kv (key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (key));
 """
+
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds a call waits for a pooled connection (the database down, or the pool exhausted) before
+`StorageUnavailableError`."""
 
 
 class Row(tuple):
@@ -92,10 +97,15 @@ async def connection_pool(url: str, size: int = 10) -> AsyncConnectionPool:
     pool = _pools.get(key)
     if pool is None:
         pool = AsyncConnectionPool(
-            url, min_size=1, max_size=size, open=False, kwargs={"row_factory": _row_factory, "autocommit": False}
+            url,
+            min_size=1,
+            max_size=size,
+            open=False,
+            kwargs={"row_factory": _row_factory, "autocommit": False, "connect_timeout": int(CONNECT_TIMEOUT)},
+            check=AsyncConnectionPool.check_connection,  # a connection the database dropped is replaced, not used
         )
+        await pool.open(wait=False)  # connections are made in the background; a call waits CONNECT_TIMEOUT
         _pools[key] = pool
-        await pool.open(wait=True, timeout=30)
     return pool
 
 
@@ -170,10 +180,17 @@ class PostgresAgentStorage(StorageAPI):
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; a database that cannot be reached (or a connection lost mid-transaction,
+        which PostgreSQL rolls back) is `StorageUnavailableError`: nothing was written, retry later."""
         if self._pool is None:
             raise StorageError(f"storage {self.path} is not open")
-        async with self._pool.connection() as conn:
-            yield conn
+        try:
+            async with self._pool.connection(timeout=CONNECT_TIMEOUT) as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StorageUnavailableError(
+                f"{self.path}: the database cannot be reached ({type(exc).__name__})"
+            ) from None
 
     async def exists(self) -> bool:
         """Whether this agent was ever created (it took an epoch)."""

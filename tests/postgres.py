@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +56,9 @@ class PostgresServer:
         return subprocess.run(command, capture_output=True, text=True, check=check, timeout=120)
 
     def start(self) -> PostgresServer:
-        data, sockets = self.folder / "data", self.folder / "sockets"
+        data = self.folder / "data"
         self._run(str(self.bin / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8")
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {sockets} -c fsync=off -c max_connections=200"
-        self._run(
-            str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.folder / "log"), "-o", options, "-w", "start"
-        )
+        self.resume()
         self.psql(f"CREATE ROLE {RUNTIME_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS")
         self.psql(f"CREATE DATABASE {DATABASE} OWNER {RUNTIME_ROLE}")
         return self
@@ -77,14 +74,23 @@ class PostgresServer:
     def stop(self) -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop", check=False)
 
-    def restart(self, down_for: float = 0.0) -> None:
-        """Stop the server (connections dropped) and start it again after `down_for` seconds."""
-        data = str(self.folder / "data")
-        self._run(str(self.bin / "pg_ctl"), "-D", data, "-m", "fast", "stop")
-        time.sleep(down_for)  # the outage itself is what is being tested, not a wait for a condition
-        sockets = self.folder / "sockets"
+    def pause(self) -> None:
+        """Stop the server (its connections dropped), keeping its data: an outage, until `resume()`."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "fast", "stop")
+
+    def resume(self) -> None:
+        sockets, data = self.folder / "sockets", str(self.folder / "data")
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {sockets} -c fsync=off -c max_connections=200"
         self._run(str(self.bin / "pg_ctl"), "-D", data, "-l", str(self.folder / "log"), "-o", options, "-w", "start")
+
+    def to_json(self) -> str:
+        """What another process needs to pause and resume this server (`from_json`)."""
+        return json.dumps({"folder": str(self.folder), "port": self.port, "bin": str(self.bin), "run_as": self.run_as})
+
+    @classmethod
+    def from_json(cls, text: str) -> PostgresServer:
+        fields = json.loads(text)
+        return cls(Path(fields["folder"]), fields["port"], Path(fields["bin"]), fields["run_as"])
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """The runtime on PostgreSQL, as its own process with its own Ray (the storage backend is chosen per
 process, from `AGENT_STORAGE_URL` in the job's environment). Prints one JSON line of what it saw for
-`tests/test_storage_postgres_runtime.py`. Run: `python tests/postgres_runtime_scenario.py URL ROOT`.
+`tests/test_storage_postgres_runtime.py`. Run: `python tests/postgres_runtime_scenario.py URL ROOT SERVER`
+(SERVER: `PostgresServer.to_json()`, so that the scenario can take the database away and bring it back).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-async def scenario(root: Path) -> dict[str, Any]:
-    from runtime import AgentNotFoundError, get_agent
+async def scenario(root: Path, server: Any) -> dict[str, Any]:
+    from runtime import AgentNotFoundError, StorageUnavailableError, get_agent
     from tests.agents_under_test import QuickCounter
     from tests.lifecycle import live_agent_names, wait_until_hibernated
     from tests.waiting import eventually
@@ -56,6 +57,31 @@ async def scenario(root: Path) -> dict[str, Any]:
     except AgentNotFoundError:
         seen["not_found"] = True
     seen["live"] = sorted(await live_agent_names(root, "agents"))
+
+    # the database goes away: a live agent's turn and a sleeping agent's wake-up fail as unavailable,
+    # nothing half-written; once it is back, both work again by themselves
+    live, asleep = counters[0], get_agent(QuickCounter, "pg-asleep", storage_dir=root)
+    await asleep.put("label", "asleep")
+    await wait_until_hibernated(root, "agents", "QuickCounter/pg-asleep", timeout=30)
+    await live.put("label", "live")
+    server.pause()
+    seen["during_outage"] = []
+    for call in (lambda: live.append(9), lambda: asleep.get("label")):
+        try:
+            await asyncio.wait_for(call(), timeout=60)
+            seen["during_outage"].append("answered")
+        except StorageUnavailableError:
+            seen["during_outage"].append("StorageUnavailableError")
+    server.resume()
+
+    async def back() -> Any:
+        try:
+            return [await live.append(9), await asleep.get("label")]
+        except StorageUnavailableError:
+            return None
+
+    seen["after_outage"] = await eventually(back, timeout=60, what="the agents after the database is back")
+    seen["sequence_after_outage"] = await live.get("sequence")
     return seen
 
 
@@ -63,13 +89,14 @@ def main() -> None:
     import ray
 
     import runtime
+    from tests.postgres import PostgresServer
 
-    url, root = sys.argv[1], Path(sys.argv[2])
+    url, root, server = sys.argv[1], Path(sys.argv[2]), PostgresServer.from_json(sys.argv[3])
     env = {"AGENT_STORAGE_URL": url, "PYTHONPATH": str(REPO), "AGENT_HOSTS": "2", "AGENT_IDLE_SECONDS": "1"}
     os.environ.update(env)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", runtime_env={"env_vars": env})
     runtime.init(storage_dir=root, namespace="agents")
-    seen = asyncio.run(scenario(root))
+    seen = asyncio.run(scenario(root, server))
     seen["sqlite_files"] = sorted(p.name for p in root.rglob("*.sqlite3") if "QuickCounter" in str(p))
     print(json.dumps(seen))
 

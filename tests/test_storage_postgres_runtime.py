@@ -1,7 +1,8 @@
 """The runtime with `AGENT_STORAGE_URL` naming a real PostgreSQL: agents keep their data in the database
 (no SQLite file of theirs anywhere), transactions stay atomic, an alarm wakes a sleeping agent, a
 SIGKILLed host loses nothing acknowledged, and an agent never created stays not found. A malformed or
-unreachable URL is refused at start-up naming the setting, without the password."""
+unreachable URL is refused at start-up naming the setting, without the password; while the database is
+down calls fail as `StorageUnavailableError` with nothing written, and work again by themselves after."""
 
 from __future__ import annotations
 
@@ -19,9 +20,8 @@ from tests.postgres import PostgresServer
 def test_agents_live_in_postgres_through_sleep_alarms_and_a_killed_host(
     postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    proc = run_isolated(
-        "tests/postgres_runtime_scenario.py", postgres.url, str(tmp_path / "root"), cwd=tmp_path, timeout=300
-    )
+    root, server = str(tmp_path / "root"), postgres.to_json()
+    proc = run_isolated("tests/postgres_runtime_scenario.py", postgres.url, root, server, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["sequences"] == [[0], [0, 1], [0, 1, 2]]
@@ -33,6 +33,9 @@ def test_agents_live_in_postgres_through_sleep_alarms_and_a_killed_host(
     assert seen["sqlite_files"] == []  # the agents' data is in the database only
     rows = postgres.psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'agents_quickcounter_%'", "agentrt")
     assert rows == "1"  # one schema for the class, whatever the number of agents
+    assert seen["during_outage"] == ["StorageUnavailableError", "StorageUnavailableError"]
+    assert seen["after_outage"] == [2, "asleep"]  # the append during the outage wrote nothing
+    assert seen["sequence_after_outage"] == [0, 9]
 
 
 def test_a_malformed_or_unreachable_url_is_refused_naming_the_setting_without_its_password(

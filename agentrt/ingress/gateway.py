@@ -25,6 +25,7 @@ from runtime import (
     AgentNotFoundError,
     InvalidAgentIdError,
     StaleActivationError,
+    StorageUnavailableError,
     validate_agent_id,
 )
 from runtime.classes import import_agent_class
@@ -113,6 +114,10 @@ class AgentGateway:
             retry = str(max(1, round(exc.retry_after)))
             detail = "every live thread is busy; retry shortly"
             raise HttpProblem(503, "at_capacity", detail, {"Retry-After": retry}) from None
+        except StorageUnavailableError as exc:
+            retry = str(max(1, round(exc.retry_after)))
+            detail = "the agents' database cannot be reached right now; nothing was written, retry shortly"
+            raise HttpProblem(503, "storage_unavailable", detail, {"Retry-After": retry}) from None
         except RayError as exc:
             logger.warning("agent call %s failed: %s", method, type(exc).__name__)
             raise agent_unavailable() from None
