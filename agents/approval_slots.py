@@ -34,7 +34,7 @@ class ApprovalSlots:
     """The slots of one storage root (one per process and root: `approval_slots`)."""
 
     def __init__(self, storage_dir: Path) -> None:
-        self.storage = shared_storage(SLOTS_NAME, storage_dir)
+        self.storage = shared_storage(SLOTS_NAME, Path(storage_dir) / f"{SLOTS_NAME}.sqlite3")
         self._open = False
 
     async def _ready(self) -> StorageAPI:

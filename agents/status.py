@@ -1,4 +1,5 @@
-"""The chat side of `agentrt status`: tool calls waiting for their user, read from the threads' files.
+"""The chat side of `agentrt status`: tool calls waiting for their user, read from the threads' files (or
+the database).
 
 A call waits in `pending-authorization` (a CIBA request on the user's device) or `awaiting-confirmation`
 (an answer in the chat). Read-only, without waking a thread (see `runtime.status`).
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.status import AgentRef, agent_files, rows
+from runtime.status import AgentRef, agent_rows
 
 WAITING_STATES = ("pending-authorization", "awaiting-confirmation")
 
@@ -25,10 +26,9 @@ class PendingApproval:
 
 def pending_approvals(storage_dir: Path) -> list[PendingApproval]:
     """Every waiting tool call of every thread, oldest first."""
-    sql = "SELECT id, name, state, created_at FROM tool_calls WHERE state IN (?, ?) ORDER BY created_at"
+    columns = ["id", "name", "state", "created_at"]
     found = [
         PendingApproval(ref, r["id"], r["name"], r["state"], r["created_at"])
-        for ref, path in agent_files(storage_dir)
-        for r in rows(path, sql, WAITING_STATES)
+        for ref, r in agent_rows(storage_dir, "tool_calls", columns, "state IN (?, ?)", WAITING_STATES)
     ]
     return sorted(found, key=lambda p: p.since)

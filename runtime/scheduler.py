@@ -2,8 +2,9 @@
 
 A live agent fires its own schedules with a local timer. This detached actor covers the times it can't:
 the agent hibernated, its host was killed, the whole Ray cluster restarted, or it was never called since.
-Its only state is a durable index of `(class, id) -> next due time` (SQLite, beside the agents' files)
-and an in-memory heap rebuilt from that index on start. The agents' own files stay the source of truth:
+Its only state is a durable index of `(class, id) -> next due time` (SQLite beside the agents' files, or
+the agents' PostgreSQL database) and an in-memory heap rebuilt from that index on start; the index is
+written only when a due time changes. The agents' own files stay the source of truth:
 each wake-up asks the agent to run what is due and report its next due time.
 
 One scheduler serves one storage root in one namespace (its actor name carries a hash of the root).
@@ -29,7 +30,7 @@ from runtime.errors import AgentNotFoundError
 from runtime.handles import AgentHandle
 from runtime.placement import runtime_dir, scheduler_name
 from runtime.status import agents_on_file
-from runtime.storage import AgentStorage
+from runtime.storage_choice import shared_storage
 
 logger = logging.getLogger("runtime.scheduler")
 
@@ -50,6 +51,10 @@ INDEX_MIGRATIONS = [
     """,
     "ALTER TABLE alarm_index ADD COLUMN parked_error TEXT",
 ]
+
+INDEX_NAME = "alarm_index"
+"""The index: `_runtime/alarm_index.sqlite3`, or its rows in the database (`AGENT_STORAGE_URL`), where a
+lost scheduler (or node) loses nothing of it."""
 
 CENSUS_SECONDS = 60.0
 """How often the scheduler counts the agents' files for the sleeping-agents figure."""
@@ -83,7 +88,7 @@ class AlarmScheduler:
     def __init__(self, storage_dir: str, namespace: str) -> None:
         self.storage_dir = Path(storage_dir)
         self.namespace = namespace
-        self.index = AgentStorage(runtime_dir(self.storage_dir) / "alarm_index.sqlite3")
+        self.index = shared_storage(INDEX_NAME, runtime_dir(self.storage_dir) / f"{INDEX_NAME}.sqlite3")
         self._due: dict[tuple[str, str], float] = {}
         self._heap: list[tuple[float, int, tuple[str, str], float]] = []
         self._seq = itertools.count()
@@ -146,6 +151,9 @@ class AlarmScheduler:
         if agent_class is not None and class_path not in self._classes:
             await self.register_class(agent_class)
         key = (class_path, agent_id)
+        if due is not None and self._due.get(key) == due and key not in self._parked:
+            self._push(due + WAKE_GRACE_SECONDS, key, due)  # unchanged: no write (a wake-up may have used its entry)
+            return
         if due is None:
             if key not in self._due:
                 return  # nothing indexed (the in-memory map mirrors the index): every activation says this

@@ -6,8 +6,8 @@ ESCAPE`). On PostgreSQL two things are translated, outside quoted text and comme
 
 - in every statement (`to_postgres`): placeholders, `?` -> `%s` and `:name` -> `%(name)s`, with every
   literal `%` doubled (the driver's, psycopg's, paramstyle: statements always go with parameters, even
-  none); and an `ON CONFLICT (cols)` target gains `agent_id` first, since every agent table's keys are led
-  by it (see `runtime.storage_pg`);
+  none); and an `ON CONFLICT (cols)` target gains the owner column (`_agentrt_agent`) first, since every
+  agent table's keys are led by it (see `runtime.pg_agent_rows`);
 - column types, in migrations only: SQLite's `REAL` is 8 bytes and PostgreSQL's 4 (a Unix time would lose
   its seconds), so `REAL` -> `DOUBLE PRECISION`; `INTEGER` -> `BIGINT` (SQLite's integers are 8 bytes);
   `BLOB` -> `BYTEA`; `INTEGER PRIMARY KEY AUTOINCREMENT` -> an identity column.
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+
+from runtime.pg_agent_rows import AGENT_COLUMN
 
 _TOKENS = re.compile(
     r"""(?P<quoted>'(?:[^']|'')*'|"(?:[^"]|"")*")"""
@@ -51,7 +53,7 @@ def _outside_quotes(sql: str, change: Callable[[str], str]) -> str:
     return "".join(out)
 
 
-_CONFLICT_TARGET = re.compile(r"\bON\s+CONFLICT\s*\((?!\s*agent_id\b)", re.I)
+_CONFLICT_TARGET = re.compile(r"\bON\s+CONFLICT\s*\(", re.I)
 
 
 def to_postgres(sql: str) -> str:
@@ -67,7 +69,7 @@ def to_postgres(sql: str) -> str:
         return match.group(0).replace("%", "%%")  # quoted text or a comment: only its % doubled
 
     return _outside_quotes(
-        _TOKENS.sub(replace, sql), lambda text: _CONFLICT_TARGET.sub("ON CONFLICT (agent_id, ", text)
+        _TOKENS.sub(replace, sql), lambda text: _CONFLICT_TARGET.sub(f"ON CONFLICT ({AGENT_COLUMN}, ", text)
     )
 
 

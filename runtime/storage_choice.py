@@ -15,6 +15,8 @@ from runtime.storage import AgentStorage
 from runtime.storage_api import StorageAPI, StorageError
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
+SHARED_CLASS = "_shared"
+"""The class name the stores a root shares use in the database (no agent class can be named so)."""
 
 
 class StorageConfigError(StorageError):
@@ -64,16 +66,16 @@ def agent_storage(class_name: str, agent_id: str, storage_dir: Path) -> StorageA
     )
 
 
-def shared_storage(name: str, storage_dir: Path) -> StorageAPI:
-    """The (unopened) storage of something every agent of a root shares, not an agent's own (the users'
-    approval slots): `<root>/<name>.sqlite3` beside the class folders (no agent id can name it), or the
+def shared_storage(name: str, sqlite_file: Path) -> StorageAPI:
+    """The (unopened) storage of something a whole root shares, not an agent's own (the alarm index, the
+    users' approval slots): the SQLite file `sqlite_file` (placed where no agent id can name it), or the
     rows of `name` in the database. Its write transactions are serialized across processes on both."""
     url = storage_url()
     if url is not None:
         from runtime.storage_pg import PostgresAgentStorage
 
-        return PostgresAgentStorage(url, "_shared", name, pool_size=runtime_settings().storage_pool_size)
-    return AgentStorage(Path(storage_dir) / f"{name}.sqlite3", synchronous="NORMAL")
+        return PostgresAgentStorage(url, SHARED_CLASS, name, pool_size=runtime_settings().storage_pool_size)
+    return AgentStorage(sqlite_file, synchronous="NORMAL")
 
 
 def sqlite_path(storage_dir: Path, class_name: str, agent_id: str) -> Path:

@@ -2,19 +2,19 @@
 
 SQLite keeps one file per agent, and an agent's SQL sees only its own file. Here every agent of a class
 shares that class's tables, in a schema of its own (`agents_<class>_<hash>`), and **row-level security**
-keeps each agent to its own rows: every table gets an `agent_id` column filled in by default from the
-transaction's `agentrt.agent_id` setting, and a policy that lets a statement see and write only the rows of
-that id. So an agent's SQL runs unchanged (`SELECT * FROM events` reads its own events), at 100,000 agents
-a class still has one set of tables (a schema per agent would put millions of relations in the catalog),
-and a statement run without an agent id sees no rows and cannot write one (never everyone's). For the same reason the
-runtime's role must be neither a superuser nor `BYPASSRLS` (PostgreSQL lets those see through policies):
-`open()` refuses such a role.
+keeps each agent to its own rows (`runtime.pg_agent_rows`): every table gets an owner column filled in
+from the transaction's `agentrt.agent_id` setting, and a policy that lets a statement see and write only
+its agent's rows. So an agent's SQL runs unchanged (`SELECT * FROM events` reads its own events), at
+100,000 agents a class still has one set of tables (a schema per agent would put millions of relations in
+the catalog), and a statement run without an agent id sees no rows and cannot write one (never
+everyone's). For the same reason the runtime's role must be neither a superuser nor `BYPASSRLS`
+(PostgreSQL lets those see through policies): `open()` refuses such a role.
 
 - **Migrations** are per class, not per agent: the first activation of a class in any process applies
   the missing steps under an advisory lock, translated by `runtime.sql_dialect`; each table a step
-  creates is then made per-agent (the `agent_id` column, the policy, its primary key, unique constraints
-  and indexes led by `agent_id`). Function steps (data migrations written against one agent's rows)
-  cannot run class-wide and are refused. Foreign keys between agent tables are led by `agent_id` too.
+  creates is then made per-agent (the owner column, the policy, its primary key, unique constraints
+  and indexes led by it). Function steps (data migrations written against one agent's rows)
+  cannot run class-wide and are refused. Foreign keys between agent tables are led by it too.
 - **Fencing** is enforced by the database: an activation takes the next epoch in `_agents` (a row lock),
   and every write transaction first reads its row `FOR SHARE` and compares, so a stale activation's write
   fails with `StaleActivationError` and changes nothing, and a new activation's `take_epoch` waits for an
@@ -109,9 +109,18 @@ async def connection_pool(url: str, size: int = 10) -> AsyncConnectionPool:
     return pool
 
 
+async def close_pools() -> None:
+    """Close this event loop's pools (a process that is ending, or a test)."""
+    loop_id = id(asyncio.get_running_loop())
+    for key in [k for k in _pools if k[1] == loop_id]:
+        await _pools.pop(key).close()
+
+
 class PostgresTransaction(TransactionAPI):
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
+        self.connection = conn
+        """The transaction's connection, for the runtime's own statements (psycopg's syntax, untranslated)."""
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         cursor = await self._conn.execute(to_postgres(sql), params or ())
@@ -171,6 +180,11 @@ class PostgresAgentStorage(StorageAPI):
                 )
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.schema,))
             await conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema)))
+            await conn.execute(  # the class's name, for operators' views (`runtime.status`)
+                pgsql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+                    pgsql.Identifier(self.schema), pgsql.Literal(self.class_name)
+                )
+            )
             for statement in split_sql(_BASE_TABLES.format(schema=self.schema)):
                 await conn.execute(statement)
             await scope_new_tables(conn, self.schema)
@@ -229,12 +243,13 @@ class PostgresAgentStorage(StorageAPI):
     async def take_epoch(self) -> int:
         """Become this agent's writer: take the next fencing epoch (every older activation is fenced off)."""
         self.epoch = None
-        async with self.transaction() as tx:
-            row = await tx.fetchone(
-                "INSERT INTO _agents(agent_id, epoch, created_at) VALUES (?, 1, ?) ON CONFLICT (agent_id) "
+        async with self.transaction() as tx:  # `_agents` is the runtime's own: its SQL goes untranslated
+            cursor = await tx.connection.execute(
+                "INSERT INTO _agents(agent_id, epoch, created_at) VALUES (%s, 1, %s) ON CONFLICT (agent_id) "
                 "DO UPDATE SET epoch = _agents.epoch + 1 RETURNING epoch",
                 (self.agent_id, time.time()),
             )
+            row = await cursor.fetchone()
         assert row is not None
         self.epoch = int(row["epoch"])
         return self.epoch

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))
 
 
 async def scenario(root: Path, server: Any) -> dict[str, Any]:
-    from runtime import AgentNotFoundError, StorageUnavailableError, get_agent
+    from runtime import AgentNotFoundError, get_agent
     from tests.agents_under_test import QuickCounter
     from tests.lifecycle import live_agent_names, wait_until_hibernated
     from tests.waiting import eventually
@@ -57,10 +57,31 @@ async def scenario(root: Path, server: Any) -> dict[str, Any]:
     except AgentNotFoundError:
         seen["not_found"] = True
     seen["live"] = sorted(await live_agent_names(root, "agents"))
+    seen.update(await outage(root, server, counters[0]))
 
+    # what `agentrt status` will read from the database: a far alarm and a schedule parked after its retries
+    await counters[1].schedule(3600, "record_fire", {"n": 2})
+    await counters[2].schedule(0.05, "always_fails", {"why": "test"})
+
+    async def parked() -> Any:
+        return await counters[2].get_schedules(status="failed")
+
+    await eventually(parked, timeout=30, what="the failing schedule, parked")
+    await wait_until_hibernated(root, "agents", "QuickCounter/pg-1", timeout=30)  # asleep, with its alarm
+    return seen
+
+
+async def outage(root: Path, server: Any, live: Any) -> dict[str, Any]:
+    """The database goes away under a live and a sleeping agent, then comes back."""
+    from runtime import StorageUnavailableError, get_agent
+    from tests.agents_under_test import QuickCounter
+    from tests.lifecycle import wait_until_hibernated
+    from tests.waiting import eventually
+
+    seen: dict[str, Any] = {}
     # the database goes away: a live agent's turn and a sleeping agent's wake-up fail as unavailable,
     # nothing half-written; once it is back, both work again by themselves
-    live, asleep = counters[0], get_agent(QuickCounter, "pg-asleep", storage_dir=root)
+    asleep = get_agent(QuickCounter, "pg-asleep", storage_dir=root)
     await asleep.put("label", "asleep")
     await wait_until_hibernated(root, "agents", "QuickCounter/pg-asleep", timeout=30)
     await live.put("label", "live")

@@ -49,6 +49,10 @@ async def open_storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     yield open_one
     for storage in opened:
         await storage.close()
+    if request.param == "postgres":
+        from runtime.storage_pg import close_pools
+
+        await close_pools()
 
 
 async def test_key_value_round_trips(open_storage: Opener) -> None:

@@ -7,6 +7,9 @@ down calls fail as `StorageUnavailableError` with nothing written, and work agai
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,21 @@ def test_agents_live_in_postgres_through_sleep_alarms_and_a_killed_host(
     assert seen["during_outage"] == ["StorageUnavailableError", "StorageUnavailableError"]
     assert seen["after_outage"] == [2, "asleep"]  # the append during the outage wrote nothing
     assert seen["sequence_after_outage"] == [0, 9]
+
+    # the operator's view, from the database alone (one query per class), with the password kept out
+    env = {**os.environ, "AGENT_STORAGE_URL": postgres.url}
+    status = subprocess.run(
+        [sys.executable, "-m", "agentrt.cli", "status", "--storage-dir", root, "--json"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["agents_on_file"] == 4  # pg-0, pg-1, pg-2, pg-asleep (never-made was never created)
+    due = {a["agent_id"]: a for a in report["sleeping_with_due_alarm"] + [a for a in report.get("parked_alarms", [])]}
+    assert "pg-1" in due and due["pg-1"]["class_path"].endswith(":QuickCounter")
+    (failed,) = report["parked_schedules"]
+    assert failed["agent"] == {"class_name": "QuickCounter", "agent_id": "pg-2"}
+    assert failed["callback"] == "always_fails" and "callback failure" in failed["last_error"]
 
 
 def test_a_malformed_or_unreachable_url_is_refused_naming_the_setting_without_its_password(
