@@ -1,8 +1,8 @@
 """The deployment files: `deploy/serve_config.yaml` is a valid Ray Serve config that runs, and the KubeRay
 RayService serves the same application, with its secrets from a Kubernetes Secret, never inline.
 
-`serve run` of the config (placeholders filled with this session's test services) starts on a cluster of
-its own (`--address local`) and must answer `/healthz`.
+`serve run` of the config (placeholders filled with this session's test services and PostgreSQL) starts on a
+cluster of its own (`--address local`) and must answer `/healthz`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from devservers.server_thread import free_port
 REPO = Path(__file__).resolve().parent.parent
 SERVE_CONFIG = REPO / "deploy" / "serve_config.yaml"
 RAYSERVICE = REPO / "deploy" / "kuberay" / "rayservice.yaml"
-SECRET_VARS = {"AUTH0_CLIENT_SECRET", "AUTH0_SESSION_ENCRYPTION_KEY", "OPENAI_API_KEY"}
+SECRET_VARS = {"AGENT_STORAGE_URL", "AUTH0_CLIENT_SECRET", "AUTH0_SESSION_ENCRYPTION_KEY", "OPENAI_API_KEY"}
 
 
 def serve_config() -> dict[str, Any]:
@@ -70,19 +70,18 @@ def test_the_rayservice_serves_the_same_application_with_secrets_from_a_secret()
             assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "agentrt-secrets"
         assert {"name": "agents", "mountPath": storage_dir} in container["volumeMounts"]
         assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8000}
-    claims = {
-        v["persistentVolumeClaim"]["claimName"]
+    volumes = [  # the durable state is in the database: each pod keeps only node-local runtime files
+        v
         for group in [service["spec"]["rayClusterConfig"]["headGroupSpec"]]
         + service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
         for v in group["template"]["spec"]["volumes"]
-    }
-    storage = yaml.safe_load((REPO / "deploy" / "kuberay" / "storage.yaml").read_text())
-    assert claims == {storage["metadata"]["name"]} and storage["spec"]["accessModes"] == ["ReadWriteMany"]
+    ]
+    assert volumes and all(v == {"name": "agents", "emptyDir": {}} for v in volumes)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_serve_run_of_the_config_answers_healthz(chat_world: Any, tmp_path: Path) -> None:
+def test_serve_run_of_the_config_answers_healthz(chat_world: Any, postgres: Any, tmp_path: Path) -> None:
     config = serve_config()
     port = free_port()
     config["http_options"] = {"host": "127.0.0.1", "port": port}
@@ -90,6 +89,7 @@ def test_serve_run_of_the_config_answers_healthz(chat_world: Any, tmp_path: Path
     env_vars.clear()
     env_vars.update(chat_world.env)
     env_vars.update(AGENT_STORAGE_DIR=str(tmp_path / "agents"), AGENT_NAMESPACE="agents-serve-run")
+    env_vars.update(AGENT_STORAGE_URL=postgres.url)  # the cluster's store, as the config says
     config["applications"][0]["deployments"][0]["num_replicas"] = 1
     filled = tmp_path / "serve_config.yaml"
     filled.write_text(yaml.safe_dump(config))

@@ -45,8 +45,10 @@ class AgentIngress:
 
     def __init__(self) -> None:
         from runtime.registry import start_runtime
+        from runtime.storage_choice import check_storage
 
         thread_agent_class()  # a wrong AGENTRT_AGENT_CLASS fails the deployment, with its name
+        check_storage()  # so does a malformed or unreachable AGENT_STORAGE_URL (named, without its password)
 
         try:
             start_runtime()
