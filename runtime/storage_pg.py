@@ -101,8 +101,7 @@ async def connection_pool(url: str, size: int = 10) -> AsyncConnectionPool:
             min_size=1,
             max_size=size,
             open=False,
-            kwargs={"row_factory": _row_factory, "autocommit": False, "connect_timeout": int(CONNECT_TIMEOUT)},
-            check=AsyncConnectionPool.check_connection,  # a connection the database dropped is replaced, not used
+            kwargs={"row_factory": _row_factory, "autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)},
         )
         await pool.open(wait=False)  # connections are made in the background; a call waits CONNECT_TIMEOUT
         _pools[key] = pool
@@ -195,7 +194,9 @@ class PostgresAgentStorage(StorageAPI):
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A pooled connection; a database that cannot be reached (or a connection lost mid-transaction,
-        which PostgreSQL rolls back) is `StorageUnavailableError`: nothing was written, retry later."""
+        which PostgreSQL rolls back) is `StorageUnavailableError`: nothing was written, retry later. A
+        connection found broken is dropped by the pool, so after an outage each pooled connection fails
+        one call at most (not checked before every use: that would cost a round trip per call)."""
         if self._pool is None:
             raise StorageError(f"storage {self.path} is not open")
         try:
@@ -233,11 +234,13 @@ class PostgresAgentStorage(StorageAPI):
                 self.writes += 1
                 self._active.reset(token)
 
-    async def _enter(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Point the transaction at this agent's rows and its class's tables."""
+    async def _enter(self, conn: psycopg.AsyncConnection[Any], *, local: bool = True) -> None:
+        """Point the transaction (`local`) or, for a read outside one, the session at this agent's rows and
+        its class's tables. Every use of a pooled connection starts here, so a session setting left by the
+        previous user is always replaced before a statement runs."""
         await conn.execute(
-            "SELECT set_config(%s, %s, true), set_config('search_path', %s, true)",
-            (AGENT_SETTING, self.agent_id, self.schema),
+            "SELECT set_config(%s, %s, %s), set_config('search_path', %s, %s)",
+            (AGENT_SETTING, self.agent_id, local, self.schema, local),
         )
 
     async def take_epoch(self) -> int:
@@ -274,8 +277,8 @@ class PostgresAgentStorage(StorageAPI):
         current = self._active.get()
         if current is not None:
             return await current.fetchall(sql, params)
-        async with self._connection() as conn, conn.transaction():
-            await self._enter(conn)
+        async with self._connection() as conn, conn.pipeline():  # the agent's setting and the query: one trip
+            await self._enter(conn, local=False)
             cursor = await conn.execute(to_postgres(sql), params or ())
             return list(await cursor.fetchall())
 

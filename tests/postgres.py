@@ -39,6 +39,8 @@ class PostgresServer:
     port: int
     bin: Path
     run_as: str | None
+    fsync: bool = False
+    """Off for the tests (speed; a crash of the machine is not what they test); on for benchmarks."""
 
     @property
     def url(self) -> str:
@@ -80,21 +82,30 @@ class PostgresServer:
 
     def resume(self) -> None:
         sockets, data = self.folder / "sockets", str(self.folder / "data")
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {sockets} -c fsync=off -c max_connections=200"
+        fsync = "on" if self.fsync else "off"
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {sockets} -c fsync={fsync} -c max_connections=200"
         self._run(str(self.bin / "pg_ctl"), "-D", data, "-l", str(self.folder / "log"), "-o", options, "-w", "start")
 
     def to_json(self) -> str:
         """What another process needs to pause and resume this server (`from_json`)."""
-        return json.dumps({"folder": str(self.folder), "port": self.port, "bin": str(self.bin), "run_as": self.run_as})
+        return json.dumps(
+            {
+                "folder": str(self.folder),
+                "port": self.port,
+                "bin": str(self.bin),
+                "run_as": self.run_as,
+                "fsync": self.fsync,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> PostgresServer:
         fields = json.loads(text)
-        return cls(Path(fields["folder"]), fields["port"], Path(fields["bin"]), fields["run_as"])
+        return cls(Path(fields["folder"]), fields["port"], Path(fields["bin"]), fields["run_as"], fields["fsync"])
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server(*, fsync: bool = False) -> Iterator[PostgresServer]:
     """A started throwaway server (see the module docstring); raises `RuntimeError` if none is installed."""
     binaries = postgres_bin()
     if binaries is None:
@@ -109,7 +120,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     (folder / "sockets").mkdir()
     if run_as:
         os.chown(folder / "sockets", pwd.getpwnam(run_as).pw_uid, pwd.getpwnam(run_as).pw_gid)
-    server = PostgresServer(folder=folder, port=free_port(), bin=binaries, run_as=run_as)
+    server = PostgresServer(folder=folder, port=free_port(), bin=binaries, run_as=run_as, fsync=fsync)
     try:
         yield server.start()
     finally:

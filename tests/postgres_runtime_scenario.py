@@ -95,13 +95,19 @@ async def outage(root: Path, server: Any, live: Any) -> dict[str, Any]:
             seen["during_outage"].append("StorageUnavailableError")
     server.resume()
 
-    async def back() -> Any:
-        try:
-            return [await live.append(9), await asleep.get("label")]
-        except StorageUnavailableError:
-            return None
+    def until_answered(call: Any) -> Any:
+        async def attempt() -> Any:
+            try:
+                return await call()
+            except StorageUnavailableError:  # a pooled connection the outage broke: one failed call, nothing written
+                return None
 
-    seen["after_outage"] = await eventually(back, timeout=60, what="the agents after the database is back")
+        return attempt
+
+    seen["after_outage"] = [
+        await eventually(until_answered(lambda: live.append(9)), timeout=60, what="a turn after the outage"),
+        await eventually(until_answered(lambda: asleep.get("label")), timeout=60, what="a wake-up after it"),
+    ]
     seen["sequence_after_outage"] = await live.get("sequence")
     return seen
 
