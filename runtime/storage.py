@@ -29,7 +29,6 @@ from typing import Any
 
 import aiosqlite
 
-from runtime.errors import StaleActivationError
 from runtime.private_files import private_file
 from runtime.storage_api import (
     EPOCH_KEY,
@@ -188,14 +187,7 @@ class AgentStorage(StorageAPI):
     async def _check_epoch(self, writer: aiosqlite.Connection) -> None:
         cursor = await writer.execute("SELECT value FROM _kv WHERE key = ?", (EPOCH_KEY,))
         row = await cursor.fetchone()
-        current = int(json.loads(row["value"])) if row else 0
-        if current != self.epoch:
-            assert self.epoch is not None
-            stale = StaleActivationError(self.path.name, self.epoch, current)
-            callback, self.on_fenced = self.on_fenced, None
-            if callback is not None:
-                callback()
-            raise stale
+        self.refuse_if_stale(self.path.name, int(json.loads(row["value"])) if row else 0)
 
     def in_transaction(self) -> bool:
         """Whether the calling task is inside `transaction()` (its reads see its own uncommitted writes)."""

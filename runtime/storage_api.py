@@ -14,6 +14,8 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
 
+from runtime.errors import StaleActivationError
+
 M = TypeVar("M", bound=BaseModel)
 
 Params = Sequence[Any] | dict[str, Any]
@@ -88,6 +90,19 @@ class StorageAPI:
 
     epoch: int | None
     writes: int
+    on_fenced: Callable[[], None] | None
+    """Called once when a write finds a newer epoch (the agent then leaves its host)."""
+
+    def refuse_if_stale(self, name: str, current: int) -> None:
+        """The fencing rule, checked by a write transaction before it writes anything: if the agent's
+        recorded epoch is no longer this activation's, tell the agent (once) and refuse the write."""
+        if current == self.epoch:
+            return
+        assert self.epoch is not None
+        callback, self.on_fenced = self.on_fenced, None
+        if callback is not None:
+            callback()
+        raise StaleActivationError(name, self.epoch, current)
 
     def transaction(self) -> AbstractAsyncContextManager[TransactionAPI]:
         """One atomic unit of writes: committed when the block ends, rolled back if it raises; nested use

@@ -37,7 +37,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from runtime.errors import StaleActivationError, StorageUnavailableError
+from runtime.errors import StorageUnavailableError
 from runtime.pg_agent_rows import AGENT_SETTING, scope_new_tables
 from runtime.sql_dialect import to_postgres, to_postgres_ddl
 from runtime.storage import split_sql
@@ -260,14 +260,7 @@ class PostgresAgentStorage(StorageAPI):
     async def _check_epoch(self, conn: psycopg.AsyncConnection[Any]) -> None:
         cursor = await conn.execute("SELECT epoch FROM _agents WHERE agent_id = %s FOR SHARE", (self.agent_id,))
         row = await cursor.fetchone()
-        current = int(row[0]) if row else 0
-        if current != self.epoch:
-            assert self.epoch is not None
-            stale = StaleActivationError(self.path, self.epoch, current)
-            callback, self.on_fenced = self.on_fenced, None
-            if callback is not None:
-                callback()
-            raise stale
+        self.refuse_if_stale(self.path, int(row[0]) if row else 0)
 
     def in_transaction(self) -> bool:
         return self._active.get() is not None

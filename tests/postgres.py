@@ -65,6 +65,11 @@ class PostgresServer:
         self.psql(f"CREATE DATABASE {DATABASE} OWNER {RUNTIME_ROLE}")
         return self
 
+    def new_database(self, name: str) -> str:
+        """A fresh database owned by the runtime's role (a test that counts everything in it); its URL."""
+        self.psql(f"CREATE DATABASE {name} OWNER {RUNTIME_ROLE}")
+        return f"postgresql://{RUNTIME_ROLE}@127.0.0.1:{self.port}/{name}"
+
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser (the harness's own setup and checks)."""
         proc = self._run(

@@ -125,10 +125,13 @@ async def test_a_stale_activation_cannot_write(open_storage: Opener) -> None:
 
 
 async def test_postgres_refuses_a_role_that_sees_through_row_level_security(postgres: PostgresServer) -> None:
-    from runtime.storage_pg import PostgresAgentStorage
+    from runtime.storage_pg import PostgresAgentStorage, close_pools
 
-    with pytest.raises(StorageError, match="superuser or has BYPASSRLS"):
-        await PostgresAgentStorage(postgres.admin_url, f"Refused{time.monotonic_ns()}", "a-1").open()
+    try:
+        with pytest.raises(StorageError, match="superuser or has BYPASSRLS"):
+            await PostgresAgentStorage(postgres.admin_url, f"Refused{time.monotonic_ns()}", "a-1").open()
+    finally:
+        await close_pools()
 
 
 async def test_postgres_refuses_a_function_migration(open_storage: Opener, request: pytest.FixtureRequest) -> None:

@@ -24,7 +24,8 @@ def test_agents_live_in_postgres_through_sleep_alarms_and_a_killed_host(
     postgres: PostgresServer, tmp_path: Path
 ) -> None:
     root, server = str(tmp_path / "root"), postgres.to_json()
-    proc = run_isolated("tests/postgres_runtime_scenario.py", postgres.url, root, server, cwd=tmp_path, timeout=300)
+    url = postgres.new_database(f"runtime_{tmp_path.name[-8:].lower().replace('-', '_')}_{os.getpid()}")
+    proc = run_isolated("tests/postgres_runtime_scenario.py", url, root, server, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["sequences"] == [[0], [0, 1], [0, 1, 2]]
@@ -34,14 +35,16 @@ def test_agents_live_in_postgres_through_sleep_alarms_and_a_killed_host(
     assert seen["after_kill"] == [0, 1, 2] and seen["starts_after_kill"] >= 2
     assert seen["not_found"] is True
     assert seen["sqlite_files"] == []  # the agents' data is in the database only
-    rows = postgres.psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'agents_quickcounter_%'", "agentrt")
+    rows = postgres.psql(
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'agents_quickcounter_%'", url.rsplit("/")[-1]
+    )
     assert rows == "1"  # one schema for the class, whatever the number of agents
     assert seen["during_outage"] == ["StorageUnavailableError", "StorageUnavailableError"]
     assert seen["after_outage"] == [2, "asleep"]  # the append during the outage wrote nothing
     assert seen["sequence_after_outage"] == [0, 9]
 
     # the operator's view, from the database alone (one query per class), with the password kept out
-    env = {**os.environ, "AGENT_STORAGE_URL": postgres.url}
+    env = {**os.environ, "AGENT_STORAGE_URL": url}
     status = subprocess.run(
         [sys.executable, "-m", "agentrt.cli", "status", "--storage-dir", root, "--json"],
         env=env, capture_output=True, text=True, timeout=60,
