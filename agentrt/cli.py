@@ -17,7 +17,6 @@ import asyncio
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -155,14 +154,14 @@ def _run_until_stopped(stack: Any, host: str) -> None:
     from agentrt.stack import StackError
     from runtime.failures import FailureFollower
 
-    stop = threading.Event()
+    stop_signals: list[int] = []  # a plain list: a signal handler must not take a lock its thread may hold
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with console.status("Starting Ray, the dev services and the HTTP API…") as status:
             stack.log = lambda message: status.update(message[:1].upper() + message[1:] + "…")
             stack.start()
         for sig in previous:
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, lambda signum, _frame: stop_signals.append(signum))
         _print_urls(stack)
         if stack.authz is not None and not is_loopback_host(host):
             console.print(
@@ -171,7 +170,8 @@ def _run_until_stopped(stack: Any, host: str) -> None:
             )
         failures = FailureFollower(stack.options.storage_dir)  # the agents' failures, shown as they happen
         console.print("Agents' failures show here (and in agentrt logs).", style="dim")
-        while not stop.wait(0.5):
+        while not stop_signals:  # (threading.Event.set from a handler deadlocked inside Event.wait)
+            time.sleep(0.5)
             for failure in failures.new():
                 err_console.print(Text("failure: " + failure.line(), style="red"))
         console.print("\nStopping…")
