@@ -24,13 +24,14 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from runtime.agent_schedules import UNREPORTED, AgentSchedules, DueReporter
+from runtime.alarm_index import CLASS_PATH_KEY
 from runtime.errors import AgentIdConflictError
 from runtime.failures import record_failure
 from runtime.ids import actor_name, validate_agent_id
 from runtime.methods import internal, read, start_as_turn, turn
 from runtime.schedules import SCHEDULES_MIGRATIONS
 from runtime.storage import Migration
-from runtime.storage_api import StorageAPI
+from runtime.storage_api import StorageAPI, decode, to_json
 from runtime.storage_choice import agent_storage, sqlite_path
 from runtime.storage_root import resolve_namespace, resolve_storage_dir
 from runtime.turn_order import SubmissionOrder
@@ -110,13 +111,15 @@ class Agent(AgentSchedules):
 
     async def _start(self) -> None:
         await self.storage.open()
-        recorded = await self.storage.setdefault(AGENT_ID_KEY, self.id)
-        if recorded != self.id:  # before anything is read or armed: never run over another agent's data
+        try:  # before anything is read or armed: never run over another agent's data
+            await self._record_identity()
+        except AgentIdConflictError:
             await self.storage.close()
-            raise AgentIdConflictError(self.id, recorded)
+            raise
         await self.storage.take_epoch()  # from here on, a newer activation fences this one off
         self.storage.on_fenced = self._fenced
         await self.storage.migrate("runtime.Agent", SCHEDULES_MIGRATIONS)
+        await self.storage.track_next_due(self.class_path())
         for cls in reversed(type(self).__mro__):
             steps = cls.__dict__.get("migrations")
             if steps:
@@ -125,6 +128,25 @@ class Agent(AgentSchedules):
             self._state = await self.storage.get("_state", model=self.state_model) or self.state_model()
         await self.on_start()
         await self._rearm()
+
+    async def _record_identity(self) -> None:
+        """Record whose storage this is (the id: kept forever, refused if another's) and the class path the
+        alarm scheduler wakes it with (kept current: a lost alarm index is rebuilt from it), in one
+        transaction that writes nothing when both are already there."""
+        async with self.storage.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO _kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+                (AGENT_ID_KEY, to_json(self.id)),
+            )
+            row = await tx.fetchone("SELECT value FROM _kv WHERE key = ?", (AGENT_ID_KEY,))
+            recorded = decode(row["value"], None)
+            if recorded != self.id:
+                raise AgentIdConflictError(self.id, recorded)
+            await tx.execute(
+                "INSERT INTO _kv(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value WHERE _kv.value <> excluded.value",
+                (CLASS_PATH_KEY, to_json(self.class_path())),
+            )
 
     # -- lifecycle hooks -------------------------------------------------------------------------------
     async def on_start(self) -> None:

@@ -60,3 +60,14 @@ def agent_count(url: str, skip: str) -> int:
                 query = pgsql.SQL("SELECT count(*) AS n FROM {}").format(pgsql.Identifier(schema, "_agents"))
                 total += conn.execute(query).fetchone()["n"]  # type: ignore[index]
         return total
+
+
+def alarm_rows(url: str) -> list[dict[str, Any]]:
+    """Every agent's next due time (`runtime.pg_alarms`): class_path, agent_id, next_due, parked_error."""
+    from runtime.pg_alarms import alarm_rows_sql
+
+    with _operator(url) as conn:
+        try:
+            return conn.execute(alarm_rows_sql()).fetchall()
+        except psycopg.errors.UndefinedTable:
+            return []  # no agent has been activated in this database yet

@@ -2,35 +2,37 @@
 
 A live agent fires its own schedules with a local timer. This detached actor covers the times it can't:
 the agent hibernated, its host was killed, the whole Ray cluster restarted, or it was never called since.
-Its only state is a durable index of `(class, id) -> next due time` (SQLite beside the agents' files, or
-the agents' PostgreSQL database) and an in-memory heap rebuilt from that index on start; the index is
-written only when a due time changes. The agents' own files stay the source of truth:
-each wake-up asks the agent to run what is due and report its next due time.
+It keeps no truth of its own; it reads a book of `(class, id) -> next due time`:
 
+- on SQLite, an index beside the agents' files that agents report to, with a heap in memory
+  (`runtime.alarm_index`; rebuilt from the agents' files if it is lost);
+- on PostgreSQL, the database's alarm table, written by the agents' own schedule transactions and claimed
+  with leases (`runtime.pg_alarms`), so several schedulers can share it and a lost one loses nothing.
+
+Each wake-up asks the agent to run what is due and report its next due time.
 One scheduler serves one storage root in one namespace (its actor name carries a hash of the root).
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
-import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 
 from runtime import metrics
 from runtime.agent import Agent
+from runtime.alarm_index import AlarmIndex, AlarmKey
 from runtime.backoff import exponential_delay
 from runtime.classes import import_agent_class
 from runtime.errors import AgentNotFoundError
 from runtime.handles import AgentHandle
-from runtime.placement import runtime_dir, scheduler_name
+from runtime.placement import scheduler_name
 from runtime.status import agents_on_file
-from runtime.storage_choice import shared_storage
+from runtime.storage_choice import storage_url
 
 logger = logging.getLogger("runtime.scheduler")
 
@@ -40,26 +42,39 @@ WAKE_GRACE_SECONDS = 0.5
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 30.0
 """A failed wake-up is retried after 0.5 s, 1 s, 2 s, ... at most 30 s (`runtime.backoff`)."""
 
-INDEX_MIGRATIONS = [
-    """
-    CREATE TABLE alarm_index (
-        class_path TEXT NOT NULL,
-        agent_id TEXT NOT NULL,
-        next_due REAL NOT NULL,
-        PRIMARY KEY (class_path, agent_id)
-    );
-    """,
-    "ALTER TABLE alarm_index ADD COLUMN parked_error TEXT",
-]
-
-INDEX_NAME = "alarm_index"
-"""The index: `_runtime/alarm_index.sqlite3`, or its rows in the database (`AGENT_STORAGE_URL`), where a
-lost scheduler (or node) loses nothing of it."""
+LEASE_SECONDS = 120.0
+"""On PostgreSQL, how long an alarm a scheduler claimed is its own; past that (the scheduler died, or the
+wake-up hangs) another scheduler claims it again."""
 
 CENSUS_SECONDS = 60.0
 """How often the scheduler counts the agents' files for the sleeping-agents figure."""
 
 _handles: dict[tuple[str, str, str], Any] = {}
+
+
+class AlarmBook(Protocol):
+    """Where the scheduler finds due agents: `AlarmIndex` (SQLite) or `AlarmTable` (PostgreSQL)."""
+
+    async def open(self) -> None: ...
+    async def record(self, key: AlarmKey, due: float | None) -> None: ...
+    async def claim(self) -> list[tuple[AlarmKey, float]]: ...
+    async def release(self, key: AlarmKey, due: float, next_due: float | None) -> None: ...
+    async def retry_in(self, key: AlarmKey, due: float, delay: float) -> None: ...
+    async def forget(self, key: AlarmKey, due: float) -> None: ...
+    async def park(self, key: AlarmKey, reason: str) -> None: ...
+    async def unpark(self, class_path: str) -> None: ...
+    async def pending(self) -> dict[AlarmKey, float]: ...
+
+
+def alarm_book(storage_dir: Path, *, lease_seconds: float = LEASE_SECONDS) -> AlarmBook:
+    """The book of this deployment's storage backend."""
+    url = storage_url()
+    if url is None:
+        return AlarmIndex(storage_dir, grace=WAKE_GRACE_SECONDS)
+    from runtime.pg_alarms import AlarmTable
+
+    owner = f"{ray.get_runtime_context().get_actor_id() or 'driver'}:{uuid.uuid4().hex[:8]}"
+    return AlarmTable(url, owner, grace=WAKE_GRACE_SECONDS, lease_seconds=lease_seconds)
 
 
 def ensure_scheduler(storage_dir: Path, namespace: str) -> Any:
@@ -83,37 +98,21 @@ def ensure_scheduler(storage_dir: Path, namespace: str) -> Any:
 
 @ray.remote
 class AlarmScheduler:
-    """Heap of next wake-ups, persisted as an index; calls `_run_due_schedules` on due agents."""
+    """Wakes the agents its book says are due (`_run_due_schedules`), retrying failures with backoff."""
 
-    def __init__(self, storage_dir: str, namespace: str) -> None:
+    def __init__(self, storage_dir: str, namespace: str, lease_seconds: float = LEASE_SECONDS) -> None:
         self.storage_dir = Path(storage_dir)
         self.namespace = namespace
-        self.index = shared_storage(INDEX_NAME, runtime_dir(self.storage_dir) / f"{INDEX_NAME}.sqlite3")
-        self._due: dict[tuple[str, str], float] = {}
-        self._heap: list[tuple[float, int, tuple[str, str], float]] = []
-        self._seq = itertools.count()
-        self._changed = asyncio.Event()
-        self._in_flight: set[tuple[str, str]] = set()
-        self._failures: dict[tuple[str, str], int] = {}
+        self.book = alarm_book(self.storage_dir, lease_seconds=lease_seconds)
+        self._in_flight: set[AlarmKey] = set()
+        self._failures: dict[AlarmKey, int] = {}
         self._classes: dict[str, type[Agent]] = {}
         """Classes no process can import by path (defined in a script), as handles registered them."""
-        self._parked: dict[tuple[str, str], str] = {}
-        """Due alarms whose class cannot be loaded here, with why: waiting for the class to be registered."""
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._loaded = asyncio.get_running_loop().create_task(self._load())
+        self.woken = 0
+        self._loaded = asyncio.get_running_loop().create_task(self.book.open())
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
         self._census_task = asyncio.get_running_loop().create_task(self._census())
-
-    async def _load(self) -> None:
-        await self.index.open()
-        await self.index.migrate("runtime.AlarmScheduler", INDEX_MIGRATIONS)
-        for row in await self.index.fetchall("SELECT class_path, agent_id, next_due, parked_error FROM alarm_index"):
-            key = (row["class_path"], row["agent_id"])
-            self._due[key] = float(row["next_due"])
-            if row["parked_error"]:
-                self._parked[key] = row["parked_error"]
-            else:
-                self._push(float(row["next_due"]), key, float(row["next_due"]))
 
     async def _census(self) -> None:
         """Every minute, how many agents the storage root holds (`agentrt_agents_on_file`): with the hosts'
@@ -122,25 +121,16 @@ class AlarmScheduler:
             try:
                 count = await asyncio.to_thread(agents_on_file, self.storage_dir)
                 metrics.AGENTS_ON_FILE.set(count)
-            except OSError as exc:
-                logger.warning("counting the agents' files failed: %s", exc)
+            except Exception as exc:
+                logger.warning("counting the agents failed: %s", exc)
             await asyncio.sleep(CENSUS_SECONDS)
-
-    def _push(self, fire_at: float, key: tuple[str, str], due: float) -> None:
-        heapq.heappush(self._heap, (fire_at, next(self._seq), key, due))
-        self._changed.set()
 
     async def register_class(self, cls: type[Agent]) -> None:
         """Wake the agents of `cls` (a class defined in a script, sent by value) with it from now on; the
         alarms parked for want of it are due again."""
         await self._loaded
         self._classes[cls.class_path()] = cls
-        for key in [k for k in self._parked if k[0] == cls.class_path()]:
-            del self._parked[key]
-            await self.index.execute(
-                "UPDATE alarm_index SET parked_error = NULL WHERE class_path = ? AND agent_id = ?", key
-            )
-            self._push(time.time(), key, self._due[key])
+        await self.book.unpark(cls.class_path())
 
     async def set_next_due(
         self, class_path: str, agent_id: str, due: float | None, agent_class: type[Agent] | None = None
@@ -150,61 +140,37 @@ class AlarmScheduler:
         await self._loaded
         if agent_class is not None and class_path not in self._classes:
             await self.register_class(agent_class)
-        key = (class_path, agent_id)
-        if due is not None and self._due.get(key) == due and key not in self._parked:
-            self._push(due + WAKE_GRACE_SECONDS, key, due)  # unchanged: no write (a wake-up may have used its entry)
-            return
-        if due is None:
-            if key not in self._due:
-                return  # nothing indexed (the in-memory map mirrors the index): every activation says this
-            await self.index.execute(
-                "DELETE FROM alarm_index WHERE class_path = ? AND agent_id = ?", (class_path, agent_id)
-            )
-            self._due.pop(key, None)
-            metrics.DUE_ALARMS.set(len(self._due))
-            return
-        await self.index.execute(
-            "INSERT INTO alarm_index(class_path, agent_id, next_due) VALUES (?, ?, ?) "
-            "ON CONFLICT(class_path, agent_id) DO UPDATE SET next_due = excluded.next_due, parked_error = NULL",
-            (class_path, agent_id, due),
-        )
-        self._parked.pop(key, None)
-        self._due[key] = due
-        self._push(due + WAKE_GRACE_SECONDS, key, due)
-        metrics.DUE_ALARMS.set(len(self._due))
+        await self.book.record((class_path, agent_id), due)
 
     async def pending(self) -> dict[str, float]:
-        """The index as `{"Class path|id": next_due}` (for operators and tests)."""
+        """The book as `{"Class path|id": next_due}` (for operators and tests)."""
         await self._loaded
-        return {f"{cp}|{aid}": due for (cp, aid), due in self._due.items()}
+        return {f"{cp}|{aid}": due for (cp, aid), due in (await self.book.pending()).items()}
+
+    async def stats(self) -> dict[str, int]:
+        """How many wake-ups this scheduler made (tests: several schedulers share one table)."""
+        return {"woken": self.woken}
 
     async def _run(self) -> None:
         await self._loaded
         while True:
-            if not self._heap:
-                await self._changed.wait()
-                self._changed.clear()
+            try:
+                claimed = await self.book.claim()
+            except Exception as exc:  # the database is away: look again shortly
+                logger.warning("reading the alarms failed (%s); retrying", exc)
+                await asyncio.sleep(RETRY_FIRST_SECONDS)
                 continue
-            fire_at, _, key, due = self._heap[0]
-            delay = fire_at - time.time()
-            if delay > 0:
-                self._changed.clear()
-                try:
-                    await asyncio.wait_for(self._changed.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
-                continue
-            heapq.heappop(self._heap)
-            if self._due.get(key) != due or key in self._in_flight or key in self._parked:
-                continue  # stale entry: the agent re-armed since, or a wake-up is already running
-            self._in_flight.add(key)
-            task = asyncio.get_running_loop().create_task(self._wake(key, due))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            for key, due in claimed:
+                if key in self._in_flight:
+                    continue  # a wake-up is already running; it reports the next due time
+                self._in_flight.add(key)
+                task = asyncio.get_running_loop().create_task(self._wake(key, due))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
-    async def _agent_class(self, key: tuple[str, str]) -> type[Agent] | None:
+    async def _agent_class(self, key: AlarmKey) -> type[Agent] | None:
         """The class of a due agent: registered, or imported by path. If neither works (a class defined in a
-        script, after a restart), the alarm is parked with the reason, in the index (`agentrt status` shows
+        script, after a restart), the alarm is parked with the reason, in the book (`agentrt status` shows
         it), until the script runs again and registers its class: never a silent retry loop."""
         class_path = key[0]
         if class_path in self._classes:
@@ -217,39 +183,35 @@ class AlarmScheduler:
                 "script again (runtime.init() or get_agent() registers it), or move it into an importable module"
             )[:1000]
             logger.error("the alarm of %s/%s is parked: %s", class_path, key[1], reason)
-            self._parked[key] = reason
-            await self.index.execute(
-                "UPDATE alarm_index SET parked_error = ? WHERE class_path = ? AND agent_id = ?", (reason, *key)
-            )
+            await self.book.park(key, reason)
             return None
 
-    async def _wake(self, key: tuple[str, str], due: float) -> None:
+    async def _wake(self, key: AlarmKey, due: float) -> None:
         class_path, agent_id = key
-        cls = await self._agent_class(key)
-        if cls is None:
-            self._in_flight.discard(key)
-            return
         try:
-            agent = await asyncio.to_thread(  # finding (or starting) its host blocks: keep the loop free
-                AgentHandle, cls, agent_id, storage_dir=self.storage_dir, namespace=self.namespace, create=False
-            )
-            next_due = await agent._run_due_schedules()
-            self._failures.pop(key, None)
-        except AgentNotFoundError:
-            logger.warning("%s/%s is due but its file is gone; dropping it from the index", class_path, agent_id)
-            self._in_flight.discard(key)
-            if self._due.get(key) == due:
-                await self.set_next_due(class_path, agent_id, None)
-            return
-        except Exception as exc:
-            failures = self._failures.get(key, 0) + 1
-            self._failures[key] = failures
-            backoff = exponential_delay(failures, RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS)
-            logger.warning("waking %s/%s failed (%s); retrying in %.1fs", class_path, agent_id, exc, backoff)
-            if self._due.get(key) == due:
-                self._push(time.time() + backoff, key, due)
-            return
+            cls = await self._agent_class(key)
+            if cls is None:
+                return
+            try:
+                agent = await asyncio.to_thread(  # finding (or starting) its host blocks: keep the loop free
+                    AgentHandle, cls, agent_id, storage_dir=self.storage_dir, namespace=self.namespace, create=False
+                )
+                next_due = await agent._run_due_schedules()
+                self._failures.pop(key, None)
+                self.woken += 1
+            except AgentNotFoundError:
+                logger.warning("%s/%s is due but was never created (or was deleted); forgetting it", *key)
+                await self.book.forget(key, due)
+                return
+            except Exception as exc:
+                failures = self._failures.get(key, 0) + 1
+                self._failures[key] = failures
+                backoff = exponential_delay(failures, RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS)
+                logger.warning("waking %s/%s failed (%s); retrying in %.1fs", class_path, agent_id, exc, backoff)
+                await self.book.retry_in(key, due, backoff)
+                return
+            await self.book.release(key, due, next_due)
+        except Exception as exc:  # the book itself failed (database away): the lease, or the heap, retries it
+            logger.warning("recording the wake-up of %s/%s failed: %s", class_path, agent_id, exc)
         finally:
             self._in_flight.discard(key)
-        if self._due.get(key) == due:  # the agent did not re-report (e.g. report failed): use its answer
-            await self.set_next_due(class_path, agent_id, next_due)

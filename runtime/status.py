@@ -3,7 +3,8 @@ database: `runtime.pg_operator`) without waking any agent.
 
 - live agents: the hosts' resident lists (`_runtime/hosts/<slot>.sqlite3`; a host that crashed lists its
   agents until it restarts and re-activates them);
-- sleeping agents with a due alarm: the alarm scheduler's index (`_runtime/alarm_index.sqlite3`);
+- sleeping agents with a due alarm: the alarm scheduler's index (`_runtime/alarm_index.sqlite3`), or the
+  database's alarm table (`runtime.pg_alarms`);
 - parked schedules: schedules that failed every retry (`status = 'failed'`) in the agents' own files.
 
 Every file is opened read-only; nothing here needs Ray. On SQLite the agents' figures scan every agent's
@@ -14,20 +15,15 @@ approvals) are in `agents.status`, which builds on `agent_rows`.
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.agent_files import AgentRef, agent_files, rows
+from runtime.alarm_index import index_path
 from runtime.placement import runtime_dir
 from runtime.storage_choice import SHARED_CLASS, storage_url
-
-
-@dataclass(frozen=True)
-class AgentRef:
-    class_name: str
-    agent_id: str
 
 
 @dataclass(frozen=True)
@@ -48,25 +44,6 @@ class ParkedSchedule:
     attempts: int
     last_error: str | None
     due_at: float
-
-
-def read_only(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    db.row_factory = sqlite3.Row
-    return db
-
-
-def rows(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-    """The rows of a query on a file, or none if the file or its table does not exist (yet)."""
-    if not path.exists():
-        return []
-    try:
-        with read_only(path) as db:
-            return db.execute(sql, params).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []
-        raise
 
 
 def agents_on_file(storage_dir: Path) -> int:
@@ -96,12 +73,11 @@ def due_alarms(storage_dir: Path) -> list[DueAlarm]:
     live = {(ref.class_name, ref.agent_id) for ref in live_agents(storage_dir)}
     url = storage_url()
     if url is not None:
-        from runtime.pg_operator import class_rows
+        from runtime.pg_operator import alarm_rows
 
-        found = [r for _, r in class_rows(url, "alarm_index", ["class_path", "agent_id", "next_due", "parked_error"])]
+        found = alarm_rows(url)
     else:
-        index = runtime_dir(storage_dir) / "alarm_index.sqlite3"
-        found = rows(index, "SELECT class_path, agent_id, next_due, parked_error FROM alarm_index")
+        found = rows(index_path(storage_dir), "SELECT class_path, agent_id, next_due, parked_error FROM alarm_index")
     return [
         DueAlarm(
             r["class_path"],
@@ -130,15 +106,6 @@ def agent_rows(
 
     for class_name, row in class_rows(url, table, columns, where.replace("?", "%s"), params):
         yield AgentRef(class_name, row["_owner"]), row
-
-
-def agent_files(storage_dir: Path) -> Iterator[tuple[AgentRef, Path]]:
-    """Every agent's own file: `<root>/<Class>/<id>.sqlite3` (not the runtime's, not sub-folders)."""
-    for class_dir in sorted(Path(storage_dir).iterdir()):
-        if not class_dir.is_dir() or class_dir.name.startswith("_"):
-            continue
-        for path in sorted(class_dir.glob("*.sqlite3")):
-            yield AgentRef(class_dir.name, path.name.removesuffix(".sqlite3")), path
 
 
 def parked_schedules(storage_dir: Path) -> list[ParkedSchedule]:

@@ -104,6 +104,15 @@ class StorageAPI:
             callback()
         raise StaleActivationError(name, self.epoch, current)
 
+    keeps_next_due: bool = False
+    """Whether the store itself records the agent's next due time where the alarm scheduler finds it."""
+
+    async def track_next_due(self, class_path: str) -> bool:
+        """Have the store keep this agent's next due time (its earliest pending `_schedules` row) for the
+        alarm scheduler, in the same transaction as every schedule change (`keeps_next_due`). Where it
+        cannot (SQLite), the agent reports the time to the scheduler's index itself: False."""
+        return False
+
     def transaction(self) -> AbstractAsyncContextManager[TransactionAPI]:
         """One atomic unit of writes: committed when the block ends, rolled back if it raises; nested use
         in the same task joins the outer transaction."""

@@ -39,6 +39,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from runtime.errors import StorageUnavailableError
 from runtime.pg_agent_rows import AGENT_SETTING, scope_new_tables
+from runtime.pg_alarms import install as install_alarm_table
+from runtime.pg_alarms import track_schedules
 from runtime.sql_dialect import to_postgres, to_postgres_ddl
 from runtime.storage import split_sql
 from runtime.storage_api import Migration, Params, StorageAPI, StorageError, TransactionAPI
@@ -138,6 +140,8 @@ _prepared_classes: set[tuple[str, str]] = set()
 """(url, schema) whose schema and base tables this process has made sure of."""
 _migrated: set[tuple[str, str, str, int]] = set()
 """(url, schema, scope, version) this process has seen applied."""
+_tracking: set[tuple[str, str, str]] = set()
+"""(url, schema, class path) whose `_schedules` this process has seen keep the alarm table."""
 
 
 class PostgresAgentStorage(StorageAPI):
@@ -187,6 +191,7 @@ class PostgresAgentStorage(StorageAPI):
             for statement in split_sql(_BASE_TABLES.format(schema=self.schema)):
                 await conn.execute(statement)
             await scope_new_tables(conn, self.schema)
+            await install_alarm_table(conn)
 
     async def close(self) -> None:
         self._pool = None  # the pool is the process's, shared by every agent
@@ -211,6 +216,17 @@ class PostgresAgentStorage(StorageAPI):
         """Whether this agent was ever created (it took an epoch)."""
         row = await self.fetchone("SELECT 1 FROM _agents WHERE agent_id = ?", (self.agent_id,))
         return row is not None
+
+    async def track_next_due(self, class_path: str) -> bool:
+        """The class's `_schedules` table keeps the alarm table (`runtime.pg_alarms`): set up once per
+        process and class."""
+        if (self.url, self.schema, class_path) not in _tracking:
+            async with self._connection() as conn, conn.transaction():
+                await self._enter(conn)
+                await track_schedules(conn, self.schema, class_path)
+            _tracking.add((self.url, self.schema, class_path))
+        self.keeps_next_due = True
+        return True
 
     # -- transactions ----------------------------------------------------------------------------------
     @asynccontextmanager

@@ -16,12 +16,24 @@ import ray
 
 import runtime
 from runtime import get_agent
-from tests.agents_under_test import Counter
+from tests.agents_under_test import Counter, QuickCounter
 from tests.conftest import ray_init_kwargs
+from tests.lifecycle import wait_until_hibernated
 from tests.test_runtime_identity_storage import RESTARTING
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def delete_alarm_index(storage_dir: Path) -> int:
+    """Delete the alarm index and the hosts' resident lists (and their journal files), as a node's lost
+    disk would; return how many index files there were."""
+    found = list((storage_dir / "_runtime").glob("alarm_index.sqlite3*"))
+    for path in (storage_dir / "_runtime" / "hosts").glob("*.sqlite3*"):
+        path.unlink()
+    for path in found:
+        path.unlink()
+    return len(found)
 
 
 def read_kv_from_file(file: Path, key: str):
@@ -130,6 +142,28 @@ async def test_schedule_pending_across_full_cluster_restart_fires_without_a_call
     fires = await eventually(lambda: read_kv_from_file(file, "fires"), timeout=60, what="fire after cluster restart")
     assert [f["payload"] for f in fires] == ["after-cluster-restart"]
     assert fires[0]["at"] >= sched.due_at and fires[0]["at"] > down_at
+
+
+async def test_a_lost_alarm_index_is_rebuilt_from_the_agents_files(storage_dir: Path) -> None:
+    """Issue 21: the index is a copy of what the agents' files say; losing it (with the hosts' resident
+    lists) while the cluster is down loses no alarm (the scheduler rebuilds it from the files at start-up,
+    each file naming its class)."""
+    agent = get_agent(QuickCounter, "lost-index-1", storage_dir=storage_dir)
+    await agent.schedule(4.0, "record_fire", "after-index-lost")
+    idle = get_agent(QuickCounter, "lost-index-2", storage_dir=storage_dir)
+    await idle.put("x", 1)  # no schedule: nothing to index for it
+    await wait_until_hibernated(storage_dir, "agents-tests", "QuickCounter/lost-index-1", timeout=30)
+    ray.shutdown()
+    file = storage_dir / "QuickCounter" / "lost-index-1.sqlite3"
+    assert read_kv_from_file(file, "_class_path") == "tests.agents_under_test:QuickCounter"
+    assert delete_alarm_index(storage_dir) >= 1
+
+    ray.init(**ray_init_kwargs())
+    scheduler = runtime.init(storage_dir=storage_dir)  # nobody calls the agent: only the index can wake it
+
+    fires = await eventually(lambda: read_kv_from_file(file, "fires"), timeout=60, what="fire, the index lost")
+    assert [f["payload"] for f in fires] == ["after-index-lost"]
+    assert not any("lost-index-2" in key for key in await scheduler.pending.remote())
 
 
 async def test_fifty_concurrent_mutations_apply_one_at_a_time_in_order(storage_dir: Path) -> None:
