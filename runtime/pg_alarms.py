@@ -77,6 +77,7 @@ POLL_SECONDS = 1.0
 """The longest a scheduler sleeps between looks at the table (it sleeps less when an alarm is due sooner)."""
 
 CLAIM_BATCH = 100
+"""At most this many due alarms per claim (the rest stay for the next claim, or another scheduler)."""
 
 
 async def install(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -145,8 +146,9 @@ class AlarmTable:
     a wake-up hangs) is anyone's to claim again, so an alarm is never lost, at worst woken twice (an
     agent's due schedules run at least once, and a second wake-up finds nothing due)."""
 
-    def __init__(self, url: str, owner: str, *, grace: float, lease_seconds: float) -> None:
+    def __init__(self, url: str, owner: str, *, grace: float, lease_seconds: float, batch: int = CLAIM_BATCH) -> None:
         self.url = url
+        self.batch = batch
         self.owner = owner
         self.grace = grace
         self.lease_seconds = lease_seconds
@@ -181,7 +183,7 @@ class AlarmTable:
                 "   AND (lease_until IS NULL OR lease_until <= %s) ORDER BY next_due LIMIT %s FOR UPDATE SKIP LOCKED"
                 ") due WHERE a.class_schema = due.class_schema AND a.agent_id = due.agent_id "
                 "RETURNING a.class_path, a.agent_id, a.next_due",
-                (now + self.lease_seconds, self.owner, now - self.grace, now, CLAIM_BATCH),
+                (now + self.lease_seconds, self.owner, now - self.grace, now, self.batch),
             )
             if rows:
                 return [((row[0], row[1]), float(row[2])) for row in rows]

@@ -68,7 +68,49 @@ async def scenario(root: Path, server: Any) -> dict[str, Any]:
 
     await eventually(parked, timeout=30, what="the failing schedule, parked")
     await wait_until_hibernated(root, "agents", "QuickCounter/pg-1", timeout=30)  # asleep, with its alarm
+    seen.update(await scheduler_lost(root))
     return seen
+
+
+async def scheduler_lost(root: Path) -> dict[str, Any]:
+    """Two schedulers share the alarm table; the runtime's own one is lost for good while five agents sleep
+    with alarms due: the other wakes every one of them, once."""
+    import ray
+
+    from runtime import get_agent
+    from runtime.pg_operator import class_rows
+    from runtime.placement import scheduler_name
+    from runtime.scheduler import AlarmScheduler
+    from tests.agents_under_test import QuickCounter
+    from tests.lifecycle import wait_until_hibernated
+    from tests.waiting import eventually
+
+    root = await asyncio.to_thread(root.resolve)
+    other = AlarmScheduler.options(name="another-scheduler", namespace="agents", num_cpus=0)  # type: ignore[attr-defined]
+    other = other.remote(str(root), "agents")
+    await other.pending.remote()
+    sleepers = [get_agent(QuickCounter, f"sleeper-{i}", storage_dir=root) for i in range(5)]
+    for i, sleeper in enumerate(sleepers):
+        await sleeper.schedule(4.0, "record_fire", {"sleeper": i})
+    for i in range(5):
+        await wait_until_hibernated(root, "agents", f"QuickCounter/sleeper-{i}", timeout=30)
+    ray.kill(ray.get_actor(scheduler_name(root), namespace="agents"), no_restart=True)
+
+    def fires_on_record() -> dict[str, list[Any]]:  # read from the database: asking an agent would wake it
+        rows = class_rows(os.environ["AGENT_STORAGE_URL"], "_kv", ["value"], "key = 'fires'")
+        return {row["_owner"]: [f["payload"] for f in json.loads(row["value"])] for _, row in rows}
+
+    async def all_fired() -> Any:
+        fired = await asyncio.to_thread(fires_on_record)
+        return fired if all(f"sleeper-{i}" in fired for i in range(5)) else None
+
+    await eventually(all_fired, timeout=60, what="every sleeper's alarm, fired by the other scheduler")
+    await asyncio.sleep(2.0)  # a second wake-up, if any, would record a second fire by now
+    fired = await asyncio.to_thread(fires_on_record)
+    return {
+        "sleeper_fires": [fired[f"sleeper-{i}"] for i in range(5)],
+        "woken_by_the_other": (await other.stats.remote())["woken"],
+    }
 
 
 async def outage(root: Path, server: Any, live: Any) -> dict[str, Any]:

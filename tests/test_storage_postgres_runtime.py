@@ -1,6 +1,7 @@
 """The runtime with `AGENT_STORAGE_URL` naming a real PostgreSQL: agents keep their data in the database
 (no SQLite file of theirs anywhere), transactions stay atomic, an alarm wakes a sleeping agent, a
-SIGKILLed host loses nothing acknowledged, and an agent never created stays not found. A malformed or
+SIGKILLed host loses nothing acknowledged, an agent never created stays not found, and with the runtime's
+alarm scheduler lost for good another scheduler on the same database wakes every sleeping agent once. A malformed or
 unreachable URL is refused at start-up naming the setting, without the password; while the database is
 down calls fail as `StorageUnavailableError` with nothing written, and work again by themselves after."""
 
@@ -42,6 +43,8 @@ def test_agents_live_in_postgres_through_sleep_alarms_and_a_killed_host(
     assert seen["during_outage"] == ["StorageUnavailableError", "StorageUnavailableError"]
     assert seen["after_outage"] == [2, "asleep"]  # the append during the outage wrote nothing
     assert seen["sequence_after_outage"] == [0, 9]
+    assert seen["sleeper_fires"] == [[{"sleeper": i}] for i in range(5)]  # each once, the scheduler lost
+    assert seen["woken_by_the_other"] >= 5
 
     # the operator's view, from the database alone (one query per class), with the password kept out
     env = {**os.environ, "AGENT_STORAGE_URL": url}
@@ -51,7 +54,7 @@ def test_agents_live_in_postgres_through_sleep_alarms_and_a_killed_host(
     )  # fmt: skip
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
-    assert report["agents_on_file"] == 4  # pg-0, pg-1, pg-2, pg-asleep (never-made was never created)
+    assert report["agents_on_file"] == 9  # pg-0..2, pg-asleep, sleeper-0..4 (never-made was never created)
     due = {a["agent_id"]: a for a in report["sleeping_with_due_alarm"] + [a for a in report.get("parked_alarms", [])]}
     assert "pg-1" in due and due["pg-1"]["class_path"].endswith(":QuickCounter")
     (failed,) = report["parked_schedules"]

@@ -1,0 +1,112 @@
+"""Alarms kept by the database (issue 21, PostgreSQL; a real throwaway server, no Ray): an agent's next due
+time is written by its own schedule transaction (rolled back with it, refused with it when the activation
+is stale, and no other agent's to touch), and schedulers claim due agents with leases, so several share
+the work without waking one agent twice and an alarm held by a scheduler that died is claimed again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from runtime.errors import StaleActivationError
+from runtime.pg_alarms import AlarmTable
+from runtime.schedules import SCHEDULES_MIGRATIONS
+from runtime.storage_pg import PostgresAgentStorage, close_pools
+from tests.postgres import PostgresServer
+
+CLASS_PATH = "tests.alarms:Sleeper"
+INSERT = (
+    "INSERT INTO _schedules(id, callback, payload, kind, cron, due_at, created_at) "
+    "VALUES (?, 'wake', 'null', 'once', NULL, ?, 0)"
+)
+
+
+@pytest.fixture
+async def database(postgres: PostgresServer) -> AsyncIterator[str]:
+    """A database of its own (the alarm table is shared by every agent of a database)."""
+    yield postgres.new_database(f"alarms_{uuid.uuid4().hex[:12]}")
+    await close_pools()
+
+
+@pytest.fixture
+async def agent(database: str) -> Callable[[str], Any]:
+    async def open_agent(agent_id: str) -> PostgresAgentStorage:
+        storage = PostgresAgentStorage(database, "Sleeper", agent_id)
+        await storage.open()
+        await storage.take_epoch()
+        await storage.migrate("runtime.Agent", SCHEDULES_MIGRATIONS)
+        assert await storage.track_next_due(CLASS_PATH) and storage.keeps_next_due
+        return storage
+
+    return open_agent
+
+
+async def table(database: str, owner: str, lease: float = 60.0) -> AlarmTable:
+    alarms = AlarmTable(database, owner, grace=0.0, lease_seconds=lease, batch=10)
+    await alarms.open()
+    return alarms
+
+
+async def test_the_next_due_time_moves_with_the_schedule_transaction(database: str, agent: Any) -> None:
+    a = await agent("a")
+    alarms = await table(database, "s1")
+    await a.execute(INSERT, ("x", 500.0))
+    await a.execute(INSERT, ("y", 200.0))
+    assert await alarms.pending() == {(CLASS_PATH, "a"): 200.0}
+    await a.execute("DELETE FROM _schedules WHERE id = 'y'")
+    assert await alarms.pending() == {(CLASS_PATH, "a"): 500.0}
+
+    with pytest.raises(RuntimeError):  # rolled back: the alarm with it
+        async with a.transaction() as tx:
+            await tx.execute(INSERT, ("z", 100.0))
+            raise RuntimeError("the turn failed")
+    assert await alarms.pending() == {(CLASS_PATH, "a"): 500.0}
+
+    newer = PostgresAgentStorage(database, "Sleeper", "a")
+    await newer.open()
+    await newer.take_epoch()  # a newer activation elsewhere: this one is stale
+    with pytest.raises(StaleActivationError):
+        await a.execute(INSERT, ("z", 50.0))
+    assert await alarms.pending() == {(CLASS_PATH, "a"): 500.0}
+
+    await newer.execute("UPDATE _schedules SET status = 'failed'")  # nothing pending: no alarm
+    assert await alarms.pending() == {}
+
+
+async def test_an_agent_cannot_see_or_touch_another_agents_alarm(database: str, agent: Any) -> None:
+    a, b = await agent("a"), await agent("b")
+    alarms = await table(database, "s1")
+    await a.execute(INSERT, ("x", 300.0))
+    assert await b.fetchall("SELECT * FROM agentrt_runtime.alarms") == []
+    assert await b.execute("UPDATE agentrt_runtime.alarms SET next_due = 1") == 0
+    assert await b.execute("DELETE FROM agentrt_runtime.alarms") == 0
+    assert await alarms.pending() == {(CLASS_PATH, "a"): 300.0}
+
+
+async def test_schedulers_share_due_alarms_and_a_dead_ones_lease_runs_out(database: str, agent: Any) -> None:
+    now = time.time()
+    for i in range(30):
+        await (await agent(f"a{i}")).execute(INSERT, ("x", now - 1))
+    first, second = await table(database, "s1"), await table(database, "s2")
+    claimed = await asyncio.wait_for(asyncio.gather(first.claim(), second.claim(), first.claim()), 30)
+    keys = [key for batch in claimed for key, _ in batch]
+    assert len(keys) == len(set(keys)) == 30  # each due agent to exactly one scheduler, ten at a time
+
+    dying = await table(database, "dying", lease=1.0)
+    await (await agent("late")).execute(INSERT, ("x", time.time() - 1))
+    assert [key for key, _ in await dying.claim()] == [(CLASS_PATH, "late")]  # then it "dies"
+    started = time.monotonic()
+    assert [key for key, _ in await asyncio.wait_for(second.claim(), 30)] == [(CLASS_PATH, "late")]
+    assert time.monotonic() - started >= 0.5  # not before the dead scheduler's lease ran out
+
+    await second.release((CLASS_PATH, "late"), 0.0, None)
+    await second.park((CLASS_PATH, "late"), "cannot load it")
+    with pytest.raises(TimeoutError):  # parked: nobody claims it
+        await asyncio.wait_for(first.claim(), 1.5)
+    await first.unpark(CLASS_PATH)
+    assert [key for key, _ in await asyncio.wait_for(first.claim(), 10)] == [(CLASS_PATH, "late")]
