@@ -1,9 +1,10 @@
 """Node loss on a multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`), as its own process.
 
-A thread with a pending purchase lives on a worker node (its host needs the `agents` resource, which only
+Threads with pending purchases live on a worker node (its host needs the `agents` resource, which only
 worker nodes offer: `AGENT_HOST_RESOURCES`); that node is removed (its raylet and workers killed) after a
-second worker joins; the user approves; the thread's host is re-created on the surviving node, reloads the
-thread's file and completes the purchase by itself. The HTTP ingress runs too, one replica on the head and
+second worker joins, while three users' turns are running over HTTP (`tests.cluster_story`); the users
+approve; the threads' host is re-created on the surviving node, reloads them and completes every purchase
+by itself, once. The HTTP ingress runs too, one replica on the head and
 one on the doomed node (each needs one `ingress` slot, which the head and each worker offer): after the
 loss the API still answers, from the surviving nodes, with the thread's whole history. Prints one JSON
 line with what it saw; the test (`tests/test_cluster_node_loss.py`) checks it. With a PostgreSQL URL as
@@ -26,6 +27,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.cluster_story import USERS, Story  # noqa: E402
 from tests.dev_services import API_AUDIENCE, CHECKOUT_AUDIENCE, services_env  # noqa: E402
 
 
@@ -34,7 +36,7 @@ def services() -> tuple[Any, Any, Any, dict[str, str]]:
     from devservers.checkout_api import CheckoutServer
     from devservers.offline_model import OfflineModelServer
 
-    authz = DevAuthorizationServer(api_audience=API_AUDIENCE, default_interval=1).start()
+    authz = DevAuthorizationServer(api_audience=API_AUDIENCE, default_interval=1, users=USERS).start()
     checkout = CheckoutServer(issuer=authz.issuer, audience=CHECKOUT_AUDIENCE).start()
     model = OfflineModelServer().start()
     env = {
@@ -78,18 +80,32 @@ async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[st
     runtime.init(storage_dir=storage_dir, namespace="agents-node-loss")
     api = start_ingress({**env, "AGENT_STORAGE_DIR": str(storage_dir), "AGENT_NAMESPACE": "agents-node-loss"})
     async with httpx.AsyncClient(base_url=authz.url, timeout=10) as http:
-        token = (await http.post("/dev/login", json={"username": "alice"})).json()["access_token"]
+        tokens = {u: (await http.post("/dev/login", json={"username": u})).json()["access_token"] for u in USERS}
+        token = tokens["alice"]
         thread = get_agent(Chat, "t-node-loss", storage_dir=storage_dir, namespace="agents-node-loss")
         first = await thread.send_message(token, "Buy 3 shares of MSFT")
+        story = Story(api, tokens)
+        await story.open_and_buy()  # each user's purchase waits for approval too
         before = await thread.host.stats.remote()
-        requests = await until(lambda: _pending(http), timeout=30, what="the CIBA request on the user's phone")
+        requests = await until(lambda: _pending(http, 4), timeout=60, what="the CIBA requests on the users' phones")
+        stop = asyncio.Event()
+        chatter = asyncio.ensure_future(story.chatter(stop))
+        await until(lambda: _acknowledged(story, 6), timeout=60, what="turns running")
         survivor = cluster.add_node(num_cpus=1, resources={"agents": 1, "ingress": 1})
         cluster.wait_for_nodes()
-        cluster.remove_node(doomed)  # the node dies: its raylet and every worker on it
-        (request,) = requests
-        (await http.post(f"/dev/ciba/requests/{request['id']}/approve")).raise_for_status()
-        orders = await until(lambda: _orders(checkout), timeout=120, what="the order after the node loss")
+        in_flight_at_loss = story.in_flight
+        cluster.remove_node(doomed)  # the node dies while turns run: its raylet and every worker on it
+        for request in requests:
+            (await http.post(f"/dev/ciba/requests/{request['id']}/approve")).raise_for_status()
+        orders = await until(lambda: _orders(checkout, len(requests)), timeout=180, what="the orders after the loss")
         messages = await until(lambda: _final(thread, token), timeout=60, what="the final answer")
+        so_far = story_acknowledged(story)
+        await until(lambda: _acknowledged(story, so_far + 6), timeout=60, what="turns after the loss")
+        stop.set()
+        await chatter
+        story_seen = await story.check()
+        await asyncio.sleep(2.0)  # an order placed twice would have reached the checkout by now
+        orders = await _orders(checkout, len(requests))
         after = await thread.host.stats.remote()
         stats = (await http.get("/dev/stats")).json()
         over_http = await until(lambda: _history_over_http(api, token), timeout=60, what="the API after the loss")
@@ -105,7 +121,9 @@ async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[st
         "survivor_node": survivor.node_id,
         "first_turn_states": [c["state"] for m in first for c in (m.model_dump().get("tool_calls") or [])],
         "orders": orders,
+        "approvals": len(requests),
         "backchannel_requests": stats["backchannel_requests"],
+        "story": {**story_seen, "in_flight_at_loss": in_flight_at_loss},
         "messages": [{"role": m.role, "content": m.content} for m in messages],
         "http_messages": [{"role": m["role"], "content": m["content"]} for m in over_http],
     }
@@ -137,15 +155,23 @@ async def _history_over_http(api: str, token: str) -> list[dict[str, Any]] | Non
     return response.json()["messages"] if response.status_code == 200 else None
 
 
-async def _pending(http: httpx.AsyncClient) -> list[dict[str, Any]] | None:
+async def _pending(http: httpx.AsyncClient, count: int) -> list[dict[str, Any]] | None:
     found = (await http.get("/dev/ciba/requests", params={"status": "pending"})).json()
-    return found or None
+    return found if len(found) >= count else None
 
 
-async def _orders(checkout: Any) -> int | None:
+async def _orders(checkout: Any, at_least: int) -> int | None:
     async with httpx.AsyncClient(timeout=5) as http:
         count = (await http.get(f"{checkout.api_url}/stats")).json()["orders"]
-    return count or None
+    return count if count >= at_least else None
+
+
+def story_acknowledged(story: Story) -> int:
+    return sum(len(ids) for ids in story.acknowledged.values())
+
+
+async def _acknowledged(story: Story, at_least: int) -> bool:
+    return story_acknowledged(story) >= at_least
 
 
 async def _final(thread: Any, token: str) -> list[Any] | None:
