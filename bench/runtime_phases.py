@@ -116,6 +116,36 @@ class BenchAgent(Agent):
     async def pending_schedules(self) -> int:
         return len(await self.get_schedules(status="pending"))
 
+    @public
+    @turn
+    async def schedule_far(self, n: int) -> int:
+        """`n` schedules an hour or more away: the pending load a benchmark runs its near ones against."""
+        for k in range(n):
+            await self.schedule(3600.0 + k, "on_fire", {"i": -1, "due_at": 0})
+        return n
+
+
+class SleepingBenchAgent(BenchAgent):
+    """Hibernates after a second idle, so its schedules are fired by the alarm scheduler waking it; records
+    each fire in its storage (its memory does not survive the sleep)."""
+
+    idle_seconds = 1.0
+
+    async def on_fire(self, payload: dict[str, Any]) -> None:
+        fired = await self.storage.get("fired", [])
+        fired.append([int(payload["i"]), time.time() - float(payload["due_at"])])
+        await self.storage.put("fired", fired)
+
+    @public
+    @read
+    async def fired_records(self) -> list[tuple[int, float]]:
+        return [(int(i), float(late)) for i, late in await self.storage.get("fired", [])]
+
+    @public
+    @read
+    async def fired_count(self) -> int:
+        return len(await self.storage.get("fired", []))
+
 
 # -- 1. call round trip ------------------------------------------------------------------------------------
 
