@@ -29,8 +29,10 @@ from runtime.storage import AgentStorage
 
 logger = logging.getLogger("runtime.agent")
 
-DueReporter = Callable[["AgentSchedules", float | None], Awaitable[bool]]
-"""How an agent tells the alarm scheduler its next due time; returns whether the report got through."""
+DueReporter = Callable[["AgentSchedules", float | None, bool], Awaitable[bool]]
+"""How an agent tells the alarm scheduler its next due time, and whether it is going to sleep (then only
+the scheduler can fire it: at its due time, without the grace a live agent's own timer gets); returns
+whether the report got through."""
 
 # Names a schedule may never call back: the runtime's own machinery and lifecycle hooks.
 _RESERVED_CALLBACKS = frozenset(
@@ -188,10 +190,10 @@ class AgentSchedules:
         await self._report_next_due(due)
         return due
 
-    async def _report_next_due(self, due: float | None) -> bool:
-        if due == self._reported_due:
+    async def _report_next_due(self, due: float | None, *, asleep: bool = False) -> bool:
+        if due == self._reported_due and not (asleep and due is not None):
             return True
-        if self._report_due is not None and not await self._report_due(self, due):
+        if self._report_due is not None and not await self._report_due(self, due, asleep):
             return False
         self._reported_due = due
         return True
@@ -223,7 +225,7 @@ class AgentSchedules:
         wakes this agent after it left. False if the scheduler could not be told: then it must stay."""
         self._stop_timer()
         due = await self._next_due()
-        if await self._report_next_due(due):
+        if await self._report_next_due(due, asleep=True):
             return True
         self._arm_local_timer(due)  # staying: keep firing locally
         return False

@@ -91,10 +91,11 @@ class AlarmIndex:
         heapq.heappush(self._heap, (fire_at, next(self._seq), key, due))
         self._changed.set()
 
-    async def record(self, key: AlarmKey, due: float | None) -> None:
-        """An agent's next due time (None: nothing due), written only if it changed."""
+    async def record(self, key: AlarmKey, due: float | None, asleep: bool = False) -> None:
+        """An agent's next due time (None: nothing due), written only if it changed. An agent going to sleep
+        is woken at that time; a live one's own timer gets `grace` first."""
         if due is not None and self._due.get(key) == due and key not in self._parked:
-            self._push(due + self.grace, key, due)  # unchanged: no write (a wake-up may have used its entry)
+            self._push(due if asleep else due + self.grace, key, due)  # unchanged: no write
             return
         if due is None:
             if key not in self._due:
@@ -110,7 +111,7 @@ class AlarmIndex:
             )
             self._parked.pop(key, None)
             self._due[key] = due
-            self._push(due + self.grace, key, due)
+            self._push(due if asleep else due + self.grace, key, due)
         metrics.DUE_ALARMS.set(len(self._due))
 
     async def claim(self) -> list[tuple[AlarmKey, float]]:

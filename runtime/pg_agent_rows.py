@@ -19,6 +19,9 @@ from psycopg import sql as pgsql
 from runtime.storage_api import StorageError
 
 AGENT_SETTING = "agentrt.agent_id"
+EPOCH_SETTING = "agentrt.epoch"
+"""The fencing epoch of the activation writing (a transaction setting: what an audit trigger can compare
+with the agent's current epoch; the runtime's own check is `StorageAPI.refuse_if_stale`)."""
 AGENT_COLUMN = "_agentrt_agent"
 """The column that says whose a row is (a name no agent's own table would use: `agent_id` is common)."""
 OPERATOR = "*"

@@ -7,6 +7,9 @@ on each class's `_schedules` table writes the agent's earliest pending due time 
 fenced as the change: a stale activation's write rolls back both). Schedulers find due agents with
 `FOR UPDATE SKIP LOCKED` and lease them (`lease_until`): several schedulers share the work without waking
 an agent twice, and an alarm claimed by a scheduler that died is claimed again once its lease ends.
+A live agent's own timer fires its schedules, so a row is claimed only a grace after its due time, unless
+its agent went to sleep (`asleep`, set as it leaves memory, cleared by its next schedule change): then at
+its due time exactly.
 
 The table obeys row-level security like the agents' own tables: a transaction sees and writes only the
 row of its own agent (`agentrt.agent_id`) in its own class schema (the `search_path` its storage set);
@@ -38,6 +41,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.alarms (
     lease_owner TEXT,
     PRIMARY KEY (class_schema, agent_id)
 );
+ALTER TABLE {SCHEMA}.alarms ADD COLUMN IF NOT EXISTS asleep BOOLEAN NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS alarms_due ON {SCHEMA}.alarms (next_due) WHERE parked_error IS NULL;
 ALTER TABLE {SCHEMA}.alarms ENABLE ROW LEVEL SECURITY;
 ALTER TABLE {SCHEMA}.alarms FORCE ROW LEVEL SECURITY;
@@ -62,15 +66,16 @@ BEGIN
         INSERT INTO {SCHEMA}.alarms AS a (class_schema, agent_id, class_path, next_due)
         VALUES (TG_TABLE_SCHEMA, agent, TG_ARGV[0], due)
         ON CONFLICT (class_schema, agent_id) DO UPDATE
-            SET next_due = excluded.next_due, class_path = excluded.class_path, parked_error = NULL
-            WHERE a.next_due IS DISTINCT FROM excluded.next_due OR a.class_path IS DISTINCT FROM excluded.class_path;
+            SET next_due = excluded.next_due, class_path = excluded.class_path, parked_error = NULL, asleep = false
+            WHERE a.next_due IS DISTINCT FROM excluded.next_due OR a.class_path IS DISTINCT FROM excluded.class_path
+               OR a.asleep;
     END IF;
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION {SCHEMA}.track_next_due() IS '{{version}}';
 """
 
-VERSION = "1"
+VERSION = "3"
 """Of the table, its policy and the trigger function: `install` does nothing where this one is in place."""
 
 POLL_SECONDS = 1.0
@@ -120,6 +125,15 @@ async def track_schedules(conn: psycopg.AsyncConnection[Any], schema: str, class
             p=pgsql.Literal(class_path),
             t=pgsql.Identifier(schema, "_schedules"),
         )
+    )
+
+
+async def mark_asleep(conn: psycopg.AsyncConnection[Any], schema: str, agent_id: str) -> None:
+    """The agent is leaving memory: its alarm is now the only way back, due at its time exactly (inside
+    the agent's own transaction)."""
+    await conn.execute(
+        f"UPDATE {SCHEMA}.alarms SET asleep = true WHERE class_schema = %s AND agent_id = %s AND NOT asleep",
+        (schema, agent_id),
     )
 
 
@@ -180,28 +194,30 @@ class AlarmTable:
             rows = await self._run(
                 f"UPDATE {SCHEMA}.alarms a SET lease_until = %s, lease_owner = %s FROM ("
                 f"  SELECT class_schema, agent_id FROM {SCHEMA}.alarms WHERE parked_error IS NULL AND next_due <= %s"
-                "   AND (lease_until IS NULL OR lease_until <= %s) ORDER BY next_due LIMIT %s FOR UPDATE SKIP LOCKED"
+                "   AND (asleep OR next_due <= %s) AND (lease_until IS NULL OR lease_until <= %s)"
+                "   ORDER BY next_due LIMIT %s FOR UPDATE SKIP LOCKED"
                 ") due WHERE a.class_schema = due.class_schema AND a.agent_id = due.agent_id "
                 "RETURNING a.class_path, a.agent_id, a.next_due",
-                (now + self.lease_seconds, self.owner, now - self.grace, now, self.batch),
+                (now + self.lease_seconds, self.owner, now, now - self.grace, now, self.batch),
             )
             if rows:
                 return [((row[0], row[1]), float(row[2])) for row in rows]
-            soonest = await self._run(
-                f"SELECT next_due FROM {SCHEMA}.alarms WHERE parked_error IS NULL AND lease_until IS NULL "
-                "ORDER BY next_due LIMIT 1"
+            soonest = await self._run(  # the next fire time within the poll interval (asleep: no grace)
+                f"SELECT MIN(CASE WHEN asleep THEN next_due ELSE next_due + %s END) FROM {SCHEMA}.alarms "
+                "WHERE parked_error IS NULL AND lease_until IS NULL AND next_due <= %s",
+                (self.grace, now + POLL_SECONDS),
             )
             wait = POLL_SECONDS
-            if soonest:
-                wait = min(wait, max(0.0, float(soonest[0][0]) + self.grace - time.time()))
+            if soonest and soonest[0][0] is not None:
+                wait = min(wait, max(0.0, float(soonest[0][0]) - time.time()))
             self._poked.clear()
             try:
                 await asyncio.wait_for(self._poked.wait(), timeout=max(wait, 0.01))
             except TimeoutError:
                 pass
 
-    async def record(self, key: AlarmKey, due: float | None) -> None:
-        """Nothing to do: the agent's own schedule transaction wrote its row."""
+    async def record(self, key: AlarmKey, due: float | None, asleep: bool = False) -> None:
+        """Nothing to do: the agent's own transactions wrote its row (and marked it asleep)."""
 
     async def release(self, key: AlarmKey, due: float, next_due: float | None) -> None:
         """The wake-up is over: the agent has written its next due time (or removed its row) itself."""

@@ -56,7 +56,7 @@ class AlarmBook(Protocol):
     """Where the scheduler finds due agents: `AlarmIndex` (SQLite) or `AlarmTable` (PostgreSQL)."""
 
     async def open(self) -> None: ...
-    async def record(self, key: AlarmKey, due: float | None) -> None: ...
+    async def record(self, key: AlarmKey, due: float | None, asleep: bool = False) -> None: ...
     async def claim(self) -> list[tuple[AlarmKey, float]]: ...
     async def release(self, key: AlarmKey, due: float, next_due: float | None) -> None: ...
     async def retry_in(self, key: AlarmKey, due: float, delay: float) -> None: ...
@@ -133,14 +133,20 @@ class AlarmScheduler:
         await self.book.unpark(cls.class_path())
 
     async def set_next_due(
-        self, class_path: str, agent_id: str, due: float | None, agent_class: type[Agent] | None = None
+        self,
+        class_path: str,
+        agent_id: str,
+        due: float | None,
+        agent_class: type[Agent] | None = None,
+        asleep: bool = False,
     ) -> None:
         """Record (durably) when an agent next needs waking; None removes it from the index. A class that
-        cannot be imported by path comes along (`agent_class`) and is registered."""
+        cannot be imported by path comes along (`agent_class`) and is registered. An agent going to sleep
+        (`asleep`) is woken at its due time exactly; a live one only after `WAKE_GRACE_SECONDS`."""
         await self._loaded
         if agent_class is not None and class_path not in self._classes:
             await self.register_class(agent_class)
-        await self.book.record((class_path, agent_id), due)
+        await self.book.record((class_path, agent_id), due, asleep)
 
     async def pending(self) -> dict[str, float]:
         """The book as `{"Class path|id": next_due}` (for operators and tests)."""

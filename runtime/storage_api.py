@@ -113,6 +113,10 @@ class StorageAPI:
         cannot (SQLite), the agent reports the time to the scheduler's index itself: False."""
         return False
 
+    async def mark_asleep(self) -> None:
+        """Where the store keeps the next due time (`keeps_next_due`): the agent is leaving memory, so its
+        alarm is due at its time exactly (a live agent's own timer gets a grace first)."""
+
     def transaction(self) -> AbstractAsyncContextManager[TransactionAPI]:
         """One atomic unit of writes: committed when the block ends, rolled back if it raises; nested use
         in the same task joins the outer transaction."""

@@ -38,9 +38,9 @@ from psycopg import sql as pgsql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from runtime.errors import StorageUnavailableError
-from runtime.pg_agent_rows import AGENT_SETTING, scope_new_tables
+from runtime.pg_agent_rows import AGENT_SETTING, EPOCH_SETTING, scope_new_tables
 from runtime.pg_alarms import install as install_alarm_table
-from runtime.pg_alarms import track_schedules
+from runtime.pg_alarms import mark_asleep, track_schedules
 from runtime.sql_dialect import to_postgres, to_postgres_ddl
 from runtime.storage import split_sql
 from runtime.storage_api import Migration, Params, StorageAPI, StorageError, TransactionAPI
@@ -228,6 +228,10 @@ class PostgresAgentStorage(StorageAPI):
         self.keeps_next_due = True
         return True
 
+    async def mark_asleep(self) -> None:
+        async with self.transaction() as tx:  # fenced like any write: a stale activation marks nothing
+            await mark_asleep(tx.connection, self.schema, self.agent_id)
+
     # -- transactions ----------------------------------------------------------------------------------
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
@@ -252,11 +256,12 @@ class PostgresAgentStorage(StorageAPI):
 
     async def _enter(self, conn: psycopg.AsyncConnection[Any], *, local: bool = True) -> None:
         """Point the transaction (`local`) or, for a read outside one, the session at this agent's rows and
-        its class's tables. Every use of a pooled connection starts here, so a session setting left by the
-        previous user is always replaced before a statement runs."""
+        its class's tables (and name the activation's epoch, `agentrt.epoch`, for audits). Every use of a
+        pooled connection starts here, so a session setting left by the previous user is always replaced
+        before a statement runs."""
         await conn.execute(
-            "SELECT set_config(%s, %s, %s), set_config('search_path', %s, %s)",
-            (AGENT_SETTING, self.agent_id, local, self.schema, local),
+            "SELECT set_config(%s, %s, %s), set_config(%s, %s, %s), set_config('search_path', %s, %s)",
+            (AGENT_SETTING, self.agent_id, local, EPOCH_SETTING, str(self.epoch or ""), local, self.schema, local),
         )
 
     async def take_epoch(self) -> int:

@@ -84,6 +84,8 @@ async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[st
         token = tokens["alice"]
         thread = get_agent(Chat, "t-node-loss", storage_dir=storage_dir, namespace="agents-node-loss")
         first = await thread.send_message(token, "Buy 3 shares of MSFT")
+        if storage_url:
+            await asyncio.to_thread(audit_writes, storage_url)
         story = Story(api, tokens)
         await story.open_and_buy()  # each user's purchase waits for approval too
         before = await thread.host.stats.remote()
@@ -109,6 +111,7 @@ async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[st
         after = await thread.host.stats.remote()
         stats = (await http.get("/dev/stats")).json()
         over_http = await until(lambda: _history_over_http(api, token), timeout=60, what="the API after the loss")
+    stale_writes = await asyncio.to_thread(stale_writes_accepted, storage_url) if storage_url else None
     from ray import serve
 
     serve.shutdown()
@@ -124,9 +127,53 @@ async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[st
         "approvals": len(requests),
         "backchannel_requests": stats["backchannel_requests"],
         "story": {**story_seen, "in_flight_at_loss": in_flight_at_loss},
+        "writes_audited": stale_writes,
         "messages": [{"role": m.role, "content": m.content} for m in messages],
         "http_messages": [{"role": m["role"], "content": m["content"]} for m in over_http],
     }
+
+
+AUDITED_TABLES = ("messages", "tool_calls")
+
+
+def audit_writes(url: str) -> None:
+    """Record, with every write to the threads' messages and tool calls, the writing activation's epoch
+    (`agentrt.epoch`) and the thread's current one, committed in the same transaction: a write accepted
+    from a stale activation would show as a row whose two differ."""
+    import psycopg
+
+    from runtime.storage_pg import class_schema
+
+    schema = class_schema("Chat")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS public.write_audit (agent TEXT, writer_epoch TEXT, current_epoch BIGINT)"
+        )
+        conn.execute(
+            """CREATE OR REPLACE FUNCTION public.audit_write() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                EXECUTE format('INSERT INTO public.write_audit SELECT agent_id, %L, epoch FROM %I._agents '
+                               'WHERE agent_id = %L', current_setting('agentrt.epoch', true), TG_TABLE_SCHEMA,
+                               current_setting('agentrt.agent_id', true));
+                RETURN NULL;
+            END $$"""
+        )
+        for table in AUDITED_TABLES:
+            conn.execute(
+                f'CREATE TRIGGER audit_write AFTER INSERT OR UPDATE ON "{schema}".{table} '
+                "FOR EACH STATEMENT EXECUTE FUNCTION public.audit_write()"
+            )
+
+
+def stale_writes_accepted(url: str) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        total, stale = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE writer_epoch IS DISTINCT FROM current_epoch::text) "
+            "FROM public.write_audit"
+        ).fetchone()  # type: ignore[misc]
+    return {"writes": total, "stale_accepted": stale}
 
 
 def start_ingress(env: dict[str, str]) -> str:

@@ -110,3 +110,20 @@ async def test_schedulers_share_due_alarms_and_a_dead_ones_lease_runs_out(databa
         await asyncio.wait_for(first.claim(), 1.5)
     await first.unpark(CLASS_PATH)
     assert [key for key, _ in await asyncio.wait_for(first.claim(), 10)] == [(CLASS_PATH, "late")]
+
+
+async def test_a_sleeping_agents_alarm_is_claimed_at_its_due_time_a_live_ones_after_a_grace(
+    database: str, agent: Any
+) -> None:
+    a = await agent("a")
+    await a.execute(INSERT, ("x", time.time() - 1))
+    patient = AlarmTable(database, "s1", grace=3600.0, lease_seconds=60.0)
+    await patient.open()
+    with pytest.raises(TimeoutError):  # live (its own timer fires it): not for an hour past its time
+        await asyncio.wait_for(patient.claim(), 1.5)
+    await a.mark_asleep()  # it leaves memory: the alarm is its only way back
+    assert [key for key, _ in await asyncio.wait_for(patient.claim(), 10)] == [(CLASS_PATH, "a")]
+    await patient.release((CLASS_PATH, "a"), 0.0, None)
+    await a.execute(INSERT, ("y", time.time() + 60))  # a schedule change (not the soonest): it is live again
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(patient.claim(), 1.5)

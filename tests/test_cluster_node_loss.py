@@ -12,6 +12,8 @@ SQLite files in a shared folder, and a real PostgreSQL (the clusters' store).
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,9 @@ pytestmark = pytest.mark.slow
 def test_a_pending_purchase_survives_the_loss_of_its_threads_node(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    url = [request.getfixturevalue("postgres").url] if backend == "postgres" else []
+    url = []
+    if backend == "postgres":  # a database of its own: the scenario audits every write to it
+        url = [request.getfixturevalue("postgres").new_database(f"node_loss_{os.getpid()}_{time.monotonic_ns()}")]
     proc = run_isolated("tests/node_loss_scenario.py", str(tmp_path / "agents"), *url, cwd=tmp_path, timeout=460)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -43,5 +47,7 @@ def test_a_pending_purchase_survives_the_loss_of_its_threads_node(
     assert roles[0] == "user" and seen["messages"][0]["content"] == "Buy 3 shares of MSFT"
     assert roles.count("user") == 1 and "Purchased 3 shares of MSFT" in seen["messages"][-1]["content"]
     assert seen["http_messages"] == seen["messages"], "the API must answer from the surviving nodes, whole"
+    if backend == "postgres":  # zero writes accepted from a stale activation (audited in the database)
+        assert seen["writes_audited"]["writes"] > 0 and seen["writes_audited"]["stale_accepted"] == 0, seen
     if backend == "postgres":  # every agent's data in the database: no agent file, no credential file
         assert [f for f in seen["agent_files"] if not f.startswith("_runtime/")] == []
