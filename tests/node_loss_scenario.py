@@ -60,10 +60,6 @@ async def until(probe: Any, timeout: float, what: str) -> Any:
 
 
 async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[str, Any]:
-    import ray
-    from ray.cluster_utils import Cluster
-
-    import runtime
     from agents.chat import Chat
     from runtime import get_agent
 
@@ -71,14 +67,7 @@ async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[st
     if storage_url:
         env["AGENT_STORAGE_URL"] = storage_url
     os.environ.update(env)
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "resources": {"ingress": 1}}
-    )
-    doomed = cluster.add_node(num_cpus=1, resources={"agents": 1, "ingress": 1})
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="agents-node-loss", runtime_env={"env_vars": env})
-    runtime.init(storage_dir=storage_dir, namespace="agents-node-loss")
-    api = start_ingress({**env, "AGENT_STORAGE_DIR": str(storage_dir), "AGENT_NAMESPACE": "agents-node-loss"})
+    cluster, doomed, api = start_cluster(storage_dir, env)
     async with httpx.AsyncClient(base_url=authz.url, timeout=10) as http:
         tokens = {u: (await http.post("/dev/login", json={"username": u})).json()["access_token"] for u in USERS}
         token = tokens["alice"]
@@ -101,22 +90,14 @@ async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[st
             (await http.post(f"/dev/ciba/requests/{request['id']}/approve")).raise_for_status()
         orders = await until(lambda: _orders(checkout, len(requests)), timeout=180, what="the orders after the loss")
         messages = await until(lambda: _final(thread, token), timeout=60, what="the final answer")
-        so_far = story_acknowledged(story)
-        await until(lambda: _acknowledged(story, so_far + 6), timeout=60, what="turns after the loss")
-        stop.set()
-        await chatter
-        story_seen = await story.check()
+        story_seen = await finish_story(story, stop, chatter)
         await asyncio.sleep(2.0)  # an order placed twice would have reached the checkout by now
         orders = await _orders(checkout, len(requests))
         after = await thread.host.stats.remote()
         stats = (await http.get("/dev/stats")).json()
         over_http = await until(lambda: _history_over_http(api, token), timeout=60, what="the API after the loss")
     stale_writes = await asyncio.to_thread(stale_writes_accepted, storage_url) if storage_url else None
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
-    cluster.shutdown()
+    stop_cluster(cluster)
     return {
         "host_node_before": before["node_id"],
         "host_node_after": after["node_id"],
@@ -131,6 +112,42 @@ async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[st
         "messages": [{"role": m.role, "content": m.content} for m in messages],
         "http_messages": [{"role": m["role"], "content": m["content"]} for m in over_http],
     }
+
+
+def start_cluster(storage_dir: Path, env: dict[str, str]) -> tuple[Any, Any, str]:
+    """The head and the doomed worker node, the runtime and the HTTP API: (cluster, doomed node, API URL)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    import runtime
+
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "resources": {"ingress": 1}}
+    )
+    doomed = cluster.add_node(num_cpus=1, resources={"agents": 1, "ingress": 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="agents-node-loss", runtime_env={"env_vars": env})
+    runtime.init(storage_dir=storage_dir, namespace="agents-node-loss")
+    api = start_ingress({**env, "AGENT_STORAGE_DIR": str(storage_dir), "AGENT_NAMESPACE": "agents-node-loss"})
+    return cluster, doomed, api
+
+
+def stop_cluster(cluster: Any) -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    cluster.shutdown()
+
+
+async def finish_story(story: Story, stop: asyncio.Event, chatter: Any) -> dict[str, Any]:
+    """A few more turns after the loss, then the users stop and the threads are checked."""
+    so_far = story_acknowledged(story)
+    await until(lambda: _acknowledged(story, so_far + 6), timeout=60, what="turns after the loss")
+    stop.set()
+    await chatter
+    return await story.check()
 
 
 AUDITED_TABLES = ("messages", "tool_calls")

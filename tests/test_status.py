@@ -69,6 +69,7 @@ async def test_status_shows_waiting_approvals_sleeping_alarms_and_parked_schedul
     assert "callback failure" in (parked["last_error"] or "")
     assert {"class_name": "Counter", "agent_id": "parks-a-schedule"} in report["live_agents"]
     assert report["agents_on_file"] == 2  # the thread and the counter (the credential store is not an agent)
+    assert "a scan that opens each of the 2" in report["read_from"]  # on SQLite it says what it costs
     assert {"class_name": "HibernatingChat", "agent_id": thread_id} not in report["live_agents"]
     assert await live_agent_names(storage_dir, namespace) == live_before, "status must wake no agent"
 

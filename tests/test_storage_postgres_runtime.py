@@ -54,6 +54,7 @@ def test_agents_live_in_postgres_through_sleep_alarms_and_a_killed_host(
     )  # fmt: skip
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
+    assert report["read_from"].startswith("the database (postgresql://") and "indexed queries" in report["read_from"]
     assert report["agents_on_file"] == 9  # pg-0..2, pg-asleep, sleeper-0..4 (never-made was never created)
     due = {a["agent_id"]: a for a in report["sleeping_with_due_alarm"] + [a for a in report.get("parked_alarms", [])]}
     assert "pg-1" in due and due["pg-1"]["class_path"].endswith(":QuickCounter")
