@@ -114,8 +114,9 @@ class AlarmIndex:
             self._push(due if asleep else due + self.grace, key, due)
         metrics.DUE_ALARMS.set(len(self._due))
 
-    async def claim(self) -> list[tuple[AlarmKey, float]]:
-        """Wait until an alarm is due (its time plus the grace a live agent's own timer gets); return it."""
+    async def claim(self, limit: int = 1) -> list[tuple[AlarmKey, float]]:
+        """Wait until an alarm is due (its time plus the grace a live agent's own timer gets); return it
+        (one at a time: any `limit` is room enough)."""
         while True:
             if not self._heap:
                 self._changed.clear()

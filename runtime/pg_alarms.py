@@ -186,9 +186,10 @@ class AlarmTable:
         """Look at the table now (something may have become due)."""
         self._poked.set()
 
-    async def claim(self) -> list[tuple[AlarmKey, float]]:
+    async def claim(self, limit: int | None = None) -> list[tuple[AlarmKey, float]]:
         """Wait until some alarms are due (their time plus the grace a live agent's own timer gets), lease
-        them to this scheduler and return them."""
+        them to this scheduler and return them (at most `limit`, and at most `batch`)."""
+        most = min(self.batch, limit or self.batch)
         while True:
             now = time.time()
             rows = await self._run(
@@ -198,7 +199,7 @@ class AlarmTable:
                 "   ORDER BY next_due LIMIT %s FOR UPDATE SKIP LOCKED"
                 ") due WHERE a.class_schema = due.class_schema AND a.agent_id = due.agent_id "
                 "RETURNING a.class_path, a.agent_id, a.next_due",
-                (now + self.lease_seconds, self.owner, now, now - self.grace, now, self.batch),
+                (now + self.lease_seconds, self.owner, now, now - self.grace, now, most),
             )
             if rows:
                 return [((row[0], row[1]), float(row[2])) for row in rows]

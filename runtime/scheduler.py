@@ -31,6 +31,7 @@ from runtime.classes import import_agent_class
 from runtime.errors import AgentNotFoundError
 from runtime.handles import AgentHandle
 from runtime.placement import scheduler_name
+from runtime.settings import runtime_settings
 from runtime.status import agents_on_file
 from runtime.storage_choice import storage_url
 
@@ -57,7 +58,7 @@ class AlarmBook(Protocol):
 
     async def open(self) -> None: ...
     async def record(self, key: AlarmKey, due: float | None, asleep: bool = False) -> None: ...
-    async def claim(self) -> list[tuple[AlarmKey, float]]: ...
+    async def claim(self, limit: int) -> list[tuple[AlarmKey, float]]: ...
     async def release(self, key: AlarmKey, due: float, next_due: float | None) -> None: ...
     async def retry_in(self, key: AlarmKey, due: float, delay: float) -> None: ...
     async def forget(self, key: AlarmKey, due: float) -> None: ...
@@ -104,7 +105,10 @@ class AlarmScheduler:
         self.storage_dir = Path(storage_dir)
         self.namespace = namespace
         self.book = alarm_book(self.storage_dir, lease_seconds=lease_seconds)
+        self.max_wakes = runtime_settings().scheduler_max_wakes
         self._in_flight: set[AlarmKey] = set()
+        self._slot_freed = asyncio.Event()
+        self.peak_in_flight = 0
         self._failures: dict[AlarmKey, int] = {}
         self._classes: dict[str, type[Agent]] = {}
         """Classes no process can import by path (defined in a script), as handles registered them."""
@@ -154,14 +158,21 @@ class AlarmScheduler:
         return {f"{cp}|{aid}": due for (cp, aid), due in (await self.book.pending()).items()}
 
     async def stats(self) -> dict[str, int]:
-        """How many wake-ups this scheduler made (tests: several schedulers share one table)."""
-        return {"woken": self.woken}
+        """How many wake-ups this scheduler made, and the most it ran at once (operators, tests)."""
+        return {"woken": self.woken, "peak_in_flight": self.peak_in_flight, "max_wakes": self.max_wakes}
 
     async def _run(self) -> None:
+        """Claim what is due, at most as many as there are free wake-up slots (`AGENT_SCHEDULER_MAX_WAKES`):
+        the rest stays due in the book (leased by nobody on PostgreSQL) until a wake-up ends."""
         await self._loaded
         while True:
+            free = self.max_wakes - len(self._in_flight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
             try:
-                claimed = await self.book.claim()
+                claimed = await self.book.claim(free)
             except Exception as exc:  # the database is away: look again shortly
                 logger.warning("reading the alarms failed (%s); retrying", exc)
                 await asyncio.sleep(RETRY_FIRST_SECONDS)
@@ -170,6 +181,7 @@ class AlarmScheduler:
                 if key in self._in_flight:
                     continue  # a wake-up is already running; it reports the next due time
                 self._in_flight.add(key)
+                self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
                 task = asyncio.get_running_loop().create_task(self._wake(key, due))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -221,3 +233,4 @@ class AlarmScheduler:
             logger.warning("recording the wake-up of %s/%s failed: %s", class_path, agent_id, exc)
         finally:
             self._in_flight.discard(key)
+            self._slot_freed.set()

@@ -63,6 +63,12 @@ class RuntimeSettings(BaseSettings):
         ge=0,
         description="A host with no live agent for this long exits (and is started again on demand); 0: never.",
     )
+    scheduler_max_wakes: int = Field(
+        default=32,
+        ge=1,
+        description="Wake-ups the alarm scheduler runs at once: after a restart with a backlog of overdue "
+        "alarms, agents are woken at the pace the hosts take them (backpressure), not all at once.",
+    )
     host_max_concurrency: int = Field(
         default=10_000, ge=2, description="Concurrent calls one host accepts (open event streams count)."
     )

@@ -10,15 +10,17 @@ import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
 
 import runtime
 from runtime import get_agent
+from runtime.status import live_agents
 from tests.agents_under_test import Counter, QuickCounter
 from tests.conftest import ray_init_kwargs
-from tests.lifecycle import wait_until_hibernated
+from tests.lifecycle import host_stats, wait_until_hibernated
 from tests.test_runtime_identity_storage import RESTARTING
 from tests.waiting import eventually
 
@@ -164,6 +166,46 @@ async def test_a_lost_alarm_index_is_rebuilt_from_the_agents_files(storage_dir: 
     fires = await eventually(lambda: read_kv_from_file(file, "fires"), timeout=60, what="fire, the index lost")
     assert [f["payload"] for f in fires] == ["after-index-lost"]
     assert not any("lost-index-2" in key for key in await scheduler.pending.remote())
+
+
+@pytest.mark.slow
+async def test_a_backlog_of_overdue_alarms_after_a_restart_is_woken_at_a_bounded_pace_each_once(
+    storage_dir: Path,
+) -> None:
+    """Issue 22: 500 sleeping agents whose alarms fall due while the cluster is down. After the restart the
+    scheduler wakes them with at most `AGENT_SCHEDULER_MAX_WAKES` wake-ups at once (backpressure, not 500
+    activations at the same moment), and every alarm fires exactly once."""
+    n = 500
+    agents = [get_agent(QuickCounter, f"backlog-{i}", storage_dir=storage_dir) for i in range(n)]
+    for start in range(0, n, 50):
+        await asyncio.gather(*(agent.put("x", 1) for agent in agents[start : start + 50]))
+    due = datetime.now(UTC) + timedelta(seconds=30)
+    for start in range(0, n, 50):
+        await asyncio.gather(*(a.schedule(due, "record_fire", "backlog") for a in agents[start : start + 50]))
+
+    async def all_asleep() -> bool:  # left memory, and their hosts' resident lists say so
+        stats = await host_stats(storage_dir, "agents-tests")
+        return sum(s["live"] + s["leaving"] for s in stats) == 0 and not live_agents(storage_dir)
+
+    await eventually(all_asleep, timeout=60, interval=0.5, what="the 500 agents asleep")
+    ray.shutdown()
+    files = [storage_dir / "QuickCounter" / f"backlog-{i}.sqlite3" for i in range(n)]
+    assert all(read_kv_from_file(f, "fires") is None for f in files)  # nothing fired before the restart
+    await asyncio.sleep(max(0.0, due.timestamp() + 1.0 - time.time()))  # every alarm now overdue
+
+    ray.init(**ray_init_kwargs())
+    scheduler = runtime.init(storage_dir=storage_dir)
+
+    def fired() -> list[Any]:
+        found = [read_kv_from_file(f, "fires") for f in files]
+        return found if all(found) else []
+
+    found = await eventually(lambda: asyncio.to_thread(fired), timeout=180, interval=1.0, what="500 alarms")
+    await asyncio.sleep(1.0)  # a second wake-up, had there been one, would have recorded by now
+    assert [len(f) for f in fired()] == [1] * n
+    stats = await scheduler.stats.remote()
+    assert 1 < stats["peak_in_flight"] <= stats["max_wakes"] < n, stats
+    assert len(found) == n
 
 
 async def test_fifty_concurrent_mutations_apply_one_at_a_time_in_order(storage_dir: Path) -> None:
