@@ -77,6 +77,10 @@ class AlarmIndex:
                 self._push(float(row["next_due"]) + self.grace, key, float(row["next_due"]))
         metrics.DUE_ALARMS.set(len(self._due))
 
+    async def close(self) -> None:
+        """Close the index file (the scheduler keeps it open for its whole life; tests close it)."""
+        await self._store.close()
+
     async def _rebuild(self) -> None:
         """Fill a new index from the agents' files (the index was deleted, or this root is new)."""
         found = await asyncio.to_thread(_due_times_on_file, self.storage_dir)

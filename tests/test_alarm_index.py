@@ -25,3 +25,4 @@ async def test_a_sleeping_agents_alarm_fires_at_its_time_a_live_ones_after_the_g
     await index.record(KEY, due, asleep=True)  # going to sleep, same due time: no write, fired now
     assert index._store.writes == writes
     assert await asyncio.wait_for(index.claim(), 5) == [(KEY, due)]
+    await index.close()
