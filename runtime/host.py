@@ -207,8 +207,9 @@ def ensure_host(storage_dir: Path, namespace: str, slot: int) -> Any:
             get_if_exists=True,
             lifetime="detached",
             max_restarts=-1,
-            num_cpus=0,
+            num_cpus=runtime_settings().host_cpus,
             resources=runtime_settings().host_resources or None,
+            scheduling_strategy="SPREAD",  # over the nodes that can take it, not where the caller runs
             max_concurrency=runtime_settings().host_max_concurrency,
         ).remote(str(root), namespace, slot)
         _hosts[key] = handle

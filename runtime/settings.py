@@ -72,6 +72,13 @@ class RuntimeSettings(BaseSettings):
     host_max_concurrency: int = Field(
         default=10_000, ge=2, description="Concurrent calls one host accepts (open event streams count)."
     )
+    host_cpus: float = Field(
+        default=0.0,
+        ge=0,
+        description="CPUs each host reserves from Ray. 0 (one machine): hosts take no core from Ray's "
+        "accounting. On a cluster, 1: a host is one event loop, about one core of agent work, and Ray then "
+        "places the hosts where cores are free, over the nodes.",
+    )
     host_resources: dict[str, float] = Field(
         default_factory=dict,
         description='Ray custom resources each host needs (JSON, e.g. {"agents": 0.01}): keeps the hosts on '

@@ -89,6 +89,7 @@ def test_serve_run_of_the_config_answers_healthz(chat_world: Any, postgres: Any,
     env_vars.clear()
     env_vars.update(chat_world.env)
     env_vars.update(AGENT_STORAGE_DIR=str(tmp_path / "agents"), AGENT_NAMESPACE="agents-serve-run")
+    env_vars.update(AGENT_HOST_CPUS="0")  # this machine's two cores: the hosts reserve none
     env_vars.update(AGENT_STORAGE_URL=postgres.url)  # the cluster's store, as the config says
     config["applications"][0]["deployments"][0]["num_replicas"] = 1
     filled = tmp_path / "serve_config.yaml"
