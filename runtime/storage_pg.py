@@ -117,6 +117,24 @@ async def close_pools() -> None:
         await _pools.pop(key).close()
 
 
+class ConnectionLostError(StorageUnavailableError):
+    """A pooled connection was found broken (or lost mid-statement): nothing of the call was written; a read
+    can be tried again at once on another connection."""
+
+
+_checks: dict[int, asyncio.Task[None]] = {}
+
+
+def _check_idle_connections(pool: AsyncConnectionPool) -> None:
+    """Have `pool` test its idle connections and replace the broken ones, once at a time, in the background
+    (after a database restart every idle connection is broken; without this each would fail one call)."""
+    running = _checks.get(id(pool))
+    if running is None or running.done():
+        task = asyncio.get_running_loop().create_task(pool.check())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failed check: the next one retries
+        _checks[id(pool)] = task
+
+
 class PostgresTransaction(TransactionAPI):
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
@@ -199,18 +217,22 @@ class PostgresAgentStorage(StorageAPI):
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A pooled connection; a database that cannot be reached (or a connection lost mid-transaction,
-        which PostgreSQL rolls back) is `StorageUnavailableError`: nothing was written, retry later. A
-        connection found broken is dropped by the pool, so after an outage each pooled connection fails
-        one call at most (not checked before every use: that would cost a round trip per call)."""
+        which PostgreSQL rolls back) is `StorageUnavailableError`: nothing was written, retry later.
+        Connections are not checked before each use (that would cost a round trip per call): the first one
+        found broken (the database restarted) has the pool test and replace its other idle ones, in the
+        background, and a read is simply tried again (`ConnectionLostError`)."""
         if self._pool is None:
             raise StorageError(f"storage {self.path} is not open")
+        conn: psycopg.AsyncConnection[Any] | None = None
         try:
             async with self._pool.connection(timeout=CONNECT_TIMEOUT) as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise StorageUnavailableError(
-                f"{self.path}: the database cannot be reached ({type(exc).__name__})"
-            ) from None
+            reason = f"{self.path}: the database cannot be reached ({type(exc).__name__})"
+            if conn is not None and conn.broken:
+                _check_idle_connections(self._pool)
+                raise ConnectionLostError(reason) from None
+            raise StorageUnavailableError(reason) from None
 
     async def exists(self) -> bool:
         """Whether this agent was ever created (it took an epoch)."""
@@ -239,20 +261,29 @@ class PostgresAgentStorage(StorageAPI):
         if current is not None:
             yield current
             return
-        async with self._write_lock, self._connection() as conn:
-            tx = PostgresTransaction(conn)
-            token = self._active.set(tx)
-            try:
-                async with conn.transaction():
-                    await self._enter(conn)
-                    if self.epoch is not None:
-                        await self._check_epoch(conn)
-                    else:  # no fencing (a shared store): one writer at a time, as SQLite's write lock gives
-                        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.path,))
-                    yield tx
-            finally:
-                self.writes += 1
-                self._active.reset(token)
+        async with self._write_lock:
+            for attempt in range(self.pool_size + 1):  # a broken idle connection found before the body ran:
+                begun = False  # nothing was sent, so the transaction starts again on another one
+                try:
+                    async with self._connection() as conn:
+                        tx = PostgresTransaction(conn)
+                        token = self._active.set(tx)
+                        try:
+                            async with conn.transaction():
+                                await self._enter(conn)
+                                if self.epoch is not None:
+                                    await self._check_epoch(conn)
+                                else:  # no fencing (a shared store): one writer at a time, as SQLite's lock
+                                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.path,))
+                                begun = True
+                                yield tx
+                        finally:
+                            self.writes += begun
+                            self._active.reset(token)
+                    return
+                except ConnectionLostError:
+                    if begun or attempt == self.pool_size:
+                        raise
 
     async def _enter(self, conn: psycopg.AsyncConnection[Any], *, local: bool = True) -> None:
         """Point the transaction (`local`) or, for a read outside one, the session at this agent's rows and
@@ -291,10 +322,16 @@ class PostgresAgentStorage(StorageAPI):
         current = self._active.get()
         if current is not None:
             return await current.fetchall(sql, params)
-        async with self._connection() as conn, conn.pipeline():  # the agent's setting and the query: one trip
-            await self._enter(conn, local=False)
-            cursor = await conn.execute(to_postgres(sql), params or ())
-            return list(await cursor.fetchall())
+        for attempt in range(self.pool_size + 1):  # each broken idle connection costs one try, no more
+            try:
+                async with self._connection() as conn, conn.pipeline():  # the agent's setting and the query
+                    await self._enter(conn, local=False)
+                    cursor = await conn.execute(to_postgres(sql), params or ())
+                    return list(await cursor.fetchall())
+            except ConnectionLostError:
+                if attempt == self.pool_size:
+                    raise
+        raise AssertionError("unreachable")
 
     async def fetchone(self, sql: str, params: Params = ()) -> Any | None:
         rows = await self.fetchall(sql, params)

@@ -151,6 +151,12 @@ async def outage(root: Path, server: Any, live: Any) -> dict[str, Any]:
         await eventually(until_answered(lambda: asleep.get("label")), timeout=60, what="a wake-up after it"),
     ]
     seen["sequence_after_outage"] = await live.get("sequence")
+    server.pause()  # a restart of the database with nobody calling: every pooled connection is now broken
+    server.resume()
+    try:  # the first read finds a working connection by itself
+        seen["first_read_after_restart"] = await asyncio.wait_for(live.events(), timeout=60)
+    except StorageUnavailableError:
+        seen["first_read_after_restart"] = "StorageUnavailableError"
     return seen
 
 

@@ -41,6 +41,7 @@ def test_agents_live_in_postgres_through_sleep_alarms_and_a_killed_host(
     )
     assert rows == "1"  # one schema for the class, whatever the number of agents
     assert seen["during_outage"] == ["StorageUnavailableError", "StorageUnavailableError"]
+    assert seen["first_read_after_restart"] == [], seen["first_read_after_restart"]  # no failed read after it
     assert seen["after_outage"] == [2, "asleep"]  # the append during the outage wrote nothing
     assert seen["sequence_after_outage"] == [0, 9]
     assert seen["sleeper_fires"] == [[{"sleeper": i}] for i in range(5)]  # each once, the scheduler lost
