@@ -3,6 +3,7 @@ sleeping thread with a due alarm, and a schedule parked after failing every retr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from runtime import get_agent
 from runtime.settings import runtime_settings
-from tests.agents_under_test import Counter
+from tests.agents_under_test import Counter, QuickCounter
 from tests.chat_agents_under_test import HibernatingChat
 from tests.chat_world import ChatWorld
 from tests.lifecycle import live_agent_names, wait_until_hibernated
@@ -49,9 +50,17 @@ async def test_status_shows_waiting_approvals_sleeping_alarms_and_parked_schedul
     failing = get_agent(Counter, "parks-a-schedule", storage_dir=storage_dir)
     await failing.schedule(0.05, "always_fails", {"why": "test"})
     await eventually(lambda: _parked(failing), timeout=30, what="the failing schedule to be parked after its retries")
-    live_before = await live_agent_names(storage_dir, namespace)
+    asleep = get_agent(QuickCounter, "asleep-without-alarm", storage_dir=storage_dir)
+    await asleep.put("x", 1)  # nothing due: only a call could wake it
+    await wait_until_hibernated(storage_dir, namespace, "QuickCounter/asleep-without-alarm", timeout=30)
+
+    async def report_with_the_thread_asleep() -> dict | None:
+        """The thread's approval check wakes it every second (its alarm, not status): read until asleep."""
+        found = await asyncio.to_thread(agentrt_status, storage_dir)
+        return found if any(a["agent_id"] == thread_id for a in found["sleeping_with_due_alarm"]) else None
+
     try:
-        report = agentrt_status(storage_dir)
+        report = await eventually(report_with_the_thread_asleep, timeout=60, what="a report with the thread asleep")
     finally:
         chat_world.decide(request["id"], approve=False)
 
@@ -68,10 +77,12 @@ async def test_status_shows_waiting_approvals_sleeping_alarms_and_parked_schedul
     assert parked["callback"] == "always_fails" and parked["attempts"] == Counter.schedule_max_retries + 1
     assert "callback failure" in (parked["last_error"] or "")
     assert {"class_name": "Counter", "agent_id": "parks-a-schedule"} in report["live_agents"]
-    assert report["agents_on_file"] == 2  # the thread and the counter (the credential store is not an agent)
-    assert "a scan that opens each of the 2" in report["read_from"]  # on SQLite it says what it costs
+    assert report["agents_on_file"] == 3  # the thread and the two counters (the credential store is no agent)
+    assert "a scan that opens each of the 3" in report["read_from"]  # on SQLite it says what it costs
     assert {"class_name": "HibernatingChat", "agent_id": thread_id} not in report["live_agents"]
-    assert await live_agent_names(storage_dir, namespace) == live_before, "status must wake no agent"
+    assert "QuickCounter/asleep-without-alarm" not in await live_agent_names(storage_dir, namespace), (
+        "status must wake no agent"
+    )
 
 
 async def _parked(agent: object) -> bool:
