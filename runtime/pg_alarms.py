@@ -175,6 +175,11 @@ class AlarmTable:
         self._pool = await connection_pool(self.url, 4)
         async with self._pool.connection() as conn, conn.transaction():
             await install(conn)
+        # a restarted scheduler keeps its owner name: what its previous life had claimed is free again now,
+        # not only once those leases run out
+        await self._run(
+            f"UPDATE {SCHEMA}.alarms SET lease_until = NULL, lease_owner = NULL WHERE lease_owner = %s", (self.owner,)
+        )
 
     async def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         async with self._pool.connection() as conn, conn.transaction():

@@ -74,7 +74,9 @@ def alarm_book(storage_dir: Path, *, lease_seconds: float = LEASE_SECONDS) -> Al
         return AlarmIndex(storage_dir, grace=WAKE_GRACE_SECONDS)
     from runtime.pg_alarms import AlarmTable
 
-    owner = f"{ray.get_runtime_context().get_actor_id() or 'driver'}:{uuid.uuid4().hex[:8]}"
+    context = ray.get_runtime_context()
+    name = context.get_actor_name() if context.get_actor_id() else None
+    owner = f"{context.namespace}/{name}" if name else f"unnamed:{uuid.uuid4().hex[:8]}"  # stable across restarts
     return AlarmTable(url, owner, grace=WAKE_GRACE_SECONDS, lease_seconds=lease_seconds)
 
 

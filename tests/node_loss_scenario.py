@@ -88,7 +88,7 @@ async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[st
         cluster.remove_node(doomed)  # the node dies while turns run: its raylet and every worker on it
         for request in requests:
             (await http.post(f"/dev/ciba/requests/{request['id']}/approve")).raise_for_status()
-        orders = await until(lambda: _orders(checkout, len(requests)), timeout=180, what="the orders after the loss")
+        orders = await until(lambda: _orders(checkout, len(requests)), timeout=300, what="the orders after the loss")
         messages = await until(lambda: _final(thread, token), timeout=60, what="the final answer")
         story_seen = await finish_story(story, stop, chatter)
         await asyncio.sleep(2.0)  # an order placed twice would have reached the checkout by now
