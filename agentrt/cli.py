@@ -39,7 +39,7 @@ from agentrt.cli_conversation import (
     stream_turn,
     threads,
 )
-from agentrt.cli_operator import logs, status
+from agentrt.cli_operator import hosts, logs, status
 from agentrt.client import AgentRuntimeClient, dev_login
 from auth.issuer import is_loopback_host
 
@@ -216,7 +216,7 @@ def _print_urls(stack: Any) -> None:
 
 # the conversation commands (agentrt/cli_conversation.py), then the operator's (agentrt/cli_operator.py), in
 # the order `agentrt --help` lists them
-for command in (threads, chat, approvals, approve, deny, status, logs):
+for command in (threads, chat, approvals, approve, deny, status, logs, hosts):
     app.command()(command)
 
 

@@ -33,10 +33,11 @@ class Hosts:
     async def stats(self) -> list[dict[str, Any]]:
         import ray
 
-        from runtime.placement import host_count, host_name
+        from runtime.placement import host_name
+        from runtime.placement_view import current_placement
 
         out = []
-        for slot in range(host_count(self.storage_dir.resolve(), 2)):
+        for slot in range(current_placement(self.storage_dir.resolve(), NAMESPACE).hosts):
             try:
                 handle = ray.get_actor(host_name(self.storage_dir.resolve(), slot), namespace=NAMESPACE)
                 out.append(await handle.stats.remote())

@@ -192,9 +192,10 @@ class Soak:
     async def kill_a_host(self) -> None:
         import ray
 
-        from runtime.placement import host_count, host_name
+        from runtime.placement import host_name
+        from runtime.placement_view import current_placement
 
-        slots = host_count(self.storage.resolve(), 2)
+        slots = current_placement(self.storage.resolve(), self.namespace).hosts
         slot = self.rng.randrange(slots)
         try:
             host = ray.get_actor(host_name(self.storage.resolve(), slot), namespace=self.namespace)

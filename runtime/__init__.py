@@ -6,6 +6,7 @@ Knows nothing of chat or auth. Public surface:
   through a handle, and only what is marked so is; `internal`: never, even if a base class made it public);
 - `get_agent` / `get_agent_sync`: address an agent by `(class, id)`;
 - `init`: connect to (or start) Ray and the alarm scheduler for a storage root;
+- `set_host_count`: spread a root's agents over more or fewer host processes, on the running system;
 - `Schedule`, `InvalidScheduleError`, `InvalidAgentIdError`: what schedules and ids give back;
 - `AgentNotFoundError`, `AgentCapacityError`: an agent that was never created (with `create=False`), and a
   host whose live agents are all busy (retry later); `AgentIdConflictError`: an id whose file belongs to
@@ -30,7 +31,7 @@ from runtime.errors import (
 from runtime.handles import AgentHandle, SyncAgentHandle
 from runtime.ids import InvalidAgentIdError, validate_agent_id
 from runtime.methods import public
-from runtime.registry import get_agent, get_agent_sync
+from runtime.registry import get_agent, get_agent_sync, set_host_count
 from runtime.schedules import InvalidScheduleError, Schedule
 from runtime.settings import RuntimeSettings, runtime_settings
 from runtime.storage import AgentStorage, StorageError
@@ -57,6 +58,7 @@ __all__ = [
     "public",
     "read",
     "runtime_settings",
+    "set_host_count",
     "turn",
     "validate_agent_id",
 ]

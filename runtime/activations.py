@@ -6,10 +6,9 @@ This is the Durable Object lifecycle, inside one process and without Ray:
 
 - A call for an agent that is not live activates it (a new instance: storage opened, migrations, `on_start`);
   with `create=False` an agent that was never created is `AgentNotFoundError` instead, and nothing is made.
-- An agent is idle when no call is in flight or queued, nothing timer-fired runs inside it, no open event
-  watcher waits on it (a watcher is a call in flight), its next alarm is not due within the idle time, and
-  it has been so for `idle_seconds`. Idle agents leave; their file stays, and the scheduler's index wakes
-  them for their next alarm.
+- An agent is idle when no call is in flight or queued (an open event watcher is one), nothing timer-fired
+  runs inside it, its next alarm is not due within the idle time, and it has been so for `idle_seconds`.
+  Idle agents leave; their file stays, and the scheduler wakes them for their next alarm.
 - With `max_live` agents live, activating another first makes the least recently used idle one leave. A
   busy agent is never evicted: if all are busy the activation waits up to `activation_timeout`, then fails
   with `AgentCapacityError` before anything of the call ran.
@@ -34,15 +33,16 @@ from runtime import metrics
 from runtime.agent import Agent, DueReporter
 from runtime.errors import AgentCapacityError, AgentNotFoundError, StaleActivationError
 from runtime.ids import actor_name
+from runtime.methods import check_method
 from runtime.storage_choice import agent_exists
 from runtime.turn_order import TURN_TICKET_KWARG, SubmissionOrder
 
 logger = logging.getLogger("runtime.activations")
 
 LEAVE_RETRY_SECONDS = 5.0
+"""An agent that could not leave (its next due time could not be reported) is not tried again before this."""
 FENCED_SECONDS = 60.0
 """How long a host refuses an agent another activation fenced off (see `AgentStorage.take_epoch`)."""
-"""An agent that could not leave (its next due time could not be reported) is not tried again before this."""
 
 MAX_REMEMBERED_ORDERS = 10_000
 
@@ -63,6 +63,7 @@ class Activations:
         report_due: DueReporter | None = None,
         on_activate: LifecycleHook | None = None,
         on_leave: LifecycleHook | None = None,
+        admit: Callable[[str], None] | None = None,
     ) -> None:
         self.storage_dir = Path(storage_dir)
         self.namespace = namespace
@@ -72,6 +73,8 @@ class Activations:
         self._report_due = report_due
         self._on_activate = on_activate
         self._on_leave = on_leave
+        self._admit = admit
+        """Raises if this process may not activate the named agent now (its host does not serve it)."""
         self._live: OrderedDict[str, Agent] = OrderedDict()
         self._busy: dict[str, int] = {}
         self._last_used: dict[str, float] = {}
@@ -168,6 +171,7 @@ class Activations:
         """The live instance, counted busy until `release`; activated (making room first) if absent."""
         name = actor_name(cls.agent_class_name(), agent_id)
         deadline: float | None = None
+        known_to_exist = create
         while True:
             agent = self._live.get(name)
             if agent is not None:
@@ -179,8 +183,11 @@ class Activations:
             if leaving is not None:
                 await asyncio.shield(leaving)
                 continue
-            if not create and not await agent_exists(cls.agent_class_name(), agent_id, self.storage_dir):
-                raise AgentNotFoundError(name)
+            if not known_to_exist:
+                if not await agent_exists(cls.agent_class_name(), agent_id, self.storage_dir):
+                    raise AgentNotFoundError(name)
+                known_to_exist = True
+                continue  # another call may have activated it meanwhile (a database query is a real wait)
             if self._fenced_until.get(name, 0.0) > time.monotonic():
                 raise StaleActivationError(name, 0, 0)  # not here: the newer activation is elsewhere
             if self.occupied >= self.max_live:
@@ -188,6 +195,8 @@ class Activations:
                     deadline = time.monotonic() + self.activation_timeout
                 await self._make_room(deadline)
                 continue
+            if self._admit is not None:
+                self._admit(name)  # checked with no await before the activation: nothing changes it between
             return self._activate(cls, agent_id, name)
 
     def _skip_ticket(self, cls: type[Agent], agent_id: str, kwargs: dict[str, Any] | None) -> None:
@@ -319,6 +328,26 @@ class Activations:
             started += 1
         return started
 
+    async def let_go(self, leaves: Callable[[str], bool], timeout: float) -> int:
+        """Make every live agent whose name `leaves` hibernate as soon as it can (its calls in flight and
+        timer-fired work done) and wait until they have left, at most `timeout` seconds: its host no longer
+        serves it, and the new one must not activate it before. Returns how many it made leave."""
+        deadline, count = time.monotonic() + timeout, 0
+        while True:
+            now = time.monotonic()
+            staying = [name for name in self._live if leaves(name)]
+            for name in staying:
+                if self._can_leave(name, self._live[name], now):
+                    self._begin_leave(name)
+                    count += 1
+            going = [left for name, left in self._leaving.items() if leaves(name)]
+            if not staying and not going:
+                return count
+            if now > deadline:
+                logger.warning("%d agents did not leave within %.0f s: %s", len(staying), timeout, staying[:5])
+                return count
+            await (asyncio.wait(going, timeout=0.02) if going else asyncio.sleep(0.02))
+
     def _begin_leave(self, name: str) -> asyncio.Future[None]:
         """Take `name` out of the live set now (no call can reach it any more) and finish leaving in a task
         of its own, so a cancelled caller never leaves it half-closed. Returns when-left."""
@@ -367,33 +396,5 @@ class Activations:
         task.add_done_callback(self._tasks.discard)
 
     def stats(self) -> dict[str, Any]:
-        return {
-            "live": len(self._live),
-            "leaving": len(self._leaving),
-            "busy": len(self.busy_names()),
-            "max_live": self.max_live,
-            **self.counters,
-        }
-
-
-RUNTIME_ENTRY_POINTS = frozenset({"_run_due_schedules", "ready"})
-"""What the runtime itself calls through a host (the alarm scheduler's wake-up, a host re-activating the
-agents that were live when it crashed); never a caller's business, and harmless if one tries."""
-
-
-def check_method(cls: type[Agent], method: str) -> None:
-    """What a caller may call: the methods the class marks `@public` (and the runtime's entry points), and
-    nothing `@internal`; anything else is AttributeError, raised before the agent is activated. The mark is
-    read on the method the class resolves to, so an override that drops it is no longer callable (fails
-    closed: an unmarked override would run outside the turn order)."""
-    target = getattr(cls, method, None) if isinstance(method, str) else None
-    allowed = callable(target) and (method in RUNTIME_ENTRY_POINTS or getattr(target, "__agent_public__", False))
-    if not allowed or _is_internal(cls, method):
-        raise AttributeError(
-            f"{cls.__name__} has no method {method!r} that can be called (only methods marked @public can)"
-        )
-
-
-def _is_internal(cls: type[Agent], method: str) -> bool:
-    """Marked `@internal` anywhere in the class's ancestry: an override without the marker stays internal."""
-    return any(getattr(vars(base).get(method), "__agent_internal__", False) for base in cls.__mro__)
+        live, leaving, busy = len(self._live), len(self._leaving), len(self.busy_names())
+        return {"live": live, "leaving": leaving, "busy": busy, "max_live": self.max_live, **self.counters}

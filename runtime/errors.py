@@ -5,6 +5,8 @@ They cross Ray unchanged (handles re-raise the agent side's exception), so calle
 
 from __future__ import annotations
 
+from runtime.placement import Placement
+
 
 class AgentNotFoundError(LookupError):
     """The agent has never been created, and the call asked not to create it (`get_agent(..., create=False)`)."""
@@ -34,6 +36,20 @@ class AgentCapacityError(RuntimeError):
 class HostRetiringError(RuntimeError):
     """The host is leaving (it has been empty for a while); nothing of the call ran. Handles retry it on a
     fresh host, so callers never see this."""
+
+
+class AgentMovedError(RuntimeError):
+    """The host does not serve this agent under `placement` (hosts were added or removed; during the move
+    no host does). Nothing of the call ran: handles learn `placement` and send the call again where it says,
+    so callers never see this."""
+
+    def __init__(self, name: str, placement: Placement) -> None:
+        super().__init__(f"{name} is not served here under placement version {placement.version}; retry")
+        self.name = name
+        self.placement = placement
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.name, self.placement))
 
 
 class AgentIdConflictError(RuntimeError):

@@ -5,7 +5,11 @@ Python start. A host is one long-lived, restartable, detached actor that activat
 on demand and lets idle ones hibernate (`runtime.activations`), so memory follows the live agents and
 waking one costs opening its SQLite file, not starting a process.
 
-- Which host an agent lives in is a hash of its name (`runtime.placement`): one live instance per id.
+- Which host an agent lives in is a hash of its name under the root's placement (`runtime.placement`):
+  one live instance per id. A host runs only the agents its placement says it serves and refuses the rest
+  (`AgentMovedError`, before anything ran; handles retry where the newer placement says). When the host
+  count changes, the keeper has each host `adopt` the new placement: it lets the agents it no longer
+  serves hibernate, and a host beyond the new count exits once empty.
 - Crash: Ray restarts the host (`max_restarts=-1`); it re-activates the agents that were live at the
   crash (a small resident list beside the alarm index), so their `on_start` recovery runs at once, as it
   would for a restarted actor. A call in flight at the crash fails (it may have run) and is not retried.
@@ -32,8 +36,10 @@ from runtime.agent import Agent
 from runtime.alarm_client import report_next_due
 from runtime.classes import import_agent_class
 from runtime.counters import counters
-from runtime.errors import HostRetiringError
-from runtime.placement import host_count, host_name, runtime_dir
+from runtime.errors import AgentMovedError, HostRetiringError
+from runtime.ids import actor_name
+from runtime.placement import Placement, host_name, runtime_dir
+from runtime.placement_view import fetch_placement, learn
 from runtime.settings import runtime_settings
 from runtime.storage import AgentStorage
 from runtime.storage_root import use_storage_root
@@ -43,6 +49,10 @@ logger = logging.getLogger("runtime.host")
 RESIDENTS_MIGRATIONS = [
     "CREATE TABLE residents (name TEXT PRIMARY KEY, class_path TEXT NOT NULL, agent_id TEXT NOT NULL)",
 ]
+
+HANDOVER_SECONDS = 300.0
+"""How long a host waits for the agents it no longer serves to finish their turns and leave, before the
+move goes on without them (the fencing epoch then keeps their stale writes out)."""
 
 REAPER_TICK_SECONDS = 0.25
 """How often a host looks for idle agents (and whether it is itself idle); a tick is O(live agents)."""
@@ -61,6 +71,8 @@ class AgentCall:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     create: bool = True
+    placement_version: int = 0
+    """The placement the caller chose the host by (a host that knows an older one asks the keeper)."""
 
 
 @ray.remote
@@ -74,15 +86,17 @@ class AgentHost:
         use_storage_root(storage_dir, namespace)  # its agents' own get_agent() calls stay in this root
         self.slot = slot
         self.host_idle_seconds = settings.host_idle_seconds
+        self.placement = Placement(0, settings.hosts)  # until `_start` has read the keeper's
         self.activations = Activations(
             self.storage_dir,
             namespace,
             idle_seconds=settings.idle_seconds,
-            max_live=max(1, -(-settings.max_live // host_count(self.storage_dir, settings.hosts))),
+            max_live=settings.max_live,
             activation_timeout=settings.activation_timeout,
             report_due=report_next_due,
             on_activate=self._remember,
             on_leave=self._forget,
+            admit=self._check_serves,
         )
         self._residents = AgentStorage(
             runtime_dir(self.storage_dir) / "hosts" / f"{slot}.sqlite3", synchronous="NORMAL"
@@ -95,10 +109,14 @@ class AgentHost:
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
     async def _start(self) -> None:
+        self._take(await fetch_placement(self.storage_dir, self.namespace))
         await self._residents.open()
         await self._residents.migrate("runtime.AgentHost", RESIDENTS_MIGRATIONS)
         rows = await self._residents.fetchall("SELECT name, class_path, agent_id FROM residents")
         for row in rows:  # live when this host last stopped (it crashed): bring them back so they recover
+            if not self.placement.serves(row["name"], self.slot):  # moved meanwhile: it wakes where it lives
+                await self._residents.execute("DELETE FROM residents WHERE name = ?", (row["name"],))
+                continue
             try:
                 cls = import_agent_class(row["class_path"])
             except Exception as exc:
@@ -133,11 +151,35 @@ class AgentHost:
         self._empty_since = None
         try:
             await asyncio.shield(self._ready)
+            if call.placement_version > self.placement.version:  # the caller knows a newer one than this host
+                self._take(await fetch_placement(self.storage_dir, self.namespace))
+            self._check_serves(actor_name(call.agent_class.agent_class_name(), call.agent_id))
             return await self.activations.call(
                 call.agent_class, call.agent_id, call.method, call.args, call.kwargs, create=call.create
             )
         finally:
             self._calls -= 1
+
+    # -- placement -------------------------------------------------------------------------------------
+    def _check_serves(self, name: str) -> None:
+        if not self.placement.serves(name, self.slot):
+            raise AgentMovedError(name, self.placement)
+
+    def _take(self, placement: Placement) -> None:
+        """Run under `placement` from now on (if newer): the live cap is split over its hosts."""
+        placement = learn(self.storage_dir, self.namespace, placement)
+        if placement.version > self.placement.version:
+            self.placement = placement
+            self.activations.max_live = max(1, -(-runtime_settings().max_live // placement.hosts))
+
+    async def adopt(self, placement: Placement) -> int:
+        """The keeper's new placement: take it, and let every live agent it no longer serves here hibernate
+        (returns when they have left, so that the keeper may let their new host activate them)."""
+        await asyncio.shield(self._ready)
+        self._take(placement)
+        return await self.activations.let_go(
+            lambda name: not self.placement.serves(name, self.slot), timeout=HANDOVER_SECONDS
+        )
 
     async def stats(self) -> dict[str, Any]:
         """What lives here (for operators, benchmarks and tests)."""
@@ -148,6 +190,7 @@ class AgentHost:
             "calls": self._calls,
             "live_names": self.activations.live_names(),
             "started_at": self._started_at,
+            "placement": self.placement.record(),
             "counters": counters(),
             **self.activations.stats(),
         }
@@ -171,14 +214,16 @@ class AgentHost:
                 logger.exception("host %s: reaper tick failed", self.slot)
 
     def _should_retire(self) -> bool:
-        if self.host_idle_seconds <= 0 or self._retiring:
+        """Empty for `host_idle_seconds`, or empty at once when the placement has no more use for this slot."""
+        removed = self.placement.version > 0 and self.slot not in self.placement.slots()
+        if (self.host_idle_seconds <= 0 and not removed) or self._retiring:
             return False
         if self._calls or not self.activations.is_empty():
             self._empty_since = None
             return False
         if self._empty_since is None:
             self._empty_since = time.monotonic()
-        return time.monotonic() - self._empty_since >= self.host_idle_seconds
+        return removed or time.monotonic() - self._empty_since >= self.host_idle_seconds
 
     async def _retire(self) -> None:
         """Exit on purpose (Ray does not restart it): only when still empty, refusing calls from here on."""

@@ -143,3 +143,26 @@ def start_as_turn(agent: TurnTaker) -> asyncio.Task[None]:
     context = contextvars.copy_context()
     context.run(_current_turn.set, agent._turn_token)  # start-up acts as a turn
     return asyncio.get_running_loop().create_task(agent._start(), context=context)
+
+
+RUNTIME_ENTRY_POINTS = frozenset({"_run_due_schedules", "ready"})
+"""What the runtime itself calls through a host (the alarm scheduler's wake-up, a host re-activating the
+agents that were live when it crashed); never a caller's business, and harmless if one tries."""
+
+
+def check_method(cls: type, method: str) -> None:
+    """What a caller may call: the methods the class marks `@public` (and the runtime's entry points), and
+    nothing `@internal`; anything else is AttributeError, raised before the agent is activated. The mark is
+    read on the method the class resolves to, so an override that drops it is no longer callable (fails
+    closed: an unmarked override would run outside the turn order)."""
+    target = getattr(cls, method, None) if isinstance(method, str) else None
+    allowed = callable(target) and (method in RUNTIME_ENTRY_POINTS or getattr(target, "__agent_public__", False))
+    if not allowed or _is_internal(cls, method):
+        raise AttributeError(
+            f"{cls.__name__} has no method {method!r} that can be called (only methods marked @public can)"
+        )
+
+
+def _is_internal(cls: type, method: str) -> bool:
+    """Marked `@internal` anywhere in the class's ancestry: an override without the marker stays internal."""
+    return any(getattr(vars(base).get(method), "__agent_internal__", False) for base in cls.__mro__)

@@ -16,7 +16,8 @@ from runtime.agent import Agent
 from runtime.classes import is_script_class, script_agent_classes
 from runtime.handles import AgentHandle, SyncAgentHandle
 from runtime.host import ensure_host
-from runtime.placement import host_count
+from runtime.placement_keeper import ensure_keeper
+from runtime.placement_view import current_placement, learn
 from runtime.scheduler import ensure_scheduler
 from runtime.settings import runtime_settings
 from runtime.storage_root import resolve_namespace, resolve_storage_dir
@@ -78,5 +79,42 @@ def start_runtime(storage_dir: str | Path | None = None, namespace: str | None =
     root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
     scheduler = ensure_scheduler(root, ns)
     register_script_classes(scheduler, script_agent_classes())
-    hosts = [ensure_host(root, ns, slot) for slot in range(host_count(root, runtime_settings().hosts))]
+    hosts = [ensure_host(root, ns, slot) for slot in range(current_placement(root, ns).hosts)]
     return scheduler, hosts
+
+
+def set_host_count(
+    hosts: int, *, storage_dir: str | Path | None = None, namespace: str | None = None
+) -> dict[str, Any]:
+    """Spread a root's agents over `hosts` host processes, on the running system: about 1/(N+1) of the
+    agents move when one host is added; a moved agent hibernates on its old host (its turn in flight ends
+    first) and wakes on its new one at its next call or alarm, and calls meanwhile wait and go on by
+    themselves. Blocks until the move is over; returns `{"version", "hosts", "from", "released",
+    "seconds"}` (`released`: the live agents that moved). The new hosts are started before it returns."""
+    import ray
+
+    root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
+    ensure_scheduler(root, ns)
+    keeper = ensure_keeper(root, ns, runtime_settings().hosts)
+    report = ray.get(keeper.resize.remote(hosts))
+    placement = learn(root, ns, ray.get(keeper.current.remote()))
+    ray.get([ensure_host(root, ns, slot).stats.remote() for slot in range(placement.hosts)])
+    return report
+
+
+def host_report(*, storage_dir: str | Path | None = None, namespace: str | None = None) -> dict[str, Any]:
+    """The root's placement as its keeper has it, and each running host's slot, node and live agents."""
+    import ray
+
+    from runtime.placement import host_name
+
+    root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
+    placement = learn(root, ns, ray.get(ensure_keeper(root, ns, runtime_settings().hosts).current.remote()))
+    running = []
+    for slot in placement.slots():
+        try:
+            running.append(ray.get_actor(host_name(root, slot), namespace=ns))
+        except ValueError:
+            continue
+    hosts = [{k: s[k] for k in ("slot", "node_id", "live")} for s in ray.get([h.stats.remote() for h in running])]
+    return {"placement": placement.record(), "hosts": hosts}

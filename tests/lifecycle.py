@@ -7,17 +7,18 @@ from typing import Any
 
 import ray
 
-from runtime.placement import host_count, host_name
-from runtime.settings import runtime_settings
+from runtime.placement import host_name
+from runtime.placement_view import current_placement
 from tests.waiting import eventually
 
 
 def host_handles(storage_dir: Path, namespace: str) -> list[Any]:
     """The running host actors of a storage root (a host that exited is simply absent)."""
     handles = []
-    for slot in range(host_count(Path(storage_dir).resolve(), runtime_settings().hosts)):
+    root = Path(storage_dir).resolve()
+    for slot in current_placement(root, namespace).slots():
         try:
-            handles.append(ray.get_actor(host_name(Path(storage_dir).resolve(), slot), namespace=namespace))
+            handles.append(ray.get_actor(host_name(root, slot), namespace=namespace))
         except ValueError:
             continue
     return handles

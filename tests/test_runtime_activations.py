@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from runtime import AgentNotFoundError, turn_order
+from runtime import activations as activations_module
 from runtime.activations import Activations
 from runtime.turn_order import TURN_TICKET_KWARG
 from tests.agents_under_test import Counter
@@ -48,5 +49,32 @@ async def test_a_started_turn_runs_to_its_end_when_its_caller_is_cancelled(stora
 
     await eventually(written, timeout=5, what="the cancelled caller's turn to finish")
     await eventually(lambda: not activations.busy_names(), timeout=5, what="the agent to be released")
+    for name in activations.live_names():
+        await activations._live[name].close()
+
+
+async def test_a_call_that_checks_the_agent_exists_joins_an_activation_made_meanwhile(
+    storage_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that must not create (the alarm scheduler's wake-up) first asks whether the agent exists; on
+    PostgreSQL that is a query, a real wait. A call arriving meanwhile activates the agent: the first call
+    must then use that activation, not make a second one that fences the first off mid-turn. (On SQLite the
+    check is a file lookup that never yields, so a short pause stands in for the database's round trip.)"""
+    activations = Activations(storage_dir, "ns", idle_seconds=0, max_live=10, activation_timeout=1)
+    await activations.call(Counter, "race-1", "put", ("k", 1))
+    await activations._begin_leave("Counter/race-1")  # asleep: on file, not live
+    real_check = activations_module.agent_exists
+
+    async def checked_over_a_round_trip(*args: object) -> bool:
+        await asyncio.sleep(0.1)
+        return await real_check(*args)
+
+    monkeypatch.setattr(activations_module, "agent_exists", checked_over_a_round_trip)
+    before = activations.counters["activations"]
+    wake = asyncio.ensure_future(activations.call(Counter, "race-1", "whoami", create=False))
+    await asyncio.sleep(0.02)  # the wake-up is inside its existence check
+    message = await activations.call(Counter, "race-1", "whoami")
+    assert (await wake)["token"] == message["token"], "one activation, used by both calls"
+    assert activations.counters["activations"] == before + 1
     for name in activations.live_names():
         await activations._live[name].close()
