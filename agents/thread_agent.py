@@ -57,6 +57,10 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
     ciba_requested_expiry: ClassVar[int] = 300
     """Seconds the user has to approve (CIBA `requested_expiry`), unless a tool says otherwise."""
 
+    idle_seconds_while_waiting: ClassVar[float | None] = 2.0
+    """A thread whose only business is a pending approval (its next check a while away: ping mode) sleeps
+    this soon after its turn; the ping, the check's alarm or the user's next message wakes it."""
+
     _credential_store: AgentCredentialStore | None = None
 
     @internal

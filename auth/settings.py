@@ -63,8 +63,11 @@ class AuthSettings(BaseSettings):
     ciba_client_assertion_kid: str | None = Field(default=None, validation_alias=_env("CIBA_CLIENT_ASSERTION_KID"))
     ciba_delivery_mode: Literal["poll", "ping"] = Field(default="poll", validation_alias=_env("CIBA_DELIVERY_MODE"))
     """ping: the provider notifies the ingress's `/ciba/notify` when the user decided (poll stays the fallback)."""
-    ciba_ping_fallback_seconds: float = Field(default=30.0, ge=1.0, validation_alias=_env("CIBA_PING_FALLBACK_SECONDS"))
-    """ping mode: seconds between fallback polls, in case a ping is lost."""
+    ciba_ping_fallback_seconds: float | None = Field(
+        default=None, ge=1.0, validation_alias=_env("CIBA_PING_FALLBACK_SECONDS")
+    )
+    """ping mode: seconds between checks on a timer, in case a ping is lost; unset: a few per request (its
+    lifetime / `PING_CHECKS_PER_REQUEST`), so a waiting thread can sleep between them."""
     ciba_login_hint_format: LoginHintFormat = Field(default="iss_sub", validation_alias=_env("CIBA_LOGIN_HINT_FORMAT"))
     checkout_audience: str = Field(default=DEFAULT_CHECKOUT_AUDIENCE, validation_alias=_env("CHECKOUT_AUDIENCE"))
     auth_verified_token_seconds: float = Field(

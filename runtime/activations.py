@@ -7,8 +7,9 @@ This is the Durable Object lifecycle, inside one process and without Ray:
 - A call for an agent that is not live activates it (a new instance: storage opened, migrations, `on_start`);
   with `create=False` an agent that was never created is `AgentNotFoundError` instead, and nothing is made.
 - An agent is idle when no call is in flight or queued (an open event watcher is one), nothing timer-fired
-  runs inside it, its next alarm is not due within the idle time, and it has been so for `idle_seconds`.
-  Idle agents leave; their file stays, and the scheduler wakes them for their next alarm.
+  runs inside it, its next alarm is not about to fire, and it has been so for `idle_seconds` (or for its
+  class's `idle_seconds_while_waiting` when all it does is wait for a later alarm). Idle agents leave;
+  their file stays, and the scheduler wakes them for their next alarm.
 - With `max_live` agents live, activating another first makes the least recently used idle one leave. A
   busy agent is never evicted: if all are busy the activation waits up to `activation_timeout`, then fails
   with `AgentCapacityError` before anything of the call ran.
@@ -35,16 +36,16 @@ from runtime.errors import AgentCapacityError, AgentNotFoundError, StaleActivati
 from runtime.ids import actor_name
 from runtime.methods import check_method
 from runtime.storage_choice import agent_exists
-from runtime.turn_order import TURN_TICKET_KWARG, SubmissionOrder
+from runtime.turn_order import TURN_TICKET_KWARG, RememberedOrders
 
 logger = logging.getLogger("runtime.activations")
 
 LEAVE_RETRY_SECONDS = 5.0
 """An agent that could not leave (its next due time could not be reported) is not tried again before this."""
+ALARM_SOON_SECONDS = 5.0
+"""An agent waiting for an alarm that fires sooner than this stays live: leaving and waking cost more."""
 FENCED_SECONDS = 60.0
 """How long a host refuses an agent another activation fenced off (see `AgentStorage.take_epoch`)."""
-
-MAX_REMEMBERED_ORDERS = 10_000
 
 LifecycleHook = Callable[[Agent], Awaitable[None]]
 
@@ -82,7 +83,7 @@ class Activations:
         self._not_before: dict[str, float] = {}
         self._fenced_until: dict[str, float] = {}
         """Agents fenced off here (a newer activation elsewhere has their file): refused until then."""
-        self._orders: OrderedDict[str, SubmissionOrder] = OrderedDict()
+        self._orders = RememberedOrders()
         self._room_waiters: set[asyncio.Future[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counters = {
@@ -204,13 +205,7 @@ class Activations:
         ticket = (kwargs or {}).get(TURN_TICKET_KWARG)
         if ticket is None:
             return
-        name = actor_name(cls.agent_class_name(), agent_id)
-        order = self._orders.get(name)
-        if order is None:
-            order = self._orders[name] = SubmissionOrder()
-            while len(self._orders) > MAX_REMEMBERED_ORDERS:
-                self._orders.popitem(last=False)
-        order.skip(*ticket)
+        self._orders.of(actor_name(cls.agent_class_name(), agent_id)).skip(*ticket)
 
     def release(self, agent: Agent) -> None:
         name = agent.name
@@ -233,12 +228,7 @@ class Activations:
         agent = cls(agent_id, self.storage_dir, self.namespace)
         agent._report_due = self._report_due
         agent._evict = lambda: self._evict_stale(agent)
-        order = self._orders.pop(name, None)
-        if order is not None:
-            agent._turn_order = order
-        self._orders[name] = agent._turn_order
-        while len(self._orders) > MAX_REMEMBERED_ORDERS:
-            self._orders.popitem(last=False)
+        agent._turn_order = self._orders.of(name)
         self._live[name] = agent
         self._enter(name)
         self.counters["activations"] += 1
@@ -319,14 +309,23 @@ class Activations:
         now, wall = time.monotonic(), time.time()
         started = 0
         for name, agent in list(self._live.items()):
-            idle = self.idle_seconds if agent.idle_seconds is None else agent.idle_seconds
-            if idle <= 0 or now - self._last_used.get(name, now) < idle or not self._can_leave(name, agent, now):
+            idle = self._idle_time(agent, wall)
+            if idle is None or now - self._last_used.get(name, now) < idle or not self._can_leave(name, agent, now):
                 continue
-            if agent._next_due_at is not None and agent._next_due_at - wall < idle:
-                continue  # an alarm is about to fire: staying is cheaper than leaving and waking
             self._begin_leave(name)
             started += 1
         return started
+
+    def _idle_time(self, agent: Agent, wall: float) -> float | None:
+        """How long `agent` stays live with nothing to do; None: it stays (hibernation is off, or its next
+        alarm fires within the idle time: staying is cheaper than leaving and waking). A class that sets
+        `idle_seconds_while_waiting` sleeps after that long when its next alarm is further away than the
+        idle time or `ALARM_SOON_SECONDS`, whichever is shorter (a pending approval's next check)."""
+        idle = self.idle_seconds if agent.idle_seconds is None else agent.idle_seconds
+        due, waiting = agent._next_due_at, agent.idle_seconds_while_waiting
+        if idle <= 0 or (due is not None and due - wall < (idle if waiting is None else min(idle, ALARM_SOON_SECONDS))):
+            return None
+        return idle if due is None or waiting is None else min(idle, waiting)
 
     async def let_go(self, leaves: Callable[[str], bool], timeout: float) -> int:
         """Make every live agent whose name `leaves` hibernate as soon as it can (its calls in flight and

@@ -56,6 +56,11 @@ class Agent(AgentSchedules):
     idle_seconds: ClassVar[float | None] = None
     """Seconds with nothing to do before this agent hibernates; None: the host's `AGENT_IDLE_SECONDS`."""
 
+    idle_seconds_while_waiting: ClassVar[float | None] = None
+    """Seconds with nothing to do before this agent hibernates when all it has left is an alarm at least a
+    few seconds away (a pending approval's next check): waiting then costs no memory, and the alarm or the
+    next call wakes it. None: the same as `idle_seconds`."""
+
     def __init__(self, agent_id: str, storage_dir: str | Path | None = None, namespace: str | None = None) -> None:
         self.id: str = validate_agent_id(agent_id)
         self.name: str = actor_name(self.agent_class_name(), agent_id)

@@ -30,10 +30,6 @@ def scheduler_name(storage_dir: Path) -> str:
     return f"_runtime/alarms/{root_digest(storage_dir)}"
 
 
-def keeper_name(storage_dir: Path) -> str:
-    return f"_runtime/placement/{root_digest(storage_dir)}"
-
-
 def host_name(storage_dir: Path, slot: int) -> str:
     return f"_runtime/hosts/{root_digest(storage_dir)}/{slot}"
 

@@ -1,10 +1,11 @@
-"""The placement keeper: the one actor per storage root that holds its `Placement` and changes it.
+"""The placement keeper: what holds a storage root's `Placement` and changes it, one per root.
 
-Every process learns the placement from here once (`runtime.placement_view`), and again whenever a host
-refuses a call under a newer one, so a changed host count reaches everyone without a restart. The record is
-durable in a store the root shares (a small SQLite file in the runtime folder, or a row in the database on
-PostgreSQL, so every node of a cluster reads the same one); the actor itself holds nothing that a restart
-loses.
+It lives in the root's runtime actor (the alarm scheduler's, `runtime.scheduler`: one process per root, not
+two) and is reached through it. Every process learns the placement from there once
+(`runtime.placement_view`), and again whenever a host refuses a call under a newer one, so a changed host
+count reaches everyone without a restart. The record is durable in a store the root shares (a small SQLite
+file in the runtime folder, or a row in the database on PostgreSQL, so every node of a cluster reads the
+same one); the keeper itself holds nothing that a restart loses.
 
 `resize(n)` changes the count on a running system: it publishes a *moving* placement to every host (each
 lets the agents it no longer owns hibernate, waiting for their turns in flight to end), then the *settled*
@@ -23,7 +24,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from runtime.placement import PLACEMENT_FILE, Placement, host_name, keeper_name, runtime_dir
+from runtime.placement import PLACEMENT_FILE, Placement, host_name, runtime_dir
 from runtime.storage_choice import shared_storage
 
 logger = logging.getLogger("runtime.placement")
@@ -32,31 +33,19 @@ STORE_NAME = "placement"
 RECORD_KEY = "placement"
 MAX_HOSTS = 1024
 
-_keepers: dict[tuple[str, str, str], Any] = {}
+
+_in_this_process: dict[tuple[str, str], PlacementKeeper] = {}
 
 
-def ensure_keeper(storage_dir: Path, namespace: str, configured_hosts: int) -> Any:
-    """The keeper of this root, created (with `configured_hosts` as the count of a new root) if absent."""
-    root = Path(storage_dir).resolve()
-    key = (ray.get_runtime_context().get_session_name(), str(root), namespace)
-    handle = _keepers.get(key)
-    if handle is None:
-        handle = PlacementKeeper.options(  # type: ignore[attr-defined]
-            name=keeper_name(root),
-            namespace=namespace,
-            get_if_exists=True,
-            lifetime="detached",
-            max_restarts=-1,
-            num_cpus=0,
-            max_concurrency=1000,
-        ).remote(str(root), namespace, configured_hosts)
-        _keepers[key] = handle
-    return handle
+def keeper_in_this_process(storage_dir: Path, namespace: str) -> PlacementKeeper | None:
+    """A keeper of the root made in this process (a scheduler's), for when the root's own runtime actor
+    cannot be reached: a second scheduler of a database then still knows where agents live."""
+    return _in_this_process.get((str(storage_dir), namespace))
 
 
-@ray.remote
 class PlacementKeeper:
-    """Holds the root's placement (`current`) and moves agents when the host count changes (`resize`)."""
+    """Holds the root's placement (`current`) and moves agents when the host count changes (`resize`);
+    `configured_hosts` is the count of a root that has none yet. Made inside a running event loop."""
 
     def __init__(self, storage_dir: str, namespace: str, configured_hosts: int) -> None:
         self.storage_dir = Path(storage_dir)
@@ -65,6 +54,7 @@ class PlacementKeeper:
         self._store = shared_storage(STORE_NAME, runtime_dir(self.storage_dir) / f"{STORE_NAME}.sqlite3")
         self._changing = asyncio.Lock()
         self._ready = asyncio.get_running_loop().create_task(self._load(configured_hosts))
+        _in_this_process[(str(self.storage_dir), namespace)] = self
 
     async def _load(self, configured_hosts: int) -> None:
         await self._store.open()

@@ -1,5 +1,6 @@
-"""What this process knows of each storage root's placement: read from the root's keeper once, replaced
-whenever a newer one is seen (a host's `AgentMovedError` carries it, a host is told by the keeper).
+"""What this process knows of each storage root's placement: read from the root's keeper once (it lives in
+the root's scheduler actor, found by its name), replaced whenever a newer one is seen (a host's
+`AgentMovedError` carries it, a host is told by the keeper).
 
 A process with an old view is never wrong for long, and never unsafe: hosts decide who runs an agent under
 their own (newer) view and refuse the rest before anything runs.
@@ -7,16 +8,21 @@ their own (newer) view and refuse the rest before anything runs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
 import ray
 
-from runtime.placement import Placement
-from runtime.placement_keeper import ensure_keeper
+from runtime.placement import Placement, scheduler_name
+from runtime.placement_keeper import keeper_in_this_process
 from runtime.settings import runtime_settings
 
 logger = logging.getLogger("runtime.placement")
+
+KEEPER_WAIT_SECONDS = 60.0
 
 _known: dict[tuple[str, str, str], Placement] = {}
 
@@ -36,16 +42,33 @@ def current_placement(storage_dir: Path, namespace: str) -> Placement:
     """The placement as this process knows it; the first time, asked of the keeper (blocking)."""
     placement = known_placement(storage_dir, namespace)
     if placement is None:
-        keeper = ensure_keeper(storage_dir, namespace, runtime_settings().hosts)
-        placement = learn(storage_dir, namespace, ray.get(keeper.current.remote()))
+        local = keeper_in_this_process(storage_dir, namespace)
+        if local is not None and local.placement.version > 0:
+            return learn(storage_dir, namespace, local.placement)
+        placement = learn(storage_dir, namespace, ray.get(_keeper(storage_dir, namespace).placement.remote()))
         _say_if_configured_differently(placement)
     return placement
 
 
 async def fetch_placement(storage_dir: Path, namespace: str) -> Placement:
     """The keeper's placement now (learnt here too): for hosts, which must not wait on a stale view."""
-    keeper = ensure_keeper(storage_dir, namespace, runtime_settings().hosts)
-    return learn(storage_dir, namespace, await keeper.current.remote())
+    keeper = await asyncio.to_thread(_keeper, storage_dir, namespace, KEEPER_WAIT_SECONDS)
+    return learn(storage_dir, namespace, await keeper.placement.remote())
+
+
+def _keeper(storage_dir: Path, namespace: str, wait: float = 0.0) -> Any:
+    """The root's runtime actor, which keeps its placement: whoever makes handles starts it first, but a
+    host started on its own (by a deployer) may come up before it, so hosts wait for it `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return ray.get_actor(scheduler_name(storage_dir), namespace=namespace)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the runtime of {storage_dir} is not started in namespace {namespace!r} (runtime.init does)"
+                ) from None
+            time.sleep(0.1)
 
 
 def learn(storage_dir: Path, namespace: str, placement: Placement) -> Placement:

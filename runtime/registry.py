@@ -16,10 +16,8 @@ from runtime.agent import Agent
 from runtime.classes import is_script_class, script_agent_classes
 from runtime.handles import AgentHandle, SyncAgentHandle
 from runtime.host import ensure_host
-from runtime.placement_keeper import ensure_keeper
 from runtime.placement_view import current_placement, learn
 from runtime.scheduler import ensure_scheduler
-from runtime.settings import runtime_settings
 from runtime.storage_root import resolve_namespace, resolve_storage_dir
 
 A = TypeVar("A", bound=Agent)
@@ -94,10 +92,9 @@ def set_host_count(
     import ray
 
     root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
-    ensure_scheduler(root, ns)
-    keeper = ensure_keeper(root, ns, runtime_settings().hosts)
-    report = ray.get(keeper.resize.remote(hosts))
-    placement = learn(root, ns, ray.get(keeper.current.remote()))
+    keeper = ensure_scheduler(root, ns)  # the root's runtime actor keeps its placement
+    report = ray.get(keeper.resize_hosts.remote(hosts))
+    placement = learn(root, ns, ray.get(keeper.placement.remote()))
     ray.get([ensure_host(root, ns, slot).stats.remote() for slot in range(placement.hosts)])
     return report
 
@@ -109,7 +106,7 @@ def host_report(*, storage_dir: str | Path | None = None, namespace: str | None 
     from runtime.placement import host_name
 
     root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
-    placement = learn(root, ns, ray.get(ensure_keeper(root, ns, runtime_settings().hosts).current.remote()))
+    placement = learn(root, ns, ray.get(ensure_scheduler(root, ns).placement.remote()))
     running = []
     for slot in placement.slots():
         try:

@@ -10,7 +10,8 @@ It keeps no truth of its own; it reads a book of `(class, id) -> next due time`:
   with leases (`runtime.pg_alarms`), so several schedulers can share it and a lost one loses nothing.
 
 Each wake-up asks the agent to run what is due and report its next due time.
-One scheduler serves one storage root in one namespace (its actor name carries a hash of the root).
+One scheduler serves one storage root in one namespace (its actor name carries a hash of the root). It also
+hosts the root's placement keeper (`runtime.placement_keeper`): the root's one runtime process.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from runtime.backoff import exponential_delay
 from runtime.classes import import_agent_class
 from runtime.errors import AgentNotFoundError
 from runtime.handles import AgentHandle
-from runtime.placement import scheduler_name
+from runtime.placement import Placement, scheduler_name
+from runtime.placement_keeper import PlacementKeeper
 from runtime.settings import runtime_settings
 from runtime.status import agents_on_file
 from runtime.storage_choice import storage_url
@@ -94,7 +96,7 @@ def ensure_scheduler(storage_dir: Path, namespace: str) -> Any:
         max_restarts=-1,
         num_cpus=0,
         max_concurrency=1000,
-    ).remote(str(root), namespace)
+    ).remote(str(root), namespace, hosts=runtime_settings().hosts)
     _handles[cache_key] = handle
     return handle
 
@@ -103,9 +105,12 @@ def ensure_scheduler(storage_dir: Path, namespace: str) -> Any:
 class AlarmScheduler:
     """Wakes the agents its book says are due (`_run_due_schedules`), retrying failures with backoff."""
 
-    def __init__(self, storage_dir: str, namespace: str, lease_seconds: float = LEASE_SECONDS) -> None:
+    def __init__(
+        self, storage_dir: str, namespace: str, lease_seconds: float = LEASE_SECONDS, hosts: int | None = None
+    ) -> None:
         self.storage_dir = Path(storage_dir)
         self.namespace = namespace
+        self._keeper = PlacementKeeper(self.storage_dir, namespace, hosts or runtime_settings().hosts)
         self.book = alarm_book(self.storage_dir, lease_seconds=lease_seconds)
         self.max_wakes = runtime_settings().scheduler_max_wakes
         self._in_flight: set[AlarmKey] = set()
@@ -130,6 +135,15 @@ class AlarmScheduler:
             except Exception as exc:
                 logger.warning("counting the agents failed: %s", exc)
             await asyncio.sleep(CENSUS_SECONDS)
+
+    # -- the root's placement (kept here: one runtime process per root) -------------------------------
+    async def placement(self) -> Placement:
+        """The root's placement now (`runtime.placement_view` asks)."""
+        return await self._keeper.current()
+
+    async def resize_hosts(self, hosts: int) -> dict[str, Any]:
+        """Spread the root's agents over `hosts` hosts (`runtime.set_host_count`)."""
+        return await self._keeper.resize(hosts)
 
     async def register_class(self, cls: type[Agent]) -> None:
         """Wake the agents of `cls` (a class defined in a script, sent by value) with it from now on; the
@@ -167,6 +181,7 @@ class AlarmScheduler:
         """Claim what is due, at most as many as there are free wake-up slots (`AGENT_SCHEDULER_MAX_WAKES`):
         the rest stays due in the book (leased by nobody on PostgreSQL) until a wake-up ends."""
         await self._loaded
+        await self._keeper.current()  # its wake-ups' handles read the placement from it, in this process
         while True:
             free = self.max_wakes - len(self._in_flight)
             if free <= 0:

@@ -16,6 +16,7 @@ from collections import OrderedDict
 TURN_TICKET_KWARG = "_turn_ticket"
 GAP_TIMEOUT_SECONDS = 0.25
 MAX_SUBMITTERS = 10_000
+MAX_REMEMBERED_ORDERS = 10_000
 
 
 class SubmissionOrder:
@@ -50,3 +51,18 @@ class SubmissionOrder:
         waiter = self._waiting.get((submitter, seq + 1))
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+class RememberedOrders:
+    """The admission gates of the agents of one host, by name, kept across their activations (the most
+    recently used `MAX_REMEMBERED_ORDERS`): a submitter's order carries over a hibernation."""
+
+    def __init__(self) -> None:
+        self._orders: OrderedDict[str, SubmissionOrder] = OrderedDict()
+
+    def of(self, name: str) -> SubmissionOrder:
+        order = self._orders.pop(name, None) or SubmissionOrder()
+        self._orders[name] = order
+        while len(self._orders) > MAX_REMEMBERED_ORDERS:
+            self._orders.popitem(last=False)
+        return order

@@ -102,9 +102,10 @@ def ensure_http_api(world: Any, *, timeout: float = 120.0) -> HttpApi:
         "AGENTRT_MAX_CONCURRENT_TURNS": "1000",
         "AGENTRT_MAX_STREAMS_PER_THREAD": str(STREAMS_PER_THREAD),
         # CIBA ping mode for the threads behind the HTTP API (their hosts inherit the replicas' env); the
-        # dev server pings /ciba/notify, and a lost ping is caught by a poll every 2 s
+        # dev server pings /ciba/notify, and a lost ping is caught by a poll every 8 s: far enough away that a
+        # thread waiting for its user sleeps meanwhile (a check due within 5 s keeps it live)
         "CIBA_DELIVERY_MODE": "ping",
-        "CIBA_PING_FALLBACK_SECONDS": "2",
+        "CIBA_PING_FALLBACK_SECONDS": "8",
     }
     with contextlib.suppress(Exception):
         serve.shutdown()  # a previous session's (or a stale) Serve instance: start clean on a new port

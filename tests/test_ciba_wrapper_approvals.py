@@ -221,3 +221,22 @@ async def test_an_approval_is_bound_to_the_approved_arguments(
     assert "other arguments" in result
     assert raw.runs == []
     assert await store.get(CREDENTIALS_NAMESPACE, "thread-1:buy:call-swap") is None
+
+
+async def test_in_ping_mode_the_checks_on_a_timer_are_a_few_per_request_not_one_every_few_seconds(
+    authz: DevAuthorizationServer,  # noqa: F811
+    client: CIBAClient,  # noqa: F811
+    store: SQLiteCredentialStore,  # noqa: F811
+) -> None:
+    """The ping says when the user decided; the timer only catches a lost ping. With no fixed fallback, it
+    checks three times over the request's lifetime (every 100 s for 300 s), so a waiting thread can sleep;
+    a fixed `ping_fallback` still wins."""
+    from tools.ciba_ping import ping_key
+
+    key = ping_key("a key for this test, long enough to be one")
+    for fallback, gap in ((None, 300 / 3), (8.0, 8.0)):
+        tool = wrap(RecordingTool().tool(), store, client, delivery_mode="ping", ping_key=key, ping_fallback=fallback)
+        with pytest.raises(AuthorizationPendingInterrupt) as first:
+            await tool.run(ARGS, tool_context(f"call-ping-{fallback}"))
+        assert first.value.next_check_at is not None
+        assert abs(first.value.next_check_at - (time.time() + gap)) < 5.0, (fallback, first.value.to_dict())

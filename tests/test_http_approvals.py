@@ -20,6 +20,7 @@ from tests.http_fixtures import (
     new_id,
     read_events,
 )
+from tests.lifecycle import wait_until_hibernated
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -225,6 +226,28 @@ async def test_ping_mode_a_ping_makes_the_thread_fetch_the_token_at_once(http_ap
     assert stats["pings_sent"] == pings_before + 1
     if took < 1.5:  # finished before any timer check was due: the ping alone did it, with one poll
         assert stats["polls_by_request"][request["id"]] == polls_before + 1
+
+
+async def test_a_thread_waiting_for_its_users_approval_sleeps_and_the_ping_brings_it_back(http_api: HttpApi) -> None:
+    """Waiting costs nothing: right after the turn that asked for approval, the thread leaves memory (its
+    next check on a timer is seconds away); the user's approval pings /ciba/notify, which wakes it, and the
+    purchase completes once: one CIBA request, one order."""
+    thread_id = new_id()
+    name = f"Chat/{thread_id}"
+    async with http_api.client() as http:
+        orders_before, pings_before = http_api.world.orders(), http_api.world.stats()["pings_sent"]
+        request = await _pending_purchase(http, http_api, thread_id, "buy 6 shares of AAPL")
+        await wait_until_hibernated(http_api.storage_dir, http_api.namespace, name, timeout=20)
+        http_api.world.decide(request["id"], approve=True)
+        assert await _final_purchase(http, http_api, thread_id, within=6) == "Purchased 6 shares of AAPL at 19.5"
+    assert http_api.world.orders() == orders_before + 1
+    assert http_api.world.stats()["pings_sent"] == pings_before + 1
+    asked = [
+        r
+        for r in http_api.world.requests_for("alice", status=None)
+        if r["binding_message"] == request["binding_message"]
+    ]
+    assert len(asked) == 1
 
 
 async def test_ping_mode_refuses_unknown_wrong_and_replayed_notification_tokens(http_api: HttpApi) -> None:

@@ -353,7 +353,7 @@ def with_async_user_confirmation(
     on_unauthorized: InterruptCallback | None = None,
     retry_backoff: tuple[float, float] = (2.0, 60.0),
     delivery_mode: str = "poll",
-    ping_fallback: float = 30.0,
+    ping_fallback: float | None = None,
     ping_key: bytes | None = None,
 ) -> AsyncUserConfirmationTool:
     """Wrap `tool` so each call runs only after the user approved it via CIBA (see the module docstring).
@@ -367,7 +367,8 @@ def with_async_user_confirmation(
     value becomes the tool result of a terminal outcome. `retry_backoff` is (first, max) seconds between
     attempts while the authorization server is unreachable. `delivery_mode="ping"` asks the provider to
     notify the client when the user decided (see `AsyncUserConfirmation.accept_ping`); `ping_fallback` is
-    then the time between checks on a timer, in case a ping is lost, and `ping_key` signs the tokens.
+    then the time between checks on a timer, in case a ping is lost (None: a few checks over the request's
+    lifetime, `PING_CHECKS_PER_REQUEST`), and `ping_key` signs the tokens.
     """
     options = AsyncConfirmationOptions(
         scopes=tuple(scopes),

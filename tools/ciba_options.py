@@ -30,6 +30,9 @@ ATTEMPTS_NAMESPACE = "ciba:attempts"
 
 DENIED_TEXT = "The user has denied the request"
 DEFAULT_CREDENTIAL_TTL = 300.0
+PING_CHECKS_PER_REQUEST = 3
+"""In ping mode with no `ping_fallback`, the checks on a timer (for a lost ping) are spread over the
+request's lifetime this many times: a thread waiting for its user sleeps between them."""
 MAX_REQUESTS_PER_CALL = 3
 """At most this many CIBA requests that may have reached the user's device, for one tool call, on every
 path: the first, new ones after approvals lost on the way (`CibaRequests._check`), and resends of a request
@@ -78,8 +81,9 @@ class AsyncConfirmationOptions:
     """How long a pending record outlives its request, so a late check still reports "expired"."""
     delivery_mode: str = "poll"
     """"ping": each request carries a notification token and the provider's ping makes the next check
-    happen at once (`accept_ping`); checks on a timer still happen every `ping_fallback` seconds."""
-    ping_fallback: float = 30.0
+    happen at once (`accept_ping`); checks on a timer, in case a ping is lost, still happen every
+    `ping_fallback` seconds, or (None) `PING_CHECKS_PER_REQUEST` times over the request's lifetime."""
+    ping_fallback: float | None = None
     ping_key: bytes | None = None
     """The MAC key of notification tokens (`tools.ciba_ping.ping_key`); required in ping mode."""
 

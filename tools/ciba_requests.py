@@ -34,6 +34,7 @@ from tools.ciba_options import (
     DEFAULT_CREDENTIAL_TTL,
     MAX_REQUESTS_PER_CALL,
     PENDING_NAMESPACE,
+    PING_CHECKS_PER_REQUEST,
     AsyncConfirmationOptions,
     RequestParams,
     arguments_digest,
@@ -160,7 +161,7 @@ class CibaRequests(RequestResends):
             auth_req_id=response.auth_req_id,
             expires_at=now + response.expires_in,
             interval=response.interval,
-            next_poll_at=now + self._poll_gap(response.interval),
+            next_poll_at=now + self._poll_gap(response.interval, response.expires_in),
             failures=0,
             lease_until=None,
             requested_at=now,
@@ -292,15 +293,18 @@ class CibaRequests(RequestResends):
                 reason="slow_down",
             )
         assert isinstance(result, Pending)
-        record.update(next_poll_at=after + self._poll_gap(interval), failures=0, last_pending_at=after)
+        lifetime = float(record["expires_at"]) - float(record.get("requested_at") or after)
+        record.update(next_poll_at=after + self._poll_gap(interval, lifetime), failures=0, last_pending_at=after)
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, after))
         raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=record["next_poll_at"])
 
-    def _poll_gap(self, interval: float) -> float:
-        """Seconds to the next check: the interval, or in ping mode the (longer) fallback."""
-        if self.options.delivery_mode == "ping":
-            return max(float(interval), self.options.ping_fallback)
-        return float(interval)
+    def _poll_gap(self, interval: float, lifetime: float) -> float:
+        """Seconds to the next check: the interval; in ping mode, where the ping says when, only a safety
+        net for a lost ping: `ping_fallback`, or a few checks over the request's `lifetime`."""
+        if self.options.delivery_mode != "ping":
+            return float(interval)
+        fallback = self.options.ping_fallback
+        return max(float(interval), fallback if fallback is not None else lifetime / PING_CHECKS_PER_REQUEST)
 
     def _record_ttl_left(self, record: dict[str, Any], now: float) -> float:
         return max(1.0, float(record["expires_at"]) - now) + self.options.pending_retention
