@@ -103,6 +103,24 @@ def approval_rows(r: dict[str, Any]) -> list[Row]:
             f"{pa['orders']} / {pa['ciba_requests']}",
             "exactly once" if pa["exactly_once"] else "MISMATCH",
         ],
+        *waiting_rows(pa),
+    ]
+
+
+def waiting_rows(pa: dict[str, Any]) -> list[Row]:
+    """What the approvals cost while they waited, and the host change made while they were approved."""
+    waiting, moved = pa["waiting"], pa["host_change"]
+    return [
+        [
+            f"{pa['threads']} approvals waiting: whole node CPU / memory",
+            f"{waiting['node_cpu_pct_of_one_core']}% of a core / {waiting['node_mib']:.0f} MiB",
+            f"over {waiting['window_s']:.0f} s; {waiting['live_buyers']} buyers live; target CPU < 5%",
+        ],
+        [
+            f"hosts {moved['hosts']} while approving",
+            f"{moved['moved_fraction_each_way']:.0%} moved each way",
+            f"{moved['grow_s']} s / {moved['shrink_s']} s; {moved['fenced_activations']} fenced (target 0)",
+        ],
     ]
 
 
@@ -136,11 +154,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--ciba-interval", type=int, default=5, help="the dev server's CIBA polling interval")
     parser.add_argument("--delivery", choices=["ping", "poll"], default="ping", help="CIBA token delivery mode")
+    parser.add_argument("--wait-window", type=float, default=60.0, help="seconds the waiting cost is measured")
     parser.add_argument("--quick", action="store_true", help="200 threads, 20 pending: a smoke run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale_bench.json")
     args = parser.parse_args()
     if args.quick:
-        args.threads, args.pending, args.samples = 200, 20, 10
+        args.threads, args.pending, args.samples, args.wait_window = 200, 20, 10, 15.0
 
     storage = Path(tempfile.mkdtemp(prefix="agentrt-scale-"))
     extra = {

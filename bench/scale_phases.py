@@ -32,6 +32,7 @@ from bench.common import (
     wait_until,
 )
 from bench.scale_memory import Hosts, Sampler, bare_actor_rss
+from bench.scale_waiting import host_change, waiting_cost
 
 
 @dataclass
@@ -177,7 +178,7 @@ async def wait_mostly_asleep(run: ScaleRun) -> float:
     time, so about (interval - idle) / interval of them are asleep at any moment: wait until the buyers
     have settled into that rhythm. The share asleep then."""
     args = run.args
-    gap = max(args.ciba_interval, 30.0) if args.delivery == "ping" else args.ciba_interval  # timer checks
+    gap = max(args.ciba_interval, 100.0) if args.delivery == "ping" else args.ciba_interval  # timer checks
     expected = max(0.0, (gap + 0.5 - args.idle) / (gap + 0.5))
 
     async def mostly_asleep() -> float | None:
@@ -241,8 +242,12 @@ async def pending_approvals(run: ScaleRun) -> None:
 
     await with_concurrency(args.pending, args.concurrency, buy)
     asleep_share = await wait_mostly_asleep(run)
+    waiting = await waiting_cost(run, args.wait_window)
+    buyers = [f"Chat/buy-{i:04d}" for i in range(args.pending)]
+    moving = asyncio.ensure_future(host_change(run, buyers))  # while the approvals are handled
     approved_at = await approve_all_at_once(run)
     finals = await wait_for_answers(run, approved_at, before_orders)
+    moved = await moving
     await asyncio.sleep(2)  # late duplicates, if any, would show up in the counts below
     orders = await run.orders() - before_orders
     requests = await run.ciba_requests() - before_requests
@@ -253,6 +258,8 @@ async def pending_approvals(run: ScaleRun) -> None:
         "ciba_requests": requests,
         "exactly_once": orders == args.pending and requests == args.pending,
         "asleep_when_approved": round(asleep_share, 3),
+        "waiting": waiting,
+        "host_change": moved,
         "ciba_interval_s": args.ciba_interval,
         "delivery_mode": args.delivery,
     }

@@ -12,7 +12,9 @@ Knows nothing of chat or auth. Public surface:
   host whose live agents are all busy (retry later); `AgentIdConflictError`: an id whose file belongs to
   another id (ids that differ only in case, on a case-insensitive filesystem); `StaleActivationError`: a
   write from an activation a newer one has fenced off (refused, nothing written); `StorageUnavailableError`:
-  the agents' database (`AGENT_STORAGE_URL`) cannot be reached now (nothing written, retry).
+  the agents' database (`AGENT_STORAGE_URL`) cannot be reached now (nothing written, retry);
+  `AgentMovedError`: the agent's hosts are changing and the move took longer than a handle waits (30 s;
+  nothing ran, retry).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from runtime.agent import Agent, internal, read, turn
 from runtime.errors import (
     AgentCapacityError,
     AgentIdConflictError,
+    AgentMovedError,
     AgentNotFoundError,
     StaleActivationError,
     StorageUnavailableError,
@@ -41,6 +44,7 @@ __all__ = [
     "AgentCapacityError",
     "AgentHandle",
     "AgentIdConflictError",
+    "AgentMovedError",
     "AgentNotFoundError",
     "AgentStorage",
     "InvalidAgentIdError",

@@ -22,6 +22,7 @@ from runtime import (
     AgentCapacityError,
     AgentHandle,
     AgentIdConflictError,
+    AgentMovedError,
     AgentNotFoundError,
     InvalidAgentIdError,
     StaleActivationError,
@@ -105,7 +106,7 @@ class AgentGateway:
             raise
         except AgentNotFoundError:
             raise HttpProblem(404, "thread_not_found", "no thread with this id") from None
-        except StaleActivationError:  # this host's copy was fenced off by a newer one elsewhere
+        except (StaleActivationError, AgentMovedError):  # fenced off by a newer copy, or still moving hosts
             raise agent_unavailable() from None
         except AgentIdConflictError:
             detail = "another thread's id differs from this one only in case; choose another id"
