@@ -16,7 +16,11 @@ def host_handles(storage_dir: Path, namespace: str) -> list[Any]:
     """The running host actors of a storage root (a host that exited is simply absent)."""
     handles = []
     root = Path(storage_dir).resolve()
-    for slot in current_placement(root, namespace).slots():
+    try:
+        slots = current_placement(root, namespace).slots()
+    except RuntimeError:  # no runtime of this root in this namespace: no host either
+        return []
+    for slot in slots:
         try:
             handles.append(ray.get_actor(host_name(root, slot), namespace=namespace))
         except ValueError:
