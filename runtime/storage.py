@@ -223,6 +223,9 @@ class AgentStorage(StorageAPI):
         for version in range(applied + 1, len(migrations) + 1):
             step = migrations[version - 1]
             async with self.transaction() as tx:
+                row = await tx.fetchone("SELECT version FROM _migrations WHERE scope = ?", (scope,))
+                if row is not None and int(row["version"]) >= version:
+                    continue  # another process applied it meanwhile (a file the hosts share)
                 if callable(step):
                     await step(tx)
                 else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -229,3 +230,21 @@ async def test_only_what_a_class_marks_public_can_be_called_through_a_handle(sto
     assert await plain.note("marked @public: a turn") == 1
     with pytest.raises(AttributeError):
         await plain.invoke("schedule", 0, "note", "x")
+
+
+async def test_two_processes_migrating_one_shared_file_at_once_apply_each_step_once(tmp_path: Path) -> None:
+    """A store the hosts share (the approval slots) is migrated by whichever host uses it first; two hosts
+    doing it at once must not both run a step (the second failed with "table slots already exists", a 500
+    on the first purchase of a fresh root). Two connections to one real file stand in for the two hosts."""
+    from runtime.storage import AgentStorage
+
+    steps = ["CREATE TABLE slots (k TEXT PRIMARY KEY);\nCREATE INDEX slots_k ON slots (k);\n"]
+    first, second = AgentStorage(tmp_path / "shared.sqlite3"), AgentStorage(tmp_path / "shared.sqlite3")
+    await first.open()
+    await second.open()
+    try:
+        await asyncio.gather(first.migrate("shared", steps), second.migrate("shared", steps))
+        assert await first.fetchone("SELECT version FROM _migrations WHERE scope = 'shared'") is not None
+    finally:
+        await first.close()
+        await second.close()
