@@ -174,11 +174,16 @@ class Checks:
             # and until the hosts have the issuer's keys again (their refetches back off, up to ~30 s)
             return any(begin <= at <= until + 30.0 for begin, until in self.ledger.stall_windows)
 
-        return [
+        unexplained = [
             error
             for error in self.traffic.server_errors
             if not (error["status"] == 503 and error["retry_after"] and during_stall(error["at"]))
         ]
+        if unexplained:  # what the agents' failure journal says, so that a red run can be explained
+            from runtime.failures import read_failures
+
+            unexplained.append({"failure_journal": [f.line() for f in read_failures(self.storage, limit=10)]})
+        return unexplained
 
     def check_memory(self) -> str:
         """The Ray workers' memory at the end within 10% of its value after warm-up."""

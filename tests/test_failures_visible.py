@@ -81,3 +81,33 @@ def test_the_journal_scrubs_credentials_rotates_and_is_followed_across_the_rotat
     assert [f.agent for f in read_failures(tmp_path, agent="t-7")] == ["Chat/t-7"]
     assert (tmp_path / "_runtime" / "failures.jsonl").stat().st_mode & 0o077 == 0
     assert follower.new()[-1].agent == "Chat/t-7"  # followed into the new file
+
+
+def test_an_unexpected_error_in_the_http_ingress_answers_a_json_500_and_lands_in_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a route (a stand-in route raises here: no real route is known to raise) is answered
+    `{"error": "internal_error"}` and journaled, scrubbed, where `agentrt logs` reads it."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from agentrt.ingress.errors import install_error_handlers
+    from runtime.settings import runtime_settings
+
+    monkeypatch.setenv("AGENT_STORAGE_DIR", str(tmp_path))
+    runtime_settings.cache_clear()
+    api = FastAPI()
+    install_error_handlers(api)
+
+    @api.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("database said no; password=hunter2")
+
+    try:
+        answer = TestClient(api, raise_server_exceptions=False).get("/boom")
+    finally:
+        runtime_settings.cache_clear()  # later tests read this process's own settings again
+    assert answer.status_code == 500 and answer.json() == {"error": "internal_error", "detail": "the request failed"}
+    [failure] = read_failures(tmp_path)
+    assert (failure.agent, failure.during, failure.error) == ("ingress", "GET /boom", "RuntimeError")
+    assert "hunter2" not in failure.message and "database said no" in failure.message

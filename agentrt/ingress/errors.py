@@ -123,8 +123,14 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return error_response(exc.status_code, code, exc.detail, headers)
 
 
-async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A 500 is a bug: besides the replica's log, it goes to the root's failure journal (`agentrt logs`),
+    scrubbed like the agents' failures, where the people running the service look."""
+    from runtime.failures import record_failure
+    from runtime.settings import runtime_settings
+
     logger.exception("unhandled error: %s", type(exc).__name__)
+    record_failure(runtime_settings().storage_dir, "ingress", f"{request.method} {request.url.path}", exc)
     return error_response(500, "internal_error", "the request failed")
 
 
