@@ -11,6 +11,7 @@ and expires on its own after the request's lifetime, so a crash between the two 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -36,12 +37,18 @@ class ApprovalSlots:
     def __init__(self, storage_dir: Path) -> None:
         self.storage = shared_storage(SLOTS_NAME, Path(storage_dir) / f"{SLOTS_NAME}.sqlite3")
         self._open = False
+        self._opening = asyncio.Lock()
 
     async def _ready(self) -> StorageAPI:
-        if not self._open:
-            await self.storage.open()
-            await self.storage.migrate("agents.ApprovalSlots", SLOTS_MIGRATIONS)
-            self._open = True
+        """The store, opened and migrated once. Every agent of the process shares it, and the first
+        purchases of a fresh process come at once (after a host restart, all the threads it resumes):
+        without the lock each opened it again, swapping its connections under the others' transactions
+        (a migration run twice, "cannot commit - no transaction is active": an HTTP 500)."""
+        async with self._opening:
+            if not self._open:
+                await self.storage.open()
+                await self.storage.migrate("agents.ApprovalSlots", SLOTS_MIGRATIONS)
+                self._open = True
         return self.storage
 
     async def take(self, owner: str, call_key: str, *, per_user: int, lifetime: float) -> bool:

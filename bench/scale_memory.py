@@ -27,8 +27,9 @@ def node_used_mib() -> float:
 class Hosts:
     """The storage root's host actors: live agents and their processes' memory."""
 
-    def __init__(self, storage_dir: Path) -> None:
+    def __init__(self, storage_dir: Path, namespace: str = NAMESPACE) -> None:
         self.storage_dir = storage_dir
+        self.namespace = namespace
 
     async def stats(self) -> list[dict[str, Any]]:
         import ray
@@ -37,9 +38,9 @@ class Hosts:
         from runtime.placement_view import current_placement
 
         out = []
-        for slot in range(current_placement(self.storage_dir.resolve(), NAMESPACE).hosts):
+        for slot in range(current_placement(self.storage_dir.resolve(), self.namespace).hosts):
             try:
-                handle = ray.get_actor(host_name(self.storage_dir.resolve(), slot), namespace=NAMESPACE)
+                handle = ray.get_actor(host_name(self.storage_dir.resolve(), slot), namespace=self.namespace)
                 out.append(await handle.stats.remote())
             except Exception:
                 continue

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import log
-from bench.scale_memory import NAMESPACE, node_used_mib
+from bench.scale_memory import node_used_mib
 
 BUSY_COLUMNS = (0, 1, 2, 5, 6, 7)
 """user, nice, system, irq, softirq, steal: the busy columns of /proc/stat's "cpu" line (idle and iowait not)."""
@@ -53,8 +53,9 @@ async def host_change(run: Any, names: list[str]) -> dict[str, Any]:
     from runtime.placement import moved_fraction
 
     start = run.args.hosts
-    grown = await asyncio.to_thread(runtime.set_host_count, 2 * start, storage_dir=run.storage, namespace=NAMESPACE)
-    back = await asyncio.to_thread(runtime.set_host_count, start, storage_dir=run.storage, namespace=NAMESPACE)
+    namespace = run.hosts.namespace
+    grown = await asyncio.to_thread(runtime.set_host_count, 2 * start, storage_dir=run.storage, namespace=namespace)
+    back = await asyncio.to_thread(runtime.set_host_count, start, storage_dir=run.storage, namespace=namespace)
     fenced = sum(stats.get("fenced", 0) for stats in await run.hosts.stats())
     return {
         "hosts": f"{start} -> {2 * start} -> {start}",

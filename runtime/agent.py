@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from runtime.agent_schedules import UNREPORTED, AgentSchedules, DueReporter
 from runtime.alarm_index import CLASS_PATH_KEY
 from runtime.errors import AgentIdConflictError
-from runtime.failures import record_failure
+from runtime.failures import is_callers_mistake, record_failure
 from runtime.ids import actor_name, validate_agent_id
 from runtime.methods import internal, read, start_as_turn, turn
 from runtime.schedules import SCHEDULES_MIGRATIONS
@@ -161,8 +161,11 @@ class Agent(AgentSchedules):
         """
 
     async def on_error(self, error: BaseException, *, during: str) -> None:
-        """Called when a turn or a schedule callback raises. The default logs it (without a traceback)."""
-        logger.warning("%s: %s raised %s: %s", self.name, during, type(error).__name__, error)
+        """Called when a turn or a schedule callback raises. The default logs it, with its traceback unless
+        it answers the caller's own mistake (a bad token, a stranger's thread): a bug's traceback in the
+        host's log is what finds it (the journal keeps one line)."""
+        trace = None if is_callers_mistake(error) else error
+        logger.warning("%s: %s raised %s: %s", self.name, during, type(error).__name__, error, exc_info=trace)
 
     async def _report_error(self, error: BaseException, *, during: str) -> None:
         """Journal `error` in the storage root (`runtime.failures`: `agentrt logs`, the terminal of
