@@ -46,6 +46,7 @@ from bench.waiting_phases import (  # noqa: E402
     pending_by_quantity,
     single_approvals,
     start_purchases,
+    users_for,
     waiting_cost,
 )
 
@@ -71,8 +72,9 @@ def stack_env(args: argparse.Namespace) -> dict[str, str]:
 
 async def run_phases(args: argparse.Namespace, stack: Any, storage: Path) -> dict[str, Any]:
     stack.authz.state.max_requested_expiry = args.expiry  # the dev server lets requests live that long
-    token = StackWorld(stack).token("alice")
-    run = WaitingRun(args, stack, storage, NAMESPACE, token, Hosts(storage, NAMESPACE))
+    world = StackWorld(stack)
+    tokens = [world.token(user) for user in users_for(args.pending)]
+    run = WaitingRun(args, stack, storage, NAMESPACE, tokens, Hosts(storage, NAMESPACE))
     log(f"0/5 the empty stack: settling, then {args.window:.0f} s of CPU ...")
     await asyncio.sleep(args.settle)
     run.results["empty_stack"] = await cost_over(args.window)
@@ -180,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     storage = Path(tempfile.mkdtemp(prefix="agentrt-waiting-"))
-    stack = local_stack(storage, NAMESPACE, 5, stack_env(args))
+    stack = local_stack(storage, NAMESPACE, 5, stack_env(args), dev_users=tuple(users_for(args.pending)))
     log(f"starting the stack (Ray, dev services, Serve) on {storage} ...")
     try:
         with running(stack):

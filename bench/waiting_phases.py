@@ -39,7 +39,8 @@ class WaitingRun:
     stack: Any
     storage: Path
     namespace: str
-    token: str
+    tokens: list[str]
+    """One per user; thread i belongs to user `owner_of(i)`."""
     hosts: Hosts
     results: dict[str, Any] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
@@ -50,6 +51,9 @@ class WaitingRun:
         from runtime import get_agent
 
         return get_agent(Waiter, thread_id(i), namespace=self.namespace, storage_dir=self.storage)
+
+    def token_of(self, i: int) -> str:
+        return self.tokens[owner_of(i, len(self.tokens))]
 
     def phone(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -67,8 +71,22 @@ class WaitingRun:
         return sum(1 for name in await self.hosts.live_names() if name.split("/", 1)[1] in pending)
 
 
+PURCHASES_PER_USER = 4
+"""Under the product's limit of approvals waiting per user (`CHAT_MAX_PENDING_APPROVALS_PER_USER`, 5)."""
+
+
 def thread_id(i: int) -> str:
     return f"w{i:06d}"
+
+
+def users_for(pending: int) -> list[str]:
+    """The users a run needs: one per `PURCHASES_PER_USER` purchases."""
+    return [f"waiter{u}" for u in range(max(1, -(-pending // PURCHASES_PER_USER)))]
+
+
+def owner_of(i: int, users: int) -> int:
+    """Thread i's user: the buyers (the first threads) 4 to a user, the others spread over every user."""
+    return (i // PURCHASES_PER_USER) % users
 
 
 def tool_result_at(path: Path) -> float | None:
@@ -103,7 +121,7 @@ async def create_threads(run: WaitingRun) -> None:
 
     async def create(i: int) -> None:
         nonlocal done
-        await guarded(run, "claim", run.thread(i).claim(run.token))
+        await guarded(run, "claim", run.thread(i).claim(run.token_of(i)))
         done += 1
         if done % 10_000 == 0:
             log(f"   {done:,} threads, {done / (time.monotonic() - started):.0f}/s")
@@ -122,7 +140,7 @@ async def start_purchases(run: WaitingRun) -> None:
     started = time.monotonic()
 
     async def buy(i: int) -> None:
-        messages = await guarded(run, "send_message", run.thread(i).send_message(run.token, f"buy {i + 1}"))
+        messages = await guarded(run, "send_message", run.thread(i).send_message(run.token_of(i), f"buy {i + 1}"))
         calls = [c for m in messages or [] for c in m.tool_calls or []]
         if [c.state for c in calls] != ["pending-authorization"]:
             run.errors[f"purchase not waiting: {[(c.state, c.result) for c in calls]}"] += 1
@@ -253,12 +271,12 @@ async def approve_at_once(run: WaitingRun, requests: dict[int, str]) -> None:
 async def read_over_http(run: WaitingRun, stop: asyncio.Event) -> dict[str, int]:
     """A user reading random waiting threads over HTTP until `stop`: statuses by code (5xx: target 0)."""
     statuses: Counter[str] = Counter()
-    headers = {"Authorization": f"Bearer {run.token}"}
-    async with httpx.AsyncClient(base_url=run.stack.urls.api, headers=headers, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=run.stack.urls.api, timeout=60) as http:
         while not stop.is_set():
             i = random.randrange(run.args.pending)
             try:
-                response = await http.get(f"/threads/{thread_id(i)}/messages")
+                headers = {"Authorization": f"Bearer {run.token_of(i)}"}
+                response = await http.get(f"/threads/{thread_id(i)}/messages", headers=headers)
                 statuses[str(response.status_code)] += 1
                 if response.status_code >= 500:
                     run.errors[f"HTTP {response.status_code}"] += 1

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
+from runtime.backoff import exponential_delay
 from runtime.private_files import private_file
 from runtime.storage_api import (
     EPOCH_KEY,
@@ -40,6 +42,10 @@ from runtime.storage_api import (
     decode,
     to_json,
 )
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 5000
+"""How long a statement waits for another connection's lock (SQLite's busy handler)."""
 
 _KV_SCHEMA = """
 CREATE TABLE IF NOT EXISTS _kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -114,11 +120,15 @@ class AgentStorage(StorageAPI):
     async def open(self) -> AgentStorage:
         private_file(self.path)
         self._write_lock = asyncio.Lock()
-        self._writer = await self._connect()
-        await self._writer.execute(f"PRAGMA journal_mode={'WAL' if self.journal == 'wal' else 'DELETE'}")
-        for statement in split_sql(_KV_SCHEMA):
-            await self._writer.execute(statement)
-        await self._writer.commit()
+        self._writer = writer = await self._connect()
+
+        async def prepare() -> None:
+            mode = await writer.execute(f"PRAGMA journal_mode={'WAL' if self.journal == 'wal' else 'DELETE'}")
+            await mode.close()  # its row unread, the statement would keep a read lock on the file
+            for statement in split_sql(_KV_SCHEMA):
+                await writer.execute(statement)
+
+        await while_locked(prepare, BUSY_TIMEOUT_MS / 1000)  # a file the hosts share may be opened at once
         self._reader = await self._connect()
         await self._reader.execute("PRAGMA query_only=ON")
         return self
@@ -128,7 +138,7 @@ class AgentStorage(StorageAPI):
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
         await conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        await conn.execute("PRAGMA busy_timeout=5000")
+        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         await conn.execute("PRAGMA foreign_keys=ON")
         return conn
 
@@ -237,6 +247,21 @@ class AgentStorage(StorageAPI):
                     (scope, version, time.time()),
                 )
         return len(migrations) - applied
+
+
+async def while_locked(step: Callable[[], Awaitable[T]], timeout: float) -> T:
+    """`step()`, tried again after a short pause for as long as `timeout` while another connection holds a
+    lock SQLite's busy handler does not wait for: switching a file's journal mode takes an exclusive lock,
+    so several processes opening a new file at once get "database is locked" at once instead of waiting."""
+    deadline = time.monotonic() + timeout
+    for failures in itertools.count(1):
+        try:
+            return await step()
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(exponential_delay(failures, 0.005, 0.1))
+    raise AssertionError("unreachable")
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:

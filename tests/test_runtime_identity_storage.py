@@ -248,3 +248,19 @@ async def test_two_processes_migrating_one_shared_file_at_once_apply_each_step_o
     finally:
         await first.close()
         await second.close()
+
+
+async def test_hosts_opening_a_new_shared_file_at_once_all_open_it(tmp_path: Path) -> None:
+    """The hosts open a store they share (the approval slots) when their first user needs it; several at
+    once on a fresh file met "database is locked" (switching the file to WAL takes a lock SQLite's busy
+    handler does not wait for), a 500 on a fresh root's first purchases. Connections of one process to one
+    real file stand in for the hosts."""
+    from runtime.storage import AgentStorage
+
+    for attempt in range(5):
+        stores = [AgentStorage(tmp_path / f"shared-{attempt}.sqlite3") for _ in range(8)]
+        try:
+            await asyncio.gather(*(store.open() for store in stores))
+            assert [await store.fetchone("SELECT 1 FROM _kv LIMIT 1") for store in stores] == [None] * 8
+        finally:
+            await asyncio.gather(*(store.close() for store in stores))

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import os
 import secrets
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -35,8 +33,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import SecretStr
 
-from runtime.backoff import exponential_delay
 from runtime.private_files import private_file
+from runtime.storage import while_locked
 
 log = logging.getLogger(__name__)
 
@@ -262,19 +260,15 @@ class SQLiteCredentialStore:
         SQLite's busy handler does not wait for, so several processes opening a new file at once retry
         here (briefly, with backoff) instead of failing with "database is locked"."""
         await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        deadline = time.monotonic() + self.busy_timeout_ms / 1000
-        for failures in itertools.count(1):
-            try:
-                async with db.execute("PRAGMA journal_mode") as cursor:
-                    row = await cursor.fetchone()
-                if not row or str(row[0]).lower() != "wal":
-                    await db.execute("PRAGMA journal_mode = WAL")
-                await db.executescript(_SCHEMA)
-                break
-            except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(exponential_delay(failures, 0.005, 0.1))
+
+        async def prepare() -> None:
+            async with db.execute("PRAGMA journal_mode") as cursor:
+                row = await cursor.fetchone()
+            if not row or str(row[0]).lower() != "wal":
+                await db.execute("PRAGMA journal_mode = WAL")
+            await db.executescript(_SCHEMA)
+
+        await while_locked(prepare, self.busy_timeout_ms / 1000)
         await db.execute("PRAGMA synchronous = FULL")  # a lost pending record means a second push
 
     async def close(self) -> None:
