@@ -135,7 +135,7 @@ class AgentStorage(StorageAPI):
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so nothing commits behind our back.
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn = await connect_sqlite(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
         await conn.execute(f"PRAGMA synchronous={self.synchronous}")
         await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -249,6 +249,18 @@ class AgentStorage(StorageAPI):
         return len(migrations) - applied
 
 
+async def connect_sqlite(path: Path, **options: Any) -> aiosqlite.Connection:
+    """An aiosqlite connection whose worker thread does not keep its process alive. aiosqlite runs each
+    connection in a non-daemon thread, so one nobody closed (a host retiring or its cluster stopping with
+    a store still open) hung the interpreter's exit for ever: a leaked process holding its memory. SQLite
+    is crash-safe, so a connection cut off at exit is no worse than a crash."""
+    pending = aiosqlite.connect(path, **options)
+    worker = getattr(pending, "_thread", None)  # aiosqlite starts it when awaited; it offers no option
+    if worker is not None and not worker.is_alive():
+        worker.daemon = True
+    return await pending
+
+
 async def while_locked(step: Callable[[], Awaitable[T]], timeout: float) -> T:
     """`step()`, tried again after a short pause for as long as `timeout` while another connection holds a
     lock SQLite's busy handler does not wait for: switching a file's journal mode takes an exclusive lock,
@@ -273,4 +285,14 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
             raise
 
 
-__all__ = ["EPOCH_KEY", "AgentStorage", "Migration", "StorageError", "Transaction", "decode", "split_sql", "to_json"]
+__all__ = [
+    "EPOCH_KEY",
+    "AgentStorage",
+    "connect_sqlite",
+    "Migration",
+    "StorageError",
+    "Transaction",
+    "decode",
+    "split_sql",
+    "to_json",
+]

@@ -264,3 +264,20 @@ async def test_hosts_opening_a_new_shared_file_at_once_all_open_it(tmp_path: Pat
             assert [await store.fetchone("SELECT 1 FROM _kv LIMIT 1") for store in stores] == [None] * 8
         finally:
             await asyncio.gather(*(store.close() for store in stores))
+
+
+def test_a_process_that_exits_with_an_agent_file_still_open_exits(tmp_path: Path) -> None:
+    """A host retiring (or on a stopping cluster) with a store still open hung at exit for ever, a leaked
+    process: aiosqlite's worker threads kept the interpreter waiting. Here a real process opens a file and
+    exits without closing it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio, sys\n"
+        "from runtime.storage import AgentStorage\n"
+        "kept = AgentStorage(sys.argv[1])  # as a host's stores are: referenced until the process ends\n"
+        "asyncio.run(kept.open())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "open.sqlite3")], timeout=30, check=False)
+    assert done.returncode == 0

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import SecretStr
 
 from runtime.private_files import private_file
-from runtime.storage import while_locked
+from runtime.storage import connect_sqlite, while_locked
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +240,7 @@ class SQLiteCredentialStore:
                 with contextlib.suppress(Exception):
                     await stale.close()
             private_file(self.path)
-            pending = aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
-            # aiosqlite runs each connection in a non-daemon thread: a store nobody closed (an agent that
-            # just goes away) would keep the interpreter from exiting. SQLite is crash-safe, so let it die.
-            worker = getattr(pending, "_thread", None)
-            if worker is not None and not worker.is_alive():
-                worker.daemon = True
-            db = await pending
+            db = await connect_sqlite(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
             try:
                 await self._prepare(db)
             except BaseException:
