@@ -268,15 +268,19 @@ async def approve_at_once(run: WaitingRun, requests: dict[int, str]) -> None:
     }
 
 
-async def read_over_http(run: WaitingRun, stop: asyncio.Event) -> dict[str, int]:
-    """A user reading random waiting threads over HTTP until `stop`: statuses by code (5xx: target 0)."""
+async def read_over_http(run: WaitingRun, stop: asyncio.Event) -> dict[str, Any]:
+    """A user reading random waiting threads over HTTP until `stop`: statuses by code (5xx: target 0) and
+    how long the reads took (a read may wake a sleeping thread, or wait for a moving one)."""
     statuses: Counter[str] = Counter()
+    seconds: list[float] = []
     async with httpx.AsyncClient(base_url=run.stack.urls.api, timeout=60) as http:
         while not stop.is_set():
             i = random.randrange(run.args.pending)
             try:
                 headers = {"Authorization": f"Bearer {run.token_of(i)}"}
+                started = time.perf_counter()
                 response = await http.get(f"/threads/{thread_id(i)}/messages", headers=headers)
+                seconds.append(time.perf_counter() - started)
                 statuses[str(response.status_code)] += 1
                 if response.status_code >= 500:
                     run.errors[f"HTTP {response.status_code}"] += 1
@@ -284,4 +288,4 @@ async def read_over_http(run: WaitingRun, stop: asyncio.Event) -> dict[str, int]
                 statuses[type(exc).__name__] += 1
                 run.errors[f"HTTP {type(exc).__name__}"] += 1
             await asyncio.sleep(0.05)
-    return dict(statuses)
+    return {"statuses": dict(statuses), "latency": summarise(seconds)}

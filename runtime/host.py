@@ -240,6 +240,12 @@ def _host_key(root: Path, namespace: str, slot: int) -> tuple[str, str, str, int
     return (ray.get_runtime_context().get_session_name(), str(root), namespace, slot)
 
 
+HIGH_VOLUME_ACTOR = "enable_task_events=False"
+"""Hosts and schedulers take every agent call and wake-up: Ray's task events for them (kept by the GCS for
+its dashboard and state API, up to 100,000 tasks) grew the GCS by about 450 MiB over 100,000 thread
+creations and cost each call their reporting; the runtime keeps its own metrics and failure journal."""
+
+
 def ensure_host(storage_dir: Path, namespace: str, slot: int) -> Any:
     """The host actor of `slot` in this storage root, created if absent (a blocking GCS call the first time)."""
     root = Path(storage_dir).resolve()
@@ -256,6 +262,7 @@ def ensure_host(storage_dir: Path, namespace: str, slot: int) -> Any:
             resources=runtime_settings().host_resources or None,
             scheduling_strategy="SPREAD",  # over the nodes that can take it, not where the caller runs
             max_concurrency=runtime_settings().host_max_concurrency,
+            enable_task_events=False,  # see HIGH_VOLUME_ACTOR
         ).remote(str(root), namespace, slot)
         _hosts[key] = handle
     return handle

@@ -96,6 +96,7 @@ def ensure_scheduler(storage_dir: Path, namespace: str) -> Any:
         max_restarts=-1,
         num_cpus=0,
         max_concurrency=1000,
+        enable_task_events=False,  # as the hosts': runtime.host.HIGH_VOLUME_ACTOR
     ).remote(str(root), namespace, hosts=runtime_settings().hosts)
     _handles[cache_key] = handle
     return handle
