@@ -83,13 +83,14 @@ def log_in(authz_url: str, users: list[str]) -> list[str]:
     return tokens
 
 
-async def run_phases(args: argparse.Namespace, stack: Any, storage: Path) -> dict[str, Any]:
+async def run_phases(args: argparse.Namespace, stack: Any, storage: Path, results: dict[str, Any]) -> None:
+    """The phases in turn; `results` fills as they go (kept if one fails)."""
     stack.authz.state.max_requested_expiry = args.expiry  # the dev server lets requests live that long
     # The dev server keeps its requests in one JSON file rewritten at every change: fine for a person's
     # approvals, quadratic at 10,000 (the run spent half an hour in it). The provider is not measured here.
     stack.authz.state.requests_file = None
     tokens = await asyncio.to_thread(log_in, stack.authz.url, users_for(args.pending))
-    run = WaitingRun(args, stack, storage, NAMESPACE, tokens, Hosts(storage, NAMESPACE))
+    run = WaitingRun(args, stack, storage, NAMESPACE, tokens, Hosts(storage, NAMESPACE), results)
     log(f"0/5 the empty stack: settling, then {args.window:.0f} s of CPU ...")
     await asyncio.sleep(args.settle)
     run.results["empty_stack"] = await cost_over(args.window)
@@ -110,7 +111,6 @@ async def run_phases(args: argparse.Namespace, stack: Any, storage: Path) -> dic
         "exactly_once": totals["orders"] == approvals and totals["ciba_requests"] == args.pending,
         "caller_errors": dict(run.errors),
     }
-    return run.results
 
 
 # -- report ------------------------------------------------------------------------------------------------
@@ -203,9 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     storage = Path(tempfile.mkdtemp(prefix="agentrt-waiting-"))
     stack = local_stack(storage, NAMESPACE, 5, stack_env(args), dev_users=tuple(users_for(args.pending)))
     log(f"starting the stack (Ray, dev services, Serve) on {storage} ...")
+    results: dict[str, Any] = {}
     try:
         with running(stack):
-            results = asyncio.run(run_phases(args, stack, storage))
+            asyncio.run(run_phases(args, stack, storage, results))
+    except Exception as exc:  # what was measured before it stopped is kept
+        results["failed"] = f"{type(exc).__name__}: {exc}"
+        write_report(args.out, {**report_head("waiting_bench", utc_timestamp=True), "results": results})
+        raise
     finally:
         shutil.rmtree(storage, ignore_errors=True)
     report = {
