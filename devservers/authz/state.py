@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import jwt
 
 from auth.client_assertion import CLIENT_ASSERTION_TYPE
-from auth.http_pool import tls_context
 from devservers.authz.ciba_request import CIBARequest, RequestStatus
 from devservers.authz.keys import SigningKey
+from devservers.authz.ping_sender import PingSender
 from devservers.authz.protocol import ENDPOINT_PATHS, SLOW_DOWN_INCREMENT, OAuthError
 from devservers.authz.request_file import read_requests, write_requests
 from devservers.authz.tokens import ciba_token_response, login_token_response
@@ -74,6 +73,8 @@ class AuthzState:
     stall: Stall = field(default_factory=Stall, repr=False)
     """Hold every request while stalled (`DevAuthorizationServer.stall`): an unresponsive provider."""
     pings_sent: int = 0
+    pinger: PingSender = field(default_factory=PingSender, repr=False)
+    """Delivers the pings: a bounded queue with retries, not a thread per approval."""
     client_keys: dict[str, Any] = field(default_factory=dict, repr=False)
     """private_key_jwt clients: client id -> public key (PEM bytes or a key object)."""
     seen_assertions: dict[str, float] = field(default_factory=dict, repr=False)
@@ -234,27 +235,14 @@ class AuthzState:
         return public
 
     def _ping(self, request: CIBARequest) -> None:
-        """Ping mode: tell the client the result is ready (a POST with the request's token, off the caller's
-        thread). The client then fetches it at the token endpoint."""
+        """Ping mode: tell the client the result is ready (a POST with the request's token, queued off the
+        caller's thread). The client then fetches it at the token endpoint."""
         endpoint = self.notification_endpoints.get(request.client_id)
         if not endpoint or not request.client_notification_token or self.drop_pings:
             return
         with self.lock:
             self.pings_sent += 1
-
-        def send() -> None:
-            try:
-                httpx.post(
-                    endpoint,
-                    verify=tls_context(),  # a new TLS context per ping would cost ~20 ms of the approval
-                    json={"auth_req_id": request.auth_req_id},
-                    headers={"Authorization": f"Bearer {request.client_notification_token}"},
-                    timeout=10.0,
-                )
-            except httpx.HTTPError as exc:
-                logger.warning("ping to %s failed: %s", endpoint, type(exc).__name__)
-
-        threading.Thread(target=send, name=f"ciba-ping-{request.id}", daemon=True).start()
+        self.pinger.send(endpoint, request.client_notification_token, request.auth_req_id)
 
     def poll(self, client_id: str, auth_req_id: str) -> dict[str, Any]:
         """The token endpoint's CIBA grant: tokens, or an `OAuthError` (pending, slow_down, ...)."""
