@@ -24,6 +24,33 @@ def node_used_mib() -> float:
     return (fields["MemTotal"] - fields["MemAvailable"]) / 1024
 
 
+def resident_mib_by_role() -> dict[str, float]:
+    """Resident memory (MiB) of this node's Ray processes by role (`AgentHost`, `AlarmScheduler`,
+    `ServeReplica:...`, `raylet`...) and of this driver (which runs the dev services): where a node's
+    memory went, which its total alone does not say."""
+    roles: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        first = argv[0].decode(errors="replace")
+        if int(proc.name) == os.getpid():
+            role = "driver and dev services"
+        elif first.startswith("ray::"):
+            role = first[5:].split(".", 1)[0].split(":", 1)[0] if "ServeReplica" not in first else first[5:]
+        elif any(b"ray" in part for part in argv[:3]):
+            role = Path(first).name or "ray"
+        else:
+            continue
+        mib = rss_mib(int(proc.name))
+        if mib:
+            roles[role] = round(roles.get(role, 0.0) + mib, 1)
+    return dict(sorted(roles.items(), key=lambda item: -item[1]))
+
+
 class Hosts:
     """The storage root's host actors: live agents and their processes' memory."""
 

@@ -122,7 +122,8 @@ def p50_p99(summary: dict[str, Any]) -> str:
 
 def report_rows(report: dict[str, Any]) -> list[Row]:
     r, p = report["results"], report["params"]
-    empty, waiting, single, burst = r["empty_stack"], r["waiting"], r["single_approvals"], r["burst"]
+    empty, asleep, waiting = r["empty_stack"], r["threads_asleep"], r["waiting"]
+    single, burst = r["single_approvals"], r["burst"]
     moved, totals = burst["host_change"], r["totals"]
     return [
         ["threads created through the runtime", f"{r['threads']['created']:,}", f"{r['threads']['per_s']} /s"],
@@ -133,10 +134,21 @@ def report_rows(report: dict[str, Any]) -> list[Row]:
             f"over {p['window']:.0f} s",
         ],
         [
+            f"{r['threads']['created']:,} threads asleep, none waiting",
+            f"{asleep['node_cpu_pct_of_one_core']}% of a core / {asleep['node_mib']:.0f} MiB",
+            f"memory x{asleep['node_mib'] / empty['node_mib']:.3f} of empty (hosts warm: agent code loaded)",
+        ],
+        [
             f"{p['pending']:,} waiting: node CPU / memory",
             f"{waiting['node_cpu_pct_of_one_core']}% of a core / {waiting['node_mib']:.0f} MiB",
-            f"+{waiting['cpu_pct_over_empty_stack']}% CPU, memory x{waiting['memory_vs_empty_stack']} of empty; "
+            f"vs threads asleep: {waiting['cpu_pct_over_threads_asleep']:+}% CPU, memory "
+            f"x{waiting['memory_vs_threads_asleep']}; vs empty: x{waiting['memory_vs_empty_stack']}; "
             f"{waiting['live_buyers']} buyers live; targets < 5%, within 10%",
+        ],
+        [
+            "memory growth by process (MiB)",
+            ", ".join(f"{role} {mib:+.0f}" for role, mib in list(waiting["resident_growth_mib_by_role"].items())[:3]),
+            "resident memory, waiting vs empty stack",
         ],
         [
             f"{single['approval_to_tool_result']['n']:,} approvals one at a time",

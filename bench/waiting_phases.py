@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from bench.common import approve, log, summarise, wait_until
-from bench.scale_memory import Hosts, node_used_mib
+from bench.scale_memory import Hosts, node_used_mib, resident_mib_by_role
 from bench.scale_phases import with_concurrency
 from bench.scale_waiting import busy_seconds
 
@@ -73,6 +73,10 @@ class WaitingRun:
     async def live_buyers(self) -> int:
         pending = {thread_id(i) for i in range(self.args.pending)}
         return sum(1 for name in await self.hosts.live_names() if name.split("/", 1)[1] in pending)
+
+    async def hosts_quiet(self) -> bool:
+        """At most a handful of agents live (the rest asleep): a probe for `wait_until`."""
+        return len(await self.hosts.live_names()) <= 8
 
 
 PURCHASES_PER_USER = 4
@@ -134,6 +138,9 @@ async def create_threads(run: WaitingRun) -> None:
     seconds = time.monotonic() - started
     run.results["threads"] = {"created": args.threads, "seconds": round(seconds, 1)}
     run.results["threads"]["per_s"] = round(args.threads / seconds, 1)
+    await wait_until(run.hosts_quiet, timeout=args.idle * 4 + 300, what="the new threads to fall asleep", interval=1)
+    log(f"   {args.threads:,} threads asleep, nothing pending: {args.window:.0f} s of CPU ...")
+    run.results["threads_asleep"] = await cost_over(args.window)
 
 
 async def start_purchases(run: WaitingRun) -> None:
@@ -175,7 +182,11 @@ async def cost_over(window: float) -> dict[str, float]:
     busy, started = busy_seconds(), time.monotonic()
     await asyncio.sleep(window)
     cpu = (busy_seconds() - busy) / (time.monotonic() - started)
-    return {"node_cpu_pct_of_one_core": round(100 * cpu, 2), "node_mib": round(node_used_mib(), 1)}
+    return {
+        "node_cpu_pct_of_one_core": round(100 * cpu, 2),
+        "node_mib": round(node_used_mib(), 1),
+        "resident_mib_by_role": resident_mib_by_role(),
+    }
 
 
 async def waiting_cost(run: WaitingRun) -> None:
@@ -184,7 +195,7 @@ async def waiting_cost(run: WaitingRun) -> None:
     log(f"3/5 measuring what {args.pending:,} waiting purchases cost over {args.window:.0f} s ...")
     stats_before = await run.hosts.stats()
     cost = await cost_over(args.window)
-    empty = run.results["empty_stack"]
+    empty, asleep = run.results["empty_stack"], run.results["threads_asleep"]
     run.results["waiting"] = {
         **cost,
         "window_s": args.window,
@@ -194,7 +205,16 @@ async def waiting_cost(run: WaitingRun) -> None:
         - sum(s["activations"] for s in stats_before),
         "cpu_pct_over_empty_stack": round(cost["node_cpu_pct_of_one_core"] - empty["node_cpu_pct_of_one_core"], 2),
         "memory_vs_empty_stack": round(cost["node_mib"] / empty["node_mib"], 3),
+        "cpu_pct_over_threads_asleep": round(cost["node_cpu_pct_of_one_core"] - asleep["node_cpu_pct_of_one_core"], 2),
+        "memory_vs_threads_asleep": round(cost["node_mib"] / asleep["node_mib"], 3),
+        "resident_growth_mib_by_role": growth_by_role(empty["resident_mib_by_role"], cost["resident_mib_by_role"]),
     }
+
+
+def growth_by_role(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """How much each role's resident memory grew (MiB), largest first."""
+    growth = {role: round(after.get(role, 0.0) - before.get(role, 0.0), 1) for role in {*before, *after}}
+    return dict(sorted(growth.items(), key=lambda item: -item[1]))
 
 
 # -- approvals ---------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from runtime.alarm_client import report_next_due
 from runtime.classes import import_agent_class
 from runtime.counters import counters
 from runtime.errors import AgentMovedError, HostRetiringError
+from runtime.freed_memory import FreedMemory
 from runtime.ids import actor_name
 from runtime.placement import Placement, host_name, runtime_dir
 from runtime.placement_view import fetch_placement, learn
@@ -105,6 +106,7 @@ class AgentHost:
         self._empty_since: float | None = time.monotonic()
         self._retiring = False
         self._started_at = time.time()
+        self._freed_memory = FreedMemory()
         self._ready = asyncio.get_running_loop().create_task(self._start())
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
@@ -192,6 +194,7 @@ class AgentHost:
             "started_at": self._started_at,
             "placement": self.placement.record(),
             "counters": counters(),
+            "memory_trims": self._freed_memory.trims,
             **self.activations.stats(),
         }
 
@@ -206,6 +209,7 @@ class AgentHost:
             await asyncio.sleep(REAPER_TICK_SECONDS)
             try:
                 self.activations.hibernate_idle()
+                await self._freed_memory.release_if_due(self.activations.counters["hibernations"])
                 metrics.LIVE_AGENTS.set(self.activations.live_count, host=str(self.slot))
                 if self._should_retire():
                     me = ray.get_runtime_context().current_actor
