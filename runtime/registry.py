@@ -9,6 +9,8 @@ and comes back transparently on the next call or due alarm.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +19,7 @@ from runtime.classes import is_script_class, script_agent_classes
 from runtime.handles import AgentHandle, SyncAgentHandle
 from runtime.host import ensure_host
 from runtime.placement_view import current_placement, learn
-from runtime.scheduler import ensure_scheduler
+from runtime.scheduler import ensure_scheduler, revive_scheduler_if_gone
 from runtime.storage_root import resolve_namespace, resolve_storage_dir
 
 A = TypeVar("A", bound=Agent)
@@ -73,12 +75,51 @@ def register_script_classes(scheduler: Any, classes: list[type[Agent]]) -> None:
 
 def start_runtime(storage_dir: str | Path | None = None, namespace: str | None = None) -> tuple[Any, list[Any]]:
     """Start (or find) a storage root's alarm scheduler and every one of its hosts, so that the first call
-    after a deploy pays no process start. Returns their actor handles; blocks on the GCS briefly."""
+    after a deploy pays no process start, and keep the scheduler alive from this process from then on
+    (`supervise_scheduler`). Returns their actor handles; blocks on the GCS briefly."""
     root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
     scheduler = ensure_scheduler(root, ns)
     register_script_classes(scheduler, script_agent_classes())
     hosts = [ensure_host(root, ns, slot) for slot in range(current_placement(root, ns).hosts)]
+    supervise_scheduler(root, ns)
     return scheduler, hosts
+
+
+SUPERVISE_SECONDS = 5.0
+"""How often a process that started a root's runtime checks that the root's scheduler still exists."""
+
+_supervised: set[tuple[str, str, str]] = set()
+
+
+def supervise_scheduler(root: Path, namespace: str) -> None:
+    """Watch the root's scheduler (which also keeps its placement) from a daemon thread of this process,
+    once per Ray session, and start a new one if it is gone for good: without it no sleeping agent's alarm
+    fires, no host can start and no agent can record its next alarm, so none could go to sleep. Every
+    ingress replica and every `runtime.init` watches; the scheduler's name keeps it to one."""
+    import ray
+
+    session = ray.get_runtime_context().get_session_name()
+    if (session, str(root), namespace) in _supervised:
+        return
+    _supervised.add((session, str(root), namespace))
+
+    def same_session() -> bool:
+        try:
+            return ray.is_initialized() and ray.get_runtime_context().get_session_name() == session
+        except Exception:  # Ray shutting down in another thread
+            return False
+
+    def watch() -> None:
+        while same_session():
+            time.sleep(SUPERVISE_SECONDS)
+            try:
+                if revive_scheduler_if_gone(root, namespace, timeout=4 * SUPERVISE_SECONDS):
+                    register_script_classes(ensure_scheduler(root, namespace), script_agent_classes())
+            except Exception as exc:  # Ray going down, the GCS briefly away: look again next time
+                if same_session():
+                    logger.warning("could not check the alarm scheduler of %s: %s", root, exc)
+
+    threading.Thread(target=watch, name=f"scheduler-watch:{root.name}", daemon=True).start()
 
 
 def set_host_count(

@@ -102,6 +102,25 @@ def ensure_scheduler(storage_dir: Path, namespace: str) -> Any:
     return handle
 
 
+def revive_scheduler_if_gone(storage_dir: Path, namespace: str, timeout: float) -> bool:
+    """Start a new scheduler for the root if its own is gone for good (killed with `no_restart`, or its
+    restarts used up): True if it did. Ray restarts a crashed one by itself; this is for the rest. Nothing
+    is lost: the alarm book and the placement are durable, and the new actor reads both."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
+
+    root = Path(storage_dir).resolve()
+    try:
+        ray.get(ensure_scheduler(root, namespace).stats.remote(), timeout=timeout)
+        return False
+    except (GetTimeoutError, ActorUnavailableError):  # busy, or being restarted by Ray: it is not gone
+        return False
+    except ActorDiedError:
+        _handles.pop((ray.get_runtime_context().get_session_name(), str(root), namespace), None)
+        ensure_scheduler(root, namespace)
+        logger.warning("the alarm scheduler and placement keeper of %s was gone for good: started anew", root)
+        return True
+
+
 @ray.remote
 class AlarmScheduler:
     """Wakes the agents its book says are due (`_run_due_schedules`), retrying failures with backoff."""
