@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,53 +72,55 @@ def register_script_classes(scheduler: Any, classes: list[type[Agent]]) -> None:
             logger.warning("cannot hand %s to the alarm scheduler: %s", cls.__qualname__, exc)
 
 
-def start_runtime(storage_dir: str | Path | None = None, namespace: str | None = None) -> tuple[Any, list[Any]]:
+def start_runtime(
+    storage_dir: str | Path | None = None, namespace: str | None = None, *, watch_scheduler: bool = False
+) -> tuple[Any, list[Any]]:
     """Start (or find) a storage root's alarm scheduler and every one of its hosts, so that the first call
-    after a deploy pays no process start, and keep the scheduler alive from this process from then on
-    (`supervise_scheduler`). Returns their actor handles; blocks on the GCS briefly."""
+    after a deploy pays no process start. With `watch_scheduler` (the ingress replicas), this process also
+    keeps the scheduler alive from then on (`SchedulerWatch`). Returns their actor handles; blocks on the
+    GCS briefly."""
     root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
     scheduler = ensure_scheduler(root, ns)
     register_script_classes(scheduler, script_agent_classes())
     hosts = [ensure_host(root, ns, slot) for slot in range(current_placement(root, ns).hosts)]
-    supervise_scheduler(root, ns)
+    if watch_scheduler and (root, ns) not in _watches:
+        _watches[(root, ns)] = SchedulerWatch(root, ns)
     return scheduler, hosts
 
 
 SUPERVISE_SECONDS = 5.0
-"""How often a process that started a root's runtime checks that the root's scheduler still exists."""
-
-_supervised: set[tuple[str, str, str]] = set()
+"""How often a process that watches a root's scheduler checks that it still exists."""
 
 
-def supervise_scheduler(root: Path, namespace: str) -> None:
-    """Watch the root's scheduler (which also keeps its placement) from a daemon thread of this process,
-    once per Ray session, and start a new one if it is gone for good: without it no sleeping agent's alarm
-    fires, no host can start and no agent can record its next alarm, so none could go to sleep. Every
-    ingress replica and every `runtime.init` watches; the scheduler's name keeps it to one."""
-    import ray
+class SchedulerWatch:
+    """Watches a root's scheduler (which also keeps its placement) from a daemon thread, and starts a new
+    one if it is gone for good: without it no sleeping agent's alarm fires, no host can start and no agent
+    can record its next alarm, so none could go to sleep. Every ingress replica watches; the scheduler's
+    name keeps it to one. Not for a driver that may call `ray.shutdown()` with the watch running (a Ray
+    call in flight on another thread then takes the process down): `stop()` it first."""
 
-    session = ray.get_runtime_context().get_session_name()
-    if (session, str(root), namespace) in _supervised:
-        return
-    _supervised.add((session, str(root), namespace))
+    def __init__(self, root: Path, namespace: str) -> None:
+        self.root, self.namespace = root, namespace
+        self.revived = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"scheduler-watch:{root.name}", daemon=True)
+        self._thread.start()
 
-    def same_session() -> bool:
-        try:
-            return ray.is_initialized() and ray.get_runtime_context().get_session_name() == session
-        except Exception:  # Ray shutting down in another thread
-            return False
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=4 * SUPERVISE_SECONDS + 5)
 
-    def watch() -> None:
-        while same_session():
-            time.sleep(SUPERVISE_SECONDS)
+    def _watch(self) -> None:
+        while not self._stop.wait(SUPERVISE_SECONDS):
             try:
-                if revive_scheduler_if_gone(root, namespace, timeout=4 * SUPERVISE_SECONDS):
-                    register_script_classes(ensure_scheduler(root, namespace), script_agent_classes())
-            except Exception as exc:  # Ray going down, the GCS briefly away: look again next time
-                if same_session():
-                    logger.warning("could not check the alarm scheduler of %s: %s", root, exc)
+                if revive_scheduler_if_gone(self.root, self.namespace, timeout=4 * SUPERVISE_SECONDS):
+                    self.revived += 1
+                    register_script_classes(ensure_scheduler(self.root, self.namespace), script_agent_classes())
+            except Exception as exc:  # the GCS briefly away: look again next time
+                logger.warning("could not check the alarm scheduler of %s: %s", self.root, exc)
 
-    threading.Thread(target=watch, name=f"scheduler-watch:{root.name}", daemon=True).start()
+
+_watches: dict[tuple[Path, str], SchedulerWatch] = {}
 
 
 def set_host_count(

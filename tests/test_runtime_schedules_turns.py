@@ -172,8 +172,7 @@ async def test_a_scheduler_killed_for_good_is_started_anew_and_a_sleeping_agents
     storage_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 22: Ray restarts a crashed scheduler, but not one killed with `no_restart` (or out of restarts).
-    The process that started the runtime (an ingress replica, `runtime.init`) starts a new one: without it
-    no sleeping agent would ever wake."""
+    Every ingress replica watches it and starts a new one: without it no sleeping agent would ever wake."""
     from runtime import registry
     from runtime.placement import scheduler_name
     from runtime.storage_root import resolve_namespace
@@ -181,16 +180,20 @@ async def test_a_scheduler_killed_for_good_is_started_anew_and_a_sleeping_agents
     monkeypatch.setattr(registry, "SUPERVISE_SECONDS", 0.5)
     namespace = resolve_namespace(None)  # get_agent's
     scheduler, _ = registry.start_runtime(storage_dir, namespace)
-    agent = get_agent(QuickCounter, "orphaned-1", storage_dir=storage_dir)
-    await agent.schedule(3.0, "record_fire", "with-a-new-scheduler")
-    await wait_until_hibernated(storage_dir, namespace, "QuickCounter/orphaned-1", timeout=30)
-    ray.kill(scheduler, no_restart=True)
+    watch = registry.SchedulerWatch(await asyncio.to_thread(storage_dir.resolve), namespace)  # as a replica's
+    try:
+        agent = get_agent(QuickCounter, "orphaned-1", storage_dir=storage_dir)
+        await agent.schedule(3.0, "record_fire", "with-a-new-scheduler")
+        await wait_until_hibernated(storage_dir, namespace, "QuickCounter/orphaned-1", timeout=30)
+        ray.kill(scheduler, no_restart=True)
 
-    file = storage_dir / "QuickCounter" / "orphaned-1.sqlite3"
-    fires = await eventually(lambda: read_kv_from_file(file, "fires"), timeout=60, what="the alarm to fire")
+        file = storage_dir / "QuickCounter" / "orphaned-1.sqlite3"
+        fires = await eventually(lambda: read_kv_from_file(file, "fires"), timeout=60, what="the alarm to fire")
+    finally:
+        await asyncio.to_thread(watch.stop)  # before any later test shuts Ray down
     assert [f["payload"] for f in fires] == ["with-a-new-scheduler"]
-    root = await asyncio.to_thread(storage_dir.resolve)
-    successor = ray.get_actor(scheduler_name(root), namespace=namespace)
+    assert watch.revived == 1
+    successor = ray.get_actor(scheduler_name(watch.root), namespace=namespace)
     assert successor._actor_id != scheduler._actor_id
     assert (await successor.stats.remote())["woken"] >= 1, "the new scheduler woke the sleeping agent"
 

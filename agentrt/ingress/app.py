@@ -51,7 +51,7 @@ class AgentIngress:
         check_storage()  # so does a malformed or unreachable AGENT_STORAGE_URL (named, without its password)
 
         try:
-            start_runtime()
+            start_runtime(watch_scheduler=True)
         except Exception as exc:  # handles still start them on first use
             logger.warning("could not start the agent runtime: %s", exc)
 
