@@ -17,14 +17,11 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import logging
 import time
 from functools import lru_cache
 from typing import Any
 
 __all__ = ["FreedMemory", "TRIM_EVERY_SECONDS"]
-
-logger = logging.getLogger("runtime.freed_memory")
 
 TRIM_EVERY_SECONDS = 30.0
 """At most one trim per host this often, and only after agents have left."""

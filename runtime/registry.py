@@ -18,7 +18,7 @@ from runtime.classes import is_script_class, script_agent_classes
 from runtime.handles import AgentHandle, SyncAgentHandle
 from runtime.host import ensure_host
 from runtime.placement_view import current_placement, learn
-from runtime.scheduler import ensure_scheduler, revive_scheduler_if_gone
+from runtime.scheduler import ensure_scheduler, forget_scheduler_if_gone
 from runtime.storage_root import resolve_namespace, resolve_storage_dir
 
 A = TypeVar("A", bound=Agent)
@@ -80,12 +80,18 @@ def start_runtime(
     keeps the scheduler alive from then on (`SchedulerWatch`). Returns their actor handles; blocks on the
     GCS briefly."""
     root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
-    scheduler = ensure_scheduler(root, ns)
-    register_script_classes(scheduler, script_agent_classes())
+    scheduler = scheduler_with_script_classes(root, ns)
     hosts = [ensure_host(root, ns, slot) for slot in range(current_placement(root, ns).hosts)]
     if watch_scheduler and (root, ns) not in _watches:
         _watches[(root, ns)] = SchedulerWatch(root, ns)
     return scheduler, hosts
+
+
+def scheduler_with_script_classes(root: Path, namespace: str) -> Any:
+    """The root's scheduler (started if absent), given every script-defined class of this process."""
+    scheduler = ensure_scheduler(root, namespace)
+    register_script_classes(scheduler, script_agent_classes())
+    return scheduler
 
 
 SUPERVISE_SECONDS = 5.0
@@ -113,9 +119,10 @@ class SchedulerWatch:
     def _watch(self) -> None:
         while not self._stop.wait(SUPERVISE_SECONDS):
             try:
-                if revive_scheduler_if_gone(self.root, self.namespace, timeout=4 * SUPERVISE_SECONDS):
+                if forget_scheduler_if_gone(self.root, self.namespace, timeout=4 * SUPERVISE_SECONDS):
+                    scheduler_with_script_classes(self.root, self.namespace)
                     self.revived += 1
-                    register_script_classes(ensure_scheduler(self.root, self.namespace), script_agent_classes())
+                    logger.warning("the alarm scheduler of %s was gone for good: started anew", self.root)
             except Exception as exc:  # the GCS briefly away: look again next time
                 logger.warning("could not check the alarm scheduler of %s: %s", self.root, exc)
 

@@ -102,10 +102,11 @@ def ensure_scheduler(storage_dir: Path, namespace: str) -> Any:
     return handle
 
 
-def revive_scheduler_if_gone(storage_dir: Path, namespace: str, timeout: float) -> bool:
-    """Start a new scheduler for the root if its own is gone for good (killed with `no_restart`, or its
-    restarts used up): True if it did. Ray restarts a crashed one by itself; this is for the rest. Nothing
-    is lost: the alarm book and the placement are durable, and the new actor reads both."""
+def forget_scheduler_if_gone(storage_dir: Path, namespace: str, timeout: float) -> bool:
+    """True if the root's scheduler is gone for good (killed with `no_restart`, or its restarts used up);
+    this process then forgets its handle, so that the next `ensure_scheduler` starts a new one. Ray
+    restarts a crashed one by itself; this is for the rest. Nothing is lost: the alarm book and the
+    placement are durable, and the new actor reads both."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
     root = Path(storage_dir).resolve()
@@ -116,8 +117,6 @@ def revive_scheduler_if_gone(storage_dir: Path, namespace: str, timeout: float) 
         return False
     except ActorDiedError:
         _handles.pop((ray.get_runtime_context().get_session_name(), str(root), namespace), None)
-        ensure_scheduler(root, namespace)
-        logger.warning("the alarm scheduler and placement keeper of %s was gone for good: started anew", root)
         return True
 
 
