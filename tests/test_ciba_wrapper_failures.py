@@ -36,6 +36,7 @@ from tools.async_confirmation import (
 )
 from tools.base import Tool, ToolContext, ToolError, TransientToolError
 from tools.ciba_client import CIBAClient
+from tools.ciba_options import ATTEMPTS_NAMESPACE
 from tools.credential_store import SQLiteCredentialStore
 from tools.interrupts import (
     AuthorizationPendingInterrupt,
@@ -153,6 +154,33 @@ async def test_half_sent_request_is_resent_once_after_its_lease(
     assert "sending it again" in caplog.text
     assert (await stats(authz))["backchannel_requests"] == 1
     assert (await store.get(PENDING_NAMESPACE, key))["auth_req_id"]
+
+
+async def test_a_resend_claimed_by_a_process_that_died_before_sending_is_sent_by_the_next_check(
+    authz: DevAuthorizationServer,  # noqa: F811
+    client: CIBAClient,  # noqa: F811
+    store: SQLiteCredentialStore,  # noqa: F811
+) -> None:
+    """Found by the soak: a host killed between claiming resend #2 and recording it left a claim that every
+    later check took for a sender at work, so the call waited forever. Simulated by writing what that
+    process left: the record still at attempt 1 past its lease, and the claim of attempt 2."""
+    key = "thread-1:buy:call-claimed"
+    now = time.time()
+    record = {"state": "requesting", "attempt": 1, "pushes": 1, "lease_until": now - 1, "created_at": now}
+    await store.put(PENDING_NAMESPACE, key, {**record, "binding_message": "Buy 10 MSFT"})
+    await store.put(ATTEMPTS_NAMESPACE, f"{key}#2", {"at": now})
+    tool = wrap(RecordingTool().tool(), store, client)
+    ctx = tool_context("call-claimed")
+    with pytest.raises(AuthorizationPendingInterrupt):
+        await tool.run(ARGS, ctx)  # the claim is fresh: its claimer may be sending right now
+    assert (await stats(authz))["backchannel_requests"] == 0
+
+    await store.put(ATTEMPTS_NAMESPACE, f"{key}#2", {"at": now - 3600})  # the claimer is long gone
+    with pytest.raises(AuthorizationPendingInterrupt):
+        await tool.run(ARGS, ctx)
+    assert (await stats(authz))["backchannel_requests"] == 1
+    stored = await store.get(PENDING_NAMESPACE, key)
+    assert stored["auth_req_id"] and stored["attempt"] == 3 and stored["pushes"] == 2
 
 
 async def test_expired_by_the_local_deadline_even_if_the_server_still_waits(

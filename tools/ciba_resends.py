@@ -59,7 +59,8 @@ class RequestResends:
         claimed = await self.store.create_if_absent(
             ATTEMPTS_NAMESPACE, f"{key}#{attempt}", {"at": now}, ttl=self._requesting_ttl(record, now)
         )
-        if not claimed:  # another caller took this attempt over; it is sending the request now
+        if not claimed:
+            await self._skip_if_claimer_died(key, record, attempt, now)
             return
         if not record.get("failures"):
             log.warning(
@@ -75,6 +76,22 @@ class RequestResends:
         )
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._requesting_ttl(record, now))
         await self._send_request(ctx, key, params, record)
+
+    async def _skip_if_claimer_died(self, key: str, record: dict[str, Any], attempt: int, now: float) -> None:
+        """Another caller claimed `attempt`. It records the attempt in the pending record before it sends, so
+        a claim older than a lease while the record still shows the attempt before it means the claimer died
+        in between, having sent nothing: record the attempt as passed, so that the next check claims the one
+        after it (without this, every later check would see the claim taken and wait for a sender that is
+        gone, forever)."""
+        claim = await self.store.get(ATTEMPTS_NAMESPACE, f"{key}#{attempt}")
+        if claim is None or now < float(claim.get("at") or 0.0) + self._lease():
+            return  # its claimer may be sending the request now
+        log.warning(
+            "CIBA tool call %s: attempt %d was claimed but never sent; skipping it", record.get("tool_call_id"), attempt
+        )
+        await self.store.put(
+            PENDING_NAMESPACE, key, {**record, "attempt": attempt}, ttl=self._requesting_ttl(record, now)
+        )
 
     async def _end_if_out_of_requests(self, ctx: ToolContext, key: str, record: dict[str, Any], now: float) -> None:
         """Before another request for this call: end the call (a terminal, clear result) if it has had its
