@@ -58,46 +58,65 @@ def orders_in(data: Path) -> int:
         return db.execute("SELECT COUNT(*) FROM orders").fetchone()[0]
 
 
-@pytest.mark.parametrize("how", ["sigint", "sigkill"])
-def test_a_purchase_pending_across_a_restart_completes_exactly_once(tmp_path: Path, how: str) -> None:
+def login(api: str) -> dict[str, str]:
+    token = httpx.post(f"{api}/dev/login", json={"username": "alice"}, timeout=10).json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def buy_and_wait(api: str, thread: str, quantity: int) -> None:
+    """Ask for a purchase; it waits for the user's approval."""
+    sent = httpx.post(
+        f"{api}/threads/{thread}/messages",
+        json={"content": f"buy {quantity} shares of MSFT"},
+        headers=login(api),
+        timeout=60,
+    )
+    assert sent.status_code == 200, sent.text
+    (pending,) = httpx.get(f"{api}/threads/{thread}/interrupts", headers=login(api), timeout=10).json()["interrupts"]
+    assert pending["binding_message"] == f"Buy {quantity} MSFT"
+
+
+def approve_and_see_it_bought(api: str, thread: str, quantity: int, data: Path) -> None:
+    """After the restart: the request still waits on the phone; approved, the purchase completes once."""
+    auth = login(api)
+    dev = httpx.get(f"{api}/config", timeout=10).json()["dev_authz_url"]
+    requests = httpx.get(f"{dev}/dev/ciba/requests", params={"user": "alice"}, timeout=10).json()
+    (request,) = [r for r in requests if r["status"] == "pending"]
+    assert request["binding_message"] == f"Buy {quantity} MSFT"
+    orders_before = orders_in(data)
+    httpx.post(f"{dev}/dev/ciba/requests/{request['id']}/approve", timeout=10).raise_for_status()
+
+    def finished() -> list[dict[str, Any]] | None:
+        messages = httpx.get(f"{api}/threads/{thread}/messages", headers=auth, timeout=30).json()["messages"]
+        tools = [m for m in messages if m["role"] == "tool"]
+        answers = [m["content"] or "" for m in messages if m["role"] == "assistant"]
+        # the result is recorded first, the model's answer about it a moment later
+        done = tools and tools[0]["state"] == "result" and answers and "Purchased" in answers[-1]
+        return messages if done else None
+
+    messages = wait_for(finished, 60, "the purchase to complete after the restart")
+    (tool,) = [m for m in messages if m["role"] == "tool"]
+    assert tool["content"] == f"Purchased {quantity} shares of MSFT at 25.0"
+    assert f"Purchased {quantity} shares of MSFT" in [m for m in messages if m["role"] == "assistant"][-1]["content"]
+    assert httpx.get(f"{api}/threads/{thread}/interrupts", headers=auth, timeout=10).json()["interrupts"] == []
+    assert orders_in(data) == orders_before + 1
+    asked = httpx.get(f"{dev}/dev/ciba/requests", params={"user": "alice"}, timeout=10).json()
+    assert [r["binding_message"] for r in asked].count(f"Buy {quantity} MSFT") == 1  # asked once
+
+
+def test_a_purchase_pending_across_a_stop_and_a_crash_completes_exactly_once(tmp_path: Path) -> None:
+    """One purchase waits across a clean stop (SIGINT), a second across a crash of the whole process group
+    (SIGKILL, nothing gets to clean up); each completes once after the next start."""
     env, data = clean_env(tmp_path), tmp_path / "data"
     proc, output, api = start_serve(env, data)
     try:
-        token = httpx.post(f"{api}/dev/login", json={"username": "alice"}, timeout=10).json()["access_token"]
-        auth = {"Authorization": f"Bearer {token}"}
-        sent = httpx.post(
-            f"{api}/threads/restart-1/messages", json={"content": "buy 3 shares of MSFT"}, headers=auth, timeout=60
-        )
-        assert sent.status_code == 200, sent.text
-        (pending,) = httpx.get(f"{api}/threads/restart-1/interrupts", headers=auth, timeout=10).json()["interrupts"]
-        assert pending["binding_message"] == "Buy 3 MSFT"
-        stop_serve(proc, how)
-        assert not (secrets_file := data / "dev-secrets.json").stat().st_mode & 0o077
-        assert secrets_file.read_text() not in output.text  # kept, never printed
-
-        proc, output, api = start_serve(env, data)
-        token = httpx.post(f"{api}/dev/login", json={"username": "alice"}, timeout=10).json()["access_token"]
-        auth = {"Authorization": f"Bearer {token}"}
-        dev = httpx.get(f"{api}/config", timeout=10).json()["dev_authz_url"]
-        (request,) = httpx.get(f"{dev}/dev/ciba/requests", params={"user": "alice"}, timeout=10).json()
-        assert request["status"] == "pending" and request["binding_message"] == "Buy 3 MSFT"
-        httpx.post(f"{dev}/dev/ciba/requests/{request['id']}/approve", timeout=10).raise_for_status()
-
-        def finished() -> list[dict[str, Any]] | None:
-            messages = httpx.get(f"{api}/threads/restart-1/messages", headers=auth, timeout=30).json()["messages"]
-            tools = [m for m in messages if m["role"] == "tool"]
-            answers = [m["content"] or "" for m in messages if m["role"] == "assistant"]
-            # the result is recorded first, the model's answer about it a moment later
-            done = tools and tools[0]["state"] == "result" and answers and "Purchased" in answers[-1]
-            return messages if done else None
-
-        messages = wait_for(finished, 60, "the purchase to complete after the restart")
-        (tool,) = [m for m in messages if m["role"] == "tool"]
-        assert tool["content"] == "Purchased 3 shares of MSFT at 25.0"
-        assert "Purchased 3 shares of MSFT" in [m for m in messages if m["role"] == "assistant"][-1]["content"]
-        assert httpx.get(f"{api}/threads/restart-1/interrupts", headers=auth, timeout=10).json()["interrupts"] == []
-        assert orders_in(data) == 1
-        assert len(httpx.get(f"{dev}/dev/ciba/requests", params={"user": "alice"}, timeout=10).json()) == 1
+        for quantity, how, thread in ((3, "sigint", "restart-1"), (4, "sigkill", "restart-2")):
+            buy_and_wait(api, thread, quantity)
+            stop_serve(proc, how)
+            assert not (secrets_file := data / "dev-secrets.json").stat().st_mode & 0o077
+            assert secrets_file.read_text() not in output.text  # kept, never printed
+            proc, output, api = start_serve(env, data)
+            approve_and_see_it_bought(api, thread, quantity, data)
         stop_serve(proc, "sigint")
     finally:
         if proc.poll() is None:
