@@ -88,7 +88,13 @@ async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[st
         cluster.remove_node(doomed)  # the node dies while turns run: its raylet and every worker on it
         for request in requests:
             (await http.post(f"/dev/ciba/requests/{request['id']}/approve")).raise_for_status()
-        orders = await until(lambda: _orders(checkout, len(requests)), timeout=300, what="the orders after the loss")
+        try:
+            orders = await until(
+                lambda: _orders(checkout, len(requests)), timeout=300, what="the orders after the loss"
+            )
+        except TimeoutError:
+            print_cluster_state()  # what a failure report needs: where the hosts are, and in what state
+            raise
         messages = await until(lambda: _final(thread, token), timeout=60, what="the final answer")
         story_seen = await finish_story(story, stop, chatter)
         await asyncio.sleep(2.0)  # an order placed twice would have reached the checkout by now
@@ -130,6 +136,24 @@ def start_cluster(storage_dir: Path, env: dict[str, str]) -> tuple[Any, Any, str
     runtime.init(storage_dir=storage_dir, namespace="agents-node-loss")
     api = start_ingress({**env, "AGENT_STORAGE_DIR": str(storage_dir), "AGENT_NAMESPACE": "agents-node-loss"})
     return cluster, doomed, api
+
+
+def print_cluster_state() -> None:
+    """The nodes and the runtime's actors, with their state and node, to stderr (from the GCS: this
+    cluster runs without a dashboard, so Ray's state API is not there)."""
+    import ray
+    from ray._private import state
+
+    for node in ray.nodes():
+        print(f"node {node['NodeID'][:12]} alive={node['Alive']} resources={node['Resources']}", file=sys.stderr)
+    for actor in state.actors().values():
+        name = actor["ActorClassName"]
+        if name in ("AgentHost", "AlarmScheduler", "PlacementKeeper") or "Replica" in name:
+            print(
+                f"actor {name} {actor['Name']} {actor['State']} node={actor['Address']['NodeID'][:12]} "
+                f"restarts={actor['NumRestarts']} pid={actor['Pid']} death={str(actor['DeathCause'])[:300]}",
+                file=sys.stderr,
+            )
 
 
 def stop_cluster(cluster: Any) -> None:

@@ -31,7 +31,8 @@ from tests.http_fixtures import HttpApi, ensure_http_api
 pytestmark = pytest.mark.slow
 
 FUZZ_USER = "dave"
-EXAMPLES = int(os.environ.get("AGENTRT_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("AGENTRT_FUZZ_EXAMPLES", "25"))
+"""Cases per operation in the suite (a longer run: set it higher, or the README's `st run` against `agentrt serve`)."""
 ANSWER_SECONDS = 30.0
 """The longest any answer may take (a model turn on the offline model included): longer is a hang."""
 

@@ -32,7 +32,7 @@ def test_a_pending_purchase_survives_the_loss_of_its_threads_node(
     if backend == "postgres":  # a database of its own: the scenario audits every write to it
         url = [request.getfixturevalue("postgres").new_database(f"node_loss_{os.getpid()}_{time.monotonic_ns()}")]
     proc = run_isolated("tests/node_loss_scenario.py", str(tmp_path / "agents"), *url, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-8000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["host_node_before"] == seen["doomed_node"], "the thread must first live on the doomed node"
     assert seen["host_node_after"] == seen["survivor_node"], "and then on the surviving one"
