@@ -22,7 +22,14 @@ from openai import APITimeoutError as OpenAITimeout
 
 from agents.errors import InvalidMessageError, MessageIdReusedError, ToolCallNotAwaitingError, UnknownToolCallError
 from agents.events import EventLog
-from agents.messages import ChatMessage, PendingApproval, ThreadEvent, ToolCall, validate_message_id
+from agents.messages import (
+    ChatMessage,
+    PendingApproval,
+    ThreadEvent,
+    ToolCall,
+    checked_message_text,
+    validate_message_id,
+)
 from agents.metrics import MODEL_CALL_SECONDS, MODEL_ERRORS, TOOL_ERRORS, TOOL_RETRIES
 from agents.model_context import model_context
 from agents.model_stream import shared_llm, stream_completion
@@ -237,16 +244,7 @@ class AIChatAgent(Agent):
 
     # -- the tool loop -----------------------------------------------------------------------------
     def _validate_content(self, content: object) -> str:
-        if not isinstance(content, str):
-            raise InvalidMessageError("message content must be a string")
-        text = content.strip()
-        if not text:
-            raise InvalidMessageError("message is empty")
-        if len(text) > self.settings.max_message_chars:
-            raise InvalidMessageError(
-                f"message is too long ({len(text)} characters; the limit is {self.settings.max_message_chars})"
-            )
-        return text
+        return checked_message_text(content, self.settings.max_message_chars)
 
     async def _continue_if_resolved(self, tool_call_id: str) -> None:
         call = await self._get_call(tool_call_id)

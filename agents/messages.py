@@ -27,6 +27,20 @@ def validate_message_id(message_id: object) -> str:
     return message_id
 
 
+def checked_message_text(content: object, max_chars: int) -> str:
+    """A user's message as stored: stripped, not empty, at most `max_chars` characters
+    (`CHAT_MAX_MESSAGE_CHARS`); else `InvalidMessageError` saying why. The one rule for the agent and the
+    HTTP API (which refuses a bad message before it wakes the thread)."""
+    if not isinstance(content, str):
+        raise InvalidMessageError("message content must be a string")
+    text = content.strip()
+    if not text:
+        raise InvalidMessageError("message is empty")
+    if len(text) > max_chars:
+        raise InvalidMessageError(f"message is too long ({len(text)} characters; the limit is {max_chars})")
+    return text
+
+
 def tool_call_id_from_model(wanted: object) -> str:
     """The id a model gave a tool call, if it is safe to key state on, log and put in a URL (the same
     characters as a message id); otherwise a fresh `call_<hex>`. A model endpoint chooses these ids, so one

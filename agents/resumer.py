@@ -23,10 +23,9 @@ from typing import Any
 
 from agents.host import MixinBase
 from agents.messages import ToolCall
-from auth.settings import AuthSettings
 from runtime import Schedule, internal, public, turn
 from tools.base import ToolContext
-from tools.ciba_ping import notification_target, ping_key
+from tools.ciba_ping import deployment_ping_key, notification_target
 from tools.interrupts import AsyncAuthorizationInterrupt
 
 CHECK_CALLBACK = "check_async_user_confirmation"
@@ -69,7 +68,7 @@ class AsyncUserConfirmationResumer(MixinBase):
         """A CIBA ping (the provider says the user decided): if the token is the one a pending call's request
         carries, check that call now instead of at its next timer. True if accepted; False for anything
         else (unknown, mismatched, replayed), which changes nothing."""
-        key = ping_key(AuthSettings().require_encryption_key().get_secret_value())
+        key = deployment_ping_key()
         target = notification_target(key, notification_token)
         if target is None or target.thread_id != self.id:
             return False

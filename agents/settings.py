@@ -11,6 +11,9 @@ from functools import lru_cache
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_MAX_MESSAGE_CHARS = 8000
+"""`CHAT_MAX_MESSAGE_CHARS` unless set (the API schema shows this default)."""
+
 
 class ChatSettings(BaseSettings):
     """Which model the chat agent talks to, and its limits."""
@@ -22,7 +25,9 @@ class ChatSettings(BaseSettings):
     openai_model: str = Field(default="offline-demo-model", validation_alias=AliasChoices("OPENAI_MODEL"))
     openai_timeout: float = Field(default=60.0, validation_alias=AliasChoices("OPENAI_TIMEOUT"))
     max_steps: int = Field(default=5, ge=1, le=50, validation_alias=AliasChoices("CHAT_MAX_STEPS"))
-    max_message_chars: int = Field(default=8000, ge=1, validation_alias=AliasChoices("CHAT_MAX_MESSAGE_CHARS"))
+    max_message_chars: int = Field(
+        default=DEFAULT_MAX_MESSAGE_CHARS, ge=1, validation_alias=AliasChoices("CHAT_MAX_MESSAGE_CHARS")
+    )
     max_tool_calls_per_step: int = Field(
         default=4,
         ge=1,

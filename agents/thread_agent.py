@@ -30,7 +30,7 @@ from tools.async_confirmation import (
 )
 from tools.base import Tool, current_tool_context
 from tools.ciba_client import CIBAClient
-from tools.ciba_ping import ping_key
+from tools.ciba_ping import deployment_ping_key
 
 
 def thread_owner(**_: Any) -> str:
@@ -92,7 +92,7 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
             client=CIBAClient.shared(settings),
             delivery_mode=settings.ciba_delivery_mode,
             ping_fallback=settings.ciba_ping_fallback_seconds,
-            ping_key=ping_key(settings.require_encryption_key().get_secret_value()),
+            ping_key=deployment_ping_key(settings),
         )
 
     @internal

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from auth.settings import AuthSettings
+
 _INFO = b"agentrt ciba ping token v1"
 
 
@@ -37,6 +39,12 @@ def ping_key(secret: str | bytes) -> bytes:
     if not material:
         raise ValueError("the ping key needs a non-empty secret")
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(material)
+
+
+def deployment_ping_key(settings: AuthSettings | None = None) -> bytes:
+    """The deployment's notification-token key: `ping_key` of `AUTH0_SESSION_ENCRYPTION_KEY`, the one key
+    the thread that signs a token, the ingress that checks a ping and the thread that takes it all use."""
+    return ping_key((settings or AuthSettings()).require_encryption_key().get_secret_value())
 
 
 def _encode(data: bytes) -> str:

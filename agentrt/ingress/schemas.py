@@ -6,14 +6,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from agents.messages import ChatMessage, PendingApproval
+from agents.messages import MESSAGE_ID_PATTERN, ChatMessage, PendingApproval
+from agents.settings import DEFAULT_MAX_MESSAGE_CHARS
 
 THREAD_ID_SCHEMA: dict[str, Any] = {"pattern": r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,128}$"}
 """What `runtime.validate_agent_id` accepts, for the schema (the check itself stays in one place, the
 runtime, so a bad id is the same `invalid_thread_id` answer wherever it comes in)."""
 
-MESSAGE_SCHEMA: dict[str, Any] = {"pattern": r"\S", "maxLength": 8000}
-"""A message needs something besides white space and at most `CHAT_MAX_MESSAGE_CHARS` (default 8000)."""
+MESSAGE_SCHEMA: dict[str, Any] = {"pattern": r"\S", "maxLength": DEFAULT_MAX_MESSAGE_CHARS}
+"""A message needs something besides white space and at most `CHAT_MAX_MESSAGE_CHARS` characters (the
+schema shows the default; the check itself is `agents.messages.checked_message_text`)."""
 
 
 class ErrorBody(BaseModel):
@@ -61,7 +63,7 @@ class SendMessageRequest(BaseModel):
     )
     message_id: StrictStr | None = Field(
         default=None,
-        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+        pattern=MESSAGE_ID_PATTERN.pattern,
         description="Your own id for this message: sending it again (after a lost answer) does not add it "
         "twice, it returns the same turn's messages. Default: a new id.",
         examples=["msg-2f1c9a"],

@@ -26,9 +26,8 @@ from agentrt.ingress.schemas import (
 )
 from agentrt.ingress.settings import IngressSettings, settings_dependency
 from auth.http_pool import shared_client
-from auth.settings import AuthSettings
 from runtime import InvalidAgentIdError, validate_agent_id
-from tools.ciba_ping import notification_target, ping_key
+from tools.ciba_ping import deployment_ping_key, notification_target
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -100,7 +99,7 @@ async def dev_login(body: DevLoginRequest, settings: IngressSettings = Depends(s
 
 @lru_cache(maxsize=1)
 def _ping_mac_key() -> bytes:
-    return ping_key(AuthSettings().require_encryption_key().get_secret_value())
+    return deployment_ping_key()
 
 
 @router.post(

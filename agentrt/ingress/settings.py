@@ -47,7 +47,6 @@ class IngressSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES, ge=1, validation_alias=AliasChoices("AGENTRT_MAX_BODY_BYTES")
     )
-    max_message_chars: int = Field(default=8000, validation_alias=AliasChoices("CHAT_MAX_MESSAGE_CHARS"))
     poll_timeout: float = Field(default=20.0, validation_alias=AliasChoices("AGENTRT_POLL_TIMEOUT"))
     sse_ping_seconds: float = Field(default=15.0, validation_alias=AliasChoices("AGENTRT_SSE_PING_SECONDS"))
     max_streams_per_user: int = Field(

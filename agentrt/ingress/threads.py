@@ -39,6 +39,8 @@ from agentrt.ingress.stream_slots import slots
 from agentrt.ingress.streams import FAR_AFTER, SSE_HEADERS, dump, parse_resume_point, thread_stream, turn_stream
 from agentrt.ingress.turn_limits import turn_limits
 from agents.errors import NotOwnerError
+from agents.messages import checked_message_text
+from agents.settings import chat_settings
 from runtime import validate_agent_id
 
 router = APIRouter()
@@ -89,16 +91,6 @@ def note_activity(thread: ThreadAccess, content: str) -> None:
         await gateway.call(directory, "touch", thread.caller.token, thread.thread_id, content)
 
     gateway.background(touch(), "updating the thread directory")
-
-
-def checked_message(content: str, settings: IngressSettings) -> str:
-    text = content.strip()
-    if not text:
-        raise HttpProblem(422, "invalid_message", "message is empty")
-    if len(text) > settings.max_message_chars:
-        limit = settings.max_message_chars
-        raise HttpProblem(422, "invalid_message", f"message is too long ({len(text)} characters; the limit is {limit})")
-    return text
 
 
 def wants_event_stream(request: Request) -> bool:
@@ -159,7 +151,7 @@ async def send_message(
     settings: IngressSettings = Depends(settings_dependency),
 ) -> Response:
     """Send a message and run the whole turn (the model, and any tools it calls)."""
-    content = checked_message(body.content, settings)
+    content = checked_message_text(body.content, chat_settings().max_message_chars)
     # the message's own id makes resending it harmless: the gateway resends it if the agent's host crashes
     message_id = body.message_id or f"msg-{uuid.uuid4().hex}"
     done = take_turn(thread, settings)
