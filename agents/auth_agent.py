@@ -12,8 +12,23 @@ from typing import Any
 from agents.errors import AuthUnavailableError, UnauthenticatedError
 from agents.host import MixinBase
 from auth.settings import AuthSettings
-from auth.verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError
+from auth.verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError, bearer_token
 from runtime import internal
+
+
+async def verified_claims(verifier: JWTVerifier, token: str) -> dict[str, Any]:
+    """The claims of `token` if `verifier` accepts it and it names a subject; else `UnauthenticatedError`
+    (401), or `AuthUnavailableError` (503, retry) when the issuer's keys cannot be fetched: the token may be
+    fine. The one mapping from a token check to the caller's answer, for the agents and the HTTP API."""
+    try:
+        claims = await verifier.verify(token)
+    except SigningKeysUnavailableError:  # the issuer is down, the token may be fine: retry, not 401
+        raise AuthUnavailableError("the issuer's signing keys cannot be fetched; retry shortly") from None
+    except InvalidTokenError as exc:
+        raise UnauthenticatedError(f"invalid token: {exc.reason}") from None
+    if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+        raise UnauthenticatedError("the token has no subject")
+    return claims
 
 
 class AuthAgent(MixinBase):
@@ -34,12 +49,5 @@ class AuthAgent(MixinBase):
     async def authenticate(self, token: str | None) -> dict[str, Any]:
         if not isinstance(token, str) or not token.strip():
             raise UnauthenticatedError("a bearer token is required")
-        raw = token.strip()
-        if raw[:7].lower() == "bearer ":
-            raw = raw[7:].strip()
-        try:
-            return await self.jwt_verifier().verify(raw)
-        except SigningKeysUnavailableError:  # the issuer is down, the token may be fine: retry, not 401
-            raise AuthUnavailableError("the issuer's signing keys cannot be fetched; retry shortly") from None
-        except InvalidTokenError as exc:
-            raise UnauthenticatedError(f"invalid token: {exc}") from None
+        raw = bearer_token(token) or token.strip()  # a header's whole value, or the token alone
+        return await verified_claims(self.jwt_verifier(), raw)

@@ -58,6 +58,13 @@ ASYMMETRIC_ALGORITHMS: tuple[str, ...] = (
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` value (RFC 6750: the scheme in any case, spaces
+    around the token ignored); None for no header, another scheme, or an empty token."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 class InvalidTokenError(Exception):
     """The token is not acceptable. `reason` is short and safe to show to the caller."""
 

@@ -16,11 +16,12 @@ from typing import Any
 from fastapi import Depends, Path
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from agentrt.ingress.errors import HttpProblem, bearer_required
+from agentrt.ingress.errors import bearer_required
 from agentrt.ingress.gateway import AgentGateway, gateway
 from agentrt.ingress.schemas import THREAD_ID_SCHEMA
+from agents.auth_agent import verified_claims as claims_of
 from auth.settings import AuthSettings
-from auth.verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError
+from auth.verifier import JWTVerifier
 from runtime import AgentHandle, validate_agent_id
 
 bearer_scheme = HTTPBearer(auto_error=False, description="A JWT from the configured issuer (audience: the agent API).")
@@ -33,19 +34,8 @@ def _verifier() -> JWTVerifier:
 
 async def verified_claims(token: str) -> dict[str, Any]:
     """The claims of a valid token of the configured issuer and audience, else a 401 (503 if the issuer's
-    keys cannot be fetched)."""
-    verifier = _verifier()
-    try:
-        claims = await verifier.verify(token)
-    except SigningKeysUnavailableError:
-        detail = "the issuer's signing keys cannot be fetched; retry"
-        raise HttpProblem(503, "authz_unavailable", detail, {"Retry-After": "5"}) from None
-    except InvalidTokenError as exc:
-        challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-        raise HttpProblem(401, "unauthenticated", f"invalid token: {exc.reason}", challenge) from None
-    if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-        raise HttpProblem(401, "unauthenticated", "the token has no subject", {"WWW-Authenticate": "Bearer"})
-    return claims
+    keys cannot be fetched): `agents.auth_agent.verified_claims` with this replica's verifier."""
+    return await claims_of(_verifier(), token)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentrt.ingress.errors import BEARER_REQUIRED, error_response
 from agentrt.ingress.settings import IngressSettings
+from auth.verifier import bearer_token
 from devservers.local_only import refusal as local_only_refusal
 
 
@@ -28,8 +29,7 @@ def _needs_bearer(path: str) -> bool:
 
 
 def _has_bearer(headers: dict[bytes, bytes]) -> bool:
-    scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    return scheme.lower() == "bearer" and bool(value.strip())
+    return bearer_token(headers.get(b"authorization", b"").decode("latin-1")) is not None
 
 
 class RequestGuard:

@@ -26,6 +26,7 @@ from agentrt.ingress.schemas import (
 )
 from agentrt.ingress.settings import IngressSettings, settings_dependency
 from auth.http_pool import shared_client
+from auth.verifier import bearer_token
 from runtime import InvalidAgentIdError, validate_agent_id
 from tools.ciba_ping import deployment_ping_key, notification_target
 
@@ -120,9 +121,8 @@ async def ciba_notify(body: CibaPing, request: Request) -> Response:
     The bearer is the `client_notification_token` of one pending approval; it names the thread, which then
     polls the token endpoint at once (a ping alone never approves anything). An unknown, wrong or replayed
     token is 401 and wakes nothing."""
-    scheme, _, raw = request.headers.get("authorization", "").partition(" ")
-    token = raw.strip()
-    target = notification_target(_ping_mac_key(), token) if scheme.lower() == "bearer" else None
+    token = bearer_token(request.headers.get("authorization"))
+    target = notification_target(_ping_mac_key(), token) if token else None
     refused = HttpProblem(401, "invalid_token", "not a valid notification token", {"WWW-Authenticate": "Bearer"})
     if target is None:  # not signed by us: refused here, no agent is woken
         raise refused
