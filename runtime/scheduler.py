@@ -95,6 +95,7 @@ def ensure_scheduler(storage_dir: Path, namespace: str) -> Any:
         lifetime="detached",
         max_restarts=-1,
         num_cpus=0,
+        resources=runtime_settings().scheduler_resources or None,
         max_concurrency=1000,
         enable_task_events=False,  # as the hosts': runtime.host.HIGH_VOLUME_ACTOR
     ).remote(str(root), namespace, hosts=runtime_settings().hosts)

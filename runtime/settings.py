@@ -84,6 +84,12 @@ class RuntimeSettings(BaseSettings):
         description='Ray custom resources each host needs (JSON, e.g. {"agents": 0.01}): keeps the hosts on '
         "the nodes that offer them (and, when such a node is lost, restarts them on another that does).",
     )
+    scheduler_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources the root's runtime actor (the alarm scheduler and placement keeper) "
+        'needs (JSON, e.g. {"runtime": 0.01}): keeps it on the nodes that offer them; unset, it goes where Ray '
+        "puts it and, when its node is lost, Ray restarts it elsewhere (the hosts wait for it meanwhile).",
+    )
 
 
 @lru_cache(maxsize=1)

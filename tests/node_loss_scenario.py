@@ -44,6 +44,9 @@ def services() -> tuple[Any, Any, Any, dict[str, str]]:
         "CIBA_DELIVERY_MODE": "poll",
         "AGENT_HOSTS": "1",
         "AGENT_HOST_RESOURCES": json.dumps({"agents": 0.01}),
+        # the runtime actor (alarms, placement keeper) on the doomed node too: it is lost with the hosts, and
+        # the hosts restart while it restarts (they must wait for it, not give up)
+        "AGENT_SCHEDULER_RESOURCES": json.dumps({"agents": 0.01}),
         "PYTHONPATH": str(REPO),
     }
     return authz, checkout, model, env
