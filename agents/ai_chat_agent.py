@@ -246,6 +246,17 @@ class AIChatAgent(Agent):
     def _validate_content(self, content: object) -> str:
         return checked_message_text(content, self.settings.max_message_chars)
 
+    async def _tool_context(self, call: ToolCall) -> ToolContext:
+        """What a tool learns of its call: the ids, the thread's owner, and whether an earlier run of it
+        ended with its outcome unknown."""
+        return ToolContext(
+            tool_call_id=call.id,
+            thread_id=self.id,
+            owner=await self.get_owner(),
+            agent_name=self.name,
+            outcome_unknown=bool((call.interrupt or {}).get("outcome_unknown")),
+        )
+
     async def _continue_if_resolved(self, tool_call_id: str) -> None:
         call = await self._get_call(tool_call_id)
         if call is not None and call.state == "result":
@@ -303,15 +314,8 @@ class AIChatAgent(Agent):
             return
         if call.state != "pending-authorization":  # a re-check of a pending approval is not a new run
             await self._set_call_state(call, "running")
-        context = ToolContext(
-            tool_call_id=call.id,
-            thread_id=self.id,
-            owner=await self.get_owner(),
-            agent_name=self.name,
-            outcome_unknown=bool((call.interrupt or {}).get("outcome_unknown")),
-        )
         try:
-            result = await tool.run(args, context)
+            result = await tool.run(args, await self._tool_context(call))
         except AsyncAuthorizationInterrupt as interrupt:
             if interrupt.terminal:  # a final outcome the wrapper did not turn into a result itself
                 result = interrupt.message

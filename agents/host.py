@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from agents.thread_store import ThreadStore
     from runtime import AgentStorage
     from runtime.schedules import Schedule
-    from tools.base import Tool
+    from tools.base import Tool, ToolContext
     from tools.interrupts import AsyncAuthorizationInterrupt
 
 
@@ -55,6 +55,8 @@ class ChatHost(Protocol):
     async def _finish_call(self, call: ToolCall, result: str) -> None: ...
 
     async def _continue_if_resolved(self, tool_call_id: str) -> None: ...
+
+    async def _tool_context(self, call: ToolCall) -> ToolContext: ...
 
     def keeps_retrying(self, schedule: Schedule) -> bool: ...
 

@@ -16,7 +16,6 @@ ends the call with a result that says so, instead of leaving it pending forever.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 from agents.host import MixinBase
 from agents.messages import ToolCall
 from runtime import Schedule, internal, public, turn
-from tools.base import ToolContext
 from tools.ciba_ping import deployment_ping_key, notification_target
 from tools.interrupts import AsyncAuthorizationInterrupt
 
@@ -52,11 +50,7 @@ class AsyncUserConfirmationResumer(MixinBase):
         data = interrupt.to_dict() if isinstance(interrupt, AsyncAuthorizationInterrupt) else interrupt
         next_check = data.get("next_check_at") or time.time() + float(data.get("interval") or DEFAULT_INTERVAL_SECONDS)
         payload = {"tool_call_id": tool_call_id}
-        earlier = [
-            s.id
-            for s in await self.get_schedules(status="pending")
-            if s.callback == CHECK_CALLBACK and s.payload == payload
-        ]
+        earlier = (await self._scheduled_checks()).get(tool_call_id, [])
         # the new check first, then the old ones go: whatever stops this half-way leaves a check behind
         await self.schedule(max(0.0, float(next_check) - time.time()), CHECK_CALLBACK, payload)
         for schedule_id in earlier:
@@ -78,13 +72,7 @@ class AsyncUserConfirmationResumer(MixinBase):
         confirmation = getattr(self.tools.get(call.name), "confirmation", None)
         if confirmation is None:
             return False
-        ctx = ToolContext(
-            tool_call_id=call.id,
-            thread_id=self.id,
-            owner=await self.get_owner(),
-            agent_name=self.name,
-        )
-        if not await confirmation.accept_ping(ctx, notification_token, auth_req_id):
+        if not await confirmation.accept_ping(await self._tool_context(call), notification_token, auth_req_id):
             return False
         await self.schedule_async_user_confirmation_check(call.id, {"next_check_at": time.time()})
         return True
@@ -117,14 +105,19 @@ class AsyncUserConfirmationResumer(MixinBase):
     async def _schedule_recovery(self) -> None:
         """After a restart, every call still waiting for approval has a check scheduled."""
         await super()._schedule_recovery()
-        scheduled = {
-            json.dumps(s.payload, sort_keys=True)
-            for s in await self.get_schedules(status="pending")
-            if s.callback == CHECK_CALLBACK
-        }
+        scheduled = await self._scheduled_checks()
         for call in await self.thread_store.calls("pending-authorization"):
-            if json.dumps({"tool_call_id": call.id}, sort_keys=True) not in scheduled:
+            if call.id not in scheduled:
                 await self.schedule_async_user_confirmation_check(call.id, call.interrupt or {})
+
+    async def _scheduled_checks(self) -> dict[str, list[str]]:
+        """The pending approval checks by tool call id: their schedule ids (one, except half-way through a
+        reschedule)."""
+        checks: dict[str, list[str]] = {}
+        for schedule in await self.get_schedules(status="pending"):
+            if schedule.callback == CHECK_CALLBACK and isinstance(schedule.payload, dict):
+                checks.setdefault(str(schedule.payload.get("tool_call_id")), []).append(schedule.id)
+        return checks
 
 
 def _expiry(call: ToolCall) -> float:

@@ -86,6 +86,14 @@ class AuthSettings(BaseSettings):
         return issuer_url(self.auth_issuer, self.auth0_domain)
 
     @property
+    def issuer_if_set(self) -> str | None:
+        """`issuer`, or None while neither `AUTH_ISSUER` nor `AUTH0_DOMAIN` gives a usable one."""
+        try:
+            return self.issuer
+        except AuthConfigError:
+            return None
+
+    @property
     def discovery_url(self) -> str:
         """The OIDC discovery document of `issuer`."""
         return discovery_url(self.issuer)

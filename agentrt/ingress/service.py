@@ -26,6 +26,7 @@ from agentrt.ingress.schemas import (
 )
 from agentrt.ingress.settings import IngressSettings, settings_dependency
 from auth.http_pool import shared_client
+from auth.settings import AuthSettings
 from auth.verifier import bearer_token
 from runtime import InvalidAgentIdError, validate_agent_id
 from tools.ciba_ping import deployment_ping_key, notification_target
@@ -58,9 +59,10 @@ async def config(request: Request, settings: IngressSettings = Depends(settings_
     """What the web page and the CLI need to know: the issuer, and with the dev authorization server, where
     to sign in as a demo user and where the approval page ("the phone") is."""
     dev = settings.dev_base()
+    auth = AuthSettings()
     return PublicConfig(
-        issuer=settings.public_issuer() or (dev + "/" if dev else None),
-        audience=settings.audience,
+        issuer=auth.issuer_if_set or (dev + "/" if dev else None),
+        audience=auth.auth0_audience,
         dev_login_url=str(request.base_url) + "dev/login" if dev else None,
         dev_authz_url=dev,
         approvals_url=settings.approvals_url or (f"{dev}/approvals" if dev else None),

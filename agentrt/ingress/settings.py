@@ -7,9 +7,6 @@ from functools import lru_cache
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from auth.errors import AuthConfigError
-from auth.issuer import issuer_url
-
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
 
@@ -41,9 +38,6 @@ class IngressSettings(BaseSettings):
             "loopback names; '*' for any (`agentrt serve --insecure-dev-login`). Others get 421: no DNS rebinding."
         ),
     )
-    auth_issuer: str | None = Field(default=None, validation_alias=AliasChoices("AUTH_ISSUER"))
-    auth0_domain: str | None = Field(default=None, validation_alias=AliasChoices("AUTH0_DOMAIN"))
-    audience: str | None = Field(default=None, validation_alias=AliasChoices("AUTH0_AUDIENCE"))
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES, ge=1, validation_alias=AliasChoices("AGENTRT_MAX_BODY_BYTES")
     )
@@ -79,13 +73,6 @@ class IngressSettings(BaseSettings):
         validation_alias=AliasChoices("AGENT_MAX_THREADS_PER_USER"),
         description="Threads one user may create; the next is refused with 429.",
     )
-
-    def public_issuer(self) -> str | None:
-        """The issuer the agents accept (`auth.issuer` rules), or None when none is configured."""
-        try:
-            return issuer_url(self.auth_issuer, self.auth0_domain)
-        except AuthConfigError:
-            return None
 
     def other_hosts(self) -> frozenset[str]:
         """`allowed_hosts` as lower-cased names."""
