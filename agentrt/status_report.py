@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from agents.status import pending_approvals
+from agents.status import waiting_tool_calls
 from runtime.status import agents_on_file, due_alarms, live_agents, parked_schedules
 from runtime.storage_choice import redacted_url, storage_url
 
@@ -23,7 +23,7 @@ from runtime.storage_choice import redacted_url, storage_url
 def collect(storage_dir: Path) -> dict[str, Any]:
     live = live_agents(storage_dir)
     alarms = due_alarms(storage_dir)
-    waiting = pending_approvals(storage_dir)
+    waiting = waiting_tool_calls(storage_dir)
     parked = parked_schedules(storage_dir)
     counted = agents_on_file(Path(storage_dir))
     return {

@@ -16,7 +16,10 @@ WAITING_STATES = ("pending-authorization", "awaiting-confirmation")
 
 
 @dataclass(frozen=True)
-class PendingApproval:
+class WaitingToolCall:
+    """A tool call of a sleeping or live thread waiting for its user (not `agents.messages.PendingApproval`,
+    the API's view of one thread's waiting calls: this is the operator's, across every thread)."""
+
     thread: AgentRef
     tool_call_id: str
     tool_name: str
@@ -24,11 +27,11 @@ class PendingApproval:
     since: float
 
 
-def pending_approvals(storage_dir: Path) -> list[PendingApproval]:
+def waiting_tool_calls(storage_dir: Path) -> list[WaitingToolCall]:
     """Every waiting tool call of every thread, oldest first."""
     columns = ["id", "name", "state", "created_at"]
     found = [
-        PendingApproval(ref, r["id"], r["name"], r["state"], r["created_at"])
+        WaitingToolCall(ref, r["id"], r["name"], r["state"], r["created_at"])
         for ref, r in agent_rows(storage_dir, "tool_calls", columns, "state IN (?, ?)", WAITING_STATES)
     ]
     return sorted(found, key=lambda p: p.since)

@@ -111,7 +111,7 @@ def status_on_postgres(server: Any, agents: int) -> float:
     """Seconds of the agent-wide status reads with `agents` threads in the database (1% waiting)."""
     import psycopg
 
-    from agents.status import pending_approvals
+    from agents.status import waiting_tool_calls
     from agents.thread_store import CHAT_MIGRATIONS
     from runtime.schedules import SCHEDULES_MIGRATIONS
     from runtime.settings import runtime_settings
@@ -144,7 +144,7 @@ def status_on_postgres(server: Any, agents: int) -> float:
     runtime_settings.cache_clear()
     try:
         started = time.perf_counter()
-        counted, waiting = agents_on_file(Path(".")), pending_approvals(Path("."))
+        counted, waiting = agents_on_file(Path(".")), waiting_tool_calls(Path("."))
         parked_schedules(Path("."))
         seconds = time.perf_counter() - started
     finally:
@@ -156,7 +156,7 @@ def status_on_postgres(server: Any, agents: int) -> float:
 
 def status_on_sqlite(agents: int) -> float:
     """Seconds of the same reads over `agents` thread files (copies of one real thread file)."""
-    from agents.status import pending_approvals
+    from agents.status import waiting_tool_calls
     from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
     from runtime.status import agents_on_file, parked_schedules
     from runtime.storage import AgentStorage
@@ -175,7 +175,7 @@ def status_on_sqlite(agents: int) -> float:
         shutil.copyfile(template, root / "Chat" / f"t-{i}.sqlite3")
     try:
         started = time.perf_counter()
-        agents_on_file(root), pending_approvals(root), parked_schedules(root)
+        agents_on_file(root), waiting_tool_calls(root), parked_schedules(root)
         return time.perf_counter() - started
     finally:
         shutil.rmtree(root, ignore_errors=True)

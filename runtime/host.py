@@ -34,14 +34,13 @@ from runtime import metrics
 from runtime.activations import Activations
 from runtime.agent import Agent
 from runtime.alarm_client import report_next_due
-from runtime.backoff import exponential_delay
 from runtime.classes import import_agent_class
 from runtime.counters import counters
 from runtime.errors import AgentMovedError, HostRetiringError
 from runtime.freed_memory import FreedMemory
 from runtime.ids import actor_name
 from runtime.placement import Placement, host_name, runtime_dir
-from runtime.placement_view import fetch_placement, learn
+from runtime.placement_view import fetch_placement, learn, placement_once_reachable
 from runtime.settings import runtime_settings
 from runtime.storage import AgentStorage
 from runtime.storage_root import use_storage_root
@@ -58,9 +57,6 @@ move goes on without them (the fencing epoch then keeps their stale writes out).
 
 REAPER_TICK_SECONDS = 0.25
 """How often a host looks for idle agents (and whether it is itself idle); a tick is O(live agents)."""
-
-KEEPER_RETRY_FIRST_SECONDS, KEEPER_RETRY_MAX_SECONDS = 0.2, 5.0
-"""A starting host asks the placement keeper again after 0.2 s, 0.4 s, ... at most 5 s, until it answers."""
 
 _hosts: dict[tuple[str, str, str, int], Any] = {}
 
@@ -115,7 +111,7 @@ class AgentHost:
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
     async def _start(self) -> None:
-        self._take(await self._placement_once_reachable())
+        self._take(await placement_once_reachable(self.storage_dir, self.namespace, self.slot))
         await self._residents.open()
         await self._residents.migrate("runtime.AgentHost", RESIDENTS_MIGRATIONS)
         rows = await self._residents.fetchall("SELECT name, class_path, agent_id FROM residents")
@@ -130,22 +126,6 @@ class AgentHost:
                 await self._residents.execute("DELETE FROM residents WHERE name = ?", (row["name"],))
                 continue
             asyncio.get_running_loop().create_task(self._reactivate(cls, row["agent_id"]))
-
-    async def _placement_once_reachable(self) -> Placement:
-        """The keeper's placement, waited for with backoff. The keeper may be restarting itself (a node lost
-        with it and this host on it): a host whose start gave up here would refuse every call for good
-        (found by the node-loss test: callers saw the keeper's "restarting" forever)."""
-        failures = 0
-        while True:
-            try:
-                return await fetch_placement(self.storage_dir, self.namespace)
-            except Exception as exc:
-                failures += 1
-                delay = exponential_delay(failures, KEEPER_RETRY_FIRST_SECONDS, KEEPER_RETRY_MAX_SECONDS)
-                logger.warning(
-                    "host %d: the placement keeper is unreachable (%s); retrying in %.1fs", self.slot, exc, delay
-                )
-                await asyncio.sleep(delay)
 
     async def _reactivate(self, cls: type[Agent], agent_id: str) -> None:
         try:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from runtime.backoff import exponential_delay
 from runtime.placement import Placement, scheduler_name
 from runtime.placement_keeper import keeper_in_this_process
 from runtime.settings import runtime_settings
@@ -23,6 +25,9 @@ from runtime.settings import runtime_settings
 logger = logging.getLogger("runtime.placement")
 
 KEEPER_WAIT_SECONDS = 60.0
+
+KEEPER_RETRY_FIRST_SECONDS, KEEPER_RETRY_MAX_SECONDS = 0.2, 5.0
+"""A starting host asks the placement keeper again after 0.2 s, 0.4 s, ... at most 5 s, until it answers."""
 
 _known: dict[tuple[str, str, str], Placement] = {}
 
@@ -54,6 +59,28 @@ async def fetch_placement(storage_dir: Path, namespace: str) -> Placement:
     """The keeper's placement now (learnt here too): for hosts, which must not wait on a stale view."""
     keeper = await asyncio.to_thread(_keeper, storage_dir, namespace, KEEPER_WAIT_SECONDS)
     return learn(storage_dir, namespace, await keeper.placement.remote())
+
+
+async def placement_once_reachable(
+    storage_dir: Path,
+    namespace: str,
+    slot: int,
+    fetch: Callable[[Path, str], Awaitable[Placement]] = fetch_placement,
+    first: float = KEEPER_RETRY_FIRST_SECONDS,
+) -> Placement:
+    """For a starting host: the keeper's placement, asked again with backoff until it answers. The keeper
+    may be restarting itself (a node lost with it and the host on it): a host whose start gave up here would
+    refuse every call for good (found by the node-loss test: callers saw the keeper's "restarting" forever).
+    `fetch` and `first` are for the test that stands in for a restarting keeper."""
+    failures = 0
+    while True:
+        try:
+            return await fetch(storage_dir, namespace)
+        except Exception as exc:
+            failures += 1
+            delay = exponential_delay(failures, first, KEEPER_RETRY_MAX_SECONDS)
+            logger.warning("host %d: the placement keeper is unreachable (%s); retrying in %.1fs", slot, exc, delay)
+            await asyncio.sleep(delay)
 
 
 def _keeper(storage_dir: Path, namespace: str, wait: float = 0.0) -> Any:

@@ -44,9 +44,6 @@ def services() -> tuple[Any, Any, Any, dict[str, str]]:
         "CIBA_DELIVERY_MODE": "poll",
         "AGENT_HOSTS": "1",
         "AGENT_HOST_RESOURCES": json.dumps({"agents": 0.01}),
-        # the runtime actor (alarms, placement keeper) on the doomed node too: it is lost with the hosts, and
-        # the hosts restart while it restarts (they must wait for it, not give up)
-        "AGENT_SCHEDULER_RESOURCES": json.dumps({"agents": 0.01}),
         "PYTHONPATH": str(REPO),
     }
     return authz, checkout, model, env
@@ -67,6 +64,9 @@ async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[st
     from runtime import get_agent
 
     authz, checkout, _model, env = services()
+    # the runtime actor (alarms, placement keeper) on the doomed node too: it is lost with the hosts, and the
+    # hosts restart while it restarts (they must wait for it, not give up)
+    env["AGENT_SCHEDULER_RESOURCES"] = json.dumps({"agents": 0.01})
     if storage_url:
         env["AGENT_STORAGE_URL"] = storage_url
     os.environ.update(env)
@@ -91,13 +91,7 @@ async def scenario(storage_dir: Path, storage_url: str | None = None) -> dict[st
         cluster.remove_node(doomed)  # the node dies while turns run: its raylet and every worker on it
         for request in requests:
             (await http.post(f"/dev/ciba/requests/{request['id']}/approve")).raise_for_status()
-        try:
-            orders = await until(
-                lambda: _orders(checkout, len(requests)), timeout=300, what="the orders after the loss"
-            )
-        except TimeoutError:
-            print_cluster_state()  # what a failure report needs: where the hosts are, and in what state
-            raise
+        orders = await orders_after_the_loss(checkout, len(requests))
         messages = await until(lambda: _final(thread, token), timeout=60, what="the final answer")
         story_seen = await finish_story(story, stop, chatter)
         await asyncio.sleep(2.0)  # an order placed twice would have reached the checkout by now
@@ -139,6 +133,14 @@ def start_cluster(storage_dir: Path, env: dict[str, str]) -> tuple[Any, Any, str
     runtime.init(storage_dir=storage_dir, namespace="agents-node-loss")
     api = start_ingress({**env, "AGENT_STORAGE_DIR": str(storage_dir), "AGENT_NAMESPACE": "agents-node-loss"})
     return cluster, doomed, api
+
+
+async def orders_after_the_loss(checkout: Any, approvals: int) -> int:
+    try:
+        return await until(lambda: _orders(checkout, approvals), timeout=300, what="the orders after the loss")
+    except TimeoutError:
+        print_cluster_state()  # what a failure report needs: where the hosts are, and in what state
+        raise
 
 
 def print_cluster_state() -> None:

@@ -183,11 +183,12 @@ async def test_a_scheduler_killed_for_good_is_started_anew_and_a_sleeping_agents
     watch = registry.SchedulerWatch(await asyncio.to_thread(storage_dir.resolve), namespace)  # as a replica's
     try:
         agent = get_agent(QuickCounter, "orphaned-1", storage_dir=storage_dir)
-        await agent.schedule(3.0, "record_fire", "with-a-new-scheduler")
+        await agent.schedule(6.0, "record_fire", "with-a-new-scheduler")
         await wait_until_hibernated(storage_dir, namespace, "QuickCounter/orphaned-1", timeout=30)
+        file = storage_dir / "QuickCounter" / "orphaned-1.sqlite3"
+        assert read_kv_from_file(file, "fires") is None, "fired before it slept: this machine is too slow for 6 s"
         ray.kill(scheduler, no_restart=True)
 
-        file = storage_dir / "QuickCounter" / "orphaned-1.sqlite3"
         fires = await eventually(lambda: read_kv_from_file(file, "fires"), timeout=60, what="the alarm to fire")
     finally:
         await asyncio.to_thread(watch.stop)  # before any later test shuts Ray down
