@@ -8,7 +8,7 @@ exactly once with the approved token; and a watchlist (`watch_stock`, confirmed 
 
 from __future__ import annotations
 
-from agents.thread_agent import ThreadAgent, thread_owner
+from agents.thread_agent import ThreadAgent
 from auth.settings import AuthSettings
 from runtime import internal
 from tools.base import Tool
@@ -16,7 +16,7 @@ from tools.order_details import purchase_details
 from tools.stocks import binding_message_for, get_stock_price, make_buy_stock_tool
 from tools.watchlist import make_watchlist_tools
 
-__all__ = ["Chat", "thread_owner"]
+__all__ = ["Chat"]
 
 
 class Chat(ThreadAgent):

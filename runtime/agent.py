@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,6 +51,11 @@ class Agent(AgentSchedules):
 
     migrations: ClassVar[list[Migration]] = []
     """This class's own schema steps (each class in the MRO keeps its own list and version)."""
+
+    migration_scope: ClassVar[str | None] = None
+    """The name this class's `migrations` are versioned under; None: the class's qualified name. Read on
+    the class that declares the `migrations` only (not inherited), so that a subclass, or a class renamed
+    or moved, keeps the version its stored files already carry."""
 
     idle_seconds: ClassVar[float | None] = None
     """Seconds with nothing to do before this agent hibernates; None: the host's `AGENT_IDLE_SECONDS`."""
@@ -128,7 +132,7 @@ class Agent(AgentSchedules):
         for cls in reversed(type(self).__mro__):
             steps = cls.__dict__.get("migrations")
             if steps:
-                await self.storage.migrate(cls.__dict__.get("migration_scope", cls.__qualname__), steps)
+                await self.storage.migrate(cls.__dict__.get("migration_scope") or cls.__qualname__, steps)
         if self.state_model is not None:
             self._state = await self.storage.get("_state", model=self.state_model) or self.state_model()
         await self.on_start()
@@ -200,12 +204,6 @@ class Agent(AgentSchedules):
     @read
     async def get_state(self) -> Any:
         return self.state
-
-    # -- small introspection helpers -------------------------------------------------------------------
-    @read
-    async def process_id(self) -> int:
-        """The OS process id serving this agent (tests use it to SIGKILL the actor)."""
-        return os.getpid()
 
     def _fenced(self) -> None:
         """A newer activation took this agent's file (its write just failed): stop all this instance would

@@ -13,7 +13,7 @@ values are replaced by `***`, and it is cut to `MAX_MESSAGE_CHARS`. Errors a tur
 mistake (any exception with a 4xx `status_code`: a bad token, a stranger's thread) are not failures and are
 not journaled (`is_callers_mistake`). The file is private (0600), grows to `MAX_JOURNAL_BYTES` and then
 rotates once (`.1`). Appends are single `write` calls under an advisory lock, so hosts of one machine never
-interleave lines. (A root shared by several machines belongs in PostgreSQL: issue 21.)
+interleave lines. (A root shared by several machines belongs in PostgreSQL: `AGENT_STORAGE_URL`.)
 """
 
 from __future__ import annotations

@@ -198,10 +198,6 @@ class AgentHost:
             **self.activations.stats(),
         }
 
-    async def hibernate_idle_now(self) -> int:
-        """Start the leave of every idle agent now instead of at the next reaper tick (tests, operators)."""
-        return self.activations.hibernate_idle()
-
     # -- idle agents and an idle host ------------------------------------------------------------------
     async def _reap(self) -> None:
         await self._ready

@@ -1,8 +1,13 @@
-"""The house stays readable: small modules, short functions, imports that point down only.
+"""The house stays readable: one concept per module, short functions, imports that point down only.
 
-Issue 10's rules, checked on every run so a change that breaks them fails here rather than in a review:
-no module over 400 lines, no function over 60, and the layers import only the layers below them
-(`runtime` knows nothing of chat or auth; `auth` nothing of tools or agents; ...).
+Checked on every run so a change that breaks them fails here rather than in a review:
+
+- every module says in its docstring the one concept it holds (an empty `__init__.py` holds none);
+- a module may grow as long as its concept needs, but one over 800 lines is flagged: it is most likely
+  two concepts by now (a cap on length alone cuts single concepts into pieces, which is worse);
+- no function over 60 lines;
+- the layers import only the layers below them (`runtime` knows nothing of chat or auth; `auth` nothing
+  of tools or agents; ...).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("runtime", "auth", "tools", "agents", "agentrt", "devservers", "examples", "bench", "tests")
-MAX_MODULE_LINES = 400
+MAX_MODULE_LINES = 800
 MAX_FUNCTION_LINES = 60
 
 # What each layer may import from this project (its own package always).
@@ -32,9 +37,18 @@ def modules() -> list[Path]:
     return sorted(p for package in PACKAGES for p in (REPO / package).rglob("*.py"))
 
 
-def test_no_module_is_over_400_lines() -> None:
+def test_every_module_states_its_concept() -> None:
+    silent = [
+        str(p.relative_to(REPO))
+        for p in modules()
+        if p.read_text().strip() and not (ast.get_docstring(ast.parse(p.read_text())) or "").strip()
+    ]
+    assert not silent, f"modules without a docstring naming their concept: {silent}"
+
+
+def test_no_module_is_over_800_lines() -> None:
     long = {str(p.relative_to(REPO)): n for p in modules() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
-    assert not long, long
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (two concepts in one?): {long}"
 
 
 def test_no_function_is_over_60_lines() -> None:

@@ -217,7 +217,6 @@ async def test_only_what_a_class_marks_public_can_be_called_through_a_handle(sto
         "on_error": (RuntimeError(),),
         "llm": (),
         "jwt_verifier": (),
-        "process_id": (),
         "credential_store": (),
         "keeps_retrying": (None,),
     }

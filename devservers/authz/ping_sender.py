@@ -1,10 +1,9 @@
 """`PingSender`: how the dev authorization server delivers CIBA pings, the way a real provider's queue does.
 
-A ping (CIBA Core 1.0 section 10.2) is the provider's POST to the client's notification endpoint. It used to
-go out from a new thread with a new HTTP connection per approval. Two thousand approvals at once made two
-thousand threads fight for the GIL of the process that also serves the approval page (in `agentrt serve`
-and in the benchmarks, the driver's own process): pings timed out after 10 s and were lost, and the page
-itself dropped connections. The client only learned of those approvals from its slow safety-net poll.
+A ping (CIBA Core 1.0 section 10.2) is the provider's POST to the client's notification endpoint. Sent
+from a new thread with a new connection each, two thousand approvals at once would make two thousand
+threads fight for the GIL of the process that also serves the approval page (in `agentrt serve` and in
+the benchmarks, the driver's own process): pings would time out and be lost, and the page drop connections.
 
 Here every ping goes through one event loop on one daemon thread, over one pooled `httpx.AsyncClient`, with
 at most `CONNECTIONS` in flight. A ping the client could not take (no answer, a 5xx, a 429) is retried with
