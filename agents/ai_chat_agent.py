@@ -20,9 +20,11 @@ from typing import Any, ClassVar
 from openai import APIError, AsyncOpenAI
 from openai import APITimeoutError as OpenAITimeout
 
+from agents.compaction import COMPACTION_DELAY_SECONDS, NEXT_STEP_DELAY_SECONDS, compaction_request, request_overhead
 from agents.errors import InvalidMessageError, MessageIdReusedError, ToolCallNotAwaitingError, UnknownToolCallError
 from agents.events import EventLog
 from agents.messages import (
+    WAITING_FOR_USER,
     ChatMessage,
     PendingApproval,
     ThreadEvent,
@@ -31,8 +33,8 @@ from agents.messages import (
     validate_message_id,
 )
 from agents.metrics import MODEL_CALL_SECONDS, MODEL_ERRORS, TOOL_ERRORS, TOOL_RETRIES
-from agents.model_context import model_context
-from agents.model_stream import shared_llm, stream_completion
+from agents.model_context import ModelContext, bounded_context, preamble, wire_size
+from agents.model_stream import complete_text, shared_llm, stream_completion
 from agents.settings import ChatSettings, chat_settings
 from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
 from runtime import Agent, internal, public, read, turn
@@ -54,6 +56,10 @@ class AIChatAgent(Agent):
     tool_retry_limit: ClassVar[int] = 20
     """Runs of a tool call after transient failures (`TransientToolError`) before it ends as an error."""
 
+    context_budget_chars: ClassVar[int | None] = None
+    """The most one model request carries, in characters; None: `CHAT_CONTEXT_BUDGET_CHARS`. Set it to what
+    the class's model takes (about 3 characters per token of its context window, less its answer)."""
+
     migrations = CHAT_MIGRATIONS
     _thread_store: ThreadStore | None = None
 
@@ -72,6 +78,9 @@ class AIChatAgent(Agent):
         self.events = EventLog()
         self._llm: AsyncOpenAI | None = None
         self._tools: dict[str, Tool] | None = None
+        self._schemas: list[dict[str, Any]] | None = None
+        self._window: tuple[int, int | None] | None = None
+        """(the summary's last message, the window's first) of the last context built."""
 
     # -- hooks for subclasses and mixins -----------------------------------------------------------
     @internal
@@ -137,9 +146,7 @@ class AIChatAgent(Agent):
             if seen is not None:
                 return await self._replayed_turn(message_id, text, *seen)
         first_seq = await self._last_seq()
-        await self.storage.put("_turn_in_progress", {"since": time.time()})
-        self.events.emit("turn_start")
-        await self._append_message("user", text, message_id)
+        await self._start_turn(text, message_id)
         await self._run_llm_loop()
         await self.storage.delete("_turn_in_progress")
         self.events.emit("turn_end")
@@ -166,7 +173,7 @@ class AIChatAgent(Agent):
     async def get_pending_approvals(self, token: str | None) -> list[PendingApproval]:
         """Tool calls waiting for the user (on their device, or for a confirmation in the chat)."""
         await self.check_access(token, "get_pending_approvals")
-        calls = await self.thread_store.calls("pending-authorization", "awaiting-confirmation")
+        calls = await self.thread_store.calls(*WAITING_FOR_USER)
         return [PendingApproval.of(call) for call in calls]
 
     @public
@@ -268,6 +275,7 @@ class AIChatAgent(Agent):
             content, raw_calls = await self._call_llm(await self._llm_context())
             _, calls = await self._append_assistant(content, raw_calls)
             if not calls:
+                await self._compact_later()
                 return
             cap = self.settings.max_tool_calls_per_step
             for call in calls[:cap]:
@@ -275,13 +283,20 @@ class AIChatAgent(Agent):
             for call in calls[cap:]:  # one answer must not fan out into unbounded work (or pushes)
                 await self._finish_call(call, TOO_MANY_CALLS_TEXT.format(cap=cap))
         logger.info("%s: tool loop stopped after max_steps=%d", self.name, self.settings.max_steps)
+        await self._compact_later()
 
-    async def _call_llm(self, context: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
+    def _tool_schemas(self) -> list[dict[str, Any]]:
+        """The tools as the model is offered them (built once per activation)."""
+        if self._schemas is None:
+            self._schemas = [tool.openai_schema() for tool in self.tools.values()]
+        return self._schemas
+
+    async def _call_llm(self, context: ModelContext) -> tuple[str, list[dict[str, str]]]:
         """One streamed completion: tokens go to watchers; returns (text, tool calls). A model that is
         down gives an apology as the answer (and an `error` event), not a failed turn."""
-        request: dict[str, Any] = {"model": self.settings.openai_model, "messages": context}
+        request: dict[str, Any] = {"model": self.settings.openai_model, "messages": context.messages}
         if self.tools:
-            request["tools"] = [tool.openai_schema() for tool in self.tools.values()]
+            request["tools"] = self._tool_schemas()
         started = time.perf_counter()
         try:
             answer = await stream_completion(self.llm(), request, lambda text: self.events.emit("token", text=text))
@@ -293,10 +308,63 @@ class AIChatAgent(Agent):
         MODEL_CALL_SECONDS.observe(time.perf_counter() - started, model=self.settings.openai_model)
         return answer
 
-    async def _llm_context(self) -> list[dict[str, Any]]:
-        """The thread in OpenAI chat format (see `agents.model_context`)."""
-        history = await self.thread_store.history()
-        return model_context(self.settings.system_prompt, history, await self.thread_store.calls())
+    def _context_budget(self) -> int:
+        return self.context_budget_chars or self.settings.context_budget_chars
+
+    async def _llm_context(self) -> ModelContext:
+        """The thread as the model reads it, within the budget (see `agents.model_context`): what a turn
+        reads from the file is the window it sends, not the whole thread."""
+        budget = self._context_budget()
+        summary = await self.thread_store.summary_in_use()
+        through = summary[0] if summary else 0
+        reserved = wire_size(self._tool_schemas())
+        newest_first = await self.thread_store.blocks_newest_first(through, budget)
+        still_pending: list[ToolCall] = []
+        while True:  # the note on calls still pending takes room too: settle the window with it
+            head = preamble(self.settings.system_prompt, summary[1] if summary else None, still_pending)
+            context = bounded_context(head, newest_first, budget, reserved=reserved)
+            outside = await self.thread_store.unfinished_calls_before(context.first_seq or through + 1)
+            if {c.id for c in outside} <= {c.id for c in still_pending}:
+                break
+            still_pending = outside
+        self._window = (through, context.first_seq)
+        return context
+
+    async def _compact_later(self) -> None:
+        """Schedule a compaction step when enough of the thread fell out of the model's window unsummarized
+        (`CHAT_COMPACT_AFTER_CHARS`; see `agents.compaction`); once, however many turns make it due."""
+        if self._window is None or self._window[1] is None or self._window[1] <= self._window[0] + 1:
+            return  # the window reaches the summary (or the thread's start): nothing is out of it
+        through, first_seq = self._window
+        if await self.thread_store.content_chars_between(through, first_seq) < self.settings.compact_after_chars:
+            return
+        if not any(s.callback == "compact_context" for s in await self.get_schedules(status="pending")):
+            await self.schedule(COMPACTION_DELAY_SECONDS, "compact_context", None)
+
+    @internal
+    async def compact_context(self, payload: Any = None) -> bool:
+        """One compaction step (a schedule's callback): fold the oldest turns out of the model's window into
+        the thread's summary; schedule the next step if more remain. Safe to run again (see
+        `agents.compaction`); a model that fails raises, and the schedule tries again later."""
+        summary = await self.thread_store.summary_in_use()
+        through, previous = summary if summary else (0, None)
+        first_seq = (await self._llm_context()).first_seq
+        if first_seq is None or first_seq <= through + 1:
+            return False
+        max_chars = self.settings.summary_max_chars
+        room = max(1, self._context_budget() - request_overhead(previous))
+        blocks = await self.thread_store.blocks_oldest_first(through, first_seq, room)
+        if not blocks:
+            return False
+        request = compaction_request(self.settings.openai_model, previous, blocks, max_chars)
+        text = (await complete_text(self.llm(), request)).strip()[:max_chars]
+        if not text:
+            raise RuntimeError("the model returned an empty summary")
+        await self.thread_store.add_summary(blocks[-1].seq, text, len(blocks))
+        logger.info("%s: summarized the thread through message %d", self.name, blocks[-1].seq)
+        if blocks[-1].seq + 1 < first_seq:
+            await self.schedule(NEXT_STEP_DELAY_SECONDS, "compact_context", None)
+        return True
 
     async def _execute_tool_call(self, call: ToolCall, *, confirmed: bool = False) -> None:
         tool = self.tools.get(call.name)
@@ -365,10 +433,14 @@ class AIChatAgent(Agent):
         return True
 
     # -- persistence (the SQL is in `ThreadStore`; here the events that go with each write) ----------
-    async def _append_message(self, role: str, content: str | None, message_id: str | None = None) -> str:
-        message = await self.thread_store.add_message(role, content, message_id)
+    async def _start_turn(self, text: str, message_id: str | None) -> None:
+        """The user's message and the mark of a turn in progress, in one transaction: a crash after it
+        finds both, and `recover_turn` answers the message."""
+        async with self.storage.transaction() as tx:
+            await tx.put("_turn_in_progress", {"since": time.time()})
+            message = await self.thread_store.add_message("user", text, message_id, tx=tx)
+        self.events.emit("turn_start")
         self.events.emit("message", message=message.model_dump(mode="json"))
-        return message.id
 
     async def _append_assistant(self, content: str, raw_calls: list[dict[str, str]]) -> tuple[str, list[ToolCall]]:
         message = await self.thread_store.add_assistant(content, raw_calls)

@@ -51,6 +51,8 @@ def tool_call_id_from_model(wanted: object) -> str:
 
 
 ToolCallState = Literal["call", "running", "pending-authorization", "awaiting-confirmation", "result"]
+WAITING_FOR_USER: tuple[ToolCallState, ...] = ("pending-authorization", "awaiting-confirmation")
+"""The states of a call that waits for its user: on their device (CIBA) or for an answer in the chat."""
 Role = Literal["system", "user", "assistant", "tool"]
 
 

@@ -1,8 +1,14 @@
-"""One streamed chat completion from any OpenAI-compatible server, read into (text, tool calls).
+"""One chat completion from any OpenAI-compatible server: streamed into (text, tool calls), or whole.
 
 The openai SDK streams a completion as deltas: text in pieces, and each tool call's id, name and JSON
 arguments in pieces by index. `stream_completion` joins them, handing each text piece to `on_token` as
 it arrives (the thread's watchers see the answer being written).
+
+The request goes out through the SDK's lower-level `post` (its documented way to send a request as built),
+not `chat.completions.create`: `create` walks every message of the body through its TypedDict transforms
+on each call, which made up most of a turn's CPU on long threads (a profile of the hosts: about 60% of the
+event loop's busy time). Our messages are built in the endpoint's wire form already (plain JSON values),
+so there is nothing to transform; the SDK still does the HTTP, the retries, the errors and the stream.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+COMPLETIONS_PATH = "/chat/completions"
 
 
 @functools.lru_cache(maxsize=8)
@@ -27,7 +36,13 @@ async def stream_completion(
     (`{"id", "name", "arguments"}` each, in index order). The SDK's errors pass through."""
     parts: list[str] = []
     calls: dict[int, dict[str, str]] = {}
-    stream = await llm.chat.completions.create(**request, stream=True)
+    stream = await llm.post(
+        COMPLETIONS_PATH,
+        body=request | {"stream": True},
+        cast_to=ChatCompletion,
+        stream=True,
+        stream_cls=AsyncStream[ChatCompletionChunk],
+    )
     async for chunk in stream:
         if not chunk.choices:
             continue
@@ -47,4 +62,10 @@ async def stream_completion(
     return "".join(parts), [calls[i] for i in sorted(calls)]
 
 
-__all__ = ["shared_llm", "stream_completion"]
+async def complete_text(llm: AsyncOpenAI, request: dict[str, Any]) -> str:
+    """Run `request` (not streamed); the answer's text ("" if it has none). The SDK's errors pass through."""
+    completion = await llm.post(COMPLETIONS_PATH, body=request | {"stream": False}, cast_to=ChatCompletion)
+    return (completion.choices[0].message.content or "") if completion.choices else ""
+
+
+__all__ = ["complete_text", "shared_llm", "stream_completion"]

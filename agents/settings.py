@@ -46,6 +46,26 @@ class ChatSettings(BaseSettings):
         validation_alias=AliasChoices("CHAT_MAX_PENDING_APPROVALS_PER_THREAD"),
         description="Approvals one thread may have waiting on the user's device; a new one is refused until one ends.",
     )
+    context_budget_chars: int = Field(
+        default=48_000,
+        ge=2_000,
+        validation_alias=AliasChoices("CHAT_CONTEXT_BUDGET_CHARS"),
+        description="The most one model request carries, in characters of its JSON (about 3-4 per token): the "
+        "system prompt, the summary, the tools and the newest turns that fit (see agents.model_context).",
+    )
+    compact_after_chars: int = Field(
+        default=12_000,
+        ge=500,
+        validation_alias=AliasChoices("CHAT_COMPACT_AFTER_CHARS"),
+        description="Once this much of the thread is out of the model's window and not summarized, a "
+        "compaction step folds it into the thread's summary (see agents.compaction).",
+    )
+    summary_max_chars: int = Field(
+        default=4_000,
+        ge=200,
+        validation_alias=AliasChoices("CHAT_SUMMARY_MAX_CHARS"),
+        description="The longest summary the model is asked for (and kept).",
+    )
     system_prompt: str = Field(
         default=(
             "You are a helpful stock trading assistant. Use get_stock_price to look up prices and buy_stock to "

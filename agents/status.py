@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.messages import WAITING_FOR_USER
 from runtime.status import AgentRef, agent_rows
-
-WAITING_STATES = ("pending-authorization", "awaiting-confirmation")
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,6 @@ def waiting_tool_calls(storage_dir: Path) -> list[WaitingToolCall]:
     columns = ["id", "name", "state", "created_at"]
     found = [
         WaitingToolCall(ref, r["id"], r["name"], r["state"], r["created_at"])
-        for ref, r in agent_rows(storage_dir, "tool_calls", columns, "state IN (?, ?)", WAITING_STATES)
+        for ref, r in agent_rows(storage_dir, "tool_calls", columns, "state IN (?, ?)", WAITING_FOR_USER)
     ]
     return sorted(found, key=lambda p: p.since)

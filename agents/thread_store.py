@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from agents.messages import ChatMessage, ToolCall, tool_call_id_from_model
+from agents.model_context import ContextBlock, thread_blocks
 from runtime import AgentStorage
 from runtime.read_cache import ReadCache
 
@@ -41,9 +42,23 @@ CHAT_MIGRATIONS = [
     );
     CREATE INDEX tool_calls_state ON tool_calls(state);
     """,
-    # A call resolved after the thread moved on is shown to the model where it resolved (see _llm_context).
+    # A call resolved after the thread moved on is shown to the model where it resolved (see model_context).
     "ALTER TABLE tool_calls ADD COLUMN resolved_after_seq INTEGER",
+    # The model's summary of the turns that no longer fit its context (see agents.compaction); the newest
+    # row is the one in use; `through_seq` is the last message it covers.
+    """
+    CREATE TABLE context_summaries (
+        through_seq INTEGER PRIMARY KEY,
+        content TEXT NOT NULL,
+        messages INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX tool_calls_resolved_after ON tool_calls(resolved_after_seq);
+    """,
 ]
+
+WINDOW_PAGE_ROWS = 64
+"""Messages read per page while filling the model's window from the newest backwards."""
 
 
 class ThreadStore:
@@ -54,10 +69,13 @@ class ThreadStore:
         self._whole_thread: ReadCache[list[ChatMessage]] = ReadCache(storage)
 
     # -- messages ------------------------------------------------------------------------------------
-    async def add_message(self, role: str, content: str | None, message_id: str | None = None) -> ChatMessage:
-        """Append a message; `message_id`: the sender's own id for it (else a new one)."""
+    async def add_message(
+        self, role: str, content: str | None, message_id: str | None = None, *, tx: Any = None
+    ) -> ChatMessage:
+        """Append a message; `message_id`: the sender's own id for it (else a new one); `tx`: inside that
+        transaction (else its own)."""
         message_id, now = message_id or uuid.uuid4().hex, time.time()
-        await self.storage.execute(
+        await (tx or self.storage).execute(
             "INSERT INTO messages(id, role, content, created_at) VALUES (?, ?, ?, ?)",
             (message_id, role, content, now),
         )
@@ -110,10 +128,96 @@ class ThreadStore:
         row = await self.storage.fetchone("SELECT COUNT(*) AS n, MAX(created_at) AS last FROM messages")
         return (int(row["n"]), row["last"]) if row else (0, None)
 
-    async def history(self) -> list[tuple[int, str, str, str | None]]:
-        """Every message as (seq, id, role, content), in order (what the model's context is built from)."""
-        rows = await self.storage.fetchall("SELECT seq, id, role, content FROM messages ORDER BY seq")
-        return [(int(r["seq"]), r["id"], r["role"], r["content"]) for r in rows]
+    async def blocks_newest_first(self, after_seq: int, enough: int) -> list[ContextBlock]:
+        """The blocks of the messages after `after_seq` (see `agents.model_context`), newest first, read a
+        page at a time until they add up to `enough` characters: a turn reads what its window needs, not
+        the whole thread."""
+        blocks: list[ContextBlock] = []
+        total, before = 0, None
+        while total < enough:
+            rows = await self.storage.fetchall(
+                "SELECT seq, id, role, content FROM messages WHERE seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                (after_seq, before if before is not None else 2**62, WINDOW_PAGE_ROWS),
+            )
+            if not rows:
+                break
+            page = await self._blocks_of([(int(r["seq"]), r["id"], r["role"], r["content"]) for r in rows])
+            page.reverse()
+            blocks.extend(page)
+            total += sum(block.size for block in page)
+            before = int(rows[-1]["seq"])
+        return blocks
+
+    async def blocks_oldest_first(self, after_seq: int, before_seq: int, enough: int) -> list[ContextBlock]:
+        """The blocks of the messages in (`after_seq`, `before_seq`), oldest first, until they add up to
+        `enough` characters (at least one block, if there is any)."""
+        blocks: list[ContextBlock] = []
+        total = 0
+        while total < enough:
+            rows = await self.storage.fetchall(
+                "SELECT seq, id, role, content FROM messages WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                (after_seq, before_seq, WINDOW_PAGE_ROWS),
+            )
+            if not rows:
+                break
+            for block in await self._blocks_of([(int(r["seq"]), r["id"], r["role"], r["content"]) for r in rows]):
+                if blocks and total + block.size > enough:
+                    return blocks
+                blocks.append(block)
+                total += block.size
+            after_seq = int(rows[-1]["seq"])
+        return blocks
+
+    async def _blocks_of(self, rows: list[tuple[int, str, str, str | None]]) -> list[ContextBlock]:
+        """`rows` as blocks, with their messages' calls and the calls that resolved late at their seqs."""
+        ids = [row[1] for row in rows]
+        seqs = [row[0] for row in rows]
+        placeholders = ",".join("?" * len(ids))
+        call_rows = await self.storage.fetchall(
+            f"SELECT * FROM tool_calls WHERE message_id IN ({placeholders}) "
+            "OR (resolved_after_seq BETWEEN ? AND ? AND state = 'result')",
+            (*ids, min(seqs), max(seqs)),
+        )
+        return thread_blocks(rows, [_call_from_row(row) for row in call_rows])
+
+    async def unfinished_calls_before(self, seq: int) -> list[ToolCall]:
+        """The calls not yet resolved that were made by a message older than `seq` (the model's window
+        starts at `seq`, so it would not see that they wait)."""
+        rows = await self.storage.fetchall(
+            "SELECT tool_calls.* FROM tool_calls JOIN messages ON messages.id = tool_calls.message_id "
+            "WHERE tool_calls.state != 'result' AND messages.seq < ? ORDER BY messages.seq, tool_calls.position",
+            (seq,),
+        )
+        return [_call_from_row(row) for row in rows]
+
+    async def content_chars_between(self, after_seq: int, before_seq: int) -> int:
+        """The characters of the messages' text in (`after_seq`, `before_seq`) (a cheap size of a span)."""
+        row = await self.storage.fetchone(
+            "SELECT COALESCE(SUM(LENGTH(COALESCE(content, '')) + 16), 0) AS n FROM messages WHERE seq > ? AND seq < ?",
+            (after_seq, before_seq),
+        )
+        return int(row["n"]) if row else 0
+
+    # -- the summary of what no longer fits ----------------------------------------------------------
+    async def summary_in_use(self) -> tuple[int, str] | None:
+        """(the last message it covers, its text) of the newest summary, if the thread has one."""
+        row = await self.storage.fetchone(
+            "SELECT through_seq, content FROM context_summaries ORDER BY through_seq DESC LIMIT 1"
+        )
+        return None if row is None else (int(row["through_seq"]), str(row["content"]))
+
+    async def add_summary(self, through_seq: int, content: str, messages: int) -> bool:
+        """Store a summary covering the thread up to `through_seq`; False (nothing written) if one that
+        covers as much or more is already there (a compaction run twice writes once)."""
+        async with self.storage.transaction() as tx:
+            row = await tx.fetchone("SELECT MAX(through_seq) AS last FROM context_summaries")
+            if row is not None and row["last"] is not None and int(row["last"]) >= through_seq:
+                return False
+            await tx.execute(
+                "INSERT INTO context_summaries(through_seq, content, messages, created_at) VALUES (?, ?, ?, ?)",
+                (through_seq, content, messages, time.time()),
+            )
+        return True
 
     async def messages_after(self, seq: int) -> list[ChatMessage]:
         """Messages after `seq` in order, each assistant message followed by its calls' results (the whole

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from agents.chat import Chat
+from agents.model_context import ModelContext
 
 EXPIRY_VARIABLE = "WAITING_BENCH_EXPIRY"
 """The CIBA request's lifetime the benchmark asks for (the dev server's cap is raised to match)."""
@@ -26,8 +27,8 @@ class Waiter(Chat):
 
     ciba_requested_expiry: ClassVar[int] = int(os.environ.get(EXPIRY_VARIABLE, "300"))
 
-    async def _call_llm(self, context: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
-        last = context[-1]
+    async def _call_llm(self, context: ModelContext) -> tuple[str, list[dict[str, str]]]:
+        last = context.messages[-1]
         if last["role"] == "user" and str(last["content"]).startswith("buy "):
             quantity = int(str(last["content"]).split()[1])
             call = {"id": f"call_{uuid.uuid4().hex}", "name": "buy_stock"}

@@ -19,4 +19,4 @@ fi
 python3 -m pip install --quiet -e ".[test]"
 ruff check .
 ruff format --check .
-python3 -m pytest -q -p no:cacheprovider "$@"
+python3 -m pytest -q -p no:cacheprovider --durations=40 "$@"

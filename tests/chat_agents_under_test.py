@@ -9,6 +9,8 @@ import signal
 from typing import Any
 
 from agents.chat import Chat
+from agents.thread_store import ThreadStore
+from runtime import public, read, turn
 from tests.agents_under_test import RuntimeMethodsForTests
 from tools.base import Tool
 from tools.stocks import get_stock_price, make_buy_stock_tool
@@ -66,11 +68,9 @@ class CrashableChat(RuntimeMethodsForTests, Chat):
             self.crash_if_marked("before-result")
         await super()._finish_call(call, result)
 
-    async def _append_message(self, role: str, content: str | None, message_id: str | None = None) -> str:
-        appended = await super()._append_message(role, content, message_id)
-        if role == "user":
-            self.crash_if_marked("after-user-message")  # the message is stored, its answer not yet
-        return appended
+    async def _start_turn(self, text: str, message_id: str | None) -> None:
+        await super()._start_turn(text, message_id)
+        self.crash_if_marked("after-user-message")  # the message is stored, its answer not yet
 
 
 class HibernatingChat(RuntimeMethodsForTests, Chat):
@@ -123,3 +123,72 @@ class LimitedChat(RuntimeMethodsForTests, Chat):
                 "max_pending_approvals_per_user": 3,
             }
         )
+
+
+class SummaryCrashingStore(ThreadStore):
+    """Dies (SIGKILL) right before a summary is written, once per marker: a compaction step cut mid-way,
+    after its model call."""
+
+    def __init__(self, agent: CrashableChat) -> None:
+        super().__init__(agent.storage)
+        self.agent = agent
+
+    async def add_summary(self, through_seq: int, content: str, messages: int) -> bool:
+        self.agent.crash_if_marked("before-summary")
+        return await super().add_summary(through_seq, content, messages)
+
+
+class LongThreadChat(CrashableChat):
+    """A model window of 6,000 characters and compaction once 1,500 fall out of it; its history can be
+    written straight into its file (thousands of turns through the model would take minutes), and the
+    window the next turn would send can be read."""
+
+    context_budget_chars = 6_000
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings = self.settings.model_copy(update={"compact_after_chars": 1_500})
+
+    @property
+    def thread_store(self) -> ThreadStore:
+        if self._thread_store is None:
+            self._thread_store = SummaryCrashingStore(self)
+        return self._thread_store
+
+    @public
+    @turn
+    async def write_history(self, turns: int, *, pending_first: bool = True) -> int:
+        """`turns` exchanges through the thread's storage: a question and its answer, and every tenth a price
+        look-up with its result; with `pending_first`, a purchase that still waits for approval first."""
+        if pending_first:
+            await self.thread_store.add_message("user", "buy 3 shares of NVDA")
+            early = await self.thread_store.add_assistant(
+                "", [{"id": "call_early_buy", "name": "buy_stock", "arguments": '{"ticker": "NVDA", "qty": 3}'}]
+            )
+            await self.thread_store.set_call_state(early.tool_calls[0].id, "awaiting-confirmation")
+        for n in range(turns):
+            await self.thread_store.add_message("user", f"question {n}: what is MSFT trading at today?")
+            if n % 10 == 0:
+                message = await self.thread_store.add_assistant(
+                    "", [{"id": f"call_price_{n}", "name": "get_stock_price", "arguments": '{"ticker": "MSFT"}'}]
+                )
+                await self.thread_store.finish_call(message.tool_calls[0], "MSFT: 25.0")
+            await self.thread_store.add_message("assistant", f"answer {n}: MSFT is at 25.0.")
+        return await self.thread_store.last_seq()
+
+    @public
+    @read
+    async def model_window(self) -> list[dict[str, Any]]:
+        """The messages the next model call would receive."""
+        return (await self._llm_context()).messages
+
+    @public
+    @read
+    async def summaries(self) -> list[tuple[int, str]]:
+        rows = await self.storage.fetchall("SELECT through_seq, content FROM context_summaries ORDER BY through_seq")
+        return [(int(row["through_seq"]), str(row["content"])) for row in rows]
+
+    @public
+    @turn
+    async def compact_now(self) -> bool:
+        return await self.compact_context()

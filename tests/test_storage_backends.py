@@ -163,3 +163,38 @@ async def test_the_chat_tables_and_their_foreign_key_hold_per_agent(open_storage
             "INSERT INTO tool_calls(id, message_id, position, name, arguments, state, created_at, updated_at) "
             "VALUES ('c', 'm-1-of-nobody', 0, 'x', '{}', 'call', 0, 0)"
         )
+
+
+async def test_the_models_window_and_the_summary_read_the_same_on_both_backends(open_storage: Opener) -> None:
+    """The window reads the newest turns a page at a time, whole blocks (a call with its result), the calls
+    still pending before it, and a summary is written once per span it covers."""
+    from agents.model_context import bounded_context, preamble
+    from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
+
+    storage = await open_storage("long")
+    await storage.migrate("Chat", CHAT_MIGRATIONS)
+    store = ThreadStore(storage)
+    await store.add_message("user", "buy 3 NVDA")
+    await store.add_assistant(None, [{"id": "early", "name": "buy_stock", "arguments": "{}"}])
+    await store.set_call_state("early", "awaiting-confirmation")
+    for n in range(200):
+        await store.add_message("user", f"question {n}")
+        if n % 10 == 0:
+            asked = await store.add_assistant(
+                None, [{"id": f"price-{n}", "name": "get_stock_price", "arguments": "{}"}]
+            )
+            await store.finish_call(asked.tool_calls[0], "25.0")
+        await store.add_message("assistant", f"answer {n}")
+
+    window = bounded_context(preamble("system", None, []), await store.blocks_newest_first(0, 2_000), 2_000)
+    assert window.first_seq is not None and 300 < window.first_seq < await store.last_seq()
+    assert window.size <= 2_000 and window.messages[-1]["content"] == "answer 199"
+    tools = [m for m in window.messages if m["role"] == "tool"]
+    assert tools and all(m["content"] == "25.0" for m in tools)
+    assert [c.id for c in await store.unfinished_calls_before(window.first_seq)] == ["early"]
+
+    oldest = await store.blocks_oldest_first(0, window.first_seq, 500)
+    assert oldest[0].seq == 1 and sum(b.size for b in oldest) <= 500
+    assert await store.add_summary(oldest[-1].seq, "summary one", len(oldest)) is True
+    assert await store.add_summary(oldest[-1].seq, "summary again", len(oldest)) is False  # once per span
+    assert await store.summary_in_use() == (oldest[-1].seq, "summary one")

@@ -31,6 +31,31 @@ def _validate_messages(messages: Any) -> None:
             raise BadRequest(f"messages[{i}].role must be one of {sorted(ROLES)}", f"messages.[{i}].role")
         if message["role"] == "tool" and not isinstance(message.get("tool_call_id"), str):
             raise BadRequest(f"messages[{i}] (role tool) needs a tool_call_id", f"messages.[{i}].tool_call_id")
+    _check_tool_pairs(messages)
+
+
+def _check_tool_pairs(messages: list[dict[str, Any]]) -> None:
+    """As OpenAI: a `tool` message answers a call of the assistant message right before it (or before its
+    sibling results), and every call of an assistant message is answered before the next other message."""
+    waiting: set[str] = set()
+    for i, message in enumerate(messages):
+        if message["role"] == "tool":
+            if message["tool_call_id"] not in waiting:
+                raise BadRequest(
+                    f"Invalid parameter: messages with role 'tool' must be a response to a preceding message "
+                    f"with 'tool_calls' (messages[{i}])",
+                    f"messages.[{i}].role",
+                )
+            waiting.discard(message["tool_call_id"])
+            continue
+        if waiting:
+            raise BadRequest(
+                "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+                f"'tool_call_id'. The following tool_call_ids did not have response messages: {sorted(waiting)}",
+                f"messages.[{i}].role",
+            )
+        if message["role"] == "assistant":
+            waiting = {str(call.get("id")) for call in message.get("tool_calls") or [] if isinstance(call, dict)}
 
 
 def validate_chat_request(body: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from devservers.offline.phrases import (
 
 __all__ = [
     "BUY_TOOL",
+    "SUMMARY_REQUEST",
     "PRICE_TOOL",
     "WATCHLIST_TOOL",
     "WATCH_TOOL",
@@ -268,6 +269,21 @@ def _answer_user(text: str, offered: Offered) -> OfflineReply:
     return OfflineReply(content=_help_text(offered))
 
 
+SUMMARY_REQUEST = "Summarize the conversation so far"
+"""How a request for a conversation's summary (the agent's compaction step) starts its instructions."""
+
+_PURCHASE = re.compile(r"Purchased \d+ shares of [A-Z][A-Z.]{0,9}")
+
+
+def _summary(text: str) -> str:
+    """A short summary of the summary so far plus the next part of a conversation: the stocks it names and
+    the purchases made (a real model writes prose; this one keeps the facts a test can check)."""
+    purchases = list(dict.fromkeys(_PURCHASE.findall(text)))[-20:]
+    symbols = mentioned_symbols(text)[:30]
+    said = "Stocks discussed: " + (", ".join(symbols) if symbols else "none") + "."
+    return said + (" Purchases made: " + "; ".join(purchases) + "." if purchases else "")
+
+
 def plan_reply(
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None = None,
@@ -277,6 +293,8 @@ def plan_reply(
     """The deterministic answer to `messages` given the `tools` offered (pure; no I/O)."""
     offered = _offered_tools(tools, tool_choice)
     last = messages[-1] if messages else {}
+    if text_of(messages[0].get("content")).startswith(SUMMARY_REQUEST) if messages else False:
+        return OfflineReply(content=_summary(text_of(last.get("content"))))
     if last.get("role") == "tool":
         return OfflineReply(content=_answer_tool_results(messages))
     text = text_of(last.get("content")) if last.get("role") == "user" else ""

@@ -2,11 +2,13 @@
 
 Each finds what it needs on `request.app.state` (set by
 `devservers.offline.server.create_offline_model_app`): `stats`, the ready flag and request counters
-tests read, and `chunk_delay`, the pause between streamed chunks.
+tests read, `chunk_delay`, the pause between streamed chunks, and `context_chars`, the context window
+(None: unlimited).
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from typing import Any
@@ -33,6 +35,7 @@ def new_stats() -> dict[str, Any]:
         "streams": 0,
         "tool_calls": 0,
         "errors": 0,
+        "largest_request_chars": 0,
     }
 
 
@@ -51,6 +54,17 @@ async def chat_completions(request: Request) -> Response:
         return openai_error(400, exc.message, kind="invalid_request_error", param=exc.param, code=exc.code)
 
     messages: list[dict[str, Any]] = body["messages"]
+    size = len(json.dumps(messages, ensure_ascii=False)) + len(json.dumps(body.get("tools") or [], ensure_ascii=False))
+    stats["largest_request_chars"] = max(stats["largest_request_chars"], size)
+    limit = request.app.state.context_chars
+    if limit is not None and size > limit:  # as a real model whose context window is `limit` long
+        stats["errors"] += 1
+        message = (
+            f"This model's maximum context length is {limit} characters. However, your messages resulted in "
+            f"{size} characters."
+        )
+        code = "context_length_exceeded"
+        return openai_error(400, message, kind="invalid_request_error", param="messages", code=code)
     reply = plan_reply(
         messages,
         body.get("tools"),

@@ -21,8 +21,10 @@ from devservers.server_thread import ServerThread
 __all__ = ["OfflineModelServer", "create_offline_model_app"]
 
 
-def create_offline_model_app(*, chunk_delay: float = 0.0) -> Starlette:
-    """The offline model as an ASGI app. `chunk_delay` (seconds) paces streamed chunks for demos."""
+def create_offline_model_app(*, chunk_delay: float = 0.0, context_chars: int | None = None) -> Starlette:
+    """The offline model as an ASGI app. `chunk_delay` (seconds) paces streamed chunks for demos;
+    `context_chars`: refuse a request whose messages and tools take more characters (`context_length_exceeded`,
+    as a real model past its context window), None: no limit."""
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
@@ -35,6 +37,7 @@ def create_offline_model_app(*, chunk_delay: float = 0.0) -> Starlette:
     )
     app.state.stats = routes.new_stats()
     app.state.chunk_delay = chunk_delay
+    app.state.context_chars = context_chars
     return app
 
 
@@ -43,8 +46,16 @@ class OfflineModelServer(ServerThread):
 
     model = MODEL_NAME
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int | None = None, chunk_delay: float = 0.0) -> None:
-        super().__init__(create_offline_model_app(chunk_delay=chunk_delay), host=host, port=port)
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        chunk_delay: float = 0.0,
+        context_chars: int | None = None,
+    ) -> None:
+        app = create_offline_model_app(chunk_delay=chunk_delay, context_chars=context_chars)
+        super().__init__(app, host=host, port=port)
 
     @property
     def base_url(self) -> str:
