@@ -67,6 +67,10 @@ class ThreadStore:
     def __init__(self, storage: AgentStorage) -> None:
         self.storage = storage
         self._whole_thread: ReadCache[list[ChatMessage]] = ReadCache(storage)
+        self._window_blocks: dict[int, ContextBlock] = {}
+        """The blocks of the model's last window by seq: a turn rebuilds only what is new or changed (a
+        block changes only when one of its calls does: `_forget_block_of`)."""
+        self._block_of_call: dict[str, int] = {}
 
     # -- messages ------------------------------------------------------------------------------------
     async def add_message(
@@ -141,12 +145,33 @@ class ThreadStore:
             )
             if not rows:
                 break
-            page = await self._blocks_of([(int(r["seq"]), r["id"], r["role"], r["content"]) for r in rows])
+            page = await self._cached_blocks_of([(int(r["seq"]), r["id"], r["role"], r["content"]) for r in rows])
             page.reverse()
             blocks.extend(page)
             total += sum(block.size for block in page)
             before = int(rows[-1]["seq"])
+        if blocks:  # what is older than this window will not be asked for again
+            oldest = blocks[-1].seq
+            self._window_blocks = {seq: b for seq, b in self._window_blocks.items() if seq >= oldest}
+            self._block_of_call = {c: seq for c, seq in self._block_of_call.items() if seq >= oldest}
         return blocks
+
+    async def _cached_blocks_of(self, rows: list[tuple[int, str, str, str | None]]) -> list[ContextBlock]:
+        """`_blocks_of` (in seq order), built only for the rows whose block is not kept from an earlier window."""
+        missing = [row for row in rows if row[0] not in self._window_blocks]
+        if missing:
+            for block in await self._blocks_of(missing):
+                self._window_blocks[block.seq] = block
+                for message in block.messages:
+                    if message["role"] == "tool":
+                        self._block_of_call[str(message["tool_call_id"])] = block.seq
+        return [self._window_blocks[seq] for seq in sorted(row[0] for row in rows)]
+
+    def _forget_block_of(self, tool_call_id: str, *seqs: int | None) -> None:
+        """A call changed: its block (and the block at any of `seqs`) is built again when next needed."""
+        for seq in (self._block_of_call.pop(tool_call_id, None), *seqs):
+            if seq is not None:
+                self._window_blocks.pop(seq, None)
 
     async def blocks_oldest_first(self, after_seq: int, before_seq: int, enough: int) -> list[ContextBlock]:
         """The blocks of the messages in (`after_seq`, `before_seq`), oldest first, until they add up to
@@ -270,25 +295,33 @@ class ThreadStore:
 
     async def set_call_state(self, tool_call_id: str, state: str, *, interrupt: dict[str, Any] | None = None) -> None:
         """A new state (and, if given, the interrupt or retry details that go with it)."""
-        await self.storage.execute(
-            "UPDATE tool_calls SET state = ?, interrupt = COALESCE(?, interrupt), updated_at = ? WHERE id = ?",
-            (state, json.dumps(interrupt) if interrupt is not None else None, time.time(), tool_call_id),
-        )
+        try:
+            await self.storage.execute(
+                "UPDATE tool_calls SET state = ?, interrupt = COALESCE(?, interrupt), updated_at = ? WHERE id = ?",
+                (state, json.dumps(interrupt) if interrupt is not None else None, time.time(), tool_call_id),
+            )
+        finally:
+            self._forget_block_of(tool_call_id)
 
     async def finish_call(self, call: ToolCall, result: str) -> None:
         """Record the result; a call resolved after the thread moved on remembers where it arrived."""
-        async with self.storage.transaction() as tx:
-            row = await tx.fetchone(
-                "SELECT (SELECT MAX(seq) FROM messages) AS last_seq, "
-                "(SELECT seq FROM messages WHERE id = ?) AS call_seq",
-                (call.message_id,),
-            )
-            late = row is not None and row["last_seq"] is not None and row["last_seq"] > (row["call_seq"] or 0)
-            await tx.execute(
-                "UPDATE tool_calls SET state = 'result', result = ?, updated_at = ?, resolved_after_seq = ? "
-                "WHERE id = ?",
-                (result, time.time(), row["last_seq"] if late else None, call.id),
-            )
+        arrived_at: int | None = None
+        try:
+            async with self.storage.transaction() as tx:
+                row = await tx.fetchone(
+                    "SELECT (SELECT MAX(seq) FROM messages) AS last_seq, "
+                    "(SELECT seq FROM messages WHERE id = ?) AS call_seq",
+                    (call.message_id,),
+                )
+                late = row is not None and row["last_seq"] is not None and row["last_seq"] > (row["call_seq"] or 0)
+                arrived_at = row["last_seq"] if late else None
+                await tx.execute(
+                    "UPDATE tool_calls SET state = 'result', result = ?, updated_at = ?, resolved_after_seq = ? "
+                    "WHERE id = ?",
+                    (result, time.time(), arrived_at, call.id),
+                )
+        finally:
+            self._forget_block_of(call.id, arrived_at)
 
 
 async def _unique_call_id(tx: Any, wanted: str) -> str:

@@ -242,18 +242,21 @@ async def give_history(api: str, tokens: list[str], history: int, run_id: str, s
 
 
 def profile_hosts(seconds: float) -> list[dict[str, Any]]:
-    """py-spy on every agent host for `seconds`: the 15 frames the hosts spent most samples in (self time)."""
+    """py-spy on every agent host for `seconds` (sampling the GIL's holder): the 40 frames found in most
+    samples (inclusive: a frame counts for everything it called)."""
     py_spy = shutil.which("py-spy")
     if py_spy is None:
         log("   (--profile: py-spy is not installed; pip install py-spy)")
         return []
     _, pids = cpu_by_group()
     frames: Counter[str] = Counter()
+    total = 0
     with tempfile.TemporaryDirectory() as out:
         runs = []
         for pid in pids.get("hosts", []):
             path = Path(out) / f"{pid}.txt"
             command = [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--format", "raw"]
+            command += ["--gil", "--nonblocking", "--rate", "50"]  # the GIL's holder: the event loop's work
             runs.append(
                 (
                     subprocess.Popen([*command, "-o", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
@@ -265,9 +268,10 @@ def profile_hosts(seconds: float) -> list[dict[str, Any]]:
             for line in path.read_text().splitlines() if path.exists() else []:
                 stack, _, count = line.rpartition(" ")
                 if stack and count.isdigit():
-                    frames[stack.split(";")[-1]] += int(count)
-    total = sum(frames.values()) or 1
-    return [{"frame": f, "share": round(n / total, 3)} for f, n in frames.most_common(15)]
+                    total += int(count)
+                    for frame in set(stack.split(";")):
+                        frames[frame] += int(count)
+    return [{"frame": f, "share": round(n / max(total, 1), 3)} for f, n in frames.most_common(40)]
 
 
 def print_report(report: dict[str, Any]) -> None:

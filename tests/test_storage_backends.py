@@ -193,6 +193,16 @@ async def test_the_models_window_and_the_summary_read_the_same_on_both_backends(
     assert tools and all(m["content"] == "25.0" for m in tools)
     assert [c.id for c in await store.unfinished_calls_before(window.first_seq)] == ["early"]
 
+    # the next turn's window, from the blocks kept since the last one, is what a fresh read gives
+    asked = await store.add_assistant(None, [{"id": "late", "name": "get_stock_price", "arguments": "{}"}])
+    await store.add_message("user", "and now?")
+    await store.finish_call(asked.tool_calls[0], "26.0")  # resolved after the thread moved on: replayed
+    await store.set_call_state("price-190", "running")  # an older block's call changes
+    kept = bounded_context(preamble("system", None, []), await store.blocks_newest_first(0, 2_000), 2_000)
+    fresh = ThreadStore(storage)
+    again = bounded_context(preamble("system", None, []), await fresh.blocks_newest_first(0, 2_000), 2_000)
+    assert kept.messages == again.messages and kept.messages[-1]["content"] == "26.0"
+
     oldest = await store.blocks_oldest_first(0, window.first_seq, 500)
     assert oldest[0].seq == 1 and sum(b.size for b in oldest) <= 500
     assert await store.add_summary(oldest[-1].seq, "summary one", len(oldest)) is True
