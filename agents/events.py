@@ -18,26 +18,28 @@ MAX_EVENTS = 2000
 
 
 class EventLog:
+    """The thread's recent events, numbered; watchers wait for the next one without polling."""
+
     def __init__(self, max_events: int = MAX_EVENTS) -> None:
         self.epoch = uuid.uuid4().hex[:12]
         self._events: deque[ThreadEvent] = deque(maxlen=max_events)
         self._seq = 0
-        self._changed = asyncio.Condition()
+        self._arrived = asyncio.Event()
+        """Set (and replaced) by each event: what a waiting watcher awaits."""
 
     @property
     def last_seq(self) -> int:
         return self._seq
 
     def emit(self, type_: str, **data: Any) -> ThreadEvent:
+        """Record an event and wake the watchers. Called for every streamed token, so it builds the event
+        without validation (the fields are ours) and wakes by setting an `asyncio.Event`, not a task."""
         self._seq += 1
-        event = ThreadEvent(seq=self._seq, epoch=self.epoch, type=type_, data=data, at=time.time())  # type: ignore[arg-type]
+        event = ThreadEvent.model_construct(seq=self._seq, epoch=self.epoch, type=type_, data=data, at=time.time())
         self._events.append(event)
-        asyncio.get_running_loop().create_task(self._notify())
+        arrived, self._arrived = self._arrived, asyncio.Event()
+        arrived.set()
         return event
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     def after(self, seq: int) -> list[ThreadEvent]:
         return [event for event in self._events if event.seq > seq]
@@ -45,13 +47,12 @@ class EventLog:
     async def wait_after(self, seq: int, timeout: float) -> list[ThreadEvent]:
         """Events after `seq`, waiting up to `timeout` seconds for the first one."""
         deadline = time.monotonic() + timeout
-        async with self._changed:
-            while True:
-                events = self.after(seq)
-                remaining = deadline - time.monotonic()
-                if events or remaining <= 0:
-                    return events
-                try:
-                    await asyncio.wait_for(self._changed.wait(), remaining)
-                except TimeoutError:
-                    return self.after(seq)
+        while True:
+            events = self.after(seq)
+            remaining = deadline - time.monotonic()
+            if events or remaining <= 0:
+                return events
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return self.after(seq)

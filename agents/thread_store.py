@@ -58,7 +58,8 @@ CHAT_MIGRATIONS = [
 ]
 
 WINDOW_PAGE_ROWS = 64
-"""Messages read per page while filling the model's window from the newest backwards."""
+"""Messages in the first page read while filling the model's window from the newest backwards (each next
+page is twice as long)."""
 
 
 class ThreadStore:
@@ -137,12 +138,13 @@ class ThreadStore:
         page at a time until they add up to `enough` characters: a turn reads what its window needs, not
         the whole thread."""
         blocks: list[ContextBlock] = []
-        total, before = 0, None
+        total, before, page_rows = 0, None, WINDOW_PAGE_ROWS
         while total < enough:
             rows = await self.storage.fetchall(
                 "SELECT seq, id, role, content FROM messages WHERE seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-                (after_seq, before if before is not None else 2**62, WINDOW_PAGE_ROWS),
+                (after_seq, before if before is not None else 2**62, page_rows),
             )
+            page_rows *= 2  # a long window in a few reads
             if not rows:
                 break
             page = await self._cached_blocks_of([(int(r["seq"]), r["id"], r["role"], r["content"]) for r in rows])
