@@ -294,12 +294,13 @@ class AIChatAgent(Agent):
     async def _call_llm(self, context: ModelContext) -> tuple[str, list[dict[str, str]]]:
         """One streamed completion: tokens go to watchers; returns (text, tool calls). A model that is
         down gives an apology as the answer (and an `error` event), not a failed turn."""
-        request: dict[str, Any] = {"model": self.settings.openai_model, "messages": context.messages}
+        request: dict[str, Any] = {"model": self.settings.openai_model}
         if self.tools:
             request["tools"] = self._tool_schemas()
         started = time.perf_counter()
         try:
-            answer = await stream_completion(self.llm(), request, lambda text: self.events.emit("token", text=text))
+            on_token = lambda text: self.events.emit("token", text=text)  # noqa: E731
+            answer = await stream_completion(self.llm(), request, on_token, messages_json=context.wire)
         except (APIError, OpenAITimeout) as exc:
             MODEL_ERRORS.inc(model=self.settings.openai_model, error=type(exc).__name__)
             await self._report_error(exc, during="model")

@@ -51,19 +51,33 @@ HistoryRow = tuple[int, str, str, str | None]
 """A stored message as the context is built from it: (seq, id, role, content)."""
 
 
+def encoded(messages: Iterable[ModelMessage]) -> list[str]:
+    """Each message as the JSON text the request carries (encoded once: a block keeps its text)."""
+    return [json.dumps(message, ensure_ascii=False) for message in messages]
+
+
 def wire_size(messages: Iterable[ModelMessage]) -> int:
     """The characters `messages` take in the request's JSON (what the budget counts), the separator after
     each included: never less than their list's `json.dumps`, so sizes of parts add up safely."""
-    return sum(len(json.dumps(message, ensure_ascii=False)) + 2 for message in messages)
+    return sum(len(text) + 2 for text in encoded(messages))
 
 
 @dataclass(frozen=True)
 class ContextBlock:
-    """The messages of one stored message that the model must read together (see the module docstring)."""
+    """The messages of one stored message that the model must read together (see the module docstring),
+    with their JSON text, built once."""
 
     seq: int
     messages: tuple[ModelMessage, ...]
-    size: int
+    texts: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(len(text) + 2 for text in self.texts)
+
+    @classmethod
+    def of(cls, seq: int, messages: list[ModelMessage]) -> ContextBlock:
+        return cls(seq, tuple(messages), tuple(encoded(messages)))
 
 
 def thread_blocks(history: Iterable[HistoryRow], calls: Iterable[ToolCall]) -> list[ContextBlock]:
@@ -90,7 +104,7 @@ def thread_blocks(history: Iterable[HistoryRow], calls: Iterable[ToolCall]) -> l
             replay = call.openai_call() | {"id": f"{call.id}.resumed"}
             messages.append({"role": "assistant", "content": None, "tool_calls": [replay]})
             messages.append({"role": "tool", "tool_call_id": replay["id"], "content": call.result or ""})
-        blocks.append(ContextBlock(seq, tuple(messages), wire_size(messages)))
+        blocks.append(ContextBlock.of(seq, messages))
     return blocks
 
 
@@ -103,6 +117,8 @@ class ModelContext:
     """The oldest stored message in the window (None: the thread has none)."""
     size: int
     blocks: list[ContextBlock] = field(default_factory=list)
+    wire: str = ""
+    """`messages` as the JSON array the request carries, assembled from the blocks' texts."""
 
 
 def preamble(system_prompt: str, summary: str | None, still_pending: Iterable[ToolCall]) -> list[ModelMessage]:
@@ -130,10 +146,11 @@ def bounded_context(
         taken.append(block)
         used += block.size
     taken.reverse()
-    messages = list(head)
+    messages, texts = list(head), encoded(head)
     for block in taken:
         messages.extend(block.messages)
-    return ModelContext(messages, taken[0].seq if taken else None, used, taken)
+        texts.extend(block.texts)
+    return ModelContext(messages, taken[0].seq if taken else None, used, taken, "[" + ",".join(texts) + "]")
 
 
 def as_seen(call: ToolCall) -> str:
@@ -157,6 +174,7 @@ __all__ = [
     "ModelMessage",
     "as_seen",
     "bounded_context",
+    "encoded",
     "preamble",
     "thread_blocks",
     "wire_size",

@@ -14,6 +14,7 @@ so there is nothing to transform; the SDK still does the HTTP, the retries, the 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -29,22 +30,27 @@ def shared_llm(base_url: str | None, api_key: str, timeout: float) -> AsyncOpenA
     return AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=2)
 
 
+def request_body(request: dict[str, Any], messages_json: str) -> bytes:
+    """The request's JSON with its messages spliced in as the text they were encoded to already."""
+    rest = json.dumps(request, ensure_ascii=False)
+    return ('{"messages": ' + messages_json + (", " + rest[1:] if rest != "{}" else "}")).encode()
+
+
 async def stream_completion(
-    llm: AsyncOpenAI, request: dict[str, Any], on_token: Callable[[str], None]
+    llm: AsyncOpenAI, request: dict[str, Any], on_token: Callable[[str], None], *, messages_json: str | None = None
 ) -> tuple[str, list[dict[str, str]]]:
-    """Run `request` (the `create()` arguments, without `stream`); return the text and the tool calls
-    (`{"id", "name", "arguments"}` each, in index order). The SDK's errors pass through. The chunks are
-    read as the JSON they are (`AsyncStream[object]`), not built into the SDK's chunk models, which was
-    the other large share of a turn's CPU in the profile."""
+    """Run `request` (the `create()` arguments, without `stream`; with `messages_json`, the messages as
+    JSON text, and none in `request`); return the text and the tool calls (`{"id", "name", "arguments"}`
+    each, in index order). The SDK's errors pass through. The chunks are read as the JSON they are
+    (`AsyncStream[object]`), not built into the SDK's chunk models, which was the other large share of a
+    turn's CPU in the profile."""
     parts: list[str] = []
     calls: dict[int, dict[str, str]] = {}
-    stream = await llm.post(
-        COMPLETIONS_PATH,
-        body=request | {"stream": True},
-        cast_to=object,
-        stream=True,
-        stream_cls=AsyncStream[object],
-    )
+    if messages_json is None:
+        sending: dict[str, Any] = {"body": request | {"stream": True}}
+    else:
+        sending = {"content": request_body(request | {"stream": True}, messages_json)}
+    stream = await llm.post(COMPLETIONS_PATH, cast_to=object, stream=True, stream_cls=AsyncStream[object], **sending)
     async for chunk in stream:
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
         if not choices:

@@ -241,15 +241,16 @@ async def give_history(api: str, tokens: list[str], history: int, run_id: str, s
     return threads
 
 
-def profile_hosts(seconds: float) -> list[dict[str, Any]]:
+def profile_hosts(seconds: float) -> dict[str, list[dict[str, Any]]]:
     """py-spy on every agent host for `seconds` (sampling the GIL's holder): the 40 frames found in most
-    samples (inclusive: a frame counts for everything it called)."""
+    samples (inclusive: a frame counts for everything it called) and the 25 that were running most (self)."""
     py_spy = shutil.which("py-spy")
     if py_spy is None:
         log("   (--profile: py-spy is not installed; pip install py-spy)")
-        return []
+        return {}
     _, pids = cpu_by_group()
     frames: Counter[str] = Counter()
+    own: Counter[str] = Counter()
     total = 0
     with tempfile.TemporaryDirectory() as out:
         runs = []
@@ -271,7 +272,12 @@ def profile_hosts(seconds: float) -> list[dict[str, Any]]:
                     total += int(count)
                     for frame in set(stack.split(";")):
                         frames[frame] += int(count)
-    return [{"frame": f, "share": round(n / max(total, 1), 3)} for f, n in frames.most_common(40)]
+                    own[stack.split(";")[-1]] += int(count)
+    share = max(total, 1)
+    return {
+        "inclusive": [{"frame": f, "share": round(n / share, 3)} for f, n in frames.most_common(40)],
+        "self": [{"frame": f, "share": round(n / share, 3)} for f, n in own.most_common(25)],
+    }
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -299,8 +305,10 @@ def print_report(report: dict[str, Any]) -> None:
     for phase in report["phases"]:
         if phase.get("errors"):
             print(f"{phase['phase']}: {phase['errors']} failed turns")
-        for frame in phase.get("profile") or []:
-            print(f"  {frame['share']:6.1%}  {frame['frame']}")
+        for kind, frames in (phase.get("profile") or {}).items():
+            print(f"{phase['phase']}, the hosts' busiest frames ({kind}):")
+            for frame in frames:
+                print(f"  {frame['share']:6.1%}  {frame['frame']}")
 
 
 async def run(args: argparse.Namespace, stack: Any, storage: Path) -> dict[str, Any]:

@@ -72,6 +72,12 @@ def split_sql(script: str) -> list[str]:
     return statements
 
 
+async def _rows(conn: aiosqlite.Connection, sql: str, params: Params) -> list[sqlite3.Row]:
+    """The rows of one query, in one round trip to the connection's thread (execute and fetch together:
+    each trip is a hand-off between threads, and a chat turn makes dozens)."""
+    return list(await conn.execute_fetchall(sql, params))
+
+
 class Transaction(TransactionAPI):
     """Write access inside one open transaction (see `AgentStorage.transaction`)."""
 
@@ -87,12 +93,11 @@ class Transaction(TransactionAPI):
         await self._conn.executemany(sql, rows)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        cursor = await self._conn.execute(sql, params)
-        return list(await cursor.fetchall())
+        return await _rows(self._conn, sql, params)
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        cursor = await self._conn.execute(sql, params)
-        return await cursor.fetchone()
+        rows = await _rows(self._conn, sql, params)
+        return rows[0] if rows else None
 
 
 class AgentStorage(StorageAPI):
@@ -195,8 +200,8 @@ class AgentStorage(StorageAPI):
         return epoch
 
     async def _check_epoch(self, writer: aiosqlite.Connection) -> None:
-        cursor = await writer.execute("SELECT value FROM _kv WHERE key = ?", (EPOCH_KEY,))
-        row = await cursor.fetchone()
+        rows = await _rows(writer, "SELECT value FROM _kv WHERE key = ?", (EPOCH_KEY,))
+        row = rows[0] if rows else None
         self.refuse_if_stale(self.path.name, int(json.loads(row["value"])) if row else 0)
 
     def in_transaction(self) -> bool:
@@ -210,12 +215,11 @@ class AgentStorage(StorageAPI):
     # -- reads ---------------------------------------------------------------------------------------
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         """Read rows from committed data (or the caller's open transaction)."""
-        cursor = await self._read_conn().execute(sql, params)
-        return list(await cursor.fetchall())
+        return await _rows(self._read_conn(), sql, params)
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        cursor = await self._read_conn().execute(sql, params)
-        return await cursor.fetchone()
+        rows = await _rows(self._read_conn(), sql, params)
+        return rows[0] if rows else None
 
     # -- migrations ------------------------------------------------------------------------------------
     async def migrate(self, scope: str, migrations: Sequence[Migration]) -> int:
