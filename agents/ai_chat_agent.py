@@ -80,7 +80,8 @@ class AIChatAgent(Agent):
         self._tools: dict[str, Tool] | None = None
         self._schemas: list[dict[str, Any]] | None = None
         self._window: tuple[int, int | None] | None = None
-        """(the summary's last message, the window's first) of the last context built."""
+        """(the summary's last message, the window's first) of the last context built; the window's first is
+        None when the window holds the whole thread."""
 
     # -- hooks for subclasses and mixins -----------------------------------------------------------
     @internal
@@ -320,22 +321,26 @@ class AIChatAgent(Agent):
         through = summary[0] if summary else 0
         reserved = wire_size(self._tool_schemas())
         newest_first = await self.thread_store.blocks_newest_first(through, budget)
+        whole_thread = through == 0 and sum(block.size for block in newest_first) < budget  # read to its start
         still_pending: list[ToolCall] = []
         while True:  # the note on calls still pending takes room too: settle the window with it
             head = preamble(self.settings.system_prompt, summary[1] if summary else None, still_pending)
             context = bounded_context(head, newest_first, budget, reserved=reserved)
+            if whole_thread and len(context.blocks) == len(newest_first):
+                break  # the window holds the whole thread: no call is left out of it
             outside = await self.thread_store.unfinished_calls_before(context.first_seq or through + 1)
             if {c.id for c in outside} <= {c.id for c in still_pending}:
                 break
             still_pending = outside
-        self._window = (through, context.first_seq)
+        everything_in = whole_thread and len(context.blocks) == len(newest_first)
+        self._window = (through, None if everything_in else context.first_seq)
         return context
 
     async def _compact_later(self) -> None:
         """Schedule a compaction step when enough of the thread fell out of the model's window unsummarized
         (`CHAT_COMPACT_AFTER_CHARS`; see `agents.compaction`); once, however many turns make it due."""
-        if self._window is None or self._window[1] is None or self._window[1] <= self._window[0] + 1:
-            return  # the window reaches the summary (or the thread's start): nothing is out of it
+        if self._window is None or self._window[1] is None:
+            return  # the window holds the whole thread: nothing is out of it
         through, first_seq = self._window
         if await self.thread_store.content_chars_between(through, first_seq) < self.settings.compact_after_chars:
             return

@@ -72,6 +72,9 @@ class ThreadStore:
         """The blocks of the model's last window by seq: a turn rebuilds only what is new or changed (a
         block changes only when one of its calls does: `_forget_block_of`)."""
         self._block_of_call: dict[str, int] = {}
+        self._summary: tuple[int, str] | None = None
+        self._summary_read = False
+        """Whether `_summary` holds the file's newest summary (only `add_summary` writes one)."""
 
     # -- messages ------------------------------------------------------------------------------------
     async def add_message(
@@ -227,11 +230,15 @@ class ThreadStore:
 
     # -- the summary of what no longer fits ----------------------------------------------------------
     async def summary_in_use(self) -> tuple[int, str] | None:
-        """(the last message it covers, its text) of the newest summary, if the thread has one."""
-        row = await self.storage.fetchone(
-            "SELECT through_seq, content FROM context_summaries ORDER BY through_seq DESC LIMIT 1"
-        )
-        return None if row is None else (int(row["through_seq"]), str(row["content"]))
+        """(the last message it covers, its text) of the newest summary, if the thread has one (read once
+        per activation: only `add_summary` writes one)."""
+        if not self._summary_read:
+            row = await self.storage.fetchone(
+                "SELECT through_seq, content FROM context_summaries ORDER BY through_seq DESC LIMIT 1"
+            )
+            self._summary = None if row is None else (int(row["through_seq"]), str(row["content"]))
+            self._summary_read = True
+        return self._summary
 
     async def add_summary(self, through_seq: int, content: str, messages: int) -> bool:
         """Store a summary covering the thread up to `through_seq`; False (nothing written) if one that
@@ -244,6 +251,7 @@ class ThreadStore:
                 "INSERT INTO context_summaries(through_seq, content, messages, created_at) VALUES (?, ?, ?, ?)",
                 (through_seq, content, messages, time.time()),
             )
+        self._summary, self._summary_read = (through_seq, content), True
         return True
 
     async def messages_after(self, seq: int) -> list[ChatMessage]:
