@@ -11,7 +11,7 @@ from typing import Any
 
 from agents.errors import AuthUnavailableError, UnauthenticatedError
 from agents.host import MixinBase
-from auth.settings import AuthSettings
+from auth.settings import auth_settings
 from auth.verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError, bearer_token
 from runtime import internal
 
@@ -42,7 +42,7 @@ class AuthAgent(MixinBase):
 
     def jwt_verifier(self) -> JWTVerifier:
         if self._jwt_verifier is None:
-            self._jwt_verifier = AuthSettings().shared_verifier()
+            self._jwt_verifier = auth_settings().shared_verifier()
         return self._jwt_verifier
 
     @internal

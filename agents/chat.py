@@ -9,7 +9,7 @@ exactly once with the approved token; and a watchlist (`watch_stock`, confirmed 
 from __future__ import annotations
 
 from agents.thread_agent import ThreadAgent
-from auth.settings import AuthSettings
+from auth.settings import auth_settings
 from runtime import internal
 from tools.base import Tool
 from tools.order_details import purchase_details
@@ -32,7 +32,7 @@ class Chat(ThreadAgent):
         buy_stock = self.with_async_user_confirmation(
             self.purchase_tool(),
             scopes=["stock:buy"],
-            audience=AuthSettings().checkout_audience,
+            audience=auth_settings().checkout_audience,
             binding_message=binding_message_for,
             authorization_details=purchase_details,  # RAR: the token approves this very order only
         )

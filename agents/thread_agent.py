@@ -19,7 +19,7 @@ from agents.auth_agent import AuthAgent
 from agents.messages import ToolCall
 from agents.owned_agent import OwnedAgent
 from agents.resumer import AsyncUserConfirmationResumer
-from auth.settings import AuthSettings
+from auth.settings import auth_settings
 from runtime import internal
 from tools.agent_credential_store import AgentCredentialStore
 from tools.async_confirmation import (
@@ -78,7 +78,7 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
         """`tool`, run only after the thread's owner approved it on their device: the deployment's CIBA
         client, delivery mode and this thread's encrypted credential store are filled in. `binding_message`
         (shown on the device) and `authorization_details` may be functions of the tool's arguments."""
-        settings = AuthSettings()
+        settings = auth_settings()
         return with_async_user_confirmation(
             tool,
             user_id=thread_owner,
@@ -100,7 +100,7 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
         """This thread's approved tokens and pending requests, encrypted with `AUTH0_SESSION_ENCRYPTION_KEY`,
         in the thread's own storage (so fenced like its other writes, on either backend)."""
         if self._credential_store is None:
-            self._credential_store = AgentCredentialStore(self.storage, AuthSettings().require_encryption_key())
+            self._credential_store = AgentCredentialStore(self.storage, auth_settings().require_encryption_key())
         return self._credential_store
 
     async def _execute_tool_call(self, call: ToolCall, *, confirmed: bool = False) -> None:

@@ -7,6 +7,7 @@ up in a repr, a log line or a validation error, and `AuthConfigError` only ever 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -173,3 +174,19 @@ class AuthSettings(BaseSettings):
         if problems:
             raise AuthConfigError("CIBA is not configured: " + "; ".join(problems))
         return self
+
+
+_READ_FROM = ("AUTH", "CIBA_", "CHECKOUT_AUDIENCE")
+"""The prefixes of every variable `AuthSettings` reads."""
+_last: tuple[tuple[tuple[str, str], ...], AuthSettings] | None = None
+
+
+def auth_settings() -> AuthSettings:
+    """The process's `AuthSettings`, read again only when one of its variables changed. Agents ask for them
+    on every activation; reading the environment through pydantic-settings costs about as much as the rest
+    of an activation."""
+    global _last
+    seen = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_READ_FROM)))
+    if _last is None or _last[0] != seen:
+        _last = (seen, AuthSettings())
+    return _last[1]

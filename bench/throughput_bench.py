@@ -14,7 +14,7 @@ the dev authorization server, the checkout API, the offline model), then runs, o
 For each: turns/s, p50 and p99, and the CPU each group of processes spent per turn, read from /proc before
 and after (agent hosts, the ingress replica, Serve's proxy, other Ray workers, Ray's own daemons, and this
 driver, which runs the dev servers, the offline model and the load's clients). `--profile` samples the
-agent hosts with py-spy during the long threads' phase and prints the top frames.
+agent hosts with py-spy during the thread phases and prints the top frames.
 
 Prints a table and writes `bench/results/throughput_bench.json`; deadlines are taken from "now". The suite
 runs a short version (`tests/test_throughput_bench.py`), which asserts nothing about time.
@@ -94,16 +94,18 @@ class Phase:
         self.latencies: list[float] = []
         self.errors = 0
 
-    async def run(self, users: int, seconds: float, one_user: Any) -> dict[str, Any]:
+    async def run(self, users: int, seconds: float, one_user: Any, *, profile: bool = False) -> dict[str, Any]:
+        """`users` running `one_user` for `seconds` from now; with `profile`, py-spy on the hosts meanwhile."""
         before, _ = cpu_by_group()
         started = time.monotonic()
         end = started + seconds
+        profiler = asyncio.create_task(asyncio.to_thread(profile_hosts, seconds)) if profile else None
         await asyncio.gather(*(one_user(i, end, self) for i in range(users)))
         wall = time.monotonic() - started
         after, _ = cpu_by_group()
         turns = len(self.latencies)
         cpu = {group: after[group] - before[group] for group in GROUPS}
-        return {
+        return ({"profile": await profiler} if profiler is not None else {}) | {
             "phase": self.name,
             "turns": turns,
             "errors": self.errors,
@@ -186,7 +188,7 @@ async def wait_ok(http: httpx.AsyncClient, path: str, timeout: float = 60.0) -> 
             await asyncio.sleep(0.25)
 
 
-async def short_threads(api: str, tokens: list[str], seconds: float, run_id: str) -> dict[str, Any]:
+async def short_threads(api: str, tokens: list[str], seconds: float, run_id: str, profile: bool) -> dict[str, Any]:
     async def user(index: int, end: float, phase: Phase) -> None:
         headers = {"Authorization": f"Bearer {tokens[index]}"}
         async with httpx.AsyncClient(base_url=api, headers=headers, timeout=120) as http:
@@ -199,7 +201,7 @@ async def short_threads(api: str, tokens: list[str], seconds: float, run_id: str
                     await phase.timed(post_turn(http, thread))
                 n += 1
 
-    return await Phase("short threads").run(len(tokens), seconds, user)
+    return await Phase("short threads").run(len(tokens), seconds, user, profile=profile)
 
 
 async def create_then_turn(http: httpx.AsyncClient, thread: str) -> None:
@@ -210,7 +212,7 @@ async def create_then_turn(http: httpx.AsyncClient, thread: str) -> None:
 
 
 async def long_threads(
-    api: str, tokens: list[str], seconds: float, threads: list[str], profile: float | None
+    api: str, tokens: list[str], seconds: float, threads: list[str], profile: bool
 ) -> dict[str, Any]:
     async def user(index: int, end: float, phase: Phase) -> None:
         headers = {"Authorization": f"Bearer {tokens[index]}"}
@@ -218,11 +220,7 @@ async def long_threads(
             while time.monotonic() < end:
                 await phase.timed(post_turn(http, threads[index]))
 
-    profiler = asyncio.create_task(asyncio.to_thread(profile_hosts, profile)) if profile else None
-    result = await Phase("long threads").run(len(tokens), seconds, user)
-    if profiler is not None:
-        result["profile"] = await profiler
-    return result
+    return await Phase("long threads").run(len(tokens), seconds, user, profile=profile)
 
 
 async def give_history(api: str, tokens: list[str], history: int, run_id: str, storage: Path) -> list[str]:
@@ -325,11 +323,9 @@ async def run(args: argparse.Namespace, stack: Any, storage: Path) -> dict[str, 
     log("serve echo ...")
     phases.append(await serve_echo(stack.urls.api, args.users, args.seconds))
     log("short threads ...")
-    phases.append(await short_threads(stack.urls.api, tokens, args.seconds, run_id))
+    phases.append(await short_threads(stack.urls.api, tokens, args.seconds, run_id, args.profile))
     log("long threads ...")
-    phases.append(
-        await long_threads(stack.urls.api, tokens, args.seconds, threads, args.seconds if args.profile else None)
-    )
+    phases.append(await long_threads(stack.urls.api, tokens, args.seconds, threads, args.profile))
     report = report_head("throughput_bench")
     report.update({"config": vars(args) | {"out": str(args.out)}, "phases": phases})
     return report
@@ -340,7 +336,7 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--history", type=int, default=2000, help="messages of history of each long thread")
-    parser.add_argument("--profile", action="store_true", help="py-spy the agent hosts in the long phase")
+    parser.add_argument("--profile", action="store_true", help="py-spy the agent hosts in the thread phases")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "throughput_bench.json")
     args = parser.parse_args()
     storage = Path(tempfile.mkdtemp(prefix="agentrt-throughput-"))

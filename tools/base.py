@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,9 +134,22 @@ class Tool:
             "function": {
                 "name": self.name,
                 "description": self.description,
-                "parameters": self.parameters.model_json_schema(),
+                "parameters": parameters_schema(self.parameters),
             },
         }
+
+
+_SCHEMAS: weakref.WeakKeyDictionary[type[BaseModel], dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def parameters_schema(parameters: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema of a tool's parameters model, built once per model class (pydantic's schema
+    generation costs about a millisecond, and every activation of a thread offers its tools again); kept
+    only as long as the class lives (a model made per activation goes with it). Shared: read only."""
+    schema = _SCHEMAS.get(parameters)
+    if schema is None:
+        schema = _SCHEMAS[parameters] = parameters.model_json_schema()
+    return schema
 
 
 def tool(
