@@ -368,7 +368,7 @@ class AIChatAgent(Agent):
             raise RuntimeError("the model returned an empty summary")
         await self.thread_store.add_summary(blocks[-1].seq, text, len(blocks))
         logger.info("%s: summarized the thread through message %d", self.name, blocks[-1].seq)
-        if blocks[-1].seq + 1 < first_seq:
+        if await self.thread_store.content_chars_between(blocks[-1].seq, first_seq) > 0:  # (seqs may have gaps)
             await self.schedule(NEXT_STEP_DELAY_SECONDS, "compact_context", None)
         return True
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_short_and_long_threads_are_answered_under_load(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
-    args = ["--users", "2", "--seconds", "3", "--history", "400", "--out", str(out)]
+    args = ["--users", "2", "--seconds", "2", "--history", "200", "--out", str(out)]
     proc = run_isolated("bench/throughput_bench.py", *args, cwd=tmp_path, timeout=280)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     phases = {phase["phase"]: phase for phase in json.loads(out.read_text())["phases"]}
