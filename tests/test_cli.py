@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from devservers.server_thread import free_port
+from tests.test_readme import run_the_client_snippet
 
 pytestmark = pytest.mark.slow
 
@@ -109,6 +110,7 @@ def test_serve_prints_working_urls_runs_the_demo_and_stops_cleanly_on_sigint(tmp
         assert "approval requested" in demo.stdout
         assert re.search(r"Purchased 100 shares of MSFT", demo.stdout), demo.stdout
         _conversation_commands_work(api, env)
+        run_the_client_snippet(api, tmp_path)
 
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=60) == 0, output.text

@@ -3,7 +3,8 @@
 Each ```python block runs in its own process from a fresh folder: a block marked `<!-- file: NAME -->` is
 written to that file (the agent of your own and its test-kit tests, which then run under pytest); a block
 marked `<!-- sketch ... -->` is only compiled; every other block runs as a script (the one that talks to
-`http://127.0.0.1:8000` with `agentrt serve` running, as its text says, on a free port here).
+`http://127.0.0.1:8000` with `agentrt serve` running, as its text says, runs in `tests/test_cli.py`
+against the `agentrt serve` that test starts).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from tests.isolated import REPO, SESSION_ONLY
-from tests.serve_process import served
 
 README = (REPO / "README.md").read_text()
 BLOCK = re.compile(r"(?:<!-- (?P<mark>[^>]*) -->\n)?```python\n(?P<code>.*?)```", re.S)
@@ -75,12 +75,13 @@ def test_a_python_snippet_runs_as_it_is(snippet: Snippet, tmp_path: Path) -> Non
         assert "Purchased 100 shares of MSFT" in proc.stdout
 
 
-@pytest.mark.slow
-def test_the_client_snippet_runs_against_agentrt_serve(tmp_path: Path) -> None:
+def run_the_client_snippet(api: str, folder: Path) -> None:
+    """The README's client snippet against a running `agentrt serve` at `api` (it names port 8000; the
+    service under test has its own port). `tests/test_cli.py` calls it while its `agentrt serve` runs,
+    so the suite starts one service for both."""
     (snippet,) = [s for s in SCRIPTS if SERVED_URL in s.code]
-    with served(tmp_path) as (api, _):
-        (tmp_path / "snippet.py").write_text(snippet.code.replace(SERVED_URL, api))
-        proc = run([sys.executable, "snippet.py"], cwd=tmp_path)
+    (folder / "snippet.py").write_text(snippet.code.replace(SERVED_URL, api))
+    proc = run([sys.executable, "snippet.py"], cwd=folder)
     assert "MSFT is trading at" in proc.stdout
 
 

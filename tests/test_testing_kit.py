@@ -22,13 +22,11 @@ def run_pytest(*args: str, cwd: Path, timeout: float = 400) -> subprocess.Comple
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_the_examples_tests_pass_with_the_kit() -> None:
-    proc = run_pytest(str(REPO / "examples"), cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "3 passed" in proc.stdout
-
-
-def test_a_request_left_pending_by_one_test_is_denied_before_the_next(tmp_path: Path) -> None:
+def test_the_examples_tests_pass_with_the_kit_and_a_request_left_pending_is_denied_before_the_next(
+    tmp_path: Path,
+) -> None:
+    """One pytest process (the kit starts Ray and the embedded stack once): `examples/` as a user runs it,
+    then two tests of our own in another folder, the first leaving a request pending on the phone."""
     (tmp_path / "conftest.py").write_text(
         "import pytest\n\n\n@pytest.fixture(scope='session')\ndef agentrt_agent():\n"
         "    return 'examples.travel_agent:TravelAgent'\n"
@@ -48,9 +46,7 @@ async def test_finds_the_phone_empty(agentrt):
     assert await agentrt.pending_requests("alice") == []
 """
     )
-    (tmp_path / "pytest.ini").write_text(
-        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = session\n"
-    )
-    proc = run_pytest(str(tmp_path), "-p", "no:randomly", cwd=REPO)
+    proc = run_pytest("examples", str(tmp_path), "-p", "no:randomly", "-c", str(REPO / "pyproject.toml"), cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "2 passed" in proc.stdout
+    assert "5 passed" in proc.stdout
+    assert "PASSED test_leftovers.py::test_finds_the_phone_empty" in proc.stdout
