@@ -24,6 +24,9 @@ from agents.compaction import COMPACTION_DELAY_SECONDS, NEXT_STEP_DELAY_SECONDS,
 from agents.errors import InvalidMessageError, MessageIdReusedError, ToolCallNotAwaitingError, UnknownToolCallError
 from agents.events import EventLog
 from agents.messages import (
+    APPROVED_IN_CHAT,
+    CONTINUES,
+    DENIED_IN_CHAT,
     WAITING_FOR_USER,
     ChatMessage,
     PendingApproval,
@@ -193,7 +196,7 @@ class AIChatAgent(Agent):
         if approved:
             await self._execute_tool_call(call, confirmed=True)
         else:
-            await self._finish_call(call, DENIED_CONFIRMATION_TEXT)
+            await self._finish_call(call, DENIED_CONFIRMATION_TEXT, interrupt=DENIED_IN_CHAT)
         await self._continue_if_resolved(call.id)
         return await self._messages_after(first_seq)
 
@@ -268,13 +271,17 @@ class AIChatAgent(Agent):
     async def _continue_if_resolved(self, tool_call_id: str) -> None:
         call = await self._get_call(tool_call_id)
         if call is not None and call.state == "result":
-            await self._run_llm_loop()
+            await self._run_llm_loop(continues=call.message_id)
             self.events.emit("turn_end")
 
-    async def _run_llm_loop(self) -> None:
+    async def _run_llm_loop(self, *, continues: str | None = None) -> None:
+        """The model's steps until it answers without calling tools (at most `max_steps`). `continues`: the
+        assistant message whose call was resolved later (an approval), which this answer follows up; the
+        answer's messages keep it in their metadata, so clients show them with that reply, not after the
+        messages that came in between."""
         for _ in range(self.settings.max_steps):
             content, raw_calls = await self._call_llm(await self._llm_context())
-            _, calls = await self._append_assistant(content, raw_calls)
+            _, calls = await self._append_assistant(content, raw_calls, continues)
             if not calls:
                 await self._compact_later()
                 return
@@ -387,7 +394,7 @@ class AIChatAgent(Agent):
             self.events.emit("interrupt", tool_call_id=call.id, kind="confirmation", tool_name=call.name)
             return
         if call.state != "pending-authorization":  # a re-check of a pending approval is not a new run
-            await self._set_call_state(call, "running")
+            await self._set_call_state(call, "running", interrupt=APPROVED_IN_CHAT if confirmed else None)
         try:
             result = await tool.run(args, await self._tool_context(call))
         except AsyncAuthorizationInterrupt as interrupt:
@@ -448,8 +455,11 @@ class AIChatAgent(Agent):
         self.events.emit("turn_start")
         self.events.emit("message", message=message.model_dump(mode="json"))
 
-    async def _append_assistant(self, content: str, raw_calls: list[dict[str, str]]) -> tuple[str, list[ToolCall]]:
-        message = await self.thread_store.add_assistant(content, raw_calls)
+    async def _append_assistant(
+        self, content: str, raw_calls: list[dict[str, str]], continues: str | None = None
+    ) -> tuple[str, list[ToolCall]]:
+        metadata = {CONTINUES: continues} if continues else None
+        message = await self.thread_store.add_assistant(content, raw_calls, metadata=metadata)
         self.events.emit("message", message=message.model_dump(mode="json"))
         return message.id, list(message.tool_calls or [])
 
@@ -457,9 +467,10 @@ class AIChatAgent(Agent):
         await self.thread_store.set_call_state(call.id, state, interrupt=interrupt)
         self.events.emit("tool_call", tool_call_id=call.id, state=state, tool_name=call.name)
 
-    async def _finish_call(self, call: ToolCall, result: str) -> None:
-        await self.thread_store.finish_call(call, result)
-        self.events.emit("tool_result", tool_call_id=call.id, tool_name=call.name, result=result)
+    async def _finish_call(self, call: ToolCall, result: str, *, interrupt: dict[str, Any] | None = None) -> None:
+        await self.thread_store.finish_call(call, result, interrupt=interrupt)
+        denied = interrupt == DENIED_IN_CHAT
+        self.events.emit("tool_result", tool_call_id=call.id, tool_name=call.name, result=result, denied=denied)
 
     async def _get_call(self, tool_call_id: str) -> ToolCall | None:
         return await self.thread_store.call(tool_call_id)

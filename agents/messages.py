@@ -54,6 +54,13 @@ ToolCallState = Literal["call", "running", "pending-authorization", "awaiting-co
 WAITING_FOR_USER: tuple[ToolCallState, ...] = ("pending-authorization", "awaiting-confirmation")
 """The states of a call that waits for its user: on their device (CIBA) or for an answer in the chat."""
 Role = Literal["system", "user", "assistant", "tool"]
+CONTINUES = "continues"
+"""The metadata key of an assistant message written after one of an earlier message's calls was resolved
+(an approval): that earlier message's id. Its reply goes on there, whatever was said in between."""
+APPROVED_IN_CHAT: dict[str, Any] = {"confirmation": "approved"}
+DENIED_IN_CHAT: dict[str, Any] = {"confirmation": "denied"}
+"""The interrupt details a call keeps once its user answered its in-chat confirmation (clients show the
+answer with the call: a denied call is shown as denied, not as a result)."""
 
 
 class ToolCall(BaseModel):
@@ -71,6 +78,15 @@ class ToolCall(BaseModel):
     position: int = 0
     resolved_after_seq: int | None = None
     """Set when the call resolved after the thread moved on: the last message seq at that moment."""
+
+    @property
+    def answered_in_chat(self) -> bool:
+        """Whether the user answered an in-chat confirmation of this call (`APPROVED_IN_CHAT`, `DENIED_IN_CHAT`)."""
+        return (self.interrupt or {}).get("confirmation") in ("approved", "denied")
+
+    @property
+    def denied_in_chat(self) -> bool:
+        return (self.interrupt or {}).get("confirmation") == "denied"
 
     def openai_call(self) -> dict[str, Any]:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}

@@ -132,8 +132,8 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
     def _slot_key(self, tool_call_id: str) -> str:
         return f"{self.name}/{tool_call_id}"
 
-    async def _finish_call(self, call: ToolCall, result: str) -> None:
+    async def _finish_call(self, call: ToolCall, result: str, *, interrupt: dict[str, Any] | None = None) -> None:
         """A call that ends gives its approval slot back (if it had one)."""
-        await super()._finish_call(call, result)
+        await super()._finish_call(call, result, interrupt=interrupt)
         if isinstance(self.tools.get(call.name), AsyncUserConfirmationTool):
             await approval_slots(self.storage_dir).give_back(self._slot_key(call.id))

@@ -89,14 +89,16 @@ class ThreadStore:
         )
         return ChatMessage(id=message_id, role=role, content=content, created_at=now)  # type: ignore[arg-type]
 
-    async def add_assistant(self, content: str, raw_calls: list[dict[str, str]]) -> ChatMessage:
-        """The assistant message and its tool calls (state `call`), in one transaction."""
+    async def add_assistant(
+        self, content: str, raw_calls: list[dict[str, str]], *, metadata: dict[str, Any] | None = None
+    ) -> ChatMessage:
+        """The assistant message (with its `metadata`) and its tool calls (state `call`), in one transaction."""
         message_id, now = uuid.uuid4().hex, time.time()
         calls: list[ToolCall] = []
         async with self.storage.transaction() as tx:
             await tx.execute(
-                "INSERT INTO messages(id, role, content, created_at) VALUES (?, 'assistant', ?, ?)",
-                (message_id, content or None, now),
+                "INSERT INTO messages(id, role, content, created_at, metadata) VALUES (?, 'assistant', ?, ?, ?)",
+                (message_id, content or None, now, json.dumps(metadata or {})),
             )
             for position, raw in enumerate(raw_calls):
                 call = ToolCall(
@@ -115,7 +117,12 @@ class ThreadStore:
                 )
                 calls.append(call)
         return ChatMessage(
-            id=message_id, role="assistant", content=content or None, tool_calls=calls or None, created_at=now
+            id=message_id,
+            role="assistant",
+            content=content or None,
+            tool_calls=calls or None,
+            created_at=now,
+            metadata=metadata or {},
         )
 
     async def message_by_id(self, message_id: str) -> tuple[int, str, str | None] | None:
@@ -313,8 +320,9 @@ class ThreadStore:
         finally:
             self._forget_block_of(tool_call_id)
 
-    async def finish_call(self, call: ToolCall, result: str) -> None:
-        """Record the result; a call resolved after the thread moved on remembers where it arrived."""
+    async def finish_call(self, call: ToolCall, result: str, *, interrupt: dict[str, Any] | None = None) -> None:
+        """Record the result (and, if given, the interrupt details that go with it); a call resolved after the
+        thread moved on remembers where it arrived."""
         arrived_at: int | None = None
         try:
             async with self.storage.transaction() as tx:
@@ -326,9 +334,9 @@ class ThreadStore:
                 late = row is not None and row["last_seq"] is not None and row["last_seq"] > (row["call_seq"] or 0)
                 arrived_at = row["last_seq"] if late else None
                 await tx.execute(
-                    "UPDATE tool_calls SET state = 'result', result = ?, updated_at = ?, resolved_after_seq = ? "
-                    "WHERE id = ?",
-                    (result, time.time(), arrived_at, call.id),
+                    "UPDATE tool_calls SET state = 'result', result = ?, updated_at = ?, resolved_after_seq = ?, "
+                    "interrupt = COALESCE(?, interrupt) WHERE id = ?",
+                    (result, time.time(), arrived_at, json.dumps(interrupt) if interrupt else None, call.id),
                 )
         finally:
             self._forget_block_of(call.id, arrived_at)

@@ -3,12 +3,15 @@
 #  - Python: the project with its test extras (pytest, ruff, playwright's Python package).
 #  - Debian's chromium for the browser test (Playwright drives /usr/bin/chromium; it never downloads one).
 #  - Debian's PostgreSQL server for the storage tests on PostgreSQL (each test run starts a throwaway one).
+#  - Debian's nodejs and npm, and the AI SDK clients pinned in tests/js (`npm ci`) for tests/test_ai_sdk.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MISSING=""
 [ -x /usr/bin/chromium ] || MISSING="$MISSING chromium"
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || MISSING="$MISSING postgresql"
+command -v node >/dev/null 2>&1 || MISSING="$MISSING nodejs"
+command -v npm >/dev/null 2>&1 || MISSING="$MISSING npm"
 if [ -n "$MISSING" ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -17,6 +20,7 @@ if [ -n "$MISSING" ] && command -v apt-get >/dev/null 2>&1; then
 fi
 
 python3 -m pip install --quiet -e ".[test]"
+npm ci --prefix tests/js --no-audit --no-fund --silent
 ruff check .
 ruff format --check .
 python3 -m pytest -q -p no:cacheprovider --durations=40 "$@"

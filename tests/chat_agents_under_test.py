@@ -63,10 +63,10 @@ class CrashableChat(RuntimeMethodsForTests, Chat):
 
         return Tool(buy_stock, name=real.name, description=real.description, parameters=real.parameters)
 
-    async def _finish_call(self, call: Any, result: str) -> None:
+    async def _finish_call(self, call: Any, result: str, *, interrupt: dict[str, Any] | None = None) -> None:
         if call.name == "buy_stock":
             self.crash_if_marked("before-result")
-        await super()._finish_call(call, result)
+        await super()._finish_call(call, result, interrupt=interrupt)
 
     async def _start_turn(self, text: str, message_id: str | None) -> None:
         await super()._start_turn(text, message_id)

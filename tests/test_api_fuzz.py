@@ -24,7 +24,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.specs.openapi.checks import ensure_resource_availability
+from schemathesis.specs.openapi.checks import ensure_resource_availability, positive_data_acceptance
 
 from tests.http_fixtures import HttpApi, ensure_http_api
 
@@ -97,4 +97,10 @@ def test_every_answer_keeps_the_api_contract(case: Any, http_api: HttpApi) -> No
     # stateful links guess it belongs to: not a lost resource
     response = case.call(base_url=http_api.url, headers=headers, timeout=ANSWER_SECONDS)
     assert response.status_code < 500, (response.status_code, response.text)
-    case.validate_response(response, headers=headers, excluded_checks=[ensure_resource_availability])
+    excluded = [ensure_resource_availability]
+    if case.operation.path == "/api/chat":
+        # the AI SDK transport's body is the client's whole history, of which only the last message is read;
+        # what that message must hold (text, or approval answers of this thread) is more than JSON Schema
+        # says, so a schema-valid body may be a 422 with a named problem (still never a 5xx, checked above)
+        excluded.append(positive_data_acceptance)
+    case.validate_response(response, headers=headers, excluded_checks=excluded)

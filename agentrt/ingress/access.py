@@ -88,6 +88,10 @@ async def thread_access(
 ) -> ThreadAccess:
     """An existing thread (an unknown id is a 404 at the first call, and starts nothing). One dependency,
     not three: FastAPI resolves each on every request, and a read is a few of them plus one actor call."""
+    return await bind_thread(await _caller_of(credentials), thread_id)
+
+
+async def bind_thread(who: Caller, thread_id: str) -> ThreadAccess:
+    """`who`'s access to the thread `thread_id` (checked as an agent id; the agent checks the rest)."""
     thread_id = validate_agent_id(thread_id)
-    who = await _caller_of(credentials)
     return ThreadAccess(who, thread_id, await gateway.thread(thread_id), gateway)

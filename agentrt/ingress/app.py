@@ -10,7 +10,7 @@ from typing import Any, Literal
 from fastapi import FastAPI
 from ray import serve
 
-from agentrt.ingress import service, threads
+from agentrt.ingress import ai_sdk, service, threads
 from agentrt.ingress.errors import install_error_handlers
 from agentrt.ingress.gateway import thread_agent_class
 from agentrt.ingress.guard import RequestGuard
@@ -31,7 +31,12 @@ api.add_middleware(RequestGuard)
 install_error_handlers(api)
 api.include_router(service.router)
 api.include_router(threads.router)
-api.state.method_routes = [*service.router.routes, *threads.router.routes]  # for the Allow header of a 405
+api.include_router(ai_sdk.router)
+api.state.method_routes = [
+    *service.router.routes,
+    *threads.router.routes,
+    *ai_sdk.router.routes,
+]  # for the Allow header of a 405
 
 
 @serve.deployment(

@@ -25,7 +25,12 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 def _needs_bearer(path: str) -> bool:
-    return path == "/threads" or path.startswith("/threads/")
+    return path in ("/threads", "/api/chat") or path.startswith(("/threads/", "/api/chat/"))
+
+
+def _is_ai_sdk_chat(path: str) -> bool:
+    """The AI SDK's chat endpoint: its transport sends the client's whole history with each message."""
+    return path == "/api/chat"
 
 
 def _has_bearer(headers: dict[bytes, bytes]) -> bool:
@@ -39,6 +44,7 @@ class RequestGuard:
         self.app = app
         settings = IngressSettings()
         self.max_bytes = max_bytes or settings.max_body_bytes
+        self.max_chat_bytes = max(self.max_bytes, settings.max_chat_body_bytes)
         self.local_only = settings.dev_base() is not None
         self.other_hosts = settings.other_hosts()
 
@@ -51,15 +57,15 @@ class RequestGuard:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        seen = 0
+        seen, cap = 0, self._cap(scope.get("path", ""))
 
         async def limited_receive() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if seen > cap:
+                    raise BodyTooLarge(cap)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -75,13 +81,16 @@ class RequestGuard:
                 return error_response(*refused)
         if _needs_bearer(path) and not _has_bearer(headers):
             return error_response(401, "unauthenticated", BEARER_REQUIRED, {"WWW-Authenticate": "Bearer"})
-        length = headers.get(b"content-length")
+        length, cap = headers.get(b"content-length"), self._cap(path)
         if length is None:
             return None
         try:
-            too_big = int(length) > self.max_bytes
+            too_big = int(length) > cap
         except ValueError:
             return error_response(400, "bad_request", "invalid Content-Length header")
         if too_big:
-            return error_response(413, "payload_too_large", f"the request body is larger than {self.max_bytes} bytes")
+            return error_response(413, "payload_too_large", f"the request body is larger than {cap} bytes")
         return None
+
+    def _cap(self, path: str) -> int:
+        return self.max_chat_bytes if _is_ai_sdk_chat(path) else self.max_bytes

@@ -65,7 +65,7 @@ async def config(request: Request, settings: IngressSettings = Depends(settings_
         audience=auth.auth0_audience,
         dev_login_url=str(request.base_url) + "dev/login" if dev else None,
         dev_authz_url=dev,
-        approvals_url=settings.approvals_url or (f"{dev}/approvals" if dev else None),
+        approvals_url=settings.approval_page(),
         demo_users=["alice", "bob"] if dev else [],
     )
 

@@ -41,6 +41,15 @@ class IngressSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES, ge=1, validation_alias=AliasChoices("AGENTRT_MAX_BODY_BYTES")
     )
+    max_chat_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        validation_alias=AliasChoices("AGENTRT_MAX_CHAT_BODY_BYTES"),
+        description=(
+            "The body limit of `POST /api/chat`: the AI SDK's transport sends the client's whole history with "
+            "each message (only the last one is read)."
+        ),
+    )
     poll_timeout: float = Field(default=20.0, validation_alias=AliasChoices("AGENTRT_POLL_TIMEOUT"))
     sse_ping_seconds: float = Field(default=15.0, validation_alias=AliasChoices("AGENTRT_SSE_PING_SECONDS"))
     max_streams_per_user: int = Field(
@@ -80,6 +89,11 @@ class IngressSettings(BaseSettings):
 
     def dev_base(self) -> str | None:
         return self.dev_authz_url.rstrip("/") if self.dev_authz_url else None
+
+    def approval_page(self) -> str | None:
+        """Where users approve requests: `approvals_url`, else the dev server's approval page, else None."""
+        dev = self.dev_base()
+        return self.approvals_url or (f"{dev}/approvals" if dev else None)
 
 
 @lru_cache(maxsize=1)
