@@ -12,6 +12,7 @@ Access control is a pair of hooks every public method goes through: `authenticat
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -21,12 +22,19 @@ from openai import APIError, AsyncOpenAI
 from openai import APITimeoutError as OpenAITimeout
 
 from agents.compaction import COMPACTION_DELAY_SECONDS, NEXT_STEP_DELAY_SECONDS, compaction_request, request_overhead
-from agents.errors import InvalidMessageError, MessageIdReusedError, ToolCallNotAwaitingError, UnknownToolCallError
+from agents.errors import (
+    InvalidMessageError,
+    MessageIdReusedError,
+    ToolCallNotAwaitingError,
+    TurnInProgressError,
+    UnknownToolCallError,
+)
 from agents.events import EventLog
 from agents.messages import (
     APPROVED_IN_CHAT,
     CONTINUES,
     DENIED_IN_CHAT,
+    STOPPED,
     WAITING_FOR_USER,
     ChatMessage,
     PendingApproval,
@@ -38,7 +46,7 @@ from agents.messages import (
 from agents.metrics import MODEL_CALL_SECONDS, MODEL_ERRORS, TOOL_ERRORS, TOOL_RETRIES
 from agents.model_context import ModelContext, bounded_context, preamble, wire_size
 from agents.model_stream import complete_text, shared_llm, stream_completion
-from agents.settings import ChatSettings, chat_settings
+from agents.settings import ChatSettings, OverlapPolicy, chat_settings
 from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
 from runtime import Agent, internal, public, read, turn
 from runtime.backoff import exponential_delay
@@ -48,6 +56,7 @@ from tools.interrupts import AsyncAuthorizationInterrupt
 logger = logging.getLogger("agents.chat")
 
 DENIED_CONFIRMATION_TEXT = "The user denied this action."
+STOPPED_TEXT = "Not run: the user stopped the answer before this call."
 TOO_MANY_CALLS_TEXT = "Not run: at most {cap} tool calls are run per answer. Ask for the rest in another step."
 TOOL_RETRY_BASE_SECONDS = 1.0
 TOOL_RETRY_MAX_SECONDS = 60.0
@@ -62,6 +71,10 @@ class AIChatAgent(Agent):
     context_budget_chars: ClassVar[int | None] = None
     """The most one model request carries, in characters; None: `CHAT_CONTEXT_BUDGET_CHARS`. Set it to what
     the class's model takes (about 3 characters per token of its context window, less its answer)."""
+
+    overlapping_messages: ClassVar[OverlapPolicy | None] = None
+    """A message sent while the thread answers another: `queue`, `reject` or `interrupt` (see
+    `agents.settings.OverlapPolicy`); None: `CHAT_OVERLAPPING_MESSAGES` (default `queue`)."""
 
     migrations = CHAT_MIGRATIONS
     _thread_store: ThreadStore | None = None
@@ -82,6 +95,10 @@ class AIChatAgent(Agent):
         self._llm: AsyncOpenAI | None = None
         self._tools: dict[str, Tool] | None = None
         self._schemas: list[dict[str, Any]] | None = None
+        self._answering = False
+        """Whether the model loop runs (a user's turn, or the answer after an approval): what `stop` stops."""
+        self._stop_requested = False
+        self._model_call: asyncio.Future[Any] | None = None
         self._window: tuple[int, int | None] | None = None
         """(the summary's last message, the window's first) of the last context built; the window's first is
         None when the window holds the whole thread."""
@@ -202,6 +219,36 @@ class AIChatAgent(Agent):
 
     @public
     @read
+    async def stop(self, token: str | None) -> bool:
+        """Stop the answer under way: the model's stream ends now and its text so far is kept (marked
+        `stopped`), tools it had not started do not run, a tool already running finishes and is recorded.
+        True if something was answering. The approvals waiting on the user's device are not affected."""
+        await self.check_access(token, "stop")
+        return self._request_stop()
+
+    def _request_stop(self) -> bool:
+        if not self._answering:
+            return False
+        self._stop_requested = True
+        if self._model_call is not None and not self._model_call.done():
+            self._model_call.cancel()
+        return True
+
+    @internal
+    async def on_turn_while_busy(self, method: str, args: tuple[Any, ...]) -> None:
+        """The overlap policy of a message that arrives while the thread answers another (`queue`: nothing
+        to do; `reject`: 409; `interrupt`: stop the answer, then this message runs). Checked after the
+        caller's token: nobody else learns that a turn runs, let alone stops it."""
+        policy = self.overlapping_messages or self.settings.overlapping_messages
+        if method != "send_message" or policy == "queue" or not self._answering:
+            return
+        await self.check_access(args[0] if args else None, "send_message")
+        if policy == "reject":
+            raise TurnInProgressError("the thread is answering another message; send this one when it is done")
+        self._request_stop()
+
+    @public
+    @read
     async def poll_events(
         self, token: str | None, after: int = 0, epoch: str | None = None, timeout: float = 25.0
     ) -> dict[str, Any]:
@@ -279,19 +326,37 @@ class AIChatAgent(Agent):
         assistant message whose call was resolved later (an approval), which this answer follows up; the
         answer's messages keep it in their metadata, so clients show them with that reply, not after the
         messages that came in between."""
-        for _ in range(self.settings.max_steps):
-            content, raw_calls = await self._call_llm(await self._llm_context())
-            _, calls = await self._append_assistant(content, raw_calls, continues)
-            if not calls:
-                await self._compact_later()
-                return
-            cap = self.settings.max_tool_calls_per_step
-            for call in calls[:cap]:
-                await self._execute_tool_call(call)
-            for call in calls[cap:]:  # one answer must not fan out into unbounded work (or pushes)
+        self._answering, self._stop_requested = True, False
+        try:
+            for _ in range(self.settings.max_steps):
+                if self._stop_requested:
+                    return
+                content, raw_calls = await self._call_llm(await self._llm_context())
+                if self._stop_requested:  # the words so far are kept; the calls it asked for are not made
+                    if content:
+                        await self._append_assistant(content, [], continues, stopped=True)
+                    return
+                _, calls = await self._append_assistant(content, raw_calls, continues)
+                if not calls:
+                    await self._compact_later()
+                    return
+                await self._run_calls(calls)
+            logger.info("%s: tool loop stopped after max_steps=%d", self.name, self.settings.max_steps)
+            await self._compact_later()
+        finally:
+            self._answering = self._stop_requested = False
+
+    async def _run_calls(self, calls: list[ToolCall]) -> None:
+        """One step's calls, in order: at most `max_tool_calls_per_step` run (one answer must not fan out into
+        unbounded work, or pushes); those after a stop are not run."""
+        cap = self.settings.max_tool_calls_per_step
+        for position, call in enumerate(calls):
+            if self._stop_requested:
+                await self._finish_call(call, STOPPED_TEXT)
+            elif position >= cap:
                 await self._finish_call(call, TOO_MANY_CALLS_TEXT.format(cap=cap))
-        logger.info("%s: tool loop stopped after max_steps=%d", self.name, self.settings.max_steps)
-        await self._compact_later()
+            else:
+                await self._execute_tool_call(call)
 
     def _tool_schemas(self) -> list[dict[str, Any]]:
         """The tools as the model is offered them (built once per activation)."""
@@ -305,15 +370,29 @@ class AIChatAgent(Agent):
         request: dict[str, Any] = {"model": self.settings.openai_model}
         if self.tools:
             request["tools"] = self._tool_schemas()
-        started = time.perf_counter()
+        started, written = time.perf_counter(), []
+
+        def on_token(text: str) -> None:
+            written.append(text)
+            self.events.emit("token", text=text)
+
+        self._model_call = asyncio.ensure_future(
+            stream_completion(self.llm(), request, on_token, messages_json=context.wire)
+        )
         try:
-            on_token = lambda text: self.events.emit("token", text=text)  # noqa: E731
-            answer = await stream_completion(self.llm(), request, on_token, messages_json=context.wire)
+            answer = await self._model_call
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not self._stop_requested or (current is not None and current.cancelling()):
+                raise  # the turn itself is cancelled, not just its model call
+            return "".join(written), []
         except (APIError, OpenAITimeout) as exc:
             MODEL_ERRORS.inc(model=self.settings.openai_model, error=type(exc).__name__)
             await self._report_error(exc, during="model")
             self.events.emit("error", message="The model is unavailable right now.")
             return "Sorry, the model is unavailable right now. Please try again.", []
+        finally:
+            self._model_call = None
         MODEL_CALL_SECONDS.observe(time.perf_counter() - started, model=self.settings.openai_model)
         return answer
 
@@ -456,9 +535,11 @@ class AIChatAgent(Agent):
         self.events.emit("message", message=message.model_dump(mode="json"))
 
     async def _append_assistant(
-        self, content: str, raw_calls: list[dict[str, str]], continues: str | None = None
+        self, content: str, raw_calls: list[dict[str, str]], continues: str | None = None, *, stopped: bool = False
     ) -> tuple[str, list[ToolCall]]:
-        metadata = {CONTINUES: continues} if continues else None
+        metadata: dict[str, Any] = {CONTINUES: continues} if continues else {}
+        if stopped:
+            metadata[STOPPED] = True
         message = await self.thread_store.add_assistant(content, raw_calls, metadata=metadata)
         self.events.emit("message", message=message.model_dump(mode="json"))
         return message.id, list(message.tool_calls or [])

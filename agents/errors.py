@@ -38,6 +38,13 @@ class ToolCallNotAwaitingError(ChatError):
     code = "tool_call_not_awaiting_confirmation"
 
 
+class TurnInProgressError(ChatError):
+    """A message sent while the thread is answering another, under the `reject` overlap policy."""
+
+    status_code = 409
+    code = "turn_in_progress"
+
+
 class UnauthenticatedError(ChatError, PermissionError):
     """The caller's bearer token is missing or invalid (signature, issuer, audience, expiry, algorithm)."""
 

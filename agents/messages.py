@@ -57,6 +57,8 @@ Role = Literal["system", "user", "assistant", "tool"]
 CONTINUES = "continues"
 """The metadata key of an assistant message written after one of an earlier message's calls was resolved
 (an approval): that earlier message's id. Its reply goes on there, whatever was said in between."""
+STOPPED = "stopped"
+"""The metadata key of an assistant message the user stopped mid-stream (its text is what was written)."""
 APPROVED_IN_CHAT: dict[str, Any] = {"confirmation": "approved"}
 DENIED_IN_CHAT: dict[str, Any] = {"confirmation": "denied"}
 """The interrupt details a call keeps once its user answered its in-chat confirmation (clients show the

@@ -7,9 +7,14 @@ the same way it passes `AUTH0_*`.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OverlapPolicy = Literal["queue", "reject", "interrupt"]
+"""What a message sent while the thread is answering another does ("double texting"): waits its turn
+(`queue`), is refused with 409 (`reject`), or stops the answer under way and then runs (`interrupt`)."""
 
 DEFAULT_MAX_MESSAGE_CHARS = 8000
 """`CHAT_MAX_MESSAGE_CHARS` unless set (the API schema shows this default)."""
@@ -65,6 +70,12 @@ class ChatSettings(BaseSettings):
         ge=200,
         validation_alias=AliasChoices("CHAT_SUMMARY_MAX_CHARS"),
         description="The longest summary the model is asked for (and kept).",
+    )
+    overlapping_messages: OverlapPolicy = Field(
+        default="queue",
+        validation_alias=AliasChoices("CHAT_OVERLAPPING_MESSAGES"),
+        description="A message sent while the thread answers another: `queue` (waits), `reject` (409) or "
+        "`interrupt` (stops the answer under way, then runs). A class's `overlapping_messages` wins.",
     )
     system_prompt: str = Field(
         default=(

@@ -171,6 +171,10 @@ class Agent(AgentSchedules):
         trace = None if is_callers_mistake(error) else error
         logger.warning("%s: %s raised %s: %s", self.name, during, type(error).__name__, error, exc_info=trace)
 
+    async def on_turn_while_busy(self, method: str, args: tuple[Any, ...]) -> None:
+        """A caller's turn (`method` with `args`) arrives while another turn runs, before it queues: raise to
+        refuse it (the caller gets the error), or cut the running turn short. The default lets it queue."""
+
     async def _report_error(self, error: BaseException, *, during: str) -> None:
         """Journal `error` in the storage root (`runtime.failures`: `agentrt logs`, the terminal of
         `agentrt serve`), then call the `on_error` hook."""

@@ -40,6 +40,8 @@ class TurnTaker(Protocol):
 
     async def _start(self) -> None: ...
 
+    async def on_turn_while_busy(self, method: str, args: tuple[Any, ...]) -> None: ...
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -111,6 +113,13 @@ async def _run_turn(agent: TurnTaker, fn: Callable[..., Awaitable[R]], args: Any
     ticket = kwargs.pop(TURN_TICKET_KWARG, None)
     if _current_turn.get() is agent._turn_token:
         return await fn(agent, *args, **kwargs)
+    if agent._turn_lock.locked():
+        try:
+            await agent.on_turn_while_busy(fn.__name__, args)
+        except BaseException:
+            if ticket is not None:
+                agent._turn_order.skip(*ticket)  # refused: the submitter's next call need not wait for it
+            raise
     if ticket is not None:
         await agent._turn_order.admit(*ticket)
     # No await between admission and joining the lock's FIFO queue: admission order is turn order.

@@ -4,6 +4,7 @@ other way to stop a process between two particular lines)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from typing import Any
@@ -33,6 +34,32 @@ class ConfirmingChat(RuntimeMethodsForTests, Chat):
             requires_confirmation=True,
         )
         return [confirming, *tools]
+
+
+class SlowPricesChat(RuntimeMethodsForTests, Chat):
+    """Price look-ups take a second and a half each: a tool that is running when the user stops."""
+
+    def build_tools(self) -> list[Tool]:
+        async def slow_price(ticker: str) -> str:
+            await asyncio.sleep(1.5)
+            return await get_stock_price.fn(ticker=ticker)
+
+        tools = [tool for tool in super().build_tools() if tool.name != "get_stock_price"]
+        slow = Tool(
+            slow_price,
+            name=get_stock_price.name,
+            description=get_stock_price.description,
+            parameters=get_stock_price.parameters,
+        )
+        return [slow, *tools]
+
+
+class RejectingChat(RuntimeMethodsForTests, Chat):
+    overlapping_messages = "reject"
+
+
+class InterruptingChat(RuntimeMethodsForTests, Chat):
+    overlapping_messages = "interrupt"
 
 
 class CrashableChat(RuntimeMethodsForTests, Chat):

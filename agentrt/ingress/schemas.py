@@ -86,6 +86,11 @@ class ToolResultRequest(BaseModel):
     approved: StrictBool
 
 
+class StopResult(BaseModel):
+    thread_id: str
+    stopped: bool = Field(description="Whether an answer was under way (and is now stopped).")
+
+
 class CibaPing(BaseModel):
     auth_req_id: StrictStr = Field(max_length=1024, description="The request the user decided on.")
 

@@ -28,6 +28,7 @@ from agentrt.ingress.schemas import (
     InterruptList,
     MessageList,
     SendMessageRequest,
+    StopResult,
     ThreadCreated,
     ThreadDescription,
     ThreadList,
@@ -177,6 +178,14 @@ async def send_message(
 async def get_messages(thread: ThreadAccess = Depends(thread_access)) -> Response:
     """The whole thread in order (tool results follow the call that asked for them)."""
     return JSONResponse({"thread_id": thread.thread_id, "messages": dump(await thread.call("get_messages"))})
+
+
+@router.post("/threads/{thread_id}/stop", response_model=StopResult, responses=ERROR_RESPONSES, tags=["messages"])
+async def stop_answer(thread: ThreadAccess = Depends(thread_access)) -> StopResult:
+    """Stop the answer under way (the AI SDK's `stop()` only drops the client's connection; this stops the
+    turn): the model's text so far is kept, marked `stopped`; tools not started do not run; a tool already
+    running (a purchase) finishes and is recorded. Approvals waiting on the user's device go on."""
+    return StopResult(thread_id=thread.thread_id, stopped=await thread.call("stop"))
 
 
 @router.get(

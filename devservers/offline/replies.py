@@ -63,6 +63,8 @@ class OfflineReply:
 
     content: str | None = None
     tool_calls: list[OfflineToolCall] = field(default_factory=list)
+    pace: float = 0.0
+    """Seconds between streamed chunks (a slow answer, to stop mid-stream), besides the server's own."""
 
     @property
     def finish_reason(self) -> str:
@@ -256,6 +258,10 @@ def _price_reply(text: str, offered: Offered) -> OfflineReply:
 def _answer_user(text: str, offered: Offered) -> OfflineReply:
     """The reply to the user's words `text`: the first intent that matches (not buying, selling, buying,
     the watchlist, a price), or what the model can do."""
+    slowly = COUNT_SLOWLY.search(text) if text else None
+    if slowly:  # a long, slow answer: what a user stops mid-stream
+        words = " ".join(str(n) for n in range(1, min(int(slowly.group(1)), 500) + 1))
+        return OfflineReply(content=f"{words}.", pace=0.2)
     if text and NEGATED_BUY.search(text):
         return OfflineReply(content="OK, I won't buy anything.")
     if text and SELL.search(text) and not BUY_VERB.search(text):
@@ -268,6 +274,9 @@ def _answer_user(text: str, offered: Offered) -> OfflineReply:
         return _price_reply(text, offered)
     return OfflineReply(content=_help_text(offered))
 
+
+COUNT_SLOWLY = re.compile(r"\bcount slowly to (\d{1,4})\b", re.I)
+"""`count slowly to N`: the words 1 to N, streamed 0.2 s apart."""
 
 SUMMARY_REQUEST = "Summarize the conversation so far"
 """How a request for a conversation's summary (the agent's compaction step) starts its instructions."""

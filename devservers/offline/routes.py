@@ -81,7 +81,7 @@ async def chat_completions(request: Request) -> Response:
     stats["streams"] += 1
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     chunks = stream_chunks(completion_id, created, messages, reply, include_usage)
-    return sse_response(chunks, chunk_delay=request.app.state.chunk_delay)
+    return sse_response(chunks, chunk_delay=max(request.app.state.chunk_delay, reply.pace))
 
 
 async def list_models(request: Request) -> JSONResponse:
