@@ -248,6 +248,22 @@ class AIChatAgent(Agent):
         self._request_stop()
 
     @public
+    @turn
+    async def delete_thread(self, token: str | None) -> None:
+        """Delete the thread (its owner only): first `before_delete` (the calls waiting on the user's device
+        are withdrawn), then everything it stored is erased (messages, tool calls, credentials, schedules
+        and its alarm), and its id is unknown again: a not-found answer, or a new, empty thread if created
+        again. Its watchers get a `deleted` event."""
+        await self.check_access(token, "delete_thread")
+        await self.before_delete()
+        await self.delete_everything()
+        self.events.emit("deleted")
+
+    @internal
+    async def before_delete(self) -> None:
+        """What a thread does before it is erased (mixins extend it). Nothing here."""
+
+    @public
     @read
     async def poll_events(
         self, token: str | None, after: int = 0, epoch: str | None = None, timeout: float = 25.0

@@ -38,6 +38,13 @@ class ToolCallNotAwaitingError(ChatError):
     code = "tool_call_not_awaiting_confirmation"
 
 
+class ToolCallNotPendingError(ChatError):
+    """The tool call exists but is not waiting for an approval on the user's device (decided already)."""
+
+    status_code = 409
+    code = "tool_call_not_pending"
+
+
 class TurnInProgressError(ChatError):
     """A message sent while the thread is answering another, under the `reject` overlap policy."""
 

@@ -60,6 +60,8 @@ class ChatHost(Protocol):
 
     def keeps_retrying(self, schedule: Schedule) -> bool: ...
 
+    async def before_delete(self) -> None: ...
+
 
 if TYPE_CHECKING:
     MixinBase = ChatHost

@@ -145,6 +145,8 @@ class ThreadEvent(BaseModel):
 
     seq: int
     epoch: str
-    type: Literal["token", "message", "tool_call", "interrupt", "tool_result", "turn_start", "turn_end", "error"]
+    type: Literal[
+        "token", "message", "tool_call", "interrupt", "tool_result", "turn_start", "turn_end", "error", "deleted"
+    ]
     data: dict[str, Any] = Field(default_factory=dict)
     at: float

@@ -20,13 +20,15 @@ import logging
 import time
 from typing import Any
 
+from agents.errors import ToolCallNotPendingError, UnknownToolCallError
 from agents.host import MixinBase
-from agents.messages import ToolCall
+from agents.messages import ChatMessage, ToolCall
 from runtime import Schedule, internal, public, turn
 from tools.ciba_ping import deployment_ping_key, notification_target
 from tools.interrupts import AsyncAuthorizationInterrupt
 
 CHECK_CALLBACK = "check_async_user_confirmation"
+WITHDRAWN_TEXT = "Cancelled by the user before it was approved: nothing was done."
 DEFAULT_INTERVAL_SECONDS = 5.0
 UNKNOWN_EXPIRY_SECONDS = 3600.0
 """How long a failing check keeps trying for a call whose request's expiry is not known (never sent)."""
@@ -76,6 +78,47 @@ class AsyncUserConfirmationResumer(MixinBase):
             return False
         await self.schedule_async_user_confirmation_check(call.id, {"next_check_at": time.time()})
         return True
+
+    @public
+    @turn
+    async def withdraw_approval(self, token: str | None, tool_call_id: str) -> list[ChatMessage]:
+        """The owner withdraws a call that waits for their approval on their device: it ends as
+        `WITHDRAWN_TEXT`, its checks stop, and an approval that comes later is ignored (its token is spent
+        unused, and nothing is bought). The model then answers (the new messages are returned).
+
+        The request stays on the user's device (CIBA has no way to take it back); approving it there does
+        nothing."""
+        await self.check_access(token, "withdraw_approval")
+        call = await self.thread_store.call(str(tool_call_id))
+        if call is None:
+            raise UnknownToolCallError(f"no tool call {tool_call_id!r} in this thread")
+        if call.state != "pending-authorization":
+            raise ToolCallNotPendingError(f"tool call {call.id!r} is {call.state}, not waiting for an approval")
+        first_seq = await self.thread_store.last_seq()
+        if not await self._withdraw(call):
+            await self.resume_tool_call({"tool_call_id": call.id})  # it ran before a crash: record its outcome
+            raise ToolCallNotPendingError(f"tool call {call.id!r} was approved and has run: it cannot be withdrawn")
+        await self._continue_if_resolved(call.id)
+        return await self.thread_store.messages_after(first_seq)
+
+    async def _withdraw(self, call: ToolCall) -> bool:
+        """End a call waiting for approval as `WITHDRAWN_TEXT`: its credential spent, its checks cancelled.
+        False, changing nothing, if its tool already ran (a crash came before its result was recorded)."""
+        confirmation = getattr(self.tools.get(call.name), "confirmation", None)
+        if confirmation is not None and not await confirmation.withdraw(await self._tool_context(call), WITHDRAWN_TEXT):
+            return False
+        for schedule_id in (await self._scheduled_checks()).get(call.id, []):
+            await self.cancel_schedule(schedule_id)
+        await self._finish_call(call, WITHDRAWN_TEXT)
+        return True
+
+    @internal
+    async def before_delete(self) -> None:
+        """A thread being deleted withdraws its calls waiting on the user's device first: an approval that
+        comes later finds nothing to run (its token spent), and the user's approval slots are given back."""
+        for call in await self.thread_store.calls("pending-authorization"):
+            await self._withdraw(call)
+        await super().before_delete()
 
     @internal
     async def check_async_user_confirmation(self, payload: dict[str, Any]) -> None:

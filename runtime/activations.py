@@ -89,6 +89,7 @@ class Activations:
         self.counters = {
             "activations": 0,
             "hibernations": 0,
+            "deletions": 0,
             "evictions": 0,
             "capacity_refusals": 0,
             "fenced": 0,
@@ -215,6 +216,8 @@ class Activations:
         else:
             self._busy.pop(name, None)
             self._wake_room_waiters()
+            if agent._deleting and self._live.get(name) is agent:
+                self._begin_leave(name)  # nothing runs in it any more: erase it now (see `_leave`)
         self._last_used[name] = time.monotonic()
 
     def _enter(self, name: str) -> None:
@@ -360,7 +363,12 @@ class Activations:
     async def _leave(self, name: str, agent: Agent, left: asyncio.Future[None]) -> None:
         stays = False
         try:
-            if await agent._prepare_to_leave():
+            if agent._deleting:
+                await agent._erase()
+                self.counters["deletions"] += 1
+                if self._on_leave is not None:
+                    await self._on_leave(agent)
+            elif await agent._prepare_to_leave():
                 await agent.close()
                 self.counters["hibernations"] += 1
                 metrics.HIBERNATIONS.inc(agent_class=agent.agent_class_name())

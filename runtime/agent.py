@@ -72,6 +72,8 @@ class Agent(AgentSchedules):
         self.storage_dir: Path = resolve_storage_dir(storage_dir)
         self.storage: StorageAPI = agent_storage(self.agent_class_name(), agent_id, self.storage_dir)
         self._state: BaseModel | None = None
+        self._deleting = False
+        """Set by `delete_everything`: the agent is being erased, and refuses further calls."""
         self._turn_lock = asyncio.Lock()
         self._turn_order = SubmissionOrder()
         self._turn_token = object()
@@ -222,6 +224,17 @@ class Agent(AgentSchedules):
             self._evict()
 
     # -- hibernation -----------------------------------------------------------------------------------
+    @internal
+    async def delete_everything(self) -> None:
+        """Erase this agent (call it in a turn): its schedules are cancelled now (its alarm goes); once the turn
+        and the calls in flight end, it leaves its host and its storage is erased (its SQLite file, or its
+        rows), so its id is unknown again: a call that may not create it is `AgentNotFoundError`, one that may
+        creates a new, empty agent. Calls that arrive in between are refused as not found. The analogue of
+        a Durable Object's `deleteAll()` with `deleteAlarm()`."""
+        await self.storage.execute("DELETE FROM _schedules")
+        await self._rearm()
+        self._deleting = True
+
     def _is_quiet(self) -> bool:
         """Nothing running inside: no turn holds or waits for the lock, no timer-fired work is running."""
         return not self._background and not self._turn_lock.locked()
@@ -233,3 +246,10 @@ class Agent(AgentSchedules):
         for task in list(self._background):
             task.cancel()
         await self.storage.close()
+
+    async def _erase(self) -> None:
+        """The end of `delete_everything`: close, and erase the storage (the host calls it as it leaves)."""
+        self._stop_timer()
+        for task in list(self._background):
+            task.cancel()
+        await self.storage.erase()

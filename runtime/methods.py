@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar
 
 from runtime import metrics
+from runtime.errors import AgentNotFoundError
 from runtime.failures import is_callers_mistake
 from runtime.turn_order import TURN_TICKET_KWARG, SubmissionOrder
 
@@ -32,6 +33,8 @@ class TurnTaker(Protocol):
     _turn_lock: asyncio.Lock
     _turn_order: SubmissionOrder
     _turn_token: object
+    _deleting: bool
+    name: str
     agent_class_name: ClassVar[Callable[[], str]]
 
     async def _ensure_started(self) -> None: ...
@@ -124,6 +127,8 @@ async def _run_turn(agent: TurnTaker, fn: Callable[..., Awaitable[R]], args: Any
         await agent._turn_order.admit(*ticket)
     # No await between admission and joining the lock's FIFO queue: admission order is turn order.
     async with agent._turn_lock:
+        if agent._deleting:
+            raise AgentNotFoundError(agent.name)
         token = _current_turn.set(agent._turn_token)
         started, outcome = time.perf_counter(), "ok"
         try:
@@ -142,6 +147,8 @@ async def _run_turn(agent: TurnTaker, fn: Callable[..., Awaitable[R]], args: Any
 
 
 async def _run_read(agent: TurnTaker, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
+    if agent._deleting and _current_turn.get() is not agent._turn_token:
+        raise AgentNotFoundError(agent.name)
     if _current_turn.get() is not agent._turn_token:
         await agent._ensure_started()
     return await fn(agent, *args, **kwargs)

@@ -153,6 +153,12 @@ class AgentStorage(StorageAPI):
                 await conn.close()
         self._reader = self._writer = None
 
+    async def erase(self) -> None:
+        """Close, then delete the agent's file with its journal files."""
+        await self.close()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+
     def _require_open(self) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
         if self._writer is None or self._reader is None:
             raise StorageError(f"storage {self.path.name} is not open")

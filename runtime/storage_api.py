@@ -117,6 +117,10 @@ class StorageAPI:
         """Where the store keeps the next due time (`keeps_next_due`): the agent is leaving memory, so its
         alarm is due at its time exactly (a live agent's own timer gets a grace first)."""
 
+    async def erase(self) -> None:
+        """Delete everything this agent stored (its file, or its rows and its epoch), then close."""
+        raise NotImplementedError
+
     def transaction(self) -> AbstractAsyncContextManager[TransactionAPI]:
         """One atomic unit of writes: committed when the block ends, rolled back if it raises; nested use
         in the same task joins the outer transaction."""

@@ -54,6 +54,15 @@ class SlowPricesChat(RuntimeMethodsForTests, Chat):
         return [slow, *tools]
 
 
+class CheckableChat(RuntimeMethodsForTests, Chat):
+    """An approval check on demand (what a late alarm or a ping would run)."""
+
+    @public
+    @turn
+    async def check_now(self, tool_call_id: str) -> None:
+        await self.check_async_user_confirmation({"tool_call_id": tool_call_id})
+
+
 class RejectingChat(RuntimeMethodsForTests, Chat):
     overlapping_messages = "reject"
 

@@ -5,6 +5,8 @@ each overlap policy (`queue`, `reject`, `interrupt`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -13,9 +15,10 @@ from typing import Any
 import pytest
 
 from agents.chat import Chat
-from agents.errors import NotOwnerError, TurnInProgressError
-from runtime import get_agent
-from tests.chat_agents_under_test import InterruptingChat, RejectingChat, SlowPricesChat
+from agents.errors import NotOwnerError, ToolCallNotPendingError, TurnInProgressError, UnknownToolCallError
+from agents.resumer import CHECK_CALLBACK, WITHDRAWN_TEXT
+from runtime import AgentNotFoundError, get_agent
+from tests.chat_agents_under_test import CheckableChat, InterruptingChat, RejectingChat, SlowPricesChat
 from tests.chat_world import ChatWorld
 from tests.waiting import eventually
 
@@ -41,6 +44,15 @@ async def tokens_streamed(agent: Any, token: str, at_least: int, after_message: 
         return tokens if len(tokens) >= at_least else None
 
     return await eventually(streamed, timeout=30, what=f"{at_least} streamed tokens")
+
+
+def due_alarms(storage_dir: Path, thread_id: str) -> list[float]:
+    """The thread's due times in the root's alarm index, read from its file (what wakes a sleeping thread)."""
+    index = storage_dir / "_runtime" / "alarm_index.sqlite3"
+    if not index.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as db:
+        return [row[0] for row in db.execute("SELECT next_due FROM alarm_index WHERE agent_id = ?", (thread_id,))]
 
 
 def answers(messages: list[Any]) -> list[Any]:
@@ -130,3 +142,71 @@ async def test_interrupt_stops_the_answer_under_way_then_answers_the_new_message
     with pytest.raises(NotOwnerError):  # a stranger's message is refused, and stops nothing
         await agent.send_message(chat_world.token("bob"), "hello")
     assert answers(await third)[-1].content.endswith("12.")
+
+
+async def test_a_withdrawn_approval_buys_nothing_when_approved_later(chat_world: ChatWorld, storage_dir: Path) -> None:
+    """Withdrawn, then approved on the phone (the request is still there: CIBA cannot take it back): the call
+    ends "cancelled by the user", its checks stop, no order is placed; a second withdraw is a 409."""
+    alice, orders_before = chat_world.token("alice"), chat_world.orders()
+    agent = get_agent(CheckableChat, new_thread_id(), storage_dir=storage_dir)
+    (call,) = [m for m in await agent.send_message(alice, "buy 4 shares of ORCL") if m.role == "tool"]
+    (request,) = await eventually(
+        lambda: [r for r in chat_world.requests_for("alice") if r["binding_message"] == "Buy 4 ORCL"],
+        what="the purchase's request on alice's phone",
+    )
+    with pytest.raises(NotOwnerError):
+        await agent.withdraw_approval(chat_world.token("bob"), call.tool_call_id)
+    with pytest.raises(UnknownToolCallError):
+        await agent.withdraw_approval(alice, "call_nope")
+
+    answered = await agent.withdraw_approval(alice, call.tool_call_id)
+    assert answered and answered[-1].role == "assistant"
+    assert await agent.get_pending_approvals(alice) == []
+    assert not [s for s in await agent.get_schedules(status="pending") if s.callback == CHECK_CALLBACK]
+
+    chat_world.decide(request["id"], approve=True)
+    with pytest.raises(ToolCallNotPendingError):
+        await agent.withdraw_approval(alice, call.tool_call_id)
+    await agent.check_now(call.tool_call_id)  # a late check (or a ping) of that call: a no-op
+    (result,) = [m for m in await agent.get_messages(alice) if m.role == "tool"]
+    assert result.state == "result" and result.content == WITHDRAWN_TEXT
+    assert chat_world.orders() == orders_before
+
+
+async def test_delete_erases_the_thread_and_its_alarm_and_nothing_else(
+    chat_world: ChatWorld, storage_dir: Path
+) -> None:
+    """A thread with a purchase waiting on the phone is deleted: its file and its alarm are gone from disk,
+    approving the request afterwards buys nothing, its id is unknown (and can start a new thread), and
+    another thread of the same user is untouched."""
+    alice, orders_before = chat_world.token("alice"), chat_world.orders()
+    thread_id, other_id = new_thread_id(), new_thread_id()
+    agent, other = (
+        get_agent(Chat, thread_id, storage_dir=storage_dir),
+        get_agent(Chat, other_id, storage_dir=storage_dir),
+    )
+    await other.send_message(alice, "what is AAPL trading at?")
+    await agent.send_message(alice, "buy 6 shares of META")
+    (request,) = await eventually(
+        lambda: [r for r in chat_world.requests_for("alice") if r["binding_message"] == "Buy 6 META"],
+        what="the purchase's request on alice's phone",
+    )
+    files = lambda: sorted(p.name for p in (storage_dir / "Chat").glob(f"{thread_id}.sqlite3*"))  # noqa: E731
+    assert files()
+    await eventually(lambda: due_alarms(storage_dir, thread_id), what="the thread's alarm (its approval check)")
+
+    with pytest.raises(NotOwnerError):
+        await agent.delete_thread(chat_world.token("bob"))
+    await agent.delete_thread(alice)
+    await eventually(lambda: not files(), what="the thread's files gone")
+    await eventually(lambda: due_alarms(storage_dir, thread_id) == [], what="the thread's alarm gone")
+    with pytest.raises(AgentNotFoundError):
+        await get_agent(Chat, thread_id, storage_dir=storage_dir, create=False).get_messages(alice)
+
+    chat_world.decide(request["id"], approve=True)
+    await asyncio.sleep(2.5)  # two of the dev server's poll intervals: no check is left to notice it
+    assert chat_world.orders() == orders_before
+    assert [m.role for m in await other.get_messages(alice)] == ["user", "assistant", "tool", "assistant"]
+
+    again = get_agent(Chat, thread_id, storage_dir=storage_dir)
+    assert await again.get_messages(alice) == []  # a new, empty thread under the old id

@@ -208,3 +208,33 @@ async def test_the_models_window_and_the_summary_read_the_same_on_both_backends(
     assert await store.add_summary(oldest[-1].seq, "summary one", len(oldest)) is True
     assert await store.add_summary(oldest[-1].seq, "summary again", len(oldest)) is False  # once per span
     assert await store.summary_in_use() == (oldest[-1].seq, "summary one")
+
+
+PARENT_CHILD = [
+    """
+    CREATE TABLE parents (id TEXT PRIMARY KEY);
+    CREATE TABLE children (id TEXT PRIMARY KEY, parent TEXT NOT NULL REFERENCES parents(id));
+    """
+]
+
+
+async def test_erase_removes_one_agents_data_and_no_one_elses(open_storage: Opener) -> None:
+    """What deleting an agent leaves: nothing of it (rows referenced by others included, its epoch gone), and
+    another agent of the class as it was."""
+    gone, kept = await open_storage("a-gone"), await open_storage("a-kept")
+    for storage in (gone, kept):
+        await storage.take_epoch()
+        await storage.migrate("Family", PARENT_CHILD)
+        await storage.put("k", "v")
+        await storage.execute("INSERT INTO parents(id) VALUES ('p')")
+        await storage.execute("INSERT INTO children(id, parent) VALUES ('c', 'p')")
+    await gone.erase()
+    if isinstance(gone, AgentStorage):
+        assert list(Path(gone.path).parent.glob("a-gone.sqlite3*")) == []  # the file and its journals
+    again = await open_storage("a-gone")
+    if not isinstance(again, AgentStorage):
+        assert await again.exists() is False  # no epoch left: the id is unknown again
+    await again.take_epoch()
+    await again.migrate("Family", PARENT_CHILD)
+    assert await again.get("k") is None and await again.fetchall("SELECT * FROM children") == []
+    assert await kept.get("k") == "v" and len(await kept.fetchall("SELECT * FROM children")) == 1

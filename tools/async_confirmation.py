@@ -287,6 +287,20 @@ class AsyncUserConfirmation(CibaRequests):
             return SpentOutcome(None, error)
         return credentials
 
+    async def withdraw(self, ctx: ToolContext, outcome: str) -> bool:
+        """The user withdrew this call before it ran: `outcome` becomes its stored outcome in place of its
+        pending request and of its credential, if the approval came already (the token is spent unused), so
+        no later check, ping or re-run runs the tool. False, changing nothing, if the tool already ran (or
+        may have: its outcome is unknown)."""
+        key = self.key_for(ctx)
+        async with self._hold(key):
+            stored = await self.store.get(CREDENTIALS_NAMESPACE, key)
+            if stored is not None and (stored.get("done") or stored.get("outcome_unknown")):
+                return False
+            await self._consume(key, result=outcome)
+            await self.store.delete(PENDING_NAMESPACE, key)
+            return True
+
     async def accept_ping(self, ctx: ToolContext, token: str, auth_req_id: str | None = None) -> bool:
         """A ping for this tool call: if `token` is the one its pending request carries (and `auth_req_id`,
         if given, is its request), make the next check due now and return True. A ping never approves

@@ -10,7 +10,7 @@ import asyncio
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
@@ -132,6 +132,23 @@ async def describe_thread(thread: ThreadAccess = Depends(thread_access)) -> Thre
     return ThreadDescription(**await thread.call("describe"))
 
 
+@router.delete(
+    "/threads/{thread_id}",
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "Deleted."}, **ERROR_RESPONSES},
+    tags=["threads"],
+)
+async def delete_thread(thread: ThreadAccess = Depends(thread_access)) -> Response:
+    """Delete one of your threads: its calls waiting for your approval are withdrawn (approving them later
+    buys nothing), then its messages, credentials, schedules and its place in your thread list are removed.
+    Its id answers 404 afterwards, and may be used again for a new thread."""
+    await thread.call("delete_thread")
+    directory = await gateway.directory(thread.caller.subject)
+    await gateway.call(directory, "remove", thread.caller.token, thread.thread_id, idempotent=True)
+    return Response(status_code=204)
+
+
 @router.post(
     "/threads/{thread_id}/messages",
     response_model=MessageList,
@@ -195,6 +212,32 @@ async def get_interrupts(thread: ThreadAccess = Depends(thread_access)) -> Respo
     """Tool calls waiting for the user: on their device (CIBA) or for an in-chat confirmation."""
     approvals = await thread.call("get_pending_approvals")
     return JSONResponse({"thread_id": thread.thread_id, "interrupts": dump(approvals)})
+
+
+@router.delete(
+    "/threads/{thread_id}/interrupts/{tool_call_id}",
+    response_model=MessageList,
+    responses={
+        **ERROR_RESPONSES,
+        404: {"model": ErrorBody, "description": "No thread with that id, or no tool call with that id in it."},
+        409: {"model": ErrorBody, "description": "The tool call is not waiting for an approval (decided already)."},
+    },
+    tags=["approvals"],
+)
+async def withdraw_approval(
+    tool_call_id: str = Path(description="The waiting call's id.", max_length=256),
+    thread: ThreadAccess = Depends(thread_access),
+    settings: IngressSettings = Depends(settings_dependency),
+) -> Response:
+    """Withdraw a call that waits for the user's approval on their device: it ends "cancelled by the user",
+    its checks stop, and an approval that comes later is ignored (nothing is bought). The model then
+    answers: the new messages."""
+    done = take_turn(thread, settings)
+    try:
+        messages = await thread.call("withdraw_approval", tool_call_id)
+    finally:
+        done()
+    return JSONResponse({"thread_id": thread.thread_id, "messages": dump(messages)})
 
 
 @router.post(
