@@ -108,7 +108,7 @@ class AgentRuntimeClient:
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._http.request(method, path, headers=self._headers(), **kwargs)
         _raise_for(response)
-        return response.json()
+        return response.json() if response.content else None
 
     # -- service -------------------------------------------------------------------------------------
     async def healthz(self) -> dict[str, Any]:
@@ -179,6 +179,18 @@ class AgentRuntimeClient:
         """Approve or deny an in-chat confirmation; returns the messages the continued turn added."""
         body = {"tool_call_id": tool_call_id, "approved": approved}
         return (await self._request("POST", f"/threads/{thread_id}/tool-results", json=body))["messages"]
+
+    async def stop(self, thread_id: str) -> bool:
+        """Stop the answer under way in the thread (its words so far are kept); whether one was running."""
+        return bool((await self._request("POST", f"/threads/{thread_id}/stop"))["stopped"])
+
+    async def withdraw_approval(self, thread_id: str, tool_call_id: str) -> list[dict[str, Any]]:
+        """Withdraw a call waiting for approval on the user's device; returns the messages of the answer."""
+        return (await self._request("DELETE", f"/threads/{thread_id}/interrupts/{tool_call_id}"))["messages"]
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Delete the thread, everything it stored, and its pending approvals (withdrawn first)."""
+        await self._request("DELETE", f"/threads/{thread_id}")
 
     async def events(
         self,
