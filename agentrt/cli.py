@@ -33,11 +33,14 @@ from agentrt.cli_conversation import (
     approve,
     chat,
     ciba_requests,
+    delete,
     deny,
     dev_authz_base,
     follow_until_resolved,
+    stop,
     stream_turn,
     threads,
+    withdraw,
 )
 from agentrt.cli_operator import hosts, logs, status
 from agentrt.client import AgentRuntimeClient, dev_login
@@ -216,7 +219,7 @@ def _print_urls(stack: Any) -> None:
 
 # the conversation commands (agentrt/cli_conversation.py), then the operator's (agentrt/cli_operator.py), in
 # the order `agentrt --help` lists them
-for command in (threads, chat, approvals, approve, deny, status, logs, hosts):
+for command in (threads, chat, stop, withdraw, delete, approvals, approve, deny, status, logs, hosts):
     app.command()(command)
 
 

@@ -151,6 +151,71 @@ async def follow_until_resolved(
     return results
 
 
+ThreadArgument = Annotated[str, typer.Argument(help="Thread id.")]
+
+
+def stop(
+    thread: ThreadArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None, user: UserOption = "alice"
+) -> None:
+    """Stop the answer under way in a thread (its words so far are kept; a running tool finishes)."""
+
+    async def main() -> None:
+        async with await signed_in_client(url, token, user) as client:
+            stopped = await client.stop(thread)
+        console.print("Stopped the answer under way." if stopped else "Nothing was running in that thread.")
+
+    run_command(main())
+
+
+def withdraw(
+    thread: ThreadArgument,
+    tool_call: Annotated[str | None, typer.Argument(help="The waiting call's id (default: the only one).")] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    user: UserOption = "alice",
+) -> None:
+    """Withdraw a purchase waiting for your approval on your device (approving it later buys nothing)."""
+
+    async def main() -> None:
+        async with await signed_in_client(url, token, user) as client:
+            call_id = tool_call or await _only_waiting_call(client, thread)
+            answer = await client.withdraw_approval(thread, call_id)
+        console.print(f"Withdrew {call_id}.")
+        said = [m["content"] for m in answer if m["role"] == "assistant" and m.get("content")]
+        if said:
+            console.print(Text("agent  ", style="bold") + Text(said[-1]))
+
+    run_command(main())
+
+
+async def _only_waiting_call(client: AgentRuntimeClient, thread: str) -> str:
+    waiting = [p for p in await client.interrupts(thread) if p["kind"] == "async-authorization"]
+    if len(waiting) != 1:
+        raise typer.BadParameter(
+            f"{len(waiting)} calls wait for approval in {thread}: name one", param_hint="TOOL_CALL"
+        )
+    return str(waiting[0]["tool_call_id"])
+
+
+def delete(
+    thread: ThreadArgument,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    user: UserOption = "alice",
+) -> None:
+    """Delete a thread and everything it stored (its waiting approvals are withdrawn first)."""
+    if not yes and not typer.confirm(f"Delete thread {thread} and everything in it?"):
+        raise typer.Exit(1)
+
+    async def main() -> None:
+        async with await signed_in_client(url, token, user) as client:
+            await client.delete_thread(thread)
+        console.print(f"Deleted {thread}.")
+
+    run_command(main())
+
+
 def approvals(
     user: UserOption = "alice",
     url: UrlOption = DEFAULT_URL,

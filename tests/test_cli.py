@@ -163,5 +163,15 @@ def _conversation_commands_work(api: str, env: dict[str, str]) -> None:
     denied = run_cli(["deny", "--url", api], env, timeout=30)
     assert denied.returncode == 0 and "Denied request" in denied.stdout, denied.stdout + denied.stderr
 
+    asked = run_cli(["chat", "cli-thread-3", "buy 2 shares of IBM", "--url", api], env, timeout=60)
+    assert "Buy 2 IBM" in asked.stdout, asked.stdout + asked.stderr
+    withdrawn = run_cli(["withdraw", "cli-thread-3", "--url", api], env, timeout=60)
+    assert withdrawn.returncode == 0 and "Withdrew call" in withdrawn.stdout, withdrawn.stdout + withdrawn.stderr
+    nothing = run_cli(["stop", "cli-thread-3", "--url", api], env, timeout=30)
+    assert "Nothing was running" in nothing.stdout, nothing.stdout + nothing.stderr
+    deleted = run_cli(["delete", "cli-thread-3", "--yes", "--url", api], env, timeout=30)
+    assert deleted.returncode == 0 and "Deleted cli-thread-3" in deleted.stdout, deleted.stdout + deleted.stderr
+    assert "cli-thread-3" not in run_cli(["threads", "--url", api], env, timeout=30).stdout
+
     bob = run_cli(["chat", "cli-thread-1", "hello", "--url", api, "--user", "bob"], env, timeout=60)
     assert bob.returncode == 1 and "403 not_owner" in bob.stderr, bob.stdout + bob.stderr
