@@ -3,7 +3,8 @@
 #  - Python: the project with its test extras (pytest, ruff, playwright's Python package).
 #  - Debian's chromium for the browser test (Playwright drives /usr/bin/chromium; it never downloads one).
 #  - Debian's PostgreSQL server for the storage tests on PostgreSQL (each test run starts a throwaway one).
-#  - Debian's nodejs and npm, and the AI SDK clients pinned in tests/js (`npm ci`) for tests/test_ai_sdk.py.
+#  - Debian's nodejs and npm, the AI SDK clients pinned in tests/js (`npm ci`) for tests/test_ai_sdk.py, and
+#    the useChat example page (examples/ai_sdk_chat: `npm ci`, then bundled with esbuild) for the browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,8 @@ fi
 
 python3 -m pip install --quiet -e ".[test]"
 npm ci --prefix tests/js --no-audit --no-fund --silent
+npm ci --prefix examples/ai_sdk_chat --no-audit --no-fund --silent
+npm run build --prefix examples/ai_sdk_chat --silent
 ruff check .
 ruff format --check .
 python3 -m pytest -q -p no:cacheprovider --durations=40 "$@"

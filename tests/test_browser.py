@@ -10,12 +10,17 @@ is the system's). Skips, saying so, only when /usr/bin/chromium is absent.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devservers.server_thread import free_port
 from tests.http_fixtures import HttpApi, ensure_http_api
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -156,3 +161,76 @@ def _sign_in_with_a_token_as_bob(chat: Any, http_api: HttpApi, alice_thread: str
     expect(chat.locator("#user-chip")).to_contain_text("bob")
     expect(chat.locator("#thread-id")).not_to_be_empty()
     expect(chat.locator(f'#threads [data-thread-id="{alice_thread}"]')).to_have_count(0)
+
+
+AI_SDK_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ai_sdk_chat"
+
+
+def built_ai_sdk_example() -> Path:
+    """The example page, installed and bundled with esbuild (`scripts/test.sh` does it first)."""
+    if not (AI_SDK_EXAMPLE / "dist" / "app.js").is_file():
+        npm = shutil.which("npm")
+        assert npm, "npm is needed (Debian's nodejs and npm; scripts/test.sh installs them)"
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=AI_SDK_EXAMPLE, check=True, timeout=300)
+        subprocess.run([npm, "run", "build", "--silent"], cwd=AI_SDK_EXAMPLE, check=True, timeout=120)
+    return AI_SDK_EXAMPLE
+
+
+@pytest.fixture
+def ai_sdk_page(http_api: HttpApi) -> Iterator[str]:
+    """The example's own server (its page, and a proxy to the API under test) on a free port."""
+    folder, port = built_ai_sdk_example(), free_port()
+    env = {**os.environ, "AGENTRT_URL": http_api.url, "PORT": str(port)}
+    server = subprocess.Popen(["node", "serve.mjs"], cwd=folder, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and "AI SDK chat on" in server.stdout.readline()
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def test_a_use_chat_page_buys_after_the_approval_and_confirms_in_the_chat(
+    http_api: HttpApi, browser: Any, ai_sdk_page: str
+) -> None:
+    """The page built on `useChat` (examples/ai_sdk_chat) with no transport code of its own: the purchase
+    shows as waiting on the phone, the approval there brings the result and the answer into the page; an
+    in-chat confirmation is answered with the AI SDK's tool approval."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)
+    context = browser.new_context()
+    page_errors: list[str] = []
+    page = context.new_page()
+    page.on("pageerror", lambda error: page_errors.append(str(error)))
+    try:
+        page.goto(ai_sdk_page + "?user=alice")
+        expect(page.locator("#thread-id")).not_to_be_empty()
+        orders_before = http_api.world.orders()
+        page.locator("#message-input").fill("buy 10 shares of MSFT")
+        page.locator("#message-input").press("Enter")
+        card = page.locator(".approval-card.pending")
+        expect(card).to_contain_text("Buy 10 MSFT")
+        expect(card.locator("a")).to_have_attribute("href", re.compile(r"/approvals$"))
+        expect(page.locator("#status")).to_have_text("streaming")  # the reply waits, its stream open
+
+        (request,) = [r for r in http_api.world.requests_for("alice") if r["binding_message"] == "Buy 10 MSFT"]
+        http_api.world.decide(request["id"], approve=True)  # on the phone
+        expect(page.locator('.tool.output-available[data-tool="buy_stock"]')).to_contain_text(
+            "Purchased 10 shares of MSFT"
+        )
+        expect(page.locator(".message.assistant").last).to_contain_text("Done: Purchased 10 shares of MSFT")
+        expect(page.locator("#status")).to_have_text("ready")
+        assert http_api.world.orders() == orders_before + 1
+
+        page.locator("#message-input").fill("add NVDA to my watchlist")
+        page.locator("#message-input").press("Enter")
+        page.locator('.confirm[data-tool="watch_stock"] .approve').click()
+        expect(page.locator('.tool.output-available[data-tool="watch_stock"]')).to_contain_text(
+            "Added NVDA to your watchlist"
+        )
+        page.reload()  # the stored history, as useChat's initial messages
+        expect(page.locator('.tool.output-available[data-tool="buy_stock"]')).to_contain_text("Purchased 10")
+        assert not page_errors, page_errors
+    finally:
+        context.close()
