@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_short_soak_with_crashes_restarts_and_a_stall_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
-    args = ["--users", "6", "--minutes", "0.75", "--kill-every", "15", "--checkout-every", "25", "--stall", "20"]
+    args = ["--users", "6", "--minutes", "0.5", "--kill-every", "12", "--checkout-every", "20", "--stall", "16"]
     args += ["--lost-answer-every", "10"]
     proc = run_isolated("bench/soak_bench.py", *args, "--drain", "150", "--out", str(out), cwd=tmp_path, timeout=540)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
