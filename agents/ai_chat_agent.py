@@ -46,6 +46,7 @@ from agents.messages import (
 from agents.metrics import MODEL_CALL_SECONDS, MODEL_ERRORS, TOOL_ERRORS, TOOL_RETRIES
 from agents.model_context import ModelContext, bounded_context, preamble, wire_size
 from agents.model_stream import complete_text, shared_llm, stream_completion
+from agents.retention import Retention
 from agents.settings import ChatSettings, OverlapPolicy, chat_settings
 from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
 from runtime import Agent, internal, public, read, turn
@@ -56,6 +57,7 @@ from tools.interrupts import AsyncAuthorizationInterrupt
 logger = logging.getLogger("agents.chat")
 
 DENIED_CONFIRMATION_TEXT = "The user denied this action."
+RETENTION_CALLBACK = "expire_if_idle"
 STOPPED_TEXT = "Not run: the user stopped the answer before this call."
 TOO_MANY_CALLS_TEXT = "Not run: at most {cap} tool calls are run per answer. Ask for the rest in another step."
 TOOL_RETRY_BASE_SECONDS = 1.0
@@ -76,6 +78,9 @@ class AIChatAgent(Agent):
     """A message sent while the thread answers another: `queue`, `reject` or `interrupt` (see
     `agents.settings.OverlapPolicy`); None: `CHAT_OVERLAPPING_MESSAGES` (default `queue`)."""
 
+    retention_days: ClassVar[float | None] = None
+    """Delete the thread once idle this many days; None: `CHAT_RETENTION_DAYS` (unset: kept until deleted)."""
+
     migrations = CHAT_MIGRATIONS
     _thread_store: ThreadStore | None = None
 
@@ -95,6 +100,7 @@ class AIChatAgent(Agent):
         self._llm: AsyncOpenAI | None = None
         self._tools: dict[str, Tool] | None = None
         self._schemas: list[dict[str, Any]] | None = None
+        self._retention = Retention(RETENTION_CALLBACK)
         self._answering = False
         """Whether the model loop runs (a user's turn, or the answer after an approval): what `stop` stops."""
         self._stop_requested = False
@@ -255,9 +261,29 @@ class AIChatAgent(Agent):
         and its alarm), and its id is unknown again: a not-found answer, or a new, empty thread if created
         again. Its watchers get a `deleted` event."""
         await self.check_access(token, "delete_thread")
+        await self._erase_thread()
+
+    async def _erase_thread(self) -> None:
         await self.before_delete()
         await self.delete_everything()
         self.events.emit("deleted")
+
+    def _retention_days(self) -> float | None:
+        return self.retention_days or self.settings.retention_days
+
+    @internal
+    async def expire_if_idle(self, payload: Any = None) -> bool:
+        """The retention schedule (`agents.retention`): delete the thread, as `delete_thread` does, once its
+        newest message is older than the retention; else look again when it will be. True if deleted."""
+        days, last = self._retention_days(), await self.thread_store.last_activity()
+        if days is None or last is None:
+            return False
+        if not Retention.is_idle(days, last):
+            await self._retention.next_look(self, days, last)
+            return False
+        logger.info("%s: idle for %.4g days, longer than its retention: deleted", self.name, days)
+        await self._erase_thread()
+        return True
 
     @internal
     async def before_delete(self) -> None:
@@ -549,6 +575,7 @@ class AIChatAgent(Agent):
             message = await self.thread_store.add_message("user", text, message_id, tx=tx)
         self.events.emit("turn_start")
         self.events.emit("message", message=message.model_dump(mode="json"))
+        await self._retention.arm(self, self._retention_days())
 
     async def _append_assistant(
         self, content: str, raw_calls: list[dict[str, str]], continues: str | None = None, *, stopped: bool = False

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from agents.auth_agent import AuthAgent
 from agents.errors import InvalidMessageError, NotOwnerError, ThreadQuotaExceededError, UnauthenticatedError
-from runtime import Agent, public, read, turn, validate_agent_id
+from agents.retention import DAY_SECONDS, Retention
+from agents.settings import chat_settings
+from runtime import Agent, internal, public, read, turn, validate_agent_id
 
 DIRECTORY_MIGRATIONS = [
     """
@@ -63,6 +65,31 @@ class ThreadDirectory(AuthAgent, Agent):
     migrations = DIRECTORY_MIGRATIONS
     migration_scope = "agents.ThreadDirectory"
 
+    retention_days: ClassVar[float | None] = None
+    """Forget entries idle this many days; None: `CHAT_RETENTION_DAYS` (the threads' own retention)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._retention = Retention("forget_idle_threads")
+
+    def _retention_days(self) -> float | None:
+        return self.retention_days or chat_settings().retention_days
+
+    @internal
+    async def forget_idle_threads(self, payload: Any = None) -> int:
+        """The retention schedule (`agents.retention`): forget the entries idle longer than the retention
+        (their threads delete themselves on their own schedules), then look again when the next one will
+        be. Returns how many were forgotten."""
+        days = self._retention_days()
+        if days is None:
+            return 0
+        cutoff = time.time() - days * DAY_SECONDS
+        forgotten = await self.storage.execute("DELETE FROM threads WHERE last_active_at <= ?", (cutoff,))
+        row = await self.storage.fetchone("SELECT MIN(last_active_at) AS oldest FROM threads")
+        if row is not None and row["oldest"] is not None:
+            await self._retention.next_look(self, days, float(row["oldest"]))
+        return forgotten
+
     async def _check_caller(self, token: str | None) -> str:
         claims = await self.authenticate(token)
         subject = claims.get("sub")
@@ -82,6 +109,7 @@ class ThreadDirectory(AuthAgent, Agent):
         """
         await self._check_caller(token)
         validate_agent_id(thread_id)
+        await self._retention.arm(self, self._retention_days())
         now = time.time()
         async with self.storage.transaction() as tx:
             existing = await tx.fetchone("SELECT * FROM threads WHERE thread_id = ?", (thread_id,))
@@ -107,6 +135,7 @@ class ThreadDirectory(AuthAgent, Agent):
         validate_agent_id(thread_id)
         if text is not None and not isinstance(text, str):
             raise InvalidMessageError("text must be a string")
+        await self._retention.arm(self, self._retention_days())
         now = time.time()
         await self.storage.execute(
             "INSERT INTO threads(thread_id, created_at, title, last_active_at) VALUES (?, ?, ?, ?) "

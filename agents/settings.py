@@ -77,6 +77,13 @@ class ChatSettings(BaseSettings):
         description="A message sent while the thread answers another: `queue` (waits), `reject` (409) or "
         "`interrupt` (stops the answer under way, then runs). A class's `overlapping_messages` wins.",
     )
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        validation_alias=AliasChoices("CHAT_RETENTION_DAYS"),
+        description="Delete a thread (and its place in its owner's list) once it has been idle this many days "
+        "(fractions allowed); unset: threads are kept until deleted. A class's `retention_days` wins.",
+    )
     system_prompt: str = Field(
         default=(
             "You are a helpful stock trading assistant. Use get_stock_price to look up prices and buy_stock to "

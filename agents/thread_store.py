@@ -130,6 +130,11 @@ class ThreadStore:
         row = await self.storage.fetchone("SELECT seq, role, content FROM messages WHERE id = ?", (message_id,))
         return None if row is None else (int(row["seq"]), str(row["role"]), row["content"])
 
+    async def last_activity(self) -> float | None:
+        """When the thread's newest message was written (None: it has none)."""
+        row = await self.storage.fetchone("SELECT MAX(created_at) AS at FROM messages")
+        return float(row["at"]) if row and row["at"] is not None else None
+
     async def last_seq(self) -> int:
         row = await self.storage.fetchone("SELECT COALESCE(MAX(seq), 0) AS seq FROM messages")
         return int(row["seq"]) if row else 0

@@ -10,6 +10,7 @@ import signal
 from typing import Any
 
 from agents.chat import Chat
+from agents.directory import ThreadDirectory
 from agents.thread_store import ThreadStore
 from runtime import public, read, turn
 from tests.agents_under_test import RuntimeMethodsForTests
@@ -61,6 +62,18 @@ class CheckableChat(RuntimeMethodsForTests, Chat):
     @turn
     async def check_now(self, tool_call_id: str) -> None:
         await self.check_async_user_confirmation({"tool_call_id": tool_call_id})
+
+
+class ShortRetentionChat(RuntimeMethodsForTests, Chat):
+    """Deleted once idle for 3 seconds."""
+
+    retention_days = 3 / 86_400
+
+
+class ShortRetentionDirectory(RuntimeMethodsForTests, ThreadDirectory):
+    """Forgets entries idle for 2 seconds."""
+
+    retention_days = 2 / 86_400
 
 
 class RejectingChat(RuntimeMethodsForTests, Chat):

@@ -81,3 +81,13 @@ def start_world(*, ciba_interval: int = 1) -> ChatWorld:
     env = services_env(authz, checkout, model)
     conftest.set_world_env(env)
     return ChatWorld(authz=authz, checkout=checkout, model=model, env=env)
+
+
+def deny_left_on_the_phone(world: ChatWorld, binding_message: str, user: str = "alice") -> int:
+    """Deny the requests a test leaves pending on the user's phone (one withdrawn, or whose thread was
+    deleted: CIBA cannot take a request back), so the tests that follow find the phone as they expect.
+    Returns how many."""
+    left = [r for r in world.requests_for(user) if r["binding_message"] == binding_message]
+    for request in left:
+        world.decide(request["id"], approve=False)
+    return len(left)

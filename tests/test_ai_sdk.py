@@ -144,11 +144,11 @@ async def test_a_purchase_waits_on_the_phone_and_the_same_chat_receives_the_resu
     and where to approve; a message sent meanwhile (another tab) works and stays out of this reply; the
     approval on the phone brings the output and the answer into the same chat, with nothing sent again."""
     thread_id, orders_before, started = new_id(), http_api.world.orders(), time.time()
-    page = RunningClient(http_api, "chat", thread_id, "buy 10 shares of MSFT")
+    page = RunningClient(http_api, "chat", thread_id, "buy 11 shares of MSFT")
     try:
         pending = await page.wait_for("pending")
         assert pending["status"] == "streaming"
-        assert pending["pending"]["bindingMessage"] == "Buy 10 MSFT"
+        assert pending["pending"]["bindingMessage"] == "Buy 11 MSFT"
         assert pending["pending"]["approvalUrl"].endswith("/approvals")
         assert pending["pending"]["expiresAt"] > time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         assert pending["tool"]["type"] == "tool-buy_stock" and pending["tool"]["state"] == "input-available"
@@ -157,16 +157,16 @@ async def test_a_purchase_waits_on_the_phone_and_the_same_chat_receives_the_resu
         assert "AAPL is trading at" in text_of(other_tab["final"])
         assert http_api.world.orders() == orders_before
 
-        await approve_on_the_phone(http_api, "Buy 10 MSFT", started)
+        await approve_on_the_phone(http_api, "Buy 11 MSFT", started)
         final = await page.wait_for("final")
     finally:
         page.close()
     assert final["status"] == "ready"
     (tool,) = parts_of_type(final["final"], "tool-buy_stock")
-    assert tool["state"] == "output-available" and tool["output"].startswith("Purchased 10 shares of MSFT")
+    assert tool["state"] == "output-available" and tool["output"].startswith("Purchased 11 shares of MSFT")
     (approval,) = parts_of_type(final["final"], "data-approval")
     assert approval["data"]["status"] == "done"
-    assert "Done: Purchased 10 shares of MSFT" in text_of(final["final"])
+    assert "Done: Purchased 11 shares of MSFT" in text_of(final["final"])
     assert "AAPL" not in text_of(final["final"])  # the other tab's turn is its own reply
     assert http_api.world.orders() == orders_before + 1
 
@@ -179,7 +179,7 @@ async def test_a_reloaded_page_resumes_the_waiting_reply(http_api: HttpApi) -> N
     """The page that asked is closed while the purchase waits; a new one resumes (`resumeStream`, what
     `useChat({resume: true})` calls on mount), sees it waiting and then receives the result."""
     thread_id, started = new_id(), time.time()
-    first = RunningClient(http_api, "chat", thread_id, "buy 3 shares of NVDA")
+    first = RunningClient(http_api, "chat", thread_id, "buy 13 shares of NVDA")
     try:
         await first.wait_for("pending")
     finally:
@@ -187,14 +187,14 @@ async def test_a_reloaded_page_resumes_the_waiting_reply(http_api: HttpApi) -> N
 
     page = RunningClient(http_api, "resume", thread_id)
     try:
-        assert (await page.wait_for("pending"))["pending"]["bindingMessage"] == "Buy 3 NVDA"
-        await approve_on_the_phone(http_api, "Buy 3 NVDA", started)
+        assert (await page.wait_for("pending"))["pending"]["bindingMessage"] == "Buy 13 NVDA"
+        await approve_on_the_phone(http_api, "Buy 13 NVDA", started)
         final = (await page.wait_for("final"))["final"]
     finally:
         page.close()
     (tool,) = parts_of_type(final, "tool-buy_stock")
-    assert tool["output"].startswith("Purchased 3 shares of NVDA")
-    assert "Done: Purchased 3 shares of NVDA" in text_of(final)
+    assert tool["output"].startswith("Purchased 13 shares of NVDA")
+    assert "Done: Purchased 13 shares of NVDA" in text_of(final)
 
     async with http_api.client() as client:  # nothing runs now: 204, and a page that resumes stays as it is
         nothing = await client.get(f"/api/chat/{thread_id}/stream", headers=http_api.headers("alice"))
@@ -273,6 +273,8 @@ async def test_bad_requests_get_clear_errors_and_change_nothing(http_api: HttpAp
         assert httpx.codes.is_success(listed.status_code)
         (still,) = parts_of_type(listed.json()["messages"][-1], "tool-watch_stock")
         assert still["state"] == "approval-requested"
+        for thread in (thread_id, other):  # alice's newest threads are what her web page opens next
+            assert (await client.delete(f"/threads/{thread}", headers=alice)).status_code == 204
 
 
 def test_the_client_is_pinned() -> None:

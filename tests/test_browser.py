@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from devservers.server_thread import free_port
+from tests.chat_world import deny_left_on_the_phone
 from tests.http_fixtures import HttpApi, ensure_http_api
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -77,6 +78,7 @@ def test_buy_stock_approve_in_a_second_tab_and_see_the_purchase_live(http_api: H
         _buy_and_approve_on_the_phone(chat, context, http_api)
         assert chat.locator("#thread-id").inner_text() == thread_id
         _confirm_and_deny_in_the_chat(chat)
+        _withdraw_a_purchase(chat, http_api)
         _sign_in_with_a_token_as_bob(chat, http_api, thread_id)
         assert not page_errors, page_errors
     finally:
@@ -149,6 +151,20 @@ def _confirm_and_deny_in_the_chat(chat: Any) -> None:
     expect(chat.locator(".approval-card")).to_have_count(0)
 
 
+def _withdraw_a_purchase(chat: Any, http_api: HttpApi) -> None:
+    """The approval card's Withdraw: the purchase ends cancelled, the card goes. (The request stays on the
+    phone, which CIBA cannot take back: the phone denies it, for the tests that follow.)"""
+    from playwright.sync_api import expect
+
+    chat.locator("#message-input").fill("buy 2 shares of IBM")
+    chat.locator("#message-input").press("Enter")
+    card = chat.locator(".approval-card").filter(has_text="Buy 2 IBM")
+    card.get_by_role("button", name="Withdraw").click()
+    expect(chat.locator("[data-tool-call-id]").filter(has_text="Cancelled by the user")).to_be_visible()
+    expect(chat.locator(".approval-card")).to_have_count(0)
+    deny_left_on_the_phone(http_api.world, "Buy 2 IBM")
+
+
 def _sign_in_with_a_token_as_bob(chat: Any, http_api: HttpApi, alice_thread: str) -> None:
     """Signing in with a pasted token works too, and bob does not see alice's thread."""
     from playwright.sync_api import expect
@@ -207,19 +223,19 @@ def test_a_use_chat_page_buys_after_the_approval_and_confirms_in_the_chat(
         page.goto(ai_sdk_page + "?user=alice")
         expect(page.locator("#thread-id")).not_to_be_empty()
         orders_before = http_api.world.orders()
-        page.locator("#message-input").fill("buy 10 shares of MSFT")
+        page.locator("#message-input").fill("buy 12 shares of MSFT")
         page.locator("#message-input").press("Enter")
         card = page.locator(".approval-card.pending")
-        expect(card).to_contain_text("Buy 10 MSFT")
+        expect(card).to_contain_text("Buy 12 MSFT")
         expect(card.locator("a")).to_have_attribute("href", re.compile(r"/approvals$"))
         expect(page.locator("#status")).to_have_text("streaming")  # the reply waits, its stream open
 
-        (request,) = [r for r in http_api.world.requests_for("alice") if r["binding_message"] == "Buy 10 MSFT"]
+        (request,) = [r for r in http_api.world.requests_for("alice") if r["binding_message"] == "Buy 12 MSFT"]
         http_api.world.decide(request["id"], approve=True)  # on the phone
         expect(page.locator('.tool.output-available[data-tool="buy_stock"]')).to_contain_text(
-            "Purchased 10 shares of MSFT"
+            "Purchased 12 shares of MSFT"
         )
-        expect(page.locator(".message.assistant").last).to_contain_text("Done: Purchased 10 shares of MSFT")
+        expect(page.locator(".message.assistant").last).to_contain_text("Done: Purchased 12 shares of MSFT")
         expect(page.locator("#status")).to_have_text("ready")
         assert http_api.world.orders() == orders_before + 1
 
@@ -230,7 +246,7 @@ def test_a_use_chat_page_buys_after_the_approval_and_confirms_in_the_chat(
             "Added NVDA to your watchlist"
         )
         page.reload()  # the stored history, as useChat's initial messages
-        expect(page.locator('.tool.output-available[data-tool="buy_stock"]')).to_contain_text("Purchased 10")
+        expect(page.locator('.tool.output-available[data-tool="buy_stock"]')).to_contain_text("Purchased 12")
         assert not page_errors, page_errors
     finally:
         context.close()

@@ -15,11 +15,19 @@ from typing import Any
 import pytest
 
 from agents.chat import Chat
+from agents.directory import directory_id_for
 from agents.errors import NotOwnerError, ToolCallNotPendingError, TurnInProgressError, UnknownToolCallError
 from agents.resumer import CHECK_CALLBACK, WITHDRAWN_TEXT
 from runtime import AgentNotFoundError, get_agent
-from tests.chat_agents_under_test import CheckableChat, InterruptingChat, RejectingChat, SlowPricesChat
-from tests.chat_world import ChatWorld
+from tests.chat_agents_under_test import (
+    CheckableChat,
+    InterruptingChat,
+    RejectingChat,
+    ShortRetentionChat,
+    ShortRetentionDirectory,
+    SlowPricesChat,
+)
+from tests.chat_world import ChatWorld, deny_left_on_the_phone
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("chat_world")
@@ -123,6 +131,7 @@ async def test_reject_refuses_a_message_while_answering_but_not_while_an_approva
     assert "AAPL is trading at" in answers(meanwhile)[-1].content
     stored = await agent.get_messages(alice)
     assert [m.content for m in stored if m.role == "user"].count("what is AAPL trading at?") == 1
+    assert deny_left_on_the_phone(chat_world, "Buy 2 IBM") == 1
 
 
 async def test_interrupt_stops_the_answer_under_way_then_answers_the_new_message(
@@ -210,3 +219,48 @@ async def test_delete_erases_the_thread_and_its_alarm_and_nothing_else(
 
     again = get_agent(Chat, thread_id, storage_dir=storage_dir)
     assert await again.get_messages(alice) == []  # a new, empty thread under the old id
+
+
+async def test_an_idle_thread_is_deleted_after_its_retention_and_an_active_one_is_not(
+    chat_world: ChatWorld, storage_dir: Path
+) -> None:
+    """Retention 3 s: a thread written to again before its first due time is looked at then and kept (the
+    next look moves to 3 s after its newest message); once idle that long, it is deleted, a purchase waiting
+    in it withdrawn (approving it afterwards buys nothing)."""
+    alice, orders_before = chat_world.token("alice"), chat_world.orders()
+    thread_id = new_thread_id()
+    agent = get_agent(ShortRetentionChat, thread_id, storage_dir=storage_dir)
+    await agent.send_message(alice, "what is AAPL trading at?")
+    (first,) = [s for s in await agent.get_schedules(status="pending") if s.callback == "expire_if_idle"]
+    await agent.send_message(alice, "buy 5 shares of TSLA")  # activity: the first look must keep the thread
+
+    async def looked_again() -> bool:
+        pending = [s for s in await agent.get_schedules(status="pending") if s.callback == "expire_if_idle"]
+        return bool(pending) and pending[0].due_at > first.due_at
+
+    await eventually(looked_again, timeout=30, what="the first look, rescheduled past it")
+    assert len(await agent.get_messages(alice)) >= 4  # kept
+
+    files = lambda: list((storage_dir / "ShortRetentionChat").glob(f"{thread_id}.sqlite3*"))  # noqa: E731
+    await eventually(lambda: not files(), timeout=30, what="the idle thread deleted")
+    (request,) = [r for r in chat_world.requests_for("alice") if r["binding_message"] == "Buy 5 TSLA"]
+    chat_world.decide(request["id"], approve=True)
+    await asyncio.sleep(2.5)  # two poll intervals of the dev server: nothing is left to notice the approval
+    assert chat_world.orders() == orders_before
+
+
+async def test_the_thread_list_forgets_entries_idle_past_the_retention(
+    chat_world: ChatWorld, storage_dir: Path
+) -> None:
+    alice = chat_world.token("alice")
+    directory = get_agent(
+        ShortRetentionDirectory, directory_id_for(chat_world.subject("alice")), storage_dir=storage_dir
+    )
+    await directory.add(alice, "kept-busy")
+    await directory.add(alice, "left-idle")
+
+    async def only_the_busy_one() -> bool:
+        await directory.touch(alice, "kept-busy")
+        return [t["thread_id"] for t in await directory.list_threads(alice)] == ["kept-busy"]
+
+    await eventually(only_the_busy_one, timeout=30, interval=0.5, what="the idle entry forgotten")

@@ -5,8 +5,8 @@ only 5xx a user sees is a 503 with `Retry-After`; the HTTP API, one of whose rep
 answers from the surviving ones.
 
 The cluster is a real multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`), in a process of
-its own (`tests/node_loss_scenario.py`), so this session's Ray stays as it is; on each storage backend:
-SQLite files in a shared folder, and a real PostgreSQL (the clusters' store).
+its own (`tests/node_loss_scenario.py`), so this session's Ray stays as it is; on a real PostgreSQL (the
+clusters' store) and, when asked (`BACKENDS`), SQLite files in a shared folder.
 """
 
 from __future__ import annotations
@@ -23,8 +23,13 @@ from tests.isolated import run_isolated
 pytestmark = pytest.mark.slow
 
 
+BACKENDS = os.environ.get("AGENTRT_NODE_LOSS_BACKENDS", "postgres").split(",")
+"""The suite runs the clusters' store (PostgreSQL); `AGENTRT_NODE_LOSS_BACKENDS=sqlite,postgres` adds SQLite
+files in a shared folder (about 50 s more on 2 cores)."""
+
+
 @pytest.mark.timeout(640)
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_pending_purchase_survives_the_loss_of_its_threads_node(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from agentrt.client import AgentRuntimeClient, ApiError
+from tests.chat_world import deny_left_on_the_phone
 from tests.http_fixtures import HttpApi, assert_error, ensure_http_api, new_id, read_events
 from tests.waiting import eventually
 
@@ -108,4 +109,5 @@ async def test_the_controls_refuse_strangers_and_unknown_ids_changing_nothing(ht
         # nothing changed: the purchase still waits for alice
         pending = (await client.get(f"/threads/{thread_id}/interrupts", headers=alice_headers)).json()["interrupts"]
         assert [p["tool_call_id"] for p in pending] == [call_id]
-        await client.delete(f"/threads/{thread_id}", headers=alice_headers)  # (its request is withdrawn)
+        await client.delete(f"/threads/{thread_id}", headers=alice_headers)  # (its call is withdrawn)
+    assert deny_left_on_the_phone(http_api.world, "Buy 9 AMZN") == 1

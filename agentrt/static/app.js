@@ -463,6 +463,19 @@ async function answerConfirmation(toolCallId, approved) {
   }
 }
 
+async function withdrawApproval(toolCallId) {
+  // the call ends "cancelled by the user"; approving the request on the device afterwards buys nothing
+  showChatError(null);
+  try {
+    const body = await apiJson("DELETE", `/threads/${encodeURIComponent(state.threadId)}/interrupts/${encodeURIComponent(toolCallId)}`);
+    for (const message of body.messages) state.messages.set(message.id, message);
+    state.approvals.delete(toolCallId);
+    await refreshThread();
+  } catch (err) {
+    if (!handleAuthError(err)) showChatError(`Could not withdraw: ${err.message}`);
+  }
+}
+
 function bumpThread(threadId, content) {
   const thread = state.threads.find((t) => t.thread_id === threadId);
   if (!thread) return;
@@ -573,6 +586,10 @@ function renderApprovalCard(message, approval) {
       link.rel = "noopener";
       actions.append(link);
     }
+    const withdraw = el("button", "button bad small withdraw", "Withdraw");
+    withdraw.type = "button";
+    withdraw.addEventListener("click", () => withdrawApproval(message.tool_call_id));
+    actions.append(withdraw);
   }
   const countdown = card.querySelector(".countdown");
   if (approval && approval.expires_at) {
