@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.chat_world import deny_left_on_the_phone
 from tests.http_fixtures import HttpApi, assert_error, ensure_http_api, new_id
 from tests.isolated import REPO
 from tests.waiting import eventually
@@ -201,6 +202,29 @@ async def test_a_reloaded_page_resumes_the_waiting_reply(http_api: HttpApi) -> N
     assert nothing.status_code == 204
     again = run_client(http_api, "resume", thread_id)
     assert again["status"] == "ready" and again["final"] == final
+
+
+async def test_a_withdrawn_purchase_ends_the_waiting_reply_in_the_same_chat(http_api: HttpApi) -> None:
+    """Withdrawn over HTTP while the page waits: its open stream gets the cancellation and the answer."""
+    thread_id, orders_before = new_id(), http_api.world.orders()
+    page = RunningClient(http_api, "chat", thread_id, "buy 15 shares of ORCL")
+    try:
+        pending = await page.wait_for("pending")
+        async with http_api.client() as client:
+            call = pending["pending"]["toolCallId"]
+            withdrawn = await client.delete(
+                f"/threads/{thread_id}/interrupts/{call}", headers=http_api.headers("alice")
+            )
+        assert withdrawn.status_code == 200, withdrawn.text
+        final = (await page.wait_for("final"))["final"]
+    finally:
+        page.close()
+    (tool,) = parts_of_type(final, "tool-buy_stock")
+    assert tool["state"] == "output-available" and tool["output"].startswith("Cancelled by the user")
+    (approval,) = parts_of_type(final, "data-approval")
+    assert approval["data"]["status"] == "done"
+    assert deny_left_on_the_phone(http_api.world, "Buy 15 ORCL") == 1  # (CIBA cannot take it back)
+    assert http_api.world.orders() == orders_before
 
 
 def test_in_chat_confirmations_use_the_ai_sdks_tool_approval(http_api: HttpApi) -> None:
