@@ -94,6 +94,16 @@ def note_activity(thread: ThreadAccess, content: str) -> None:
     gateway.background(touch(), "updating the thread directory")
 
 
+async def messages_of_turn(thread: ThreadAccess, settings: IngressSettings, method: str, *args: Any) -> Response:
+    """`thread.call(method, *args)` as one of the caller's counted turns (`take_turn`); its new messages."""
+    done = take_turn(thread, settings)
+    try:
+        messages = await thread.call(method, *args)
+    finally:
+        done()
+    return JSONResponse({"thread_id": thread.thread_id, "messages": dump(messages)})
+
+
 def wants_event_stream(request: Request) -> bool:
     return "text/event-stream" in request.headers.get("accept", "").lower()
 
@@ -232,12 +242,7 @@ async def withdraw_approval(
     """Withdraw a call that waits for the user's approval on their device: it ends "cancelled by the user",
     its checks stop, and an approval that comes later is ignored (nothing is bought). The model then
     answers: the new messages."""
-    done = take_turn(thread, settings)
-    try:
-        messages = await thread.call("withdraw_approval", tool_call_id)
-    finally:
-        done()
-    return JSONResponse({"thread_id": thread.thread_id, "messages": dump(messages)})
+    return await messages_of_turn(thread, settings, "withdraw_approval", tool_call_id)
 
 
 @router.post(
@@ -256,12 +261,7 @@ async def submit_tool_result(
     settings: IngressSettings = Depends(settings_dependency),
 ) -> Response:
     """Approve or deny a tool call waiting for an in-chat confirmation; the turn then continues."""
-    done = take_turn(thread, settings)
-    try:
-        messages = await thread.call("submit_tool_result", body.tool_call_id, body.approved)
-    finally:
-        done()
-    return JSONResponse({"thread_id": thread.thread_id, "messages": dump(messages)})
+    return await messages_of_turn(thread, settings, "submit_tool_result", body.tool_call_id, body.approved)
 
 
 @router.get(
