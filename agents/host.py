@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from agents.messages import ToolCall
     from agents.thread_store import ThreadStore
     from runtime import AgentStorage
+    from runtime.alarm_probes import AlarmProbe
     from runtime.schedules import Schedule
     from tools.base import Tool, ToolContext
     from tools.interrupts import AsyncAuthorizationInterrupt
@@ -59,6 +60,8 @@ class ChatHost(Protocol):
     async def _tool_context(self, call: ToolCall) -> ToolContext: ...
 
     def keeps_retrying(self, schedule: Schedule) -> bool: ...
+
+    async def alarm_probe(self, schedule: Schedule) -> AlarmProbe | None: ...
 
     async def before_delete(self) -> None: ...
 

@@ -24,7 +24,9 @@ from agents.errors import ToolCallNotPendingError, UnknownToolCallError
 from agents.host import MixinBase
 from agents.messages import ChatMessage, ToolCall
 from runtime import Schedule, internal, public, turn
+from runtime.alarm_probes import AlarmProbe
 from tools.ciba_ping import deployment_ping_key, notification_target
+from tools.ciba_probe import PROBER
 from tools.interrupts import AsyncAuthorizationInterrupt
 
 CHECK_CALLBACK = "check_async_user_confirmation"
@@ -138,6 +140,20 @@ class AsyncUserConfirmationResumer(MixinBase):
                 "before asking again.",
             )
             await self._continue_if_resolved(call.id)
+
+    @internal
+    async def alarm_probe(self, schedule: Schedule) -> AlarmProbe | None:
+        """A thread going to sleep with an approval check next: in ping mode the check is a safety net for a
+        lost ping, so the scheduler may run it as a probe (`tools.ciba_probe`) and wake the thread only
+        when the user has answered."""
+        if schedule.callback != CHECK_CALLBACK or not isinstance(schedule.payload, dict):
+            return await super().alarm_probe(schedule)
+        call = await self.thread_store.call(str(schedule.payload.get("tool_call_id", "")))
+        confirmation = getattr(self.tools.get(call.name), "confirmation", None) if call is not None else None
+        if call is None or call.state != "pending-authorization" or confirmation is None:
+            return None
+        payload = await confirmation.probe_payload(await self._tool_context(call))
+        return AlarmProbe(prober=PROBER, payload=payload) if payload is not None else None
 
     @internal
     def keeps_retrying(self, schedule: Schedule) -> bool:

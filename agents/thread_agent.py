@@ -31,6 +31,7 @@ from tools.async_confirmation import (
 from tools.base import Tool, current_tool_context
 from tools.ciba_client import CIBAClient
 from tools.ciba_ping import deployment_ping_key
+from tools.ciba_probe import ciba_handoff
 
 
 def thread_owner(**_: Any) -> str:
@@ -93,6 +94,7 @@ class ThreadAgent(AuthAgent, OwnedAgent, AsyncUserConfirmationResumer, AIChatAge
             delivery_mode=settings.ciba_delivery_mode,
             ping_fallback=settings.ciba_ping_fallback_seconds,
             ping_key=deployment_ping_key(settings),
+            handoff=ciba_handoff(self.storage_dir) if settings.ciba_delivery_mode == "ping" else None,
         )
 
     @internal

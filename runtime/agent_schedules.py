@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from runtime import metrics
+from runtime.alarm_probes import AlarmProbe
 from runtime.backoff import exponential_delay
 from runtime.methods import read, turn
 from runtime.schedules import InvalidScheduleError, Schedule, encode_payload, next_cron_time, resolve_when
@@ -29,14 +30,24 @@ from runtime.storage import AgentStorage
 
 logger = logging.getLogger("runtime.agent")
 
-DueReporter = Callable[["AgentSchedules", float | None, bool], Awaitable[bool]]
-"""How an agent tells the alarm scheduler its next due time, and whether it is going to sleep (then only
-the scheduler can fire it: at its due time, without the grace a live agent's own timer gets); returns
-whether the report got through."""
+DueReporter = Callable[["AgentSchedules", float | None, bool, AlarmProbe | None], Awaitable[bool]]
+"""How an agent tells the alarm scheduler its next due time, whether it is going to sleep (then only the
+scheduler can fire it: at its due time, without the grace a live agent's own timer gets) and, if so, the
+probe its alarm carries (`runtime.alarm_probes`); returns whether the report got through."""
 
 # Names a schedule may never call back: the runtime's own machinery and lifecycle hooks.
 _RESERVED_CALLBACKS = frozenset(
-    {"schedule", "cancel_schedule", "get_schedules", "set_state", "on_start", "on_error", "ready", "keeps_retrying"}
+    {
+        "schedule",
+        "cancel_schedule",
+        "get_schedules",
+        "set_state",
+        "on_start",
+        "on_error",
+        "ready",
+        "keeps_retrying",
+        "alarm_probe",
+    }
 )
 
 SCHEDULE_RETRY_MAX_SECONDS = 300.0
@@ -109,6 +120,13 @@ class AgentSchedules:
         for a callback whose work cannot wait for the next activation to re-arm it (an approval check while
         the user may still decide); such a callback must end its own work when retrying stops making sense."""
         return False
+
+    async def alarm_probe(self, schedule: Schedule) -> AlarmProbe | None:
+        """What the scheduler may run in place of waking this agent for `schedule`, its soonest, as it goes to
+        sleep (`runtime.alarm_probes`): a cheap look that says "nothing yet, come back at T" without an
+        activation. None (the default): the agent is woken. Override it for a schedule that mostly finds
+        nothing to do (an approval check while the user has not answered)."""
+        return None
 
     def _validate_callback(self, callback: object) -> None:
         if not isinstance(callback, str) or not callback.isidentifier():
@@ -190,10 +208,12 @@ class AgentSchedules:
         await self._report_next_due(due)
         return due
 
-    async def _report_next_due(self, due: float | None, *, asleep: bool = False) -> bool:
+    async def _report_next_due(
+        self, due: float | None, *, asleep: bool = False, probe: AlarmProbe | None = None
+    ) -> bool:
         if due == self._reported_due and not (asleep and due is not None):
             return True
-        if self._report_due is not None and not await self._report_due(self, due, asleep):
+        if self._report_due is not None and not await self._report_due(self, due, asleep, probe):
             return False
         self._reported_due = due
         return True
@@ -225,10 +245,26 @@ class AgentSchedules:
         wakes this agent after it left. False if the scheduler could not be told: then it must stay."""
         self._stop_timer()
         due = await self._next_due()
-        if await self._report_next_due(due, asleep=True):
+        if await self._report_next_due(due, asleep=True, probe=await self._probe_for_sleep(due)):
             return True
         self._arm_local_timer(due)  # staying: keep firing locally
         return False
+
+    async def _probe_for_sleep(self, due: float | None) -> AlarmProbe | None:
+        """The probe of the soonest schedule, bounded by the next one (None if it has none, or fails)."""
+        if due is None:
+            return None
+        rows = await self.storage.fetchall("SELECT * FROM _schedules WHERE status = 'pending' ORDER BY due_at LIMIT 2")
+        if not rows:
+            return None
+        try:
+            probe = await self.alarm_probe(_schedule_from_row(rows[0]))
+        except Exception as exc:  # no probe is always safe: the alarm wakes the agent
+            logger.warning("%s: alarm_probe failed (%s); its alarm will wake it", self.name, exc)
+            return None
+        if probe is None or len(rows) < 2:
+            return probe
+        return probe.model_copy(update={"wake_by": float(rows[1]["due_at"])})
 
 
 def _schedule_from_row(row: Any) -> Schedule:

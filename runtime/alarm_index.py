@@ -36,6 +36,7 @@ INDEX_MIGRATIONS = [
     );
     """,
     "ALTER TABLE alarm_index ADD COLUMN parked_error TEXT",
+    "ALTER TABLE alarm_index ADD COLUMN probe TEXT",
 ]
 
 CLASS_PATH_KEY = "_class_path"
@@ -58,6 +59,8 @@ class AlarmIndex:
         self._store = shared_storage(INDEX_NAME, index_path(storage_dir))
         self._due: dict[AlarmKey, float] = {}
         self._parked: dict[AlarmKey, str] = {}
+        self._probes: dict[AlarmKey, str] = {}
+        """The probes of sleeping agents' alarms (`runtime.alarm_probes`), as JSON."""
         self._heap: list[tuple[float, int, AlarmKey, float]] = []
         self._seq = itertools.count()
         self._changed = asyncio.Event()
@@ -68,9 +71,13 @@ class AlarmIndex:
         await self._store.migrate("runtime.AlarmScheduler", INDEX_MIGRATIONS)
         if lost:
             await self._rebuild()
-        for row in await self._store.fetchall("SELECT class_path, agent_id, next_due, parked_error FROM alarm_index"):
+        for row in await self._store.fetchall(
+            "SELECT class_path, agent_id, next_due, parked_error, probe FROM alarm_index"
+        ):
             key = (row["class_path"], row["agent_id"])
             self._due[key] = float(row["next_due"])
+            if row["probe"]:
+                self._probes[key] = row["probe"]
             if row["parked_error"]:
                 self._parked[key] = row["parked_error"]
             else:
@@ -95,10 +102,13 @@ class AlarmIndex:
         heapq.heappush(self._heap, (fire_at, next(self._seq), key, due))
         self._changed.set()
 
-    async def record(self, key: AlarmKey, due: float | None, asleep: bool = False) -> None:
-        """An agent's next due time (None: nothing due), written only if it changed. An agent going to sleep
-        is woken at that time; a live one's own timer gets `grace` first."""
-        if due is not None and self._due.get(key) == due and key not in self._parked:
+    async def record(self, key: AlarmKey, due: float | None, asleep: bool = False, probe: str | None = None) -> None:
+        """An agent's next due time (None: nothing due) and, going to sleep, its alarm's probe; written only
+        if one changed. An agent going to sleep is woken at that time; a live one's own timer gets `grace`
+        first (and its alarm carries no probe)."""
+        probe = probe if asleep else None
+        unchanged = self._due.get(key) == due and self._probes.get(key) == probe
+        if due is not None and unchanged and key not in self._parked:
             self._push(due if asleep else due + self.grace, key, due)  # unchanged: no write
             return
         if due is None:
@@ -107,14 +117,20 @@ class AlarmIndex:
             await self._store.execute("DELETE FROM alarm_index WHERE class_path = ? AND agent_id = ?", key)
             self._due.pop(key, None)
             self._parked.pop(key, None)
+            self._probes.pop(key, None)
         else:
             await self._store.execute(
-                "INSERT INTO alarm_index(class_path, agent_id, next_due) VALUES (?, ?, ?) ON CONFLICT(class_path, "
-                "agent_id) DO UPDATE SET next_due = excluded.next_due, parked_error = NULL",
-                (*key, due),
+                "INSERT INTO alarm_index(class_path, agent_id, next_due, probe) VALUES (?, ?, ?, ?) ON CONFLICT("
+                "class_path, agent_id) DO UPDATE SET next_due = excluded.next_due, parked_error = NULL, "
+                "probe = excluded.probe",
+                (*key, due, probe),
             )
             self._parked.pop(key, None)
             self._due[key] = due
+            if probe is None:
+                self._probes.pop(key, None)
+            else:
+                self._probes[key] = probe
             self._push(due if asleep else due + self.grace, key, due)
         metrics.DUE_ALARMS.set(len(self._due))
 
@@ -143,6 +159,22 @@ class AlarmIndex:
         """The wake-up is over; the agent answered `next_due` (used if it did not report it itself)."""
         if self._due.get(key) == due:
             await self.record(key, next_due)
+
+    async def probe(self, key: AlarmKey, due: float) -> str | None:
+        """The probe a claimed alarm carries (its agent asleep, its due time unchanged), if any."""
+        return self._probes.get(key) if self._due.get(key) == due else None
+
+    async def defer(self, key: AlarmKey, due: float, until: float) -> None:
+        """Its probe found nothing to do: the alarm is due at `until` instead (its probe kept), unless the
+        agent moved it meanwhile. The agent's own schedule row keeps its time: when the agent wakes, the
+        check it postponed runs first (and a rebuilt index wakes it then)."""
+        if self._due.get(key) != due:
+            return
+        await self._store.execute(
+            "UPDATE alarm_index SET next_due = ? WHERE class_path = ? AND agent_id = ?", (until, *key)
+        )
+        self._due[key] = until
+        self._push(until, key, until)
 
     async def retry_in(self, key: AlarmKey, due: float, delay: float) -> None:
         if self._due.get(key) == due:

@@ -101,3 +101,8 @@ AGENTS_ON_FILE = Metric(
     "agentrt_agents_on_file",
     "Agents the storage root holds (minus the live ones: asleep), counted each minute",
 )
+ALARMS_PROBED = Metric(
+    "counter",
+    "agentrt_alarms_probed_total",
+    "Sleeping agents' alarms whose probe found nothing to do yet: wake-ups the scheduler saved",
+)

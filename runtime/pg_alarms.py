@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.alarms (
     PRIMARY KEY (class_schema, agent_id)
 );
 ALTER TABLE {SCHEMA}.alarms ADD COLUMN IF NOT EXISTS asleep BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE {SCHEMA}.alarms ADD COLUMN IF NOT EXISTS probe TEXT;
 CREATE INDEX IF NOT EXISTS alarms_due ON {SCHEMA}.alarms (next_due) WHERE parked_error IS NULL;
 ALTER TABLE {SCHEMA}.alarms ENABLE ROW LEVEL SECURITY;
 ALTER TABLE {SCHEMA}.alarms FORCE ROW LEVEL SECURITY;
@@ -66,7 +67,8 @@ BEGIN
         INSERT INTO {SCHEMA}.alarms AS a (class_schema, agent_id, class_path, next_due)
         VALUES (TG_TABLE_SCHEMA, agent, TG_ARGV[0], due)
         ON CONFLICT (class_schema, agent_id) DO UPDATE
-            SET next_due = excluded.next_due, class_path = excluded.class_path, parked_error = NULL, asleep = false
+            SET next_due = excluded.next_due, class_path = excluded.class_path, parked_error = NULL, asleep = false,
+                probe = NULL
             WHERE a.next_due IS DISTINCT FROM excluded.next_due OR a.class_path IS DISTINCT FROM excluded.class_path
                OR a.asleep;
     END IF;
@@ -75,7 +77,7 @@ END $$;
 COMMENT ON FUNCTION {SCHEMA}.track_next_due() IS '{{version}}';
 """
 
-VERSION = "3"
+VERSION = "4"
 """Of the table, its policy and the trigger function: `install` does nothing where this one is in place."""
 
 POLL_SECONDS = 1.0
@@ -128,12 +130,13 @@ async def track_schedules(conn: psycopg.AsyncConnection[Any], schema: str, class
     )
 
 
-async def mark_asleep(conn: psycopg.AsyncConnection[Any], schema: str, agent_id: str) -> None:
-    """The agent is leaving memory: its alarm is now the only way back, due at its time exactly (inside
-    the agent's own transaction)."""
+async def mark_asleep(conn: psycopg.AsyncConnection[Any], schema: str, agent_id: str, probe: str | None = None) -> None:
+    """The agent is leaving memory: its alarm is now the only way back, due at its time exactly, and carries
+    `probe` (`runtime.alarm_probes`; inside the agent's own transaction)."""
     await conn.execute(
-        f"UPDATE {SCHEMA}.alarms SET asleep = true WHERE class_schema = %s AND agent_id = %s AND NOT asleep",
-        (schema, agent_id),
+        f"UPDATE {SCHEMA}.alarms SET asleep = true, probe = %s WHERE class_schema = %s AND agent_id = %s "
+        "AND (NOT asleep OR probe IS DISTINCT FROM %s)",
+        (probe, schema, agent_id, probe),
     )
 
 
@@ -222,8 +225,26 @@ class AlarmTable:
             except TimeoutError:
                 pass
 
-    async def record(self, key: AlarmKey, due: float | None, asleep: bool = False) -> None:
-        """Nothing to do: the agent's own transactions wrote its row (and marked it asleep)."""
+    async def record(self, key: AlarmKey, due: float | None, asleep: bool = False, probe: str | None = None) -> None:
+        """Nothing to do: the agent's own transactions wrote its row (and marked it asleep, with its probe)."""
+
+    async def probe(self, key: AlarmKey, due: float) -> str | None:
+        """The probe a claimed alarm carries (its agent asleep, its due time unchanged), if any."""
+        rows = await self._run(
+            f"SELECT probe FROM {SCHEMA}.alarms WHERE class_path = %s AND agent_id = %s AND next_due = %s AND asleep",
+            (*key, due),
+        )
+        return rows[0][0] if rows else None
+
+    async def defer(self, key: AlarmKey, due: float, until: float) -> None:
+        """Its probe found nothing to do: the alarm is due at `until` instead (its probe kept), unless the
+        agent moved it meanwhile. The agent's own schedule row keeps its time: when the agent wakes, the
+        check it postponed runs first."""
+        await self._run(
+            f"UPDATE {SCHEMA}.alarms SET next_due = %s, lease_until = NULL, lease_owner = NULL "
+            "WHERE class_path = %s AND agent_id = %s AND next_due = %s AND lease_owner = %s",
+            (until, *key, due, self.owner),
+        )
 
     async def release(self, key: AlarmKey, due: float, next_due: float | None) -> None:
         """The wake-up is over: the agent has written its next due time (or removed its row) itself."""

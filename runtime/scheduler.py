@@ -9,7 +9,9 @@ It keeps no truth of its own; it reads a book of `(class, id) -> next due time`:
 - on PostgreSQL, the database's alarm table, written by the agents' own schedule transactions and claimed
   with leases (`runtime.pg_alarms`), so several schedulers can share it and a lost one loses nothing.
 
-Each wake-up asks the agent to run what is due and report its next due time.
+Each wake-up asks the agent to run what is due and report its next due time. A sleeping agent's alarm may
+carry a probe (`runtime.alarm_probes`): the scheduler runs it first, and wakes the agent only if it finds
+something to do.
 One scheduler serves one storage root in one namespace (its actor name carries a hash of the root). It also
 hosts the root's placement keeper (`runtime.placement_keeper`): the root's one runtime process.
 """
@@ -27,6 +29,7 @@ import ray
 from runtime import metrics
 from runtime.agent import Agent
 from runtime.alarm_index import AlarmIndex, AlarmKey
+from runtime.alarm_probes import AlarmProbe, run_probe
 from runtime.backoff import exponential_delay
 from runtime.classes import import_agent_class
 from runtime.errors import AgentNotFoundError
@@ -59,8 +62,12 @@ class AlarmBook(Protocol):
     """Where the scheduler finds due agents: `AlarmIndex` (SQLite) or `AlarmTable` (PostgreSQL)."""
 
     async def open(self) -> None: ...
-    async def record(self, key: AlarmKey, due: float | None, asleep: bool = False) -> None: ...
+    async def record(
+        self, key: AlarmKey, due: float | None, asleep: bool = False, probe: str | None = None
+    ) -> None: ...
     async def claim(self, limit: int) -> list[tuple[AlarmKey, float]]: ...
+    async def probe(self, key: AlarmKey, due: float) -> str | None: ...
+    async def defer(self, key: AlarmKey, due: float, until: float) -> None: ...
     async def release(self, key: AlarmKey, due: float, next_due: float | None) -> None: ...
     async def retry_in(self, key: AlarmKey, due: float, delay: float) -> None: ...
     async def forget(self, key: AlarmKey, due: float) -> None: ...
@@ -141,6 +148,8 @@ class AlarmScheduler:
         """Classes no process can import by path (defined in a script), as handles registered them."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self.woken = 0
+        self.probed = 0
+        """Alarms a probe answered "nothing yet" for: wake-ups saved."""
         self._loaded = asyncio.get_running_loop().create_task(self.book.open())
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
         self._census_task = asyncio.get_running_loop().create_task(self._census())
@@ -179,14 +188,16 @@ class AlarmScheduler:
         due: float | None,
         agent_class: type[Agent] | None = None,
         asleep: bool = False,
+        probe: str | None = None,
     ) -> None:
         """Record (durably) when an agent next needs waking; None removes it from the index. A class that
         cannot be imported by path comes along (`agent_class`) and is registered. An agent going to sleep
-        (`asleep`) is woken at its due time exactly; a live one only after `WAKE_GRACE_SECONDS`."""
+        (`asleep`) is woken at its due time exactly, or its alarm's `probe` (JSON) runs first; a live one
+        only after `WAKE_GRACE_SECONDS`."""
         await self._loaded
         if agent_class is not None and class_path not in self._classes:
             await self.register_class(agent_class)
-        await self.book.record((class_path, agent_id), due, asleep)
+        await self.book.record((class_path, agent_id), due, asleep, probe)
 
     async def pending(self) -> dict[str, float]:
         """The book as `{"Class path|id": next_due}` (for operators and tests)."""
@@ -194,8 +205,14 @@ class AlarmScheduler:
         return {f"{cp}|{aid}": due for (cp, aid), due in (await self.book.pending()).items()}
 
     async def stats(self) -> dict[str, int]:
-        """How many wake-ups this scheduler made, and the most it ran at once (operators, tests)."""
-        return {"woken": self.woken, "peak_in_flight": self.peak_in_flight, "max_wakes": self.max_wakes}
+        """How many wake-ups this scheduler made, how many its probes saved, and the most it ran at once
+        (operators, tests)."""
+        return {
+            "woken": self.woken,
+            "probed": self.probed,
+            "peak_in_flight": self.peak_in_flight,
+            "max_wakes": self.max_wakes,
+        }
 
     async def _run(self) -> None:
         """Claim what is due, at most as many as there are free wake-up slots (`AGENT_SCHEDULER_MAX_WAKES`):
@@ -241,9 +258,30 @@ class AlarmScheduler:
             await self.book.park(key, reason)
             return None
 
+    async def _probed_away(self, key: AlarmKey, due: float) -> bool:
+        """Run the alarm's probe, if it carries one: True if it said "nothing yet" (the alarm moved to the
+        time it named, and the agent sleeps on)."""
+        probe_json = await self.book.probe(key, due)
+        if probe_json is None:
+            return False
+        try:
+            probe = AlarmProbe.model_validate_json(probe_json)
+        except ValueError as exc:
+            logger.warning("the probe of %s/%s is unreadable (%s); waking it", *key, exc)
+            return False
+        until = await run_probe(probe, self.storage_dir)
+        if until is None:
+            return False
+        await self.book.defer(key, due, until)
+        self.probed += 1
+        metrics.ALARMS_PROBED.inc()
+        return True
+
     async def _wake(self, key: AlarmKey, due: float) -> None:
         class_path, agent_id = key
         try:
+            if await self._probed_away(key, due):
+                return
             cls = await self._agent_class(key)
             if cls is None:
                 return

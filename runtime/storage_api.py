@@ -113,9 +113,10 @@ class StorageAPI:
         cannot (SQLite), the agent reports the time to the scheduler's index itself: False."""
         return False
 
-    async def mark_asleep(self) -> None:
+    async def mark_asleep(self, probe: str | None = None) -> None:
         """Where the store keeps the next due time (`keeps_next_due`): the agent is leaving memory, so its
-        alarm is due at its time exactly (a live agent's own timer gets a grace first)."""
+        alarm is due at its time exactly (a live agent's own timer gets a grace first), and carries `probe`
+        (an `AlarmProbe` as JSON, `runtime.alarm_probes`)."""
 
     async def erase(self) -> None:
         """Delete everything this agent stored (its file, or its rows and its epoch), then close."""

@@ -275,9 +275,9 @@ class PostgresAgentStorage(StorageAPI):
         self.keeps_next_due = True
         return True
 
-    async def mark_asleep(self) -> None:
+    async def mark_asleep(self, probe: str | None = None) -> None:
         async with self.transaction() as tx:  # fenced like any write: a stale activation marks nothing
-            await mark_asleep(tx.connection, self.schema, self.agent_id)
+            await mark_asleep(tx.connection, self.schema, self.agent_id, probe)
 
     # -- transactions ----------------------------------------------------------------------------------
     @asynccontextmanager

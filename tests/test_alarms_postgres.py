@@ -127,3 +127,23 @@ async def test_a_sleeping_agents_alarm_is_claimed_at_its_due_time_a_live_ones_af
     await a.execute(INSERT, ("y", time.time() + 60))  # a schedule change (not the soonest): it is live again
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(patient.claim(), 1.5)
+
+
+async def test_a_sleeping_agents_alarm_carries_its_probe_until_it_is_live_again(database: str, agent: Any) -> None:
+    """The probe a sleeping agent's alarm carries (`runtime.alarm_probes`) is kept in its row: the scheduler
+    reads it for a claimed alarm, moves the alarm when the probe says "not yet", and the agent's next
+    schedule change (it is live again) drops it."""
+    a = await agent("a")
+    due = time.time() - 1
+    await a.execute(INSERT, ("x", due))
+    alarms = await table(database, "s1")
+    await a.mark_asleep('{"prober": "m:f", "payload": "p"}')
+    ((key, claimed_due),) = await asyncio.wait_for(alarms.claim(), 10)
+    assert await alarms.probe(key, claimed_due) == '{"prober": "m:f", "payload": "p"}'
+    later = time.time() + 3600
+    await alarms.defer(key, claimed_due, later)
+    assert await alarms.pending() == {key: later}
+    assert await alarms.probe(key, later) is not None  # still asleep: the next look runs the probe again
+    await a.execute(INSERT, ("y", time.time() + 60))  # live again: its schedules say when, with no probe
+    (due_now,) = (await alarms.pending()).values()
+    assert due_now == pytest.approx(due) and await alarms.probe(key, due_now) is None

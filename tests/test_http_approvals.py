@@ -300,3 +300,46 @@ async def test_ping_mode_a_lost_ping_still_completes_by_polling(http_api: HttpAp
             assert await _final_purchase(http, http_api, thread_id, within=30) == "Purchased 4 shares of AAPL at 19.5"
         finally:
             http_api.world.authz.state.drop_pings = False
+
+
+async def test_a_sleeping_threads_safety_net_checks_run_without_waking_it(http_api: HttpApi) -> None:
+    """Issue 22's lighter check: while the user has not answered, the safety-net checks of a sleeping
+    thread (here every 8 s) are alarm probes the scheduler runs: the provider is polled, the thread stays
+    asleep and is never activated. When the ping is lost and the user approves, the next probe takes the
+    token, keeps it sealed, and wakes the thread, which buys exactly once with it: one CIBA request, one
+    order, and no poll of its own."""
+    import ray
+
+    from runtime.placement import scheduler_name
+    from tests.lifecycle import host_stats, live_agent_names
+
+    thread_id = new_id()
+    name = f"Chat/{thread_id}"
+    world = http_api.world
+    scheduler = ray.get_actor(scheduler_name(http_api.storage_dir.resolve()), namespace=http_api.namespace)
+    async with http_api.client() as http:
+        orders_before = world.orders()
+        request = await _pending_purchase(http, http_api, thread_id, "buy 7 shares of AAPL")
+        await wait_until_hibernated(http_api.storage_dir, http_api.namespace, name, timeout=20)
+        activations = sum(s["activations"] for s in await host_stats(http_api.storage_dir, http_api.namespace))
+        probed = (await scheduler.stats.remote())["probed"]
+        polls = world.stats()["polls_by_request"][request["id"]]
+
+        async def probed_twice() -> bool:
+            return (await scheduler.stats.remote())["probed"] >= probed + 2
+
+        await eventually(probed_twice, timeout=40, interval=0.2, what="two safety-net checks run as probes")
+        assert world.stats()["polls_by_request"][request["id"]] >= polls + 2  # the provider was asked
+        assert name not in await live_agent_names(http_api.storage_dir, http_api.namespace)
+        now_activations = sum(s["activations"] for s in await host_stats(http_api.storage_dir, http_api.namespace))
+        assert now_activations == activations  # no thread was woken for them, this one included
+
+        world.authz.state.drop_pings = True
+        try:
+            world.decide(request["id"], approve=True)
+            assert await _final_purchase(http, http_api, thread_id, within=30) == "Purchased 7 shares of AAPL at 19.5"
+        finally:
+            world.authz.state.drop_pings = False
+    assert world.orders() == orders_before + 1
+    asked = [r for r in world.requests_for("alice", status=None) if r["binding_message"] == request["binding_message"]]
+    assert len(asked) == 1

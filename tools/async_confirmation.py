@@ -81,6 +81,7 @@ from tools.ciba_options import (
     unknown_outcome_text,
 )
 from tools.ciba_ping import token_matches
+from tools.ciba_probe import PROBER, CibaHandoff, ProbeRequest, seal_request
 from tools.ciba_requests import CibaRequests
 from tools.credential_store import CredentialStore
 from tools.credentials_context import (
@@ -299,6 +300,7 @@ class AsyncUserConfirmation(CibaRequests):
                 return False
             await self._consume(key, result=outcome)
             await self.store.delete(PENDING_NAMESPACE, key)
+            await self._settle(ctx)  # an answer a probe kept for it (a token, maybe) goes too
             return True
 
     async def accept_ping(self, ctx: ToolContext, token: str, auth_req_id: str | None = None) -> bool:
@@ -319,6 +321,30 @@ class AsyncUserConfirmation(CibaRequests):
             record.update(pinged_at=now, next_poll_at=now)
             await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, now))
             return True
+
+    async def probe_payload(self, ctx: ToolContext) -> str | None:
+        """What an alarm probe needs to check this call's request while its thread sleeps (sealed), or None
+        if a probe cannot stand in for the check: not ping mode, no request out yet, or already pinged."""
+        handoff = self.options.handoff
+        if handoff is None:
+            return None
+        record = await self.store.get(PENDING_NAMESPACE, self.key_for(ctx))
+        if record is None or record.get("state") != "pending" or not record.get("auth_req_id"):
+            return None
+        if record.get("pinged_at"):  # the ping came: the thread checks now, by itself
+            return None
+        expires_at = float(record["expires_at"])
+        request = ProbeRequest(
+            handoff_key=self.handoff_key(ctx),
+            auth_req_id=str(record["auth_req_id"]),
+            expires_at=expires_at,
+            requested_at=float(record.get("requested_at") or expires_at - self.options.requested_expiry),
+            interval=int(record.get("interval") or 5),
+            ping_fallback=self.options.ping_fallback,
+            issuer=self.client.issuer,
+            client_id=self.client.client_id,
+        )
+        return seal_request(request)
 
 
 _call_args: ContextVar[BaseModel | None] = ContextVar("async_confirmation_args", default=None)
@@ -369,6 +395,7 @@ def with_async_user_confirmation(
     delivery_mode: str = "poll",
     ping_fallback: float | None = None,
     ping_key: bytes | None = None,
+    handoff: CibaHandoff | None = None,
 ) -> AsyncUserConfirmationTool:
     """Wrap `tool` so each call runs only after the user approved it via CIBA (see the module docstring).
 
@@ -382,7 +409,8 @@ def with_async_user_confirmation(
     attempts while the authorization server is unreachable. `delivery_mode="ping"` asks the provider to
     notify the client when the user decided (see `AsyncUserConfirmation.accept_ping`); `ping_fallback` is
     then the time between checks on a timer, in case a ping is lost (None: a few checks over the request's
-    lifetime, `PING_CHECKS_PER_REQUEST`), and `ping_key` signs the tokens.
+    lifetime, `PING_CHECKS_PER_REQUEST`), and `ping_key` signs the tokens. `handoff` (ping mode, the root's
+    `tools.ciba_probe.ciba_handoff`) lets those checks run without waking a sleeping thread.
     """
     options = AsyncConfirmationOptions(
         scopes=tuple(scopes),
@@ -397,6 +425,7 @@ def with_async_user_confirmation(
         delivery_mode=delivery_mode,
         ping_fallback=ping_fallback,
         ping_key=ping_key,
+        handoff=handoff if delivery_mode == "ping" else None,
     )
     return AsyncUserConfirmationTool(tool, AsyncUserConfirmation(tool, options, store=store, client=client))
 
@@ -408,6 +437,7 @@ __all__ = [
     "CREDENTIALS_NAMESPACE",
     "DENIED_TEXT",
     "PENDING_NAMESPACE",
+    "PROBER",
     "get_async_authorization_credentials",
     "get_ciba_credentials",
     "with_async_user_confirmation",

@@ -86,6 +86,16 @@ class AsyncConfirmationOptions:
     ping_fallback: float | None = None
     ping_key: bytes | None = None
     """The MAC key of notification tokens (`tools.ciba_ping.ping_key`); required in ping mode."""
+    handoff: Any = None
+    """Ping mode: the root's `tools.ciba_probe.CibaHandoff`. With it, a sleeping thread's safety-net checks
+    run as alarm probes without waking it (`probe_payload`), and its own checks claim the request there
+    first. None: every check wakes the thread (the probe is not offered)."""
+
+
+def ping_check_gap(interval: float, lifetime: float, fallback: float | None) -> float:
+    """Ping mode: seconds from one safety-net check (for a lost ping) to the next: `fallback`, or a few
+    checks over the request's `lifetime`, never more often than the server's `interval`."""
+    return max(float(interval), fallback if fallback is not None else lifetime / PING_CHECKS_PER_REQUEST)
 
 
 @dataclass(frozen=True)

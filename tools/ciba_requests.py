@@ -34,10 +34,10 @@ from tools.ciba_options import (
     DEFAULT_CREDENTIAL_TTL,
     MAX_REQUESTS_PER_CALL,
     PENDING_NAMESPACE,
-    PING_CHECKS_PER_REQUEST,
     AsyncConfirmationOptions,
     RequestParams,
     arguments_digest,
+    ping_check_gap,
     resolve,
 )
 from tools.ciba_ping import new_notification_token, token_digest
@@ -68,6 +68,11 @@ class CibaRequests(RequestResends):
     client: CIBAClient
     clock: Callable[[], float]
     _approved_about: dict[str, float]
+    key_for: Callable[[ToolContext], str]
+
+    def handoff_key(self, ctx: ToolContext) -> str:
+        """This call's row in the root's hand-off store (the agent's name makes it unique in the root)."""
+        return f"{ctx.agent_name}/{self.key_for(ctx)}"
 
     async def _params(self, ctx: ToolContext, arguments: Mapping[str, Any]) -> RequestParams:
         user_id = await resolve(self.options.user_id, arguments) if self.options.user_id is not None else None
@@ -177,7 +182,11 @@ class CibaRequests(RequestResends):
         The poll is marked in the record before it is sent (`polling_since`) and unmarked by its answer. A
         mark found at the next check means a poll whose answer never arrived (its process died, or the
         answer was lost): the server may have handed the tokens to it and spent the request. If the server
-        then says `invalid_grant`, the approval was lost, not refused: the user is asked once more."""
+        then says `invalid_grant`, the approval was lost, not refused: the user is asked once more.
+
+        With a hand-off store (ping mode), the request is claimed there first, so this check and an alarm
+        probe (`tools.ciba_probe`) never poll at once; an answer a probe received is taken from there
+        instead of polling, and the claim is settled once the answer is stored."""
         now = self.clock()
         expires_at = float(record["expires_at"])
         next_poll_at = float(record.get("next_poll_at") or 0.0)
@@ -186,23 +195,46 @@ class CibaRequests(RequestResends):
             raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=next_poll_at)
         interval = int(record.get("interval") or 5)
         answer_lost_before = record.get("polling_since") is not None
+        handoff = self.options.handoff
+        handed: Any = None
+        if handoff is not None:
+            claim = await handoff.claim(self.handoff_key(ctx), lease=self._lease(), take_lost=True)
+            if claim.kind == "busy":  # a probe polls this request right now: its answer is kept in a moment
+                retry_at = min(float(claim.until or now), now + 1.0)
+                raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=retry_at)
+            handed = claim.answer
+            answer_lost_before = answer_lost_before or claim.lost_before
         record["polling_since"] = now
         record["polls"] = int(record.get("polls") or 0) + 1
-        metrics.CIBA_POLLS.inc(tool=self.tool.name)
         await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, now))
-        try:
-            result = await self.client.poll(record["auth_req_id"], interval=interval)
-        except CIBATransientError as exc:  # the mark stays: this answer may have been lost on the way
-            await self._poll_failed(ctx, key, record, exc, past_deadline)  # raises
-        except CIBAError as exc:
-            metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="error")
-            await self.store.delete(PENDING_NAMESPACE, key)
-            raise self._refusal(exc, ctx, record) from None
+        if handed is not None:
+            result = handed
+        else:
+            metrics.CIBA_POLLS.inc(tool=self.tool.name)
+            try:
+                result = await self.client.poll(record["auth_req_id"], interval=interval)
+            except CIBATransientError as exc:  # the mark (and the claim) stay: this answer may have been lost
+                await self._poll_failed(ctx, key, record, exc, past_deadline)  # raises
+            except CIBAError as exc:
+                metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="error")
+                await self.store.delete(PENDING_NAMESPACE, key)
+                await self._settle(ctx)
+                raise self._refusal(exc, ctx, record) from None
         record.pop("polling_since", None)  # answered
         after = self.clock()  # the server timed this poll on arrival: count the next interval from now
         if isinstance(result, Approved):
-            return await self._approved(key, record, result, after)
-        await self._not_approved(ctx, key, record, arguments, result, past_deadline, answer_lost_before, after)
+            stored = await self._approved(key, record, result, after)
+            await self._settle(ctx)
+            return stored
+        try:
+            await self._not_approved(ctx, key, record, arguments, result, past_deadline, answer_lost_before, after)
+        except AsyncAuthorizationInterrupt:  # the answer is recorded (a new check time, or the call's end)
+            await self._settle(ctx)
+            raise
+
+    async def _settle(self, ctx: ToolContext) -> None:
+        if self.options.handoff is not None:
+            await self.options.handoff.settle(self.handoff_key(ctx))
 
     async def _poll_failed(
         self, ctx: ToolContext, key: str, record: dict[str, Any], exc: CIBATransientError, past_deadline: bool
@@ -300,11 +332,10 @@ class CibaRequests(RequestResends):
 
     def _poll_gap(self, interval: float, lifetime: float) -> float:
         """Seconds to the next check: the interval; in ping mode, where the ping says when, only a safety
-        net for a lost ping: `ping_fallback`, or a few checks over the request's `lifetime`."""
+        net for a lost ping (`ping_check_gap`)."""
         if self.options.delivery_mode != "ping":
             return float(interval)
-        fallback = self.options.ping_fallback
-        return max(float(interval), fallback if fallback is not None else lifetime / PING_CHECKS_PER_REQUEST)
+        return ping_check_gap(interval, lifetime, self.options.ping_fallback)
 
     def _record_ttl_left(self, record: dict[str, Any], now: float) -> float:
         return max(1.0, float(record["expires_at"]) - now) + self.options.pending_retention
