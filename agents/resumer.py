@@ -64,18 +64,20 @@ class AsyncUserConfirmationResumer(MixinBase):
     @turn
     async def notify_ciba_ping(self, notification_token: str, auth_req_id: str | None = None) -> bool:
         """A CIBA ping (the provider says the user decided): if the token is the one a pending call's request
-        carries, check that call now instead of at its next timer. True if accepted; False for anything
-        else (unknown, mismatched, replayed), which changes nothing."""
+        carries, check that call now instead of at its next timer. A ping that comes after a check already
+        found the decision (the thread woke for it and its overdue check ran first) is accepted too, with
+        nothing left to do. True if accepted; False for anything else (unknown, mismatched, replayed: each
+        token is accepted once), which changes nothing."""
         key = deployment_ping_key()
         target = notification_target(key, notification_token)
         if target is None or target.thread_id != self.id:
             return False
         call = await self.thread_store.call(target.tool_call_id)
-        if call is None or call.state != "pending-authorization":
+        confirmation = getattr(self.tools.get(call.name), "confirmation", None) if call is not None else None
+        if call is None or confirmation is None or call.state not in ("pending-authorization", "result"):
             return False
-        confirmation = getattr(self.tools.get(call.name), "confirmation", None)
-        if confirmation is None:
-            return False
+        if call.state == "result":
+            return await confirmation.accept_late_ping(await self._tool_context(call), notification_token)
         if not await confirmation.accept_ping(await self._tool_context(call), notification_token, auth_req_id):
             return False
         await self.schedule_async_user_confirmation_check(call.id, {"next_check_at": time.time()})

@@ -7,7 +7,9 @@ then (phases in `bench/waiting_phases.py`):
 1. T threads created through the runtime (`get_agent(...).claim(token)`), C at a time;
 2. P of them start a purchase (`buy_stock` behind the CIBA wrapper; the model is a script) and fall asleep;
 3. while all P wait: the whole node's CPU (every process of the stack, as a share of one core) over W s,
-   and its memory, against the empty stack's (targets: CPU under 5% of a core, memory within 10%);
+   and its memory, against the empty stack's (targets: CPU under 5% of a core, memory within 10%), and
+   the safety-net checks for lost pings the scheduler ran meanwhile as probes, without waking a thread
+   (`--fallback 100` paces them as Auth0's 300 s requests would be);
 4. S approvals one at a time, each thread asleep when its user approves: approval -> tool result, by ping
    (target p99 <= 150 ms);
 5. B approvals at once while the host count goes 2 -> 4 -> 2 and a user reads threads over HTTP: all
@@ -69,6 +71,7 @@ def stack_env(args: argparse.Namespace) -> dict[str, str]:
         "AGENT_MAX_THREADS_PER_USER": str(args.threads + 1000),
         "AGENTRT_MAX_TURNS_PER_MINUTE": "1000000",
         "AGENTRT_MAX_CONCURRENT_TURNS": "1000",
+        **({"CIBA_PING_FALLBACK_SECONDS": str(args.fallback)} if args.fallback else {}),
     }
 
 
@@ -109,6 +112,7 @@ async def run_phases(args: argparse.Namespace, stack: Any, storage: Path, result
         "approvals": approvals,
         "purchases": args.pending,
         "exactly_once": totals["orders"] == approvals and totals["ciba_requests"] == args.pending,
+        "safety_net_probes": (await run.scheduler_stats())["probed"],
         "caller_errors": dict(run.errors),
     }
 
@@ -144,6 +148,11 @@ def report_rows(report: dict[str, Any]) -> list[Row]:
             f"vs threads asleep: {waiting['cpu_pct_over_threads_asleep']:+}% CPU, memory "
             f"x{waiting['memory_vs_threads_asleep']}; vs empty: x{waiting['memory_vs_empty_stack']}; "
             f"{waiting['live_buyers']} buyers live; targets < 5%, within 10%",
+        ],
+        [
+            "safety-net checks meanwhile",
+            f"{waiting.get('safety_net_probes', 0):,} probes / {waiting.get('scheduler_wakeups', 0):,} wake-ups",
+            "checks for a lost ping, run by the scheduler without waking the thread (`runtime.alarm_probes`)",
         ],
         [
             "memory growth by process (MiB)",
@@ -200,6 +209,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hosts", type=int, default=2)
     parser.add_argument("--idle", type=float, default=2.0, help="AGENT_IDLE_SECONDS")
     parser.add_argument("--expiry", type=int, default=3600, help="the CIBA requests' lifetime, seconds")
+    parser.add_argument(
+        "--fallback",
+        type=float,
+        default=None,
+        help="CIBA_PING_FALLBACK_SECONDS: seconds between a waiting purchase's safety-net checks (default: "
+        "three per request's lifetime); 100 is Auth0's 300 s lifetime's pace",
+    )
     parser.add_argument("--quick", action="store_true", help="2,000 threads, 300 waiting: a smoke run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "waiting_bench.json")
     args = parser.parse_args(argv)

@@ -74,6 +74,15 @@ class WaitingRun:
         pending = {thread_id(i) for i in range(self.args.pending)}
         return sum(1 for name in await self.hosts.live_names() if name.split("/", 1)[1] in pending)
 
+    async def scheduler_stats(self) -> dict[str, int]:
+        """The root's alarm scheduler: wake-ups made, and safety-net checks its probes ran without one."""
+        import ray
+
+        from runtime.placement import scheduler_name
+
+        scheduler = ray.get_actor(scheduler_name(self.storage.resolve()), namespace=self.namespace)
+        return await scheduler.stats.remote()
+
     async def hosts_quiet(self) -> bool:
         """At most a handful of agents live (the rest asleep): a probe for `wait_until`."""
         return len(await self.hosts.live_names()) <= 8
@@ -193,12 +202,15 @@ async def waiting_cost(run: WaitingRun) -> None:
     """3. While every purchase waits (its thread asleep): what the node spends, against the empty stack."""
     args = run.args
     log(f"3/5 measuring what {args.pending:,} waiting purchases cost over {args.window:.0f} s ...")
-    stats_before = await run.hosts.stats()
+    stats_before, scheduler_before = await run.hosts.stats(), await run.scheduler_stats()
     cost = await cost_over(args.window)
+    scheduler_after = await run.scheduler_stats()
     empty, asleep = run.results["empty_stack"], run.results["threads_asleep"]
     run.results["waiting"] = {
         **cost,
         "window_s": args.window,
+        "safety_net_probes": scheduler_after["probed"] - scheduler_before["probed"],
+        "scheduler_wakeups": scheduler_after["woken"] - scheduler_before["woken"],
         "live_buyers": await run.live_buyers(),
         "live_agents": sum(s["live"] for s in await run.hosts.stats()),
         "activations_during_window": sum(s["activations"] for s in await run.hosts.stats())

@@ -125,9 +125,11 @@ async def test_the_thread_waits_while_a_probe_polls_and_never_polls_the_same_req
     assert (await handoff.claim(key, lease=30.0, take_lost=False)).kind == "claimed"
     await asyncio.sleep(1.1)  # past the request's 1 s interval, so the thread's check is due
     polls = (await stats(authz))["polls_by_request"]
+    started = time.time()
     with pytest.raises(AuthorizationPendingInterrupt) as waiting:
         await tool.run(ARGS, ctx)
     assert waiting.value.next_check_at is not None and waiting.value.next_check_at <= time.time() + 1.5
+    assert time.time() - started >= 1.9  # it waited for the probe's answer a little first
     assert (await stats(authz))["polls_by_request"] == polls
     # and the other way round: while the thread holds it, a probe stands back (and wakes nobody)
     assert (await handoff.claim(key, lease=1.0, take_lost=False)).kind == "busy"

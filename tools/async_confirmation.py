@@ -73,6 +73,7 @@ from tools.ciba_options import (
     CREDENTIALS_NAMESPACE,
     DENIED_TEXT,
     PENDING_NAMESPACE,
+    PINGS_NAMESPACE,
     AsyncConfirmationOptions,
     InterruptCallback,
     Resolvable,
@@ -80,7 +81,7 @@ from tools.ciba_options import (
     arguments_digest,
     unknown_outcome_text,
 )
-from tools.ciba_ping import token_matches
+from tools.ciba_ping import token_digest, token_matches
 from tools.ciba_probe import PROBER, CibaHandoff, ProbeRequest, seal_request
 from tools.ciba_requests import CibaRequests
 from tools.credential_store import CredentialStore
@@ -317,10 +318,24 @@ class AsyncUserConfirmation(CibaRequests):
                 return False
             if auth_req_id is not None and not hmac.compare_digest(str(record.get("auth_req_id")), auth_req_id):
                 return False
+            if not await self._first_ping(token):
+                return False
             now = self.clock()
             record.update(pinged_at=now, next_poll_at=now)
             await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, now))
             return True
+
+    async def accept_late_ping(self, ctx: ToolContext, token: str) -> bool:
+        """A ping for this call after a check already took the user's decision (the ping woke its thread,
+        whose overdue check ran first): nothing to do, and True the first time this token comes. The caller
+        has checked that the token was minted for this call (its MAC)."""
+        async with self._hold(self.key_for(ctx)):
+            return await self._first_ping(token)
+
+    async def _first_ping(self, token: str) -> bool:
+        """Whether this notification token is seen for the first time (each is accepted once)."""
+        lifetime = float(self.options.requested_expiry) + self.options.pending_retention
+        return await self.store.create_if_absent(PINGS_NAMESPACE, token_digest(token), True, ttl=lifetime)
 
     async def probe_payload(self, ctx: ToolContext) -> str | None:
         """What an alarm probe needs to check this call's request while its thread sleeps (sealed), or None

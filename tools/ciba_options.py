@@ -25,6 +25,8 @@ Resolvable = T | Callable[..., T] | Callable[..., Awaitable[T]]
 InterruptCallback = Callable[[AsyncAuthorizationInterrupt, ToolContext], Any]
 
 PENDING_NAMESPACE = "ciba:pending"
+PINGS_NAMESPACE = "ciba:pings"
+"""The notification tokens a thread accepted, by digest: each ping is accepted once."""
 CREDENTIALS_NAMESPACE = "ciba:credentials"
 ATTEMPTS_NAMESPACE = "ciba:attempts"
 

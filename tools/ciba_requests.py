@@ -8,6 +8,7 @@ with the answer that carried it. The options and record vocabulary are `tools.ci
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -55,6 +56,9 @@ from tools.interrupts import (
 )
 
 log = logging.getLogger(__name__)
+
+HANDOFF_WAIT_SECONDS = 2.0
+"""How long a check waits for an alarm probe's poll of the same request before it looks again later."""
 
 _NO_PUSH_RE = re.compile(r"push|enrol|authenticator|guardian", re.IGNORECASE)
 
@@ -198,9 +202,9 @@ class CibaRequests(RequestResends):
         handoff = self.options.handoff
         handed: Any = None
         if handoff is not None:
-            claim = await handoff.claim(self.handoff_key(ctx), lease=self._lease(), take_lost=True)
-            if claim.kind == "busy":  # a probe polls this request right now: its answer is kept in a moment
-                retry_at = min(float(claim.until or now), now + 1.0)
+            claim = await self._claim_handoff(ctx)
+            if claim.kind == "busy":  # a probe's poll is taking long: look again soon
+                retry_at = min(float(claim.until or now), self.clock() + 1.0)
                 raise self._interrupt(AuthorizationPendingInterrupt, ctx, record, next_check_at=retry_at)
             handed = claim.answer
             answer_lost_before = answer_lost_before or claim.lost_before
@@ -231,6 +235,16 @@ class CibaRequests(RequestResends):
         except AsyncAuthorizationInterrupt:  # the answer is recorded (a new check time, or the call's end)
             await self._settle(ctx)
             raise
+
+    async def _claim_handoff(self, ctx: ToolContext) -> Any:
+        """Claim this call's request in the hand-off store. A probe polling it right now answers within
+        milliseconds as a rule (it then keeps the answer for this check), so wait for it a little."""
+        deadline = self.clock() + HANDOFF_WAIT_SECONDS
+        while True:
+            claim = await self.options.handoff.claim(self.handoff_key(ctx), lease=self._lease(), take_lost=True)
+            if claim.kind != "busy" or self.clock() >= deadline:
+                return claim
+            await asyncio.sleep(0.02)
 
     async def _settle(self, ctx: ToolContext) -> None:
         if self.options.handoff is not None:
