@@ -48,7 +48,7 @@ from agents.model_context import ModelContext, bounded_context, preamble, wire_s
 from agents.model_stream import complete_text, shared_llm, stream_completion
 from agents.retention import Retention
 from agents.settings import ChatSettings, OverlapPolicy, chat_settings
-from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
+from agents.thread_store import CHAT_MIGRATIONS, TURN_IN_PROGRESS, ThreadStore
 from runtime import Agent, internal, public, read, turn
 from runtime.backoff import exponential_delay
 from tools.base import OutcomeUnknownError, Tool, ToolContext, ToolError, TransientToolError
@@ -174,8 +174,8 @@ class AIChatAgent(Agent):
                 return await self._replayed_turn(message_id, text, *seen)
         first_seq = await self._last_seq()
         await self._start_turn(text, message_id)
-        await self._run_llm_loop()
-        await self.storage.delete("_turn_in_progress")
+        if not await self._run_llm_loop(ends_turn=True):
+            await self.storage.delete(TURN_IN_PROGRESS)
         self.events.emit("turn_end")
         return await self._messages_after(first_seq)
 
@@ -184,7 +184,7 @@ class AIChatAgent(Agent):
     ) -> list[ChatMessage]:
         if role != "user" or content != text:
             raise MessageIdReusedError(f"message {message_id!r} was already sent with other content")
-        if await self.storage.get("_turn_in_progress") is not None:
+        if await self.storage.get(TURN_IN_PROGRESS) is not None:
             await self.recover_turn()  # the crash that lost the answer also cut the turn short: finish it now
         return await self._messages_after(seq - 1)
 
@@ -318,11 +318,10 @@ class AIChatAgent(Agent):
     @turn
     async def recover_turn(self, payload: Any = None) -> None:
         """Finish a turn a crash interrupted: answer a user message that got no reply."""
-        if await self.storage.get("_turn_in_progress") is None:
+        if await self.storage.get(TURN_IN_PROGRESS) is None:
             return
-        if await self.thread_store.last_role() == "user":
-            await self._run_llm_loop()
-        await self.storage.delete("_turn_in_progress")
+        if await self.thread_store.last_role() != "user" or not await self._run_llm_loop(ends_turn=True):
+            await self.storage.delete(TURN_IN_PROGRESS)
         self.events.emit("turn_end")
 
     async def on_start(self) -> None:
@@ -338,7 +337,7 @@ class AIChatAgent(Agent):
             payload = {"tool_call_id": call.id}
             if ("resume_tool_call", json.dumps(payload, sort_keys=True)) not in scheduled:
                 await self.schedule(0, "resume_tool_call", payload)
-        if await self.storage.get("_turn_in_progress") is not None:
+        if await self.storage.get(TURN_IN_PROGRESS) is not None:
             if not any(callback == "recover_turn" for callback, _ in scheduled):
                 await self.schedule(0, "recover_turn", None)
 
@@ -363,11 +362,13 @@ class AIChatAgent(Agent):
             await self._run_llm_loop(continues=call.message_id)
             self.events.emit("turn_end")
 
-    async def _run_llm_loop(self, *, continues: str | None = None) -> None:
+    async def _run_llm_loop(self, *, continues: str | None = None, ends_turn: bool = False) -> bool:
         """The model's steps until it answers without calling tools (at most `max_steps`). `continues`: the
         assistant message whose call was resolved later (an approval), which this answer follows up; the
         answer's messages keep it in their metadata, so clients show them with that reply, not after the
-        messages that came in between."""
+        messages that came in between. `ends_turn`: the loop answers a user's message, and its final answer
+        removes the turn's in-progress mark in the same transaction (one write fewer per turn); True if it
+        did (else the caller removes the mark: the loop was stopped, or ran out of steps)."""
         self._answering, self._stop_requested = True, False
         try:
             for _ in range(self.settings.max_steps):
@@ -377,14 +378,16 @@ class AIChatAgent(Agent):
                 if self._stop_requested:  # the words so far are kept; the calls it asked for are not made
                     if content:
                         await self._append_assistant(content, [], continues, stopped=True)
-                    return
-                _, calls = await self._append_assistant(content, raw_calls, continues)
+                    return False
+                final = ends_turn and not raw_calls
+                _, calls = await self._append_assistant(content, raw_calls, continues, ending_turn=final)
                 if not calls:
                     await self._compact_later()
-                    return
+                    return final
                 await self._run_calls(calls)
             logger.info("%s: tool loop stopped after max_steps=%d", self.name, self.settings.max_steps)
             await self._compact_later()
+            return False
         finally:
             self._answering = self._stop_requested = False
 
@@ -571,19 +574,25 @@ class AIChatAgent(Agent):
         """The user's message and the mark of a turn in progress, in one transaction: a crash after it
         finds both, and `recover_turn` answers the message."""
         async with self.storage.transaction() as tx:
-            await tx.put("_turn_in_progress", {"since": time.time()})
+            await tx.put(TURN_IN_PROGRESS, {"since": time.time()})
             message = await self.thread_store.add_message("user", text, message_id, tx=tx)
         self.events.emit("turn_start")
         self.events.emit("message", message=message.model_dump(mode="json"))
         await self._retention.arm(self, self._retention_days())
 
     async def _append_assistant(
-        self, content: str, raw_calls: list[dict[str, str]], continues: str | None = None, *, stopped: bool = False
+        self,
+        content: str,
+        raw_calls: list[dict[str, str]],
+        continues: str | None = None,
+        *,
+        stopped: bool = False,
+        ending_turn: bool = False,
     ) -> tuple[str, list[ToolCall]]:
         metadata: dict[str, Any] = {CONTINUES: continues} if continues else {}
         if stopped:
             metadata[STOPPED] = True
-        message = await self.thread_store.add_assistant(content, raw_calls, metadata=metadata)
+        message = await self.thread_store.add_assistant(content, raw_calls, metadata=metadata, ending_turn=ending_turn)
         self.events.emit("message", message=message.model_dump(mode="json"))
         return message.id, list(message.tool_calls or [])
 

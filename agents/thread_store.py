@@ -18,6 +18,10 @@ from agents.model_context import ContextBlock, thread_blocks
 from runtime import AgentStorage
 from runtime.read_cache import ReadCache
 
+TURN_IN_PROGRESS = "_turn_in_progress"
+"""The key (in the thread's key-value store) of the mark a turn leaves from its user's message to its final
+answer: a crash in between finds it, and the turn is finished on restart (`AIChatAgent.recover_turn`)."""
+
 CHAT_MIGRATIONS = [
     """
     CREATE TABLE messages (
@@ -90,12 +94,20 @@ class ThreadStore:
         return ChatMessage(id=message_id, role=role, content=content, created_at=now)  # type: ignore[arg-type]
 
     async def add_assistant(
-        self, content: str, raw_calls: list[dict[str, str]], *, metadata: dict[str, Any] | None = None
+        self,
+        content: str,
+        raw_calls: list[dict[str, str]],
+        *,
+        metadata: dict[str, Any] | None = None,
+        ending_turn: bool = False,
     ) -> ChatMessage:
-        """The assistant message (with its `metadata`) and its tool calls (state `call`), in one transaction."""
+        """The assistant message (with its `metadata`) and its tool calls (state `call`), in one transaction;
+        `ending_turn`: it is a turn's final answer, and the turn's in-progress mark goes in the same one."""
         message_id, now = uuid.uuid4().hex, time.time()
         calls: list[ToolCall] = []
         async with self.storage.transaction() as tx:
+            if ending_turn:
+                await tx.delete(TURN_IN_PROGRESS)
             await tx.execute(
                 "INSERT INTO messages(id, role, content, created_at, metadata) VALUES (?, 'assistant', ?, ?, ?)",
                 (message_id, content or None, now, json.dumps(metadata or {})),

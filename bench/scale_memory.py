@@ -24,11 +24,10 @@ def node_used_mib() -> float:
     return (fields["MemTotal"] - fields["MemAvailable"]) / 1024
 
 
-def resident_mib_by_role() -> dict[str, float]:
-    """Resident memory (MiB) of this node's Ray processes by role (`AgentHost`, `AlarmScheduler`,
-    `ServeReplica:...`, `raylet`...) and of this driver (which runs the dev services): where a node's
-    memory went, which its total alone does not say."""
-    roles: dict[str, float] = {}
+def processes_by_role() -> dict[str, list[int]]:
+    """This node's Ray processes by role (`AgentHost`, `AlarmScheduler`, `ServeReplica:...`, `raylet`...),
+    and this driver (which runs the dev services), by pid."""
+    roles: dict[str, list[int]] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -45,10 +44,29 @@ def resident_mib_by_role() -> dict[str, float]:
             role = Path(first).name or "ray"
         else:
             continue
-        mib = rss_mib(int(proc.name))
-        if mib:
-            roles[role] = round(roles.get(role, 0.0) + mib, 1)
-    return dict(sorted(roles.items(), key=lambda item: -item[1]))
+        roles.setdefault(role, []).append(int(proc.name))
+    return roles
+
+
+def resident_mib_by_role() -> dict[str, float]:
+    """Resident memory (MiB) of this node's Ray processes and of this driver by role: where a node's memory
+    went, which its total alone does not say."""
+    roles = {role: round(sum(rss_mib(pid) or 0.0 for pid in pids), 1) for role, pids in processes_by_role().items()}
+    return dict(sorted(((role, mib) for role, mib in roles.items() if mib), key=lambda item: -item[1]))
+
+
+def cpu_seconds_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) this node's Ray processes and this driver have used so far, by role."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds: dict[str, float] = {}
+    for role, pids in processes_by_role().items():
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            seconds[role] = seconds.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return seconds
 
 
 class Hosts:

@@ -72,6 +72,7 @@ def stack_env(args: argparse.Namespace) -> dict[str, str]:
         "AGENTRT_MAX_TURNS_PER_MINUTE": "1000000",
         "AGENTRT_MAX_CONCURRENT_TURNS": "1000",
         **({"CIBA_PING_FALLBACK_SECONDS": str(args.fallback)} if args.fallback else {}),
+        **({"AGENT_ALARM_PROBES": "false"} if args.no_probes else {}),
     }
 
 
@@ -128,6 +129,7 @@ def report_rows(report: dict[str, Any]) -> list[Row]:
     r, p = report["results"], report["params"]
     empty, asleep, waiting = r["empty_stack"], r["threads_asleep"], r["waiting"]
     single, burst = r["single_approvals"], r["burst"]
+    busiest = list(waiting.get("cpu_pct_of_one_core_by_role", {}).items())
     moved, totals = burst["host_change"], r["totals"]
     return [
         ["threads created through the runtime", f"{r['threads']['created']:,}", f"{r['threads']['per_s']} /s"],
@@ -153,6 +155,11 @@ def report_rows(report: dict[str, Any]) -> list[Row]:
             "safety-net checks meanwhile",
             f"{waiting.get('safety_net_probes', 0):,} probes / {waiting.get('scheduler_wakeups', 0):,} wake-ups",
             "checks for a lost ping, run by the scheduler without waking the thread (`runtime.alarm_probes`)",
+        ],
+        [
+            "CPU by process while waiting (% of a core)",
+            ", ".join(f"{role} {pct}" for role, pct in busiest[:4]),
+            "the provider's token endpoint is in the driver (dev services)",
         ],
         [
             "memory growth by process (MiB)",
@@ -215,6 +222,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="CIBA_PING_FALLBACK_SECONDS: seconds between a waiting purchase's safety-net checks (default: "
         "three per request's lifetime); 100 is Auth0's 300 s lifetime's pace",
+    )
+    parser.add_argument(
+        "--no-probes", action="store_true", help="AGENT_ALARM_PROBES=false: every safety-net check wakes its thread"
     )
     parser.add_argument("--quick", action="store_true", help="2,000 threads, 300 waiting: a smoke run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "waiting_bench.json")

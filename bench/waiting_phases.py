@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from bench.common import approve, log, summarise, wait_until
-from bench.scale_memory import Hosts, node_used_mib, resident_mib_by_role
+from bench.scale_memory import Hosts, cpu_seconds_by_role, node_used_mib, resident_mib_by_role
 from bench.scale_phases import with_concurrency
 from bench.scale_waiting import busy_seconds
 
@@ -173,7 +173,10 @@ async def start_purchases(run: WaitingRun) -> None:
     async def asleep() -> bool:
         return await run.live_buyers() <= BUYER_SHARE_LIVE_ASLEEP * args.pending
 
-    await wait_until(asleep, timeout=args.idle * 4 + 300, what="the buyers to fall asleep", interval=1.0)
+    if getattr(args, "no_probes", False):  # each safety-net check wakes its thread: they never all sleep at once
+        await asyncio.sleep(args.idle * 2)
+    else:
+        await wait_until(asleep, timeout=args.idle * 4 + 300, what="the buyers to fall asleep", interval=1.0)
     run.results["purchases"] = {
         "started": args.pending,
         "seconds": round(seconds, 1),
@@ -188,11 +191,15 @@ async def start_purchases(run: WaitingRun) -> None:
 
 async def cost_over(window: float) -> dict[str, float]:
     """The whole node's CPU (share of one core) over `window` s, and its memory at the end."""
-    busy, started = busy_seconds(), time.monotonic()
+    busy, by_role, started = busy_seconds(), cpu_seconds_by_role(), time.monotonic()
     await asyncio.sleep(window)
-    cpu = (busy_seconds() - busy) / (time.monotonic() - started)
+    took = time.monotonic() - started
+    cpu = (busy_seconds() - busy) / took
+    after = cpu_seconds_by_role()
+    roles = {role: round(100 * (after[role] - by_role.get(role, 0.0)) / took, 2) for role in after}
     return {
         "node_cpu_pct_of_one_core": round(100 * cpu, 2),
+        "cpu_pct_of_one_core_by_role": dict(sorted(roles.items(), key=lambda item: -item[1])),
         "node_mib": round(node_used_mib(), 1),
         "resident_mib_by_role": resident_mib_by_role(),
     }

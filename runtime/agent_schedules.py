@@ -26,6 +26,7 @@ from runtime.alarm_probes import AlarmProbe
 from runtime.backoff import exponential_delay
 from runtime.methods import read, turn
 from runtime.schedules import InvalidScheduleError, Schedule, encode_payload, next_cron_time, resolve_when
+from runtime.settings import runtime_settings
 from runtime.storage import AgentStorage
 
 logger = logging.getLogger("runtime.agent")
@@ -251,8 +252,9 @@ class AgentSchedules:
         return False
 
     async def _probe_for_sleep(self, due: float | None) -> AlarmProbe | None:
-        """The probe of the soonest schedule, bounded by the next one (None if it has none, or fails)."""
-        if due is None:
+        """The probe of the soonest schedule, bounded by the next one (None if it has none, or fails, or the
+        probes are off: `AGENT_ALARM_PROBES`)."""
+        if due is None or not runtime_settings().alarm_probes:
             return None
         rows = await self.storage.fetchall("SELECT * FROM _schedules WHERE status = 'pending' ORDER BY due_at LIMIT 2")
         if not rows:

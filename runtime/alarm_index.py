@@ -166,13 +166,11 @@ class AlarmIndex:
 
     async def defer(self, key: AlarmKey, due: float, until: float) -> None:
         """Its probe found nothing to do: the alarm is due at `until` instead (its probe kept), unless the
-        agent moved it meanwhile. The agent's own schedule row keeps its time: when the agent wakes, the
-        check it postponed runs first (and a rebuilt index wakes it then)."""
+        agent moved it meanwhile. In memory only: a scheduler that restarts finds the earlier time in the
+        file and runs the probe once more, which costs one look and saves a write per probe. The agent's
+        own schedule row keeps its time too: when the agent wakes, the check it postponed runs first."""
         if self._due.get(key) != due:
             return
-        await self._store.execute(
-            "UPDATE alarm_index SET next_due = ? WHERE class_path = ? AND agent_id = ?", (until, *key)
-        )
         self._due[key] = until
         self._push(until, key, until)
 

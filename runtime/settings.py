@@ -63,6 +63,11 @@ class RuntimeSettings(BaseSettings):
         ge=0,
         description="A host with no live agent for this long exits (and is started again on demand); 0: never.",
     )
+    alarm_probes: bool = Field(
+        default=True,
+        description="Whether a sleeping agent's alarm may carry a probe the scheduler runs instead of waking it "
+        "(`runtime.alarm_probes`); off: every alarm wakes its agent (for comparison, or to rule the probes out).",
+    )
     scheduler_max_wakes: int = Field(
         default=32,
         ge=1,

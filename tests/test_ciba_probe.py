@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -135,7 +136,19 @@ async def test_the_thread_waits_while_a_probe_polls_and_never_polls_the_same_req
     assert (await handoff.claim(key, lease=1.0, take_lost=False)).kind == "busy"
 
 
-async def test_a_probe_that_never_came_back_counts_as_an_answer_maybe_lost(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The root's shared stores on SQLite files, or in a real PostgreSQL (`AGENT_STORAGE_URL`)."""
+    from runtime.settings import runtime_settings
+
+    if request.param == "postgres":
+        monkeypatch.setenv("AGENT_STORAGE_URL", request.getfixturevalue("postgres").url)
+    runtime_settings.cache_clear()
+    yield request.param
+    runtime_settings.cache_clear()
+
+
+async def test_a_probe_that_never_came_back_counts_as_an_answer_maybe_lost(backend: str, tmp_path: Path) -> None:
     sealer = CredentialSealer("k" * 64)
     handoff = CibaHandoff(tmp_path, sealer)
     assert (await handoff.claim("a", lease=0.05, take_lost=False)).kind == "claimed"
@@ -152,4 +165,9 @@ async def test_a_probe_that_never_came_back_counts_as_an_answer_maybe_lost(tmp_p
     assert handed.answer.tokens.access_token == "secret-token"
     await handoff.settle("a")
     assert (await handoff.claim("a", lease=5.0, take_lost=True)).kind == "claimed"
+    await handoff.settle("a")  # the database is shared by the session's tests
     await handoff.storage.close()
+    if backend == "postgres":
+        from runtime.storage_pg import close_pools
+
+        await close_pools()

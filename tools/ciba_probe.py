@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,9 @@ HANDOFF_MIGRATIONS = [
     """
 ]
 FORGOTTEN_AFTER_SECONDS = 2 * 86400.0
-"""A claim nobody settled (its call ended some other way) is dropped after this long."""
+"""A claim nobody settled (its call ended some other way) is dropped after this long..."""
+PURGE_EVERY_SECONDS = 60.0
+"""... by the first claim of each minute in each process."""
 
 _PAYLOAD_NAMESPACE = "ciba-probe"
 _ANSWER_NAMESPACE = "ciba-handoff"
@@ -108,6 +111,7 @@ class CibaHandoff:
         self._sealer = sealer
         self._open = False
         self._opening = asyncio.Lock()
+        self._next_purge = 0.0
 
     def __repr__(self) -> str:
         return "CibaHandoff()"
@@ -125,7 +129,9 @@ class CibaHandoff:
         storage = await self._ready()
         now = time.time()
         async with storage.transaction() as tx:
-            await tx.execute("DELETE FROM claims WHERE updated_at < ?", (now - FORGOTTEN_AFTER_SECONDS,))
+            if now >= self._next_purge:
+                await tx.execute("DELETE FROM claims WHERE updated_at < ?", (now - FORGOTTEN_AFTER_SECONDS,))
+                self._next_purge = now + PURGE_EVERY_SECONDS
             row = await tx.fetchone("SELECT state, answer, lease_until FROM claims WHERE call_key = ?", (call_key,))
             if row is not None and row["state"] == "answered":
                 answer = self._sealer.open(_ANSWER_NAMESPACE, call_key, bytes(row["answer"]))
@@ -165,20 +171,28 @@ def ciba_handoff(storage_dir: Path) -> CibaHandoff:
     key = str(Path(storage_dir).resolve())
     found = _handoffs.get(key)
     if found is None:
-        found = _handoffs[key] = CibaHandoff(Path(key), CredentialSealer(auth_settings().require_encryption_key()))
+        found = _handoffs[key] = CibaHandoff(Path(key), _deployment_sealer())
     return found
+
+
+@functools.lru_cache(maxsize=4)
+def _sealer(key: str) -> CredentialSealer:
+    return CredentialSealer(key)
+
+
+def _deployment_sealer() -> CredentialSealer:
+    """The sealer of `AUTH0_SESSION_ENCRYPTION_KEY` (its key derived once per process, not per probe)."""
+    return _sealer(auth_settings().require_encryption_key().get_secret_value())
 
 
 def seal_request(request: ProbeRequest) -> str:
     """The probe's payload: `request` sealed (it holds the `auth_req_id`), as text."""
-    sealer = CredentialSealer(auth_settings().require_encryption_key())
-    return sealer.seal(_PAYLOAD_NAMESPACE, "request", request.model_dump(mode="json")).hex()
+    return _deployment_sealer().seal(_PAYLOAD_NAMESPACE, "request", request.model_dump(mode="json")).hex()
 
 
 def _open_request(payload: str) -> ProbeRequest | None:
-    sealer = CredentialSealer(auth_settings().require_encryption_key())
     try:
-        data = sealer.open(_PAYLOAD_NAMESPACE, "request", bytes.fromhex(payload))
+        data = _deployment_sealer().open(_PAYLOAD_NAMESPACE, "request", bytes.fromhex(payload))
         return ProbeRequest.model_validate(data) if data is not None else None
     except (ValueError, ValidationError):
         return None
