@@ -100,6 +100,7 @@ class AIChatAgent(Agent):
         self._llm: AsyncOpenAI | None = None
         self._tools: dict[str, Tool] | None = None
         self._schemas: list[dict[str, Any]] | None = None
+        self._schemas_size = 0
         self._retention = Retention(RETENTION_CALLBACK)
         self._answering = False
         """Whether the model loop runs (a user's turn, or the answer after an approval): what `stop` stops."""
@@ -407,7 +408,13 @@ class AIChatAgent(Agent):
         """The tools as the model is offered them (built once per activation)."""
         if self._schemas is None:
             self._schemas = [tool.openai_schema() for tool in self.tools.values()]
+            self._schemas_size = wire_size(self._schemas)
         return self._schemas
+
+    def _tool_schemas_size(self) -> int:
+        """The characters the tools' schemas take in a request (the window's budget leaves them room)."""
+        self._tool_schemas()
+        return self._schemas_size
 
     async def _call_llm(self, context: ModelContext) -> tuple[str, list[dict[str, str]]]:
         """One streamed completion: tokens go to watchers; returns (text, tool calls). A model that is
@@ -450,7 +457,7 @@ class AIChatAgent(Agent):
         budget = self._context_budget()
         summary = await self.thread_store.summary_in_use()
         through = summary[0] if summary else 0
-        reserved = wire_size(self._tool_schemas())
+        reserved = self._tool_schemas_size()
         newest_first = await self.thread_store.blocks_newest_first(through, budget)
         whole_thread = through == 0 and sum(block.size for block in newest_first) < budget  # read to its start
         still_pending: list[ToolCall] = []

@@ -23,6 +23,7 @@ bounded.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -71,8 +72,10 @@ class ContextBlock:
     messages: tuple[ModelMessage, ...]
     texts: tuple[str, ...]
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
+        """The characters the block takes in a request (counted once: a turn asks for it of every block
+        in its window, and long threads keep their blocks between turns)."""
         return sum(len(text) + 2 for text in self.texts)
 
     @classmethod
