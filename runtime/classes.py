@@ -8,9 +8,12 @@ with the alarm scheduler, which then wakes its agents with it (`is_script_class`
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from runtime.agent import Agent
+
+logger = logging.getLogger("runtime")
 
 
 def import_agent_class(class_path: str) -> type[Agent]:
@@ -40,3 +43,13 @@ def script_agent_classes() -> list[type[Agent]]:
         if is_script_class(cls) and cls not in found:
             found.append(cls)
     return found
+
+
+def import_modules(modules: list[str]) -> None:
+    """Import the agent code of `modules` ahead of use (`runtime.registry.start_runtime`'s `preload`); a
+    module that fails is logged: its agents load it, and report the error, when they are called."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            logger.warning("preloading %s failed (%s: %s)", module, type(exc).__name__, exc)

@@ -34,7 +34,7 @@ from runtime import metrics
 from runtime.activations import Activations
 from runtime.agent import Agent
 from runtime.alarm_client import report_next_due
-from runtime.classes import import_agent_class
+from runtime.classes import import_agent_class, import_modules
 from runtime.counters import counters
 from runtime.errors import AgentMovedError, HostRetiringError
 from runtime.freed_memory import FreedMemory
@@ -182,6 +182,11 @@ class AgentHost:
         return await self.activations.let_go(
             lambda name: not self.placement.serves(name, self.slot), timeout=HANDOVER_SECONDS
         )
+
+    async def preload(self, modules: list[str]) -> None:
+        """Import the agents' code now (`runtime.registry.start_runtime`), so that the first activation does
+        not pay for it, and a host's memory at rest is what it will be once used."""
+        await asyncio.to_thread(import_modules, modules)
 
     async def stats(self) -> dict[str, Any]:
         """What lives here (for operators, benchmarks and tests)."""

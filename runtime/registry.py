@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,15 +74,22 @@ def register_script_classes(scheduler: Any, classes: list[type[Agent]]) -> None:
 
 
 def start_runtime(
-    storage_dir: str | Path | None = None, namespace: str | None = None, *, watch_scheduler: bool = False
+    storage_dir: str | Path | None = None,
+    namespace: str | None = None,
+    *,
+    watch_scheduler: bool = False,
+    preload: Sequence[str] = (),
 ) -> tuple[Any, list[Any]]:
     """Start (or find) a storage root's alarm scheduler and every one of its hosts, so that the first call
-    after a deploy pays no process start. With `watch_scheduler` (the ingress replicas), this process also
-    keeps the scheduler alive from then on (`SchedulerWatch`). Returns their actor handles; blocks on the
-    GCS briefly."""
+    after a deploy pays no process start; they import the modules of `preload` (the agents' code) in the
+    background. With `watch_scheduler` (the ingress replicas), this process also keeps the scheduler
+    alive from then on (`SchedulerWatch`). Returns their actor handles; blocks on the GCS briefly."""
     root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
     scheduler = scheduler_with_script_classes(root, ns)
     hosts = [ensure_host(root, ns, slot) for slot in range(current_placement(root, ns).hosts)]
+    if preload:
+        for actor in (scheduler, *hosts):
+            actor.preload.remote(list(preload))
     if watch_scheduler and (root, ns) not in _watches:
         _watches[(root, ns)] = SchedulerWatch(root, ns)
     return scheduler, hosts

@@ -31,7 +31,7 @@ from runtime.agent import Agent
 from runtime.alarm_index import AlarmIndex, AlarmKey
 from runtime.alarm_probes import AlarmProbe, run_probe
 from runtime.backoff import exponential_delay
-from runtime.classes import import_agent_class
+from runtime.classes import import_agent_class, import_modules
 from runtime.errors import AgentNotFoundError
 from runtime.handles import AgentHandle
 from runtime.placement import Placement, scheduler_name
@@ -173,6 +173,11 @@ class AlarmScheduler:
     async def resize_hosts(self, hosts: int) -> dict[str, Any]:
         """Spread the root's agents over `hosts` hosts (`runtime.set_host_count`)."""
         return await self._keeper.resize(hosts)
+
+    async def preload(self, modules: list[str]) -> None:
+        """Import the agents' code now (`runtime.registry.start_runtime`): the first wake-up does not pay for
+        it, and this process's memory at rest is what it will be once used."""
+        await asyncio.to_thread(import_modules, modules)
 
     async def register_class(self, cls: type[Agent]) -> None:
         """Wake the agents of `cls` (a class defined in a script, sent by value) with it from now on; the

@@ -52,11 +52,11 @@ class AgentIngress:
         from runtime.registry import start_runtime
         from runtime.storage_choice import check_storage
 
-        thread_agent_class()  # a wrong AGENTRT_AGENT_CLASS fails the deployment, with its name
+        served = thread_agent_class()  # a wrong AGENTRT_AGENT_CLASS fails the deployment, with its name
         check_storage()  # so does a malformed or unreachable AGENT_STORAGE_URL (named, without its password)
 
         try:
-            start_runtime(watch_scheduler=True)
+            start_runtime(watch_scheduler=True, preload=[served.__module__])
         except Exception as exc:  # handles still start them on first use
             logger.warning("could not start the agent runtime: %s", exc)
 
