@@ -126,11 +126,14 @@ def p50_p99(summary: dict[str, Any]) -> str:
 
 
 def report_rows(report: dict[str, Any]) -> list[Row]:
+    return waiting_rows(report) + approval_rows(report)
+
+
+def waiting_rows(report: dict[str, Any]) -> list[Row]:
+    """Making the threads and purchases, and what the waiting costs."""
     r, p = report["results"], report["params"]
     empty, asleep, waiting = r["empty_stack"], r["threads_asleep"], r["waiting"]
-    single, burst = r["single_approvals"], r["burst"]
     busiest = list(waiting.get("cpu_pct_of_one_core_by_role", {}).items())
-    moved, totals = burst["host_change"], r["totals"]
     return [
         ["threads created through the runtime", f"{r['threads']['created']:,}", f"{r['threads']['per_s']} /s"],
         ["purchases started (CIBA ping)", f"{r['purchases']['started']:,}", f"{r['purchases']['per_s']} /s"],
@@ -166,6 +169,15 @@ def report_rows(report: dict[str, Any]) -> list[Row]:
             ", ".join(f"{role} {mib:+.0f}" for role, mib in list(waiting["resident_growth_mib_by_role"].items())[:3]),
             "resident memory, waiting vs empty stack",
         ],
+    ]
+
+
+def approval_rows(report: dict[str, Any]) -> list[Row]:
+    """The approvals one at a time and at once, the host change meanwhile, and the totals."""
+    r = report["results"]
+    single, burst = r["single_approvals"], r["burst"]
+    moved, totals = burst["host_change"], r["totals"]
+    return [
         [
             f"{single['approval_to_tool_result']['n']:,} approvals one at a time",
             p50_p99(single["approval_to_tool_result"]),
