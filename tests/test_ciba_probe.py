@@ -88,7 +88,7 @@ async def test_the_probe_defers_while_pending_and_hands_the_approval_to_the_thre
     until = await check_sleeping_request(payload, tmp_path)
     assert until is not None and until > time.time()
     assert await polls() == before + 1
-    assert (await ciba_handoff(tmp_path).claim("nobody", lease=1.0, take_lost=True)).kind == "claimed"
+    assert (await ciba_handoff(tmp_path).claim("nobody", lease=1.0, by="thread")).kind == "claimed"
 
     # approved: the probe takes the token and keeps it (sealed) before saying "wake the thread"
     await decide(authz, request["id"], approve=True)
@@ -103,7 +103,7 @@ async def test_the_probe_defers_while_pending_and_hands_the_approval_to_the_thre
     assert await polls() == polls_by_probe
     assert (await stats(authz))["backchannel_requests"] == 1
     # settled: a later claim starts fresh, and the probe of the spent request wakes nobody twice
-    assert (await ciba_handoff(tmp_path).claim(tool.confirmation.handoff_key(ctx), lease=1.0, take_lost=True)).kind == (
+    assert (await ciba_handoff(tmp_path).claim(tool.confirmation.handoff_key(ctx), lease=1.0, by="thread")).kind == (
         "claimed"
     )
 
@@ -123,7 +123,7 @@ async def test_the_thread_waits_while_a_probe_polls_and_never_polls_the_same_req
     handoff = ciba_handoff(tmp_path)
     key = tool.confirmation.handoff_key(ctx)
     # a probe holds the request (its poll in flight): the thread's check does not poll, and looks again soon
-    assert (await handoff.claim(key, lease=30.0, take_lost=False)).kind == "claimed"
+    assert (await handoff.claim(key, lease=30.0, by="probe")).kind == "claimed"
     await asyncio.sleep(1.1)  # past the request's 1 s interval, so the thread's check is due
     polls = (await stats(authz))["polls_by_request"]
     started = time.time()
@@ -133,7 +133,12 @@ async def test_the_thread_waits_while_a_probe_polls_and_never_polls_the_same_req
     assert time.time() - started >= 1.9  # it waited for the probe's answer a little first
     assert (await stats(authz))["polls_by_request"] == polls
     # and the other way round: while the thread holds it, a probe stands back (and wakes nobody)
-    assert (await handoff.claim(key, lease=1.0, take_lost=False)).kind == "busy"
+    await handoff.settle(key)
+    assert (await handoff.claim(key, lease=30.0, by="thread")).kind == "claimed"
+    assert (await handoff.claim(key, lease=1.0, by="probe")).kind == "busy"
+    # the thread's own claim left by a process that died is the thread's again at once, warned
+    taken = await handoff.claim(key, lease=30.0, by="thread")
+    assert taken.kind == "claimed" and taken.lost_before
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -151,20 +156,25 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 async def test_a_probe_that_never_came_back_counts_as_an_answer_maybe_lost(backend: str, tmp_path: Path) -> None:
     sealer = CredentialSealer("k" * 64)
     handoff = CibaHandoff(tmp_path, sealer)
-    assert (await handoff.claim("a", lease=0.05, take_lost=False)).kind == "claimed"
+    assert (await handoff.claim("a", lease=0.05, by="probe")).kind == "claimed"
     await asyncio.sleep(0.1)  # its lease ran out: the poll's answer (perhaps a token) is lost
-    assert (await handoff.claim("a", lease=5.0, take_lost=False)).kind == "lost"  # a probe wakes the thread
-    taken = await handoff.claim("a", lease=5.0, take_lost=True)  # the thread takes it over, warned
+    assert (await handoff.claim("a", lease=5.0, by="probe")).kind == "lost"  # a probe wakes the thread
+    taken = await handoff.claim("a", lease=5.0, by="thread")  # the thread takes it over, warned
     assert taken.kind == "claimed" and taken.lost_before
+    # a poll that failed on the way says so at once: the next claim need not wait out the lease
+    await handoff.lost("a")
+    assert (await handoff.claim("a", lease=5.0, by="probe")).kind == "lost"
+    again = await handoff.claim("a", lease=5.0, by="thread")
+    assert again.kind == "claimed" and again.lost_before
     # an answer kept is handed over whole, until settled
     await handoff.answer("a", Approved(TokenSet(access_token="secret-token", expires_in=60)))
     raw = await handoff.storage.fetchone("SELECT answer FROM claims WHERE call_key = 'a'")
     assert b"secret-token" not in bytes(raw["answer"])
-    handed = await handoff.claim("a", lease=5.0, take_lost=True)
+    handed = await handoff.claim("a", lease=5.0, by="thread")
     assert handed.kind == "answered" and isinstance(handed.answer, Approved)
     assert handed.answer.tokens.access_token == "secret-token"
     await handoff.settle("a")
-    assert (await handoff.claim("a", lease=5.0, take_lost=True)).kind == "claimed"
+    assert (await handoff.claim("a", lease=5.0, by="thread")).kind == "claimed"
     await handoff.settle("a")  # the database is shared by the session's tests
     await handoff.storage.close()
     if backend == "postgres":

@@ -59,6 +59,7 @@ HANDOFF_MIGRATIONS = [
     CREATE TABLE claims (
         call_key TEXT PRIMARY KEY,
         state TEXT NOT NULL,
+        holder TEXT NOT NULL,
         answer BLOB,
         lease_until REAL NOT NULL,
         updated_at REAL NOT NULL
@@ -76,6 +77,9 @@ _ANSWER_NAMESPACE = "ciba-handoff"
 
 Answer = Approved | AccessDenied | ExpiredToken | InvalidGrant
 """The poll outcomes a probe hands over: every one but "not yet"."""
+
+Holder = Literal["thread", "probe"]
+"""Who claims a request for a poll: the thread's own check, or the scheduler's probe."""
 
 
 class ProbeRequest(BaseModel):
@@ -124,27 +128,35 @@ class CibaHandoff:
                 self._open = True
         return self.storage
 
-    async def claim(self, call_key: str, *, lease: float, take_lost: bool) -> Claim:
-        """Claim the request of `call_key` for one poll of `lease` seconds at most, or say why not."""
+    async def claim(self, call_key: str, *, lease: float, by: Holder) -> Claim:
+        """Claim the request of `call_key` for one poll of `lease` seconds at most, `by` the thread or a
+        probe, or say why not. A probe's poll in flight holds the thread off; the thread's holds a probe
+        off; but the thread takes over a claim of its own at once (a poll of a process that died: only one
+        activation of a thread checks at a time), and a claim whose poll never came back, warned
+        (`lost_before`). A probe takes over nothing: it wakes the thread (`lost`)."""
         storage = await self._ready()
         now = time.time()
         async with storage.transaction() as tx:
             if now >= self._next_purge:
                 await tx.execute("DELETE FROM claims WHERE updated_at < ?", (now - FORGOTTEN_AFTER_SECONDS,))
                 self._next_purge = now + PURGE_EVERY_SECONDS
-            row = await tx.fetchone("SELECT state, answer, lease_until FROM claims WHERE call_key = ?", (call_key,))
+            row = await tx.fetchone(
+                "SELECT state, holder, answer, lease_until FROM claims WHERE call_key = ?", (call_key,)
+            )
             if row is not None and row["state"] == "answered":
                 answer = self._sealer.open(_ANSWER_NAMESPACE, call_key, bytes(row["answer"]))
                 return Claim("answered", answer=_answer_from(answer) if answer is not None else InvalidGrant())
-            if row is not None and float(row["lease_until"]) > now:
+            held = row is not None and float(row["lease_until"]) > now
+            if held and (by == "probe" or row["holder"] == "probe"):
                 return Claim("busy", until=float(row["lease_until"]))
-            if row is not None and not take_lost:
+            if row is not None and by == "probe":
                 return Claim("lost")
             await tx.execute(
-                "INSERT INTO claims (call_key, state, answer, lease_until, updated_at) "
-                "VALUES (?, 'polling', NULL, ?, ?) ON CONFLICT (call_key) DO UPDATE SET state = 'polling', "
-                "answer = NULL, lease_until = excluded.lease_until, updated_at = excluded.updated_at",
-                (call_key, now + lease, now),
+                "INSERT INTO claims (call_key, state, holder, answer, lease_until, updated_at) "
+                "VALUES (?, 'polling', ?, NULL, ?, ?) ON CONFLICT (call_key) DO UPDATE SET state = 'polling', "
+                "holder = excluded.holder, answer = NULL, lease_until = excluded.lease_until, "
+                "updated_at = excluded.updated_at",
+                (call_key, by, now + lease, now),
             )
             return Claim("claimed", lost_before=row is not None)
 
@@ -155,6 +167,15 @@ class CibaHandoff:
         await storage.execute(
             "UPDATE claims SET state = 'answered', answer = ?, updated_at = ? WHERE call_key = ?",
             (sealed, time.time(), call_key),
+        )
+
+    async def lost(self, call_key: str) -> None:
+        """The claimant's poll failed on the way and its answer may be lost: the claim ends now (not when
+        its lease runs out), and whoever claims next is told (`Claim.lost_before`)."""
+        storage = await self._ready()
+        await storage.execute(
+            "UPDATE claims SET lease_until = 0, updated_at = ? WHERE call_key = ? AND state = 'polling'",
+            (time.time(), call_key),
         )
 
     async def settle(self, call_key: str) -> None:
@@ -212,7 +233,7 @@ async def check_sleeping_request(payload: str, storage_dir: Path) -> float | Non
     if time.time() >= request.expires_at:
         return None  # the thread's check ends it (a last poll, then "expired")
     handoff = ciba_handoff(storage_dir)
-    claim = await handoff.claim(request.handoff_key, lease=client.max_request_seconds + 5.0, take_lost=False)
+    claim = await handoff.claim(request.handoff_key, lease=client.max_request_seconds + 5.0, by="probe")
     if claim.kind == "busy":
         return claim.until  # the thread polls right now: it is awake, and its own check re-arms the alarm
     if claim.kind != "claimed":
@@ -222,7 +243,8 @@ async def check_sleeping_request(payload: str, storage_dir: Path) -> float | Non
         result = await client.poll(request.auth_req_id, interval=request.interval)
     except CIBATransientError as exc:
         if exc.maybe_sent:
-            return None  # the claim stays and goes stale: the thread treats the answer as maybe lost
+            await handoff.lost(request.handoff_key)  # the thread, woken, treats the answer as maybe lost
+            return None
         await handoff.settle(request.handoff_key)
         return time.time() + max(float(request.interval), exc.retry_after or 0.0, 30.0)
     except CIBAError:

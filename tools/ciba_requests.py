@@ -217,7 +217,9 @@ class CibaRequests(RequestResends):
             metrics.CIBA_POLLS.inc(tool=self.tool.name)
             try:
                 result = await self.client.poll(record["auth_req_id"], interval=interval)
-            except CIBATransientError as exc:  # the mark (and the claim) stay: this answer may have been lost
+            except CIBATransientError as exc:  # the mark stays, the claim says so: this answer may be lost
+                if handoff is not None:
+                    await handoff.lost(self.handoff_key(ctx))
                 await self._poll_failed(ctx, key, record, exc, past_deadline)  # raises
             except CIBAError as exc:
                 metrics.CIBA_REQUESTS.inc(tool=self.tool.name, outcome="error")
@@ -241,7 +243,7 @@ class CibaRequests(RequestResends):
         milliseconds as a rule (it then keeps the answer for this check), so wait for it a little."""
         deadline = self.clock() + HANDOFF_WAIT_SECONDS
         while True:
-            claim = await self.options.handoff.claim(self.handoff_key(ctx), lease=self._lease(), take_lost=True)
+            claim = await self.options.handoff.claim(self.handoff_key(ctx), lease=self._lease(), by="thread")
             if claim.kind != "busy" or self.clock() >= deadline:
                 return claim
             await asyncio.sleep(0.02)
