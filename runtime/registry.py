@@ -87,9 +87,11 @@ def start_runtime(
     root, ns = resolve_storage_dir(storage_dir), resolve_namespace(namespace)
     scheduler = scheduler_with_script_classes(root, ns)
     hosts = [ensure_host(root, ns, slot) for slot in range(current_placement(root, ns).hosts)]
-    if preload:
-        for actor in (scheduler, *hosts):
+    for actor in (scheduler, *hosts) if preload else ():
+        try:
             actor.preload.remote(list(preload))
+        except AttributeError:  # an actor of an older version, still running: it loads the code on first use
+            logger.info("%s cannot preload; it loads the agent code on first use", actor)
     if watch_scheduler and (root, ns) not in _watches:
         _watches[(root, ns)] = SchedulerWatch(root, ns)
     return scheduler, hosts
