@@ -29,6 +29,7 @@ from tests.ciba_fixtures import (
     wrap,
 )
 from tools.async_confirmation import PENDING_NAMESPACE, AsyncUserConfirmationTool
+from tools.base import ToolContext
 from tools.ciba_client import CIBAClient
 from tools.ciba_probe import CibaHandoff, check_sleeping_request, ciba_handoff
 from tools.ciba_types import Approved, TokenSet
@@ -45,10 +46,11 @@ def deployment(authz: DevAuthorizationServer, encryption_key: str, monkeypatch: 
     monkeypatch.setenv("AUTH0_SESSION_ENCRYPTION_KEY", encryption_key)
 
 
-def _wrapped(
-    raw: RecordingTool, credentials: SQLiteCredentialStore, ciba: CIBAClient, root: Path
-) -> AsyncUserConfirmationTool:
-    """Ping mode with a safety-net check every second (the request's interval), and the root's hand-off."""
+async def _pending_call(
+    raw: RecordingTool, credentials: SQLiteCredentialStore, ciba: CIBAClient, root: Path, call_id: str
+) -> tuple[AsyncUserConfirmationTool, ToolContext]:
+    """A call of the wrapped tool whose request waits for the user: ping mode with a safety-net check every
+    second (the request's interval), and the root's hand-off."""
     tool = wrap(
         raw.tool(),
         credentials,
@@ -59,7 +61,10 @@ def _wrapped(
         handoff=ciba_handoff(root),
     )
     assert isinstance(tool, AsyncUserConfirmationTool)
-    return tool
+    ctx = tool_context(call_id, thread_id=f"thread-{call_id}")
+    with pytest.raises(AuthorizationPendingInterrupt):
+        await tool.run(ARGS, ctx)
+    return tool, ctx
 
 
 async def test_the_probe_defers_while_pending_and_hands_the_approval_to_the_thread(
@@ -70,10 +75,7 @@ async def test_the_probe_defers_while_pending_and_hands_the_approval_to_the_thre
     tmp_path: Path,
 ) -> None:
     raw = RecordingTool()
-    tool = _wrapped(raw, store, client, tmp_path)
-    ctx = tool_context("call-probe", thread_id="thread-probe")
-    with pytest.raises(AuthorizationPendingInterrupt):
-        await tool.run(ARGS, ctx)
+    tool, ctx = await _pending_call(raw, store, client, tmp_path, "call-probe")
     payload = await tool.confirmation.probe_payload(ctx)
     assert payload is not None
     request = await only_request(authz)
@@ -115,11 +117,7 @@ async def test_the_thread_waits_while_a_probe_polls_and_never_polls_the_same_req
     store: SQLiteCredentialStore,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    raw = RecordingTool()
-    tool = _wrapped(raw, store, client, tmp_path)
-    ctx = tool_context("call-busy", thread_id="thread-busy")
-    with pytest.raises(AuthorizationPendingInterrupt):
-        await tool.run(ARGS, ctx)
+    tool, ctx = await _pending_call(RecordingTool(), store, client, tmp_path, "call-busy")
     handoff = ciba_handoff(tmp_path)
     key = tool.confirmation.handoff_key(ctx)
     # a probe holds the request (its poll in flight): the thread's check does not poll, and looks again soon
