@@ -250,6 +250,9 @@ async def check_sleeping_request(payload: str, storage_dir: Path) -> float | Non
     except CIBAError:
         await handoff.settle(request.handoff_key)
         return None
+    except BaseException:  # cut off (the scheduler's time limit) or unexpected: the thread takes over now
+        await handoff.lost(request.handoff_key)
+        raise
     after = time.time()
     if isinstance(result, Pending | SlowDown):
         await handoff.settle(request.handoff_key)
