@@ -170,10 +170,10 @@ class AIChatAgent(Agent):
         await self.check_access(token, "send_message")
         text = self._validate_content(content)
         if message_id is not None:
-            seen = await self.thread_store.message_by_id(validate_message_id(message_id))
-            if seen is not None:
-                return await self._replayed_turn(message_id, text, *seen)
-        first_seq = await self._last_seq()
+            validate_message_id(message_id)
+        first_seq, seen = await self.thread_store.before_turn(message_id)
+        if seen is not None:
+            return await self._replayed_turn(message_id, text, *seen)
         await self._start_turn(text, message_id)
         if not await self._run_llm_loop(ends_turn=True):
             await self.storage.delete(TURN_IN_PROGRESS)

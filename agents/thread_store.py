@@ -137,15 +137,24 @@ class ThreadStore:
             metadata=metadata or {},
         )
 
-    async def message_by_id(self, message_id: str) -> tuple[int, str, str | None] | None:
-        """(seq, role, content) of the message with this id, if the thread has it."""
-        row = await self.storage.fetchone("SELECT seq, role, content FROM messages WHERE id = ?", (message_id,))
-        return None if row is None else (int(row["seq"]), str(row["role"]), row["content"])
-
     async def last_activity(self) -> float | None:
         """When the thread's newest message was written (None: it has none)."""
         row = await self.storage.fetchone("SELECT MAX(created_at) AS at FROM messages")
         return float(row["at"]) if row and row["at"] is not None else None
+
+    async def before_turn(self, message_id: str | None) -> tuple[int, tuple[int, str, str | None] | None]:
+        """(the last seq, (seq, role, content) of the message with this id if the thread has it) in one read:
+        what a turn looks up before it starts (a message sent again is its turn replayed)."""
+        if message_id is None:
+            return await self.last_seq(), None
+        row = await self.storage.fetchone(
+            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM messages) AS last_seq, m.seq, m.role, m.content "
+            "FROM (SELECT 1) LEFT JOIN messages AS m ON m.id = ?",
+            (message_id,),
+        )
+        assert row is not None  # one row always: the left join keeps it
+        seen = None if row["seq"] is None else (int(row["seq"]), str(row["role"]), row["content"])
+        return int(row["last_seq"]), seen
 
     async def last_seq(self) -> int:
         row = await self.storage.fetchone("SELECT COALESCE(MAX(seq), 0) AS seq FROM messages")
@@ -171,7 +180,6 @@ class ThreadStore:
                 "SELECT seq, id, role, content FROM messages WHERE seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?",
                 (after_seq, before if before is not None else 2**62, page_rows),
             )
-            page_rows *= 2  # a long window in a few reads
             if not rows:
                 break
             page = await self._cached_blocks_of([(int(r["seq"]), r["id"], r["role"], r["content"]) for r in rows])
@@ -179,6 +187,9 @@ class ThreadStore:
             blocks.extend(page)
             total += sum(block.size for block in page)
             before = int(rows[-1]["seq"])
+            if len(rows) < page_rows:  # the thread's start (or the summary's end) is reached: no more to read
+                break
+            page_rows *= 2  # a long window in a few reads
         if blocks:  # what is older than this window will not be asked for again
             oldest = blocks[-1].seq
             self._window_blocks = {seq: b for seq, b in self._window_blocks.items() if seq >= oldest}

@@ -121,3 +121,33 @@ async def test_event_streams_are_capped_per_thread_and_per_user(http_api: HttpAp
                 return response.status_code == 200
 
     await eventually(slots_given_back, timeout=15, what="the closed streams' slots")
+
+
+async def test_the_thread_list_keeps_titles_through_quick_turns_and_a_thread_deleted_and_made_again(
+    http_api: HttpApi,
+) -> None:
+    """Turns soon after one another do not each write to the owner's directory (`RecentTouches`), yet the
+    list stays right: the first message is the title, and a thread deleted and made again under the same id
+    gets the title of its new first message."""
+    alice = http_api.headers("alice")
+    thread_id = new_id()
+
+    async def title() -> str | None:
+        async with http_api.client() as http:
+            rows = (await http.get("/threads", headers=alice)).json()["threads"]
+        return next((r["title"] for r in rows if r["thread_id"] == thread_id), None)
+
+    async with http_api.client() as http:
+        for text in ("what is MSFT trading at?", "and AAPL?"):
+            sent = await http.post(f"/threads/{thread_id}/messages", json={"content": text}, headers=alice)
+            assert sent.status_code == 200, sent.text
+        assert await eventually(title, what="the first title") == "what is MSFT trading at?"
+        assert (await http.delete(f"/threads/{thread_id}", headers=alice)).status_code == 204
+        assert await title() is None
+        again = await http.post(f"/threads/{thread_id}/messages", json={"content": "what is NVDA at?"}, headers=alice)
+        assert again.status_code == 200, again.text
+    assert await eventually(lambda: _is(title, "what is NVDA at?"), what="the new title") is True
+
+
+async def _is(read: Any, expected: str) -> bool:
+    return await read() == expected

@@ -1,22 +1,24 @@
 """Reading a streamed completion (`agents.model_stream`): chunks whose lines are cut anywhere by the network
 are put back together, text and tool calls are joined, the connection is reused after `[DONE]`, and an
-error chunk in the middle of a stream is the SDK's `APIError`. A real HTTP server on 127.0.0.1 (Starlette,
-serving the bytes an OpenAI-compatible server sends) and the real openai client."""
+error chunk in the middle of a stream is the SDK's `APIError`, and the transport's failures are the SDK's
+connection and timeout errors. A real HTTP server on 127.0.0.1 (Starlette, serving the bytes an
+OpenAI-compatible server sends) and the client the agents use (`shared_llm`: the openai SDK over aiohttp)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from openai import APIError, AsyncOpenAI
+from openai import APIConnectionError, APIError, APITimeoutError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from agents.model_stream import stream_completion
+from agents.model_stream import shared_llm, stream_completion
 from devservers.server_thread import ServerThread
 
 
@@ -51,6 +53,14 @@ async def _cut_in_pieces(request: Request) -> StreamingResponse:
     return StreamingResponse(pieces(), media_type="text/event-stream")
 
 
+async def _cut(request: Request) -> StreamingResponse:
+    async def pieces() -> AsyncIterator[bytes]:
+        yield _chunk({"content": "Par"})
+        raise ConnectionResetError("the server went away mid-answer")
+
+    return StreamingResponse(pieces(), media_type="text/event-stream")
+
+
 async def _failing(request: Request) -> StreamingResponse:
     async def pieces() -> AsyncIterator[bytes]:
         yield _chunk({"content": "Par"})
@@ -65,6 +75,7 @@ def server() -> Iterator[ServerThread]:
         routes=[
             Route("/ok/chat/completions", _cut_in_pieces, methods=["POST"]),
             Route("/failing/chat/completions", _failing, methods=["POST"]),
+            Route("/cut/chat/completions", _cut, methods=["POST"]),
         ]
     )
     running = ServerThread(app).start()
@@ -73,7 +84,7 @@ def server() -> Iterator[ServerThread]:
 
 
 async def test_pieces_cut_anywhere_make_the_same_answer_and_the_connection_is_reused(server: ServerThread) -> None:
-    llm = AsyncOpenAI(base_url=server.url + "/ok", api_key="k", max_retries=0)
+    llm = shared_llm(server.url + "/ok", "k", 10.0)
     tokens: list[str] = []
     for _ in range(3):
         text, calls = await stream_completion(llm, {"model": "m"}, tokens.append, messages_json="[]")
@@ -81,11 +92,25 @@ async def test_pieces_cut_anywhere_make_the_same_answer_and_the_connection_is_re
         assert calls == [{"id": "call_1", "name": "buy", "arguments": '{"ticker": "MSFT"}'}]
     assert "".join(tokens) == "Hello \u00e9t\u00e9" * 3
     assert len(CLIENT_PORTS) == 3 and len(set(CLIENT_PORTS)) == 1, CLIENT_PORTS
-    await llm.close()
 
 
 async def test_an_error_chunk_mid_stream_is_the_sdks_api_error(server: ServerThread) -> None:
-    llm = AsyncOpenAI(base_url=server.url + "/failing", api_key="k", max_retries=0)
+    llm = shared_llm(server.url + "/failing", "k", 10.0)
     with pytest.raises(APIError, match="the model overloaded"):
         await stream_completion(llm, {"model": "m"}, lambda _: None, messages_json="[]")
-    await llm.close()
+
+
+async def test_a_connection_cut_mid_stream_is_the_sdks_connection_error(server: ServerThread) -> None:
+    """What the agent catches (`APIError`, here its `APIConnectionError` kind), not the transport's own."""
+    llm = shared_llm(server.url + "/cut", "k", 10.0)
+    with pytest.raises(APIConnectionError):
+        await stream_completion(llm, {"model": "m"}, lambda _: None, messages_json="[]")
+
+
+async def test_a_silent_server_is_the_sdks_timeout() -> None:
+    """A server that accepts and never answers: the client's read timeout, named as the SDK names it."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        llm = shared_llm(f"http://127.0.0.1:{port}", "k", 0.5)
+        with pytest.raises(APITimeoutError):
+            await llm.with_options(max_retries=0).post("/chat/completions", body={}, cast_to=object)
