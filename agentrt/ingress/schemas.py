@@ -37,7 +37,9 @@ class ThreadSummary(BaseModel):
     thread_id: str
     created_at: float | None = None
     title: str | None = Field(default=None, description="The first message of the thread, shortened.")
-    last_active_at: float | None = None
+    last_active_at: float | None = Field(
+        default=None, description="When a message was last sent to it (Unix seconds), to within 10 s."
+    )
 
 
 class ThreadCreated(ThreadSummary):
