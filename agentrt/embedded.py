@@ -27,10 +27,10 @@ from agentrt.ingress.settings import IngressSettings
 from agents.settings import ChatSettings
 from auth.issuer import issuer_url
 from auth.settings import DEFAULT_CHECKOUT_AUDIENCE, AuthConfigError, AuthSettings
+from demo.stocks import StockToolSettings
 from devservers.server_thread import free_port
 from runtime.private_files import private_dir
 from runtime.settings import RuntimeSettings
-from tools.stocks import StockToolSettings
 
 if TYPE_CHECKING:
     from devservers.authz_server import DevAuthorizationServer

@@ -152,7 +152,7 @@ class Stack:
         """Fail at start-up, with a message naming what to fix, when the CIBA client cannot authenticate
         (a missing or unusable key, a wrong secret or key): otherwise every purchase would fail later."""
         from auth.settings import AuthConfigError
-        from tools.ciba_client import CIBAClient, CIBAError, CIBATransientError
+        from tools.ciba.client import CIBAClient, CIBAError, CIBATransientError
 
         try:
             client = CIBAClient.from_settings(self._ciba_settings().validate_for_ciba())

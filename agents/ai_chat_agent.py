@@ -52,7 +52,7 @@ from agents.thread_store import CHAT_MIGRATIONS, TURN_IN_PROGRESS, ThreadStore
 from runtime import Agent, internal, public, read, turn
 from runtime.backoff import exponential_delay
 from tools.base import OutcomeUnknownError, Tool, ToolContext, ToolError, TransientToolError
-from tools.interrupts import AsyncAuthorizationInterrupt
+from tools.ciba.interrupts import AsyncAuthorizationInterrupt
 
 logger = logging.getLogger("agents.chat")
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from agents.thread_agent import ThreadAgent
 from auth.settings import auth_settings
+from demo.order_details import purchase_details
+from demo.stocks import binding_message_for, get_stock_price, make_buy_stock_tool
+from demo.watchlist import make_watchlist_tools
 from runtime import internal
 from tools.base import Tool
-from tools.order_details import purchase_details
-from tools.stocks import binding_message_for, get_stock_price, make_buy_stock_tool
-from tools.watchlist import make_watchlist_tools
 
 __all__ = ["Chat"]
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from runtime.alarm_probes import AlarmProbe
     from runtime.schedules import Schedule
     from tools.base import Tool, ToolContext
-    from tools.interrupts import AsyncAuthorizationInterrupt
+    from tools.ciba.interrupts import AsyncAuthorizationInterrupt
 
 
 class ChatHost(Protocol):

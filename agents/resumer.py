@@ -25,9 +25,9 @@ from agents.host import MixinBase
 from agents.messages import ChatMessage, ToolCall
 from runtime import Schedule, internal, public, turn
 from runtime.alarm_probes import AlarmProbe
-from tools.ciba_ping import deployment_ping_key, notification_target
-from tools.ciba_probe import PROBER
-from tools.interrupts import AsyncAuthorizationInterrupt
+from tools.ciba.interrupts import AsyncAuthorizationInterrupt
+from tools.ciba.ping import deployment_ping_key, notification_target
+from tools.ciba.probe import PROBER
 
 CHECK_CALLBACK = "check_async_user_confirmation"
 WITHDRAWN_TEXT = "Cancelled by the user before it was approved: nothing was done."
@@ -146,7 +146,7 @@ class AsyncUserConfirmationResumer(MixinBase):
     @internal
     async def alarm_probe(self, schedule: Schedule) -> AlarmProbe | None:
         """A thread going to sleep with an approval check next: in ping mode the check is a safety net for a
-        lost ping, so the scheduler may run it as a probe (`tools.ciba_probe`) and wake the thread only
+        lost ping, so the scheduler may run it as a probe (`tools.ciba.probe`) and wake the thread only
         when the user has answered."""
         if schedule.callback != CHECK_CALLBACK or not isinstance(schedule.payload, dict):
             return await super().alarm_probe(schedule)

@@ -21,17 +21,17 @@ from agents.owned_agent import OwnedAgent
 from agents.resumer import AsyncUserConfirmationResumer
 from auth.settings import auth_settings
 from runtime import internal
-from tools.agent_credential_store import AgentCredentialStore
-from tools.async_confirmation import (
+from tools.base import Tool, current_tool_context
+from tools.ciba.agent_credential_store import AgentCredentialStore
+from tools.ciba.client import CIBAClient
+from tools.ciba.confirmation import (
     AsyncUserConfirmationTool,
     InterruptCallback,
     Resolvable,
     with_async_user_confirmation,
 )
-from tools.base import Tool, current_tool_context
-from tools.ciba_client import CIBAClient
-from tools.ciba_ping import deployment_ping_key
-from tools.ciba_probe import ciba_handoff
+from tools.ciba.ping import deployment_ping_key
+from tools.ciba.probe import ciba_handoff
 
 
 def thread_owner(**_: Any) -> str:

@@ -46,7 +46,7 @@ class BareModel:
         from openai import AsyncOpenAI
 
         from agents.settings import ChatSettings
-        from tools.stocks import get_stock_price, make_buy_stock_tool
+        from demo.stocks import get_stock_price, make_buy_stock_tool
 
         settings = ChatSettings()
         self.model = settings.openai_model

@@ -50,13 +50,13 @@ from bench.common import approve, pending_requests, report_head, summarise, wait
 from bench.tables import left, print_table, right  # noqa: E402
 from devservers.authz_server import DevAuthorizationServer  # noqa: E402
 from devservers.server_thread import ServerThread  # noqa: E402
-from tools.async_confirmation import AsyncUserConfirmationTool, with_async_user_confirmation  # noqa: E402
 from tools.base import Tool, ToolContext  # noqa: E402
-from tools.ciba_client import Approved, CIBAClient, Pending, SlowDown  # noqa: E402
-from tools.ciba_ping import notification_target, ping_key  # noqa: E402
-from tools.credential_store import SQLiteCredentialStore  # noqa: E402
-from tools.credentials_context import get_ciba_credentials  # noqa: E402
-from tools.interrupts import AuthorizationPendingInterrupt, AuthorizationPollingInterrupt  # noqa: E402
+from tools.ciba.client import Approved, CIBAClient, Pending, SlowDown  # noqa: E402
+from tools.ciba.confirmation import AsyncUserConfirmationTool, with_async_user_confirmation  # noqa: E402
+from tools.ciba.credential_store import SQLiteCredentialStore  # noqa: E402
+from tools.ciba.credentials_context import get_ciba_credentials  # noqa: E402
+from tools.ciba.interrupts import AuthorizationPendingInterrupt, AuthorizationPollingInterrupt  # noqa: E402
+from tools.ciba.ping import notification_target, ping_key  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "ciba_bench.json"
 USER = "auth0|alice"

@@ -12,10 +12,10 @@ from typing import Any
 from agents.chat import Chat
 from agents.directory import ThreadDirectory
 from agents.thread_store import ThreadStore
+from demo.stocks import get_stock_price, make_buy_stock_tool
 from runtime import public, read, turn
 from tests.agents_under_test import RuntimeMethodsForTests
 from tools.base import Tool
-from tools.stocks import get_stock_price, make_buy_stock_tool
 
 
 class ShortExpiryChat(RuntimeMethodsForTests, Chat):

@@ -20,12 +20,12 @@ import pytest_asyncio
 from pydantic import BaseModel
 
 from devservers.authz_server import DevAuthorizationServer
-from tools.async_confirmation import with_async_user_confirmation
 from tools.base import Tool, ToolContext, TransientToolError
-from tools.ciba_client import CIBAClient, RetryPolicy
-from tools.credential_store import SQLiteCredentialStore
-from tools.credentials_context import get_ciba_credentials
-from tools.interrupts import AuthorizationPendingInterrupt, AuthorizationPollingInterrupt
+from tools.ciba.client import CIBAClient, RetryPolicy
+from tools.ciba.confirmation import with_async_user_confirmation
+from tools.ciba.credential_store import SQLiteCredentialStore
+from tools.ciba.credentials_context import get_ciba_credentials
+from tools.ciba.interrupts import AuthorizationPendingInterrupt, AuthorizationPollingInterrupt
 
 API_AUDIENCE = "https://agents.test/api"
 CHECKOUT_AUDIENCE = "http://localhost:5000/api/checkout"

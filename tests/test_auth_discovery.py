@@ -14,7 +14,7 @@ import pytest
 from auth.settings import AuthSettings
 from devservers.authz_server import DevAuthorizationServer
 from tests.ciba_fixtures import API_AUDIENCE, start_server
-from tools.ciba_client import CIBAClient
+from tools.ciba.client import CIBAClient
 
 
 @pytest.fixture

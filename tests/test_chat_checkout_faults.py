@@ -15,8 +15,8 @@ from runtime.storage import AgentStorage
 from tests.chat_world import ChatWorld
 from tests.test_chat_flow import final_text, new_thread_id, tool_messages, wait_for_requests
 from tests.waiting import eventually
-from tools.agent_credential_store import AgentCredentialStore
-from tools.async_confirmation import CREDENTIALS_NAMESPACE
+from tools.ciba.agent_credential_store import AgentCredentialStore
+from tools.ciba.confirmation import CREDENTIALS_NAMESPACE
 
 pytestmark = pytest.mark.usefixtures("chat_world")
 

@@ -16,13 +16,13 @@ import ray
 import runtime
 from agents.chat import Chat
 from agents.errors import InvalidMessageError, MessageIdReusedError, ToolCallNotAwaitingError, UnknownToolCallError
+from demo.order_details import purchase_details
 from runtime import get_agent
 from tests.chat_agents_under_test import ConfirmingChat, CrashableChat, ShortExpiryChat
 from tests.chat_world import ChatWorld
 from tests.conftest import ray_init_kwargs
 from tests.test_runtime_identity_storage import RESTARTING
 from tests.waiting import eventually
-from tools.order_details import purchase_details
 
 pytestmark = pytest.mark.usefixtures("chat_world")
 

@@ -10,11 +10,11 @@ import uuid
 import httpx
 import pytest
 
+from demo.order_details import purchase_details
+from demo.prices import DEMO_PRICES
 from devservers.checkout_api import CheckoutError, CheckoutServer, TokenVerifier
 from tests.jwks_helpers import CHECKOUT_AUDIENCE as AUDIENCE
 from tests.jwks_helpers import JWKSServer, RSAKey
-from tools.order_details import purchase_details
-from tools.stock_prices import DEMO_PRICES
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from tests.ciba_fixtures import (
     client,  # noqa: F401  (fixture)
     sleep_until,
 )
-from tools.ciba_client import (
+from tools.ciba.client import (
     Approved,
     CIBAClient,
     CIBAError,

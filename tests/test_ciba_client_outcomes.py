@@ -24,7 +24,7 @@ from tests.ciba_fixtures import (
     sleep_until,
     stats,
 )
-from tools.ciba_client import (
+from tools.ciba.client import (
     AccessDenied,
     Approved,
     BackchannelResponse,

@@ -19,7 +19,7 @@ from tests.ciba_fixtures import (
     requests_for,
     stats,
 )
-from tools.ciba_client import (
+from tools.ciba.client import (
     CIBAClient,
 )
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tools.ciba_client import CIBAError, CIBATransientError, InvalidBindingMessage
-from tools.interrupts import (
+from tools.ciba.client import CIBAError, CIBATransientError, InvalidBindingMessage
+from tools.ciba.interrupts import (
     AccessDeniedInterrupt,
     AsyncAuthorizationInterrupt,
     AuthorizationPendingInterrupt,

@@ -25,10 +25,10 @@ from tests.ciba_fixtures import (
     tool_context,
 )
 from tests.waiting import eventually
-from tools.async_confirmation import PENDING_NAMESPACE, with_async_user_confirmation
-from tools.ciba_client import CIBATransientError, Pending
-from tools.credential_store import SQLiteCredentialStore
-from tools.interrupts import AuthorizationPendingInterrupt, AuthorizationPollingInterrupt
+from tools.ciba.client import CIBATransientError, Pending
+from tools.ciba.confirmation import PENDING_NAMESPACE, with_async_user_confirmation
+from tools.ciba.credential_store import SQLiteCredentialStore
+from tools.ciba.interrupts import AuthorizationPendingInterrupt, AuthorizationPollingInterrupt
 
 
 def restart(server: DevAuthorizationServer) -> ServerThread:

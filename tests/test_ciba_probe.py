@@ -1,4 +1,4 @@
-"""The alarm probe of a pending CIBA request (`tools.ciba_probe`), without Ray: the probe polls in the
+"""The alarm probe of a pending CIBA request (`tools.ciba.probe`), without Ray: the probe polls in the
 scheduler's place while the request is pending (and says when to look again), keeps an answer in the
 hand-off store before the thread would be woken, and the thread's own check takes it from there (the tool
 runs once, the provider is polled no more than needed); the probe and the thread never poll at once.
@@ -28,13 +28,13 @@ from tests.ciba_fixtures import (
     tool_context,
     wrap,
 )
-from tools.async_confirmation import PENDING_NAMESPACE, AsyncUserConfirmationTool
 from tools.base import ToolContext
-from tools.ciba_client import CIBAClient
-from tools.ciba_probe import CibaHandoff, check_sleeping_request, ciba_handoff
-from tools.ciba_types import Approved, TokenSet
-from tools.credential_store import CredentialSealer, SQLiteCredentialStore
-from tools.interrupts import AuthorizationPendingInterrupt
+from tools.ciba.client import CIBAClient
+from tools.ciba.confirmation import PENDING_NAMESPACE, AsyncUserConfirmationTool
+from tools.ciba.credential_store import CredentialSealer, SQLiteCredentialStore
+from tools.ciba.interrupts import AuthorizationPendingInterrupt
+from tools.ciba.probe import CibaHandoff, check_sleeping_request, ciba_handoff
+from tools.ciba.types import Approved, TokenSet
 
 
 @pytest.fixture

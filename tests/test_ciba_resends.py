@@ -1,4 +1,4 @@
-"""Sending a tool call's CIBA request again (`tools.ciba_resends`) when its first sending may have died
+"""Sending a tool call's CIBA request again (`tools.ciba.resends`) when its first sending may have died
 half-way: a record left "requesting" past its lease is sent once more, by one caller; a resend claimed by a
 process that died before recording it is not waited for forever. Real dev server, real HTTP, real SQLite
 file; what a dead process leaves is written directly (killing a process at that exact line is what the chat
@@ -24,11 +24,11 @@ from tests.ciba_fixtures import (
     tool_context,
     wrap,
 )
-from tools.async_confirmation import PENDING_NAMESPACE
-from tools.ciba_client import CIBAClient
-from tools.ciba_options import ATTEMPTS_NAMESPACE
-from tools.credential_store import SQLiteCredentialStore
-from tools.interrupts import AuthorizationPendingInterrupt
+from tools.ciba.client import CIBAClient
+from tools.ciba.confirmation import PENDING_NAMESPACE
+from tools.ciba.credential_store import SQLiteCredentialStore
+from tools.ciba.interrupts import AuthorizationPendingInterrupt
+from tools.ciba.options import ATTEMPTS_NAMESPACE
 
 
 async def test_half_sent_request_is_resent_once_after_its_lease(
@@ -55,7 +55,7 @@ async def test_half_sent_request_is_resent_once_after_its_lease(
 
     record = await store.get(PENDING_NAMESPACE, key)
     await store.put(PENDING_NAMESPACE, key, {**record, "lease_until": now - 1})
-    with caplog.at_level(logging.WARNING, logger="tools.async_confirmation"):
+    with caplog.at_level(logging.WARNING, logger="tools.ciba.confirmation"):
         results = await asyncio.gather(*(tool.run(ARGS, ctx) for _ in range(4)), return_exceptions=True)
     assert all(isinstance(r, AuthorizationPendingInterrupt) for r in results)
     assert "sending it again" in caplog.text

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from auth.settings import AuthConfigError, AuthSettings
-from tools.ciba_client import CIBAClient
+from tools.ciba.client import CIBAClient
 
 SECRET = "client-secret-value-0123456789"
 KEY = "f" * 64

@@ -12,7 +12,7 @@ import pytest
 
 from tests.ciba_fixtures import encryption_key, store  # noqa: F401  (fixtures)
 from tests.waiting import eventually
-from tools.credential_store import CredentialStore, MemoryCredentialStore, SQLiteCredentialStore
+from tools.ciba.credential_store import CredentialStore, MemoryCredentialStore, SQLiteCredentialStore
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.secret-access-token-value.signature"
 
@@ -55,7 +55,7 @@ async def test_wrong_key_yields_no_credential_and_a_warning(
     await store.put("ciba:credentials", "k", {"access_token": TOKEN}, ttl=60)
     other = SQLiteCredentialStore(store.path, "another key that is long enough for the settings check")
     try:
-        with caplog.at_level(logging.WARNING, logger="tools.credential_store"):
+        with caplog.at_level(logging.WARNING, logger="tools.ciba.credential_store"):
             assert await other.get("ciba:credentials", "k") is None
     finally:
         await other.close()
@@ -85,7 +85,7 @@ async def test_tampering_yields_none(store: SQLiteCredentialStore, caplog: pytes
         )
     finally:
         db.close()
-    with caplog.at_level(logging.WARNING, logger="tools.credential_store"):
+    with caplog.at_level(logging.WARNING, logger="tools.ciba.credential_store"):
         assert await store.get("ns", "a") is None
         assert await store.get("ns", "c") is None
         assert await store.get("ns", "short") is None

@@ -35,15 +35,15 @@ from tests.ciba_fixtures import (
     tool_context,
     wrap,
 )
-from tools.async_confirmation import (
+from tools.base import ToolContext
+from tools.ciba.client import CIBAClient
+from tools.ciba.confirmation import (
     CREDENTIALS_NAMESPACE,
     PENDING_NAMESPACE,
     get_ciba_credentials,
 )
-from tools.base import ToolContext
-from tools.ciba_client import CIBAClient
-from tools.credential_store import SQLiteCredentialStore
-from tools.interrupts import (
+from tools.ciba.credential_store import SQLiteCredentialStore
+from tools.ciba.interrupts import (
     AccessDeniedInterrupt,
     AsyncAuthorizationInterrupt,
     AuthorizationPendingInterrupt,
@@ -231,7 +231,7 @@ async def test_in_ping_mode_the_checks_on_a_timer_are_a_few_per_request_not_one_
     """The ping says when the user decided; the timer only catches a lost ping. With no fixed fallback, it
     checks three times over the request's lifetime (every 100 s for 300 s), so a waiting thread can sleep;
     a fixed `ping_fallback` still wins."""
-    from tools.ciba_ping import ping_key
+    from tools.ciba.ping import ping_key
 
     key = ping_key("a key for this test, long enough to be one")
     for fallback, gap in ((None, 300 / 3), (8.0, 8.0)):

@@ -28,14 +28,14 @@ from tests.ciba_fixtures import (
     tool_context,
     wrap,
 )
-from tools.async_confirmation import (
+from tools.base import Tool, ToolContext, ToolError, TransientToolError
+from tools.ciba.client import CIBAClient
+from tools.ciba.confirmation import (
     CREDENTIALS_NAMESPACE,
     PENDING_NAMESPACE,
 )
-from tools.base import Tool, ToolContext, ToolError, TransientToolError
-from tools.ciba_client import CIBAClient
-from tools.credential_store import SQLiteCredentialStore
-from tools.interrupts import (
+from tools.ciba.credential_store import SQLiteCredentialStore
+from tools.ciba.interrupts import (
     AuthorizationPendingInterrupt,
     AuthorizationPollingInterrupt,
     AuthorizationRequestExpiredInterrupt,
@@ -279,7 +279,7 @@ async def test_a_slow_provider_gets_at_most_the_capped_requests_then_the_call_en
     user's phone) but answers too late for the client. Each check used to send a new one, for as long as
     the provider stayed slow; now the call sends at most `MAX_REQUESTS_PER_CALL`, backing off, then ends
     with a result that says what happened, and its record lives no longer than the first request would."""
-    from tools.ciba_options import MAX_REQUESTS_PER_CALL
+    from tools.ciba.options import MAX_REQUESTS_PER_CALL
 
     raw = RecordingTool()
     tool = wrap(raw.tool(), store, client)

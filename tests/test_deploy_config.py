@@ -134,7 +134,7 @@ def test_the_grafana_dashboard_reads_only_metrics_the_product_exports() -> None:
     from agents import metrics as agent_metrics
     from runtime import metrics as runtime_metrics
     from runtime.metrics import Metric
-    from tools import metrics as ciba_metrics
+    from tools.ciba import metrics as ciba_metrics
 
     declared = {
         m.name: m

@@ -22,7 +22,7 @@ def dev_authz() -> Iterator[DevAuthorizationServer]:
 
 async def pending_request(server: DevAuthorizationServer) -> str:
     """A pending CIBA request for alice, made the way an agent makes one."""
-    from tools.ciba_client import CIBAClient
+    from tools.ciba.client import CIBAClient
 
     async with CIBAClient(
         issuer=server.issuer, client_id=server.client_id, client_secret=server.client_secret

@@ -251,7 +251,7 @@ async def test_a_thread_waiting_for_its_users_approval_sleeps_and_the_ping_bring
 
 
 async def test_ping_mode_refuses_unknown_wrong_and_replayed_notification_tokens(http_api: HttpApi) -> None:
-    from tools.ciba_ping import new_notification_token, ping_key
+    from tools.ciba.ping import new_notification_token, ping_key
 
     real_key = ping_key(http_api.world.env["AUTH0_SESSION_ENCRYPTION_KEY"])
     thread_id = new_id()

@@ -8,8 +8,8 @@ import httpx
 import openai
 import pytest
 
+from demo.stocks import buy_stock, get_stock_price
 from devservers.offline_model import MODEL_NAME, OfflineModelServer, plan_reply
-from tools.stocks import buy_stock, get_stock_price
 
 TOOLS = [buy_stock.openai_schema(), get_stock_price.openai_schema()]
 

@@ -14,7 +14,7 @@ from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
 from runtime import get_agent
 from runtime.storage import AgentStorage
 from tests.agents_under_test import Counter
-from tools.credential_store import SQLiteCredentialStore
+from tools.ciba.credential_store import SQLiteCredentialStore
 
 
 def mode(path: Path) -> int:

@@ -5,11 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from devservers.server_thread import free_port
-from tests.jwks_helpers import CHECKOUT_AUDIENCE as AUDIENCE
-from tools.base import ToolContext, ToolError, TransientToolError
-from tools.credentials_context import CIBACredentials, use_ciba_credentials
-from tools.stocks import (
+from demo.stocks import (
     BINDING_MESSAGE_RE,
     binding_message_for,
     buy_stock,
@@ -18,6 +14,10 @@ from tools.stocks import (
     idempotency_key_for,
     make_buy_stock_tool,
 )
+from devservers.server_thread import free_port
+from tests.jwks_helpers import CHECKOUT_AUDIENCE as AUDIENCE
+from tools.base import ToolContext, ToolError, TransientToolError
+from tools.ciba.credentials_context import CIBACredentials, use_ciba_credentials
 
 
 def _stats(checkout) -> int:
@@ -178,16 +178,16 @@ def test_idempotency_key_and_url_helpers():
 def test_buy_stock_refuses_a_limit_price_its_approval_could_not_show_exactly(price: str) -> None:
     """Approved "Buy 10 MSFT at 30.25" must be the order placed: no inf/nan (httpx would refuse to send it
     after the approval), no absurd size, no more than cents."""
+    from demo.stocks import make_buy_stock_tool
     from tools.base import ToolError
-    from tools.stocks import make_buy_stock_tool
 
     with pytest.raises(ToolError, match="price"):
         make_buy_stock_tool().parse_arguments(f'{{"ticker": "MSFT", "quantity": 10, "price": {price}}}')
 
 
 def test_the_largest_order_still_has_its_whole_binding_message() -> None:
-    from tools.stock_prices import MAX_QUANTITY
-    from tools.stocks import MAX_LIMIT_PRICE, binding_message_for, make_buy_stock_tool
+    from demo.prices import MAX_QUANTITY
+    from demo.stocks import MAX_LIMIT_PRICE, binding_message_for, make_buy_stock_tool
 
     args = make_buy_stock_tool().parse_arguments(
         {"ticker": "GOOGL", "quantity": MAX_QUANTITY, "price": MAX_LIMIT_PRICE}

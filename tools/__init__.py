@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 from runtime.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
-    from tools.async_confirmation import AsyncUserConfirmationTool, with_async_user_confirmation
     from tools.base import (
         OutcomeUnknownError,
         Tool,
@@ -34,9 +33,13 @@ if TYPE_CHECKING:
         current_tool_context,
         tool,
     )
-    from tools.ciba_types import InvalidBindingMessage, fit_binding_message, validate_binding_message
-    from tools.credentials_context import CIBACredentials, get_async_authorization_credentials, get_ciba_credentials
-    from tools.interrupts import (
+    from tools.ciba.confirmation import AsyncUserConfirmationTool, with_async_user_confirmation
+    from tools.ciba.credentials_context import (
+        CIBACredentials,
+        get_async_authorization_credentials,
+        get_ciba_credentials,
+    )
+    from tools.ciba.interrupts import (
         AccessDeniedInterrupt,
         AsyncAuthorizationInterrupt,
         AuthorizationPendingInterrupt,
@@ -46,33 +49,34 @@ if TYPE_CHECKING:
         InvalidGrantInterrupt,
         UserDoesNotHavePushNotificationsInterrupt,
     )
+    from tools.ciba.types import InvalidBindingMessage, fit_binding_message, validate_binding_message
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "AccessDeniedInterrupt": "tools.interrupts",
-        "AsyncAuthorizationInterrupt": "tools.interrupts",
-        "AsyncUserConfirmationTool": "tools.async_confirmation",
-        "AuthorizationPendingInterrupt": "tools.interrupts",
-        "AuthorizationPollingInterrupt": "tools.interrupts",
-        "AuthorizationRequestExpiredInterrupt": "tools.interrupts",
-        "AuthorizationRequestFailedInterrupt": "tools.interrupts",
-        "CIBACredentials": "tools.credentials_context",
-        "InvalidBindingMessage": "tools.ciba_types",
-        "InvalidGrantInterrupt": "tools.interrupts",
+        "AccessDeniedInterrupt": "tools.ciba.interrupts",
+        "AsyncAuthorizationInterrupt": "tools.ciba.interrupts",
+        "AsyncUserConfirmationTool": "tools.ciba.confirmation",
+        "AuthorizationPendingInterrupt": "tools.ciba.interrupts",
+        "AuthorizationPollingInterrupt": "tools.ciba.interrupts",
+        "AuthorizationRequestExpiredInterrupt": "tools.ciba.interrupts",
+        "AuthorizationRequestFailedInterrupt": "tools.ciba.interrupts",
+        "CIBACredentials": "tools.ciba.credentials_context",
+        "InvalidBindingMessage": "tools.ciba.types",
+        "InvalidGrantInterrupt": "tools.ciba.interrupts",
         "OutcomeUnknownError": "tools.base",
         "Tool": "tools.base",
         "ToolContext": "tools.base",
         "ToolError": "tools.base",
         "TransientToolError": "tools.base",
-        "UserDoesNotHavePushNotificationsInterrupt": "tools.interrupts",
+        "UserDoesNotHavePushNotificationsInterrupt": "tools.ciba.interrupts",
         "current_tool_context": "tools.base",
-        "fit_binding_message": "tools.ciba_types",
-        "get_async_authorization_credentials": "tools.credentials_context",
-        "get_ciba_credentials": "tools.credentials_context",
+        "fit_binding_message": "tools.ciba.types",
+        "get_async_authorization_credentials": "tools.ciba.credentials_context",
+        "get_ciba_credentials": "tools.ciba.credentials_context",
         "tool": "tools.base",
-        "validate_binding_message": "tools.ciba_types",
-        "with_async_user_confirmation": "tools.async_confirmation",
+        "validate_binding_message": "tools.ciba.types",
+        "with_async_user_confirmation": "tools.ciba.confirmation",
     },
 )
 

@@ -29,7 +29,7 @@ from auth.http_pool import shared_client
 from auth.settings import AuthSettings
 from auth.verifier import bearer_token
 from runtime import InvalidAgentIdError, validate_agent_id
-from tools.ciba_ping import deployment_ping_key, notification_target
+from tools.ciba.ping import deployment_ping_key, notification_target
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}

@@ -16,7 +16,7 @@ import jwt
 
 from devservers.authz.protocol import SCOPE_TOKEN_RE, OAuthError
 from devservers.authz.state import AuthzState
-from tools.ciba_types import BINDING_MESSAGE_RE
+from tools.ciba.types import BINDING_MESSAGE_RE
 
 __all__ = ["BackchannelParams", "parse_authorization_details", "parse_backchannel_request", "resolve_hint"]
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from fastapi import Request
 
+from demo.order_details import approves_order
+from demo.prices import CURRENCY, MAX_QUANTITY, UnknownTickerError, get_price
 from devservers.checkout.errors import CheckoutError
 from devservers.checkout.tokens import bearer_challenge
-from tools.order_details import approves_order
-from tools.stock_prices import CURRENCY, MAX_QUANTITY, UnknownTickerError, get_price
 
 __all__ = [
     "MAX_IDEMPOTENCY_KEY_LENGTH",

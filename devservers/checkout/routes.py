@@ -18,6 +18,7 @@ import aiosqlite
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from demo.prices import CURRENCY, UnknownTickerError, get_price, known_tickers
 from devservers.checkout.errors import CheckoutError, error_response
 from devservers.checkout.orders import (
     check_authorization_details,
@@ -29,7 +30,6 @@ from devservers.checkout.orders import (
 )
 from devservers.checkout.store import OrderStore, order_json
 from devservers.checkout.tokens import TokenVerifier
-from tools.stock_prices import CURRENCY, UnknownTickerError, get_price, known_tickers
 
 __all__ = [
     "API_PREFIX",

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 
 from auth.settings import DEFAULT_CHECKOUT_AUDIENCE
+from demo.prices import DEMO_PRICES
 from devservers.checkout import routes
 from devservers.checkout.errors import EXCEPTION_HANDLERS
 from devservers.checkout.routes import API_PREFIX
@@ -24,7 +25,6 @@ from devservers.checkout.store import OrderStore
 from devservers.checkout.tokens import TokenVerifier
 from devservers.local_only import LocalOnly
 from devservers.server_thread import ServerThread
-from tools.stock_prices import DEMO_PRICES
 
 __all__ = ["DEFAULT_CHECKOUT_AUDIENCE", "ROUTES", "CheckoutServer", "create_checkout_app"]
 
@@ -67,7 +67,7 @@ def create_checkout_app(
     """The checkout API as an ASGI app.
 
     `jwks_url` defaults to the `jwks_uri` of the issuer's discovery document; `prices` to the shared demo table
-    (`tools.stock_prices.DEMO_PRICES`); `db_path` to an in-memory database (orders then die with the app).
+    (`demo.prices.DEMO_PRICES`); `db_path` to an in-memory database (orders then die with the app).
     """
     price_table = {t.upper(): float(p) for t, p in (DEMO_PRICES if prices is None else prices).items()}
     verifier = TokenVerifier(issuer=issuer, audience=audience, jwks_url=jwks_url, algorithms=algorithms, leeway=leeway)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tools.stock_prices import COMPANY_TICKERS, DEMO_PRICES, TICKER_RE
+from demo.prices import COMPANY_TICKERS, DEMO_PRICES, TICKER_RE
 
 __all__ = [
     "BUY_VERB",

@@ -1,9 +1,9 @@
 """Talking to the provider for one tool call: the CIBA request, its checks, and their outcomes.
 
-`CibaRequests` is the half of `AsyncUserConfirmation` (see `tools.async_confirmation`, which has the
+`CibaRequests` is the half of `AsyncUserConfirmation` (see `tools.ciba.confirmation`, which has the
 guarantees) that sends the backchannel request, polls the token endpoint once per due check, stores an
 approval, turns every other answer into an interrupt, and asks the user again when an approval was lost
-with the answer that carried it. The options and record vocabulary are `tools.ciba_options`.
+with the answer that carried it. The options and record vocabulary are `tools.ciba.options`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from runtime.backoff import exponential_delay
-from tools import metrics
 from tools.base import Tool, ToolContext, ToolError
-from tools.ciba_client import (
+from tools.ciba import metrics
+from tools.ciba.client import (
     AccessDenied,
     Approved,
     CIBAClient,
@@ -30,7 +30,18 @@ from tools.ciba_client import (
     SlowDown,
     validate_binding_message,
 )
-from tools.ciba_options import (
+from tools.ciba.credential_store import CredentialStore
+from tools.ciba.interrupts import (
+    AccessDeniedInterrupt,
+    AsyncAuthorizationInterrupt,
+    AuthorizationPendingInterrupt,
+    AuthorizationPollingInterrupt,
+    AuthorizationRequestExpiredInterrupt,
+    AuthorizationRequestFailedInterrupt,
+    InvalidGrantInterrupt,
+    UserDoesNotHavePushNotificationsInterrupt,
+)
+from tools.ciba.options import (
     CREDENTIALS_NAMESPACE,
     DEFAULT_CREDENTIAL_TTL,
     MAX_REQUESTS_PER_CALL,
@@ -41,19 +52,8 @@ from tools.ciba_options import (
     ping_check_gap,
     resolve,
 )
-from tools.ciba_ping import new_notification_token, token_digest
-from tools.ciba_resends import RequestResends
-from tools.credential_store import CredentialStore
-from tools.interrupts import (
-    AccessDeniedInterrupt,
-    AsyncAuthorizationInterrupt,
-    AuthorizationPendingInterrupt,
-    AuthorizationPollingInterrupt,
-    AuthorizationRequestExpiredInterrupt,
-    AuthorizationRequestFailedInterrupt,
-    InvalidGrantInterrupt,
-    UserDoesNotHavePushNotificationsInterrupt,
-)
+from tools.ciba.ping import new_notification_token, token_digest
+from tools.ciba.resends import RequestResends
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class CibaRequests(RequestResends):
         then says `invalid_grant`, the approval was lost, not refused: the user is asked once more.
 
         With a hand-off store (ping mode), the request is claimed there first, so this check and an alarm
-        probe (`tools.ciba_probe`) never poll at once; an answer a probe received is taken from there
+        probe (`tools.ciba.probe`) never poll at once; an answer a probe received is taken from there
         instead of polling, and the claim is settled once the answer is stored."""
         now = self.clock()
         expires_at = float(record["expires_at"])

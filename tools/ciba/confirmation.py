@@ -12,7 +12,7 @@
 
 Each call of the wrapped tool moves one tool call (key `"{thread_id}:{tool name}:{tool_call_id}"`) one step
 through CIBA, never blocking on the user (this module holds the steps and the credential's use; sending
-the request, polling and reading the answers is `tools.ciba_requests`):
+the request, polling and reading the answers is `tools.ciba.provider`):
 
 1. An approved credential is stored for the call: run the tool inside `use_ciba_credentials(cred)` (the
    tool reads it with `get_ciba_credentials()`), then consume the credential: it is single use and bound
@@ -26,7 +26,7 @@ the request, polling and reading the answers is `tools.ciba_requests`):
    request, store `auth_req_id`, expiry, interval and next poll time, raise `AuthorizationPendingInterrupt`.
    Racing calls (same process or another one after a restart) lose the create and send nothing, so the
    user gets exactly one push per tool call. The exceptions, capped together at `MAX_REQUESTS_PER_CALL`
-   requests that may have reached the device (`tools.ciba_resends`): a record left "requesting" without an
+   requests that may have reached the device (`tools.ciba.resends`): a record left "requesting" without an
    `auth_req_id` after its lease ran out (the process died mid-request, or the answer was lost) is taken
    over by exactly one caller, which sends the request again; an approval lost with its poll's answer.
 3. A request is pending: before `next_poll_at` raise `AuthorizationPendingInterrupt` without polling;
@@ -57,7 +57,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tools import metrics
 from tools.base import (
     OutcomeUnknownError,
     Tool,
@@ -66,10 +65,24 @@ from tools.base import (
     TransientToolError,
     current_tool_context,
 )
-from tools.ciba_client import (
+from tools.ciba import metrics
+from tools.ciba.client import (
     CIBAClient,
 )
-from tools.ciba_options import (
+from tools.ciba.credential_store import CredentialStore
+from tools.ciba.credentials_context import (
+    CIBACredentials,
+    get_async_authorization_credentials,
+    get_ciba_credentials,
+    use_ciba_credentials,
+)
+from tools.ciba.interrupts import (
+    AccessDeniedInterrupt,
+    AsyncAuthorizationInterrupt,
+    AuthorizationPendingInterrupt,
+    AuthorizationRequestFailedInterrupt,
+)
+from tools.ciba.options import (
     CREDENTIALS_NAMESPACE,
     DENIED_TEXT,
     PENDING_NAMESPACE,
@@ -81,22 +94,9 @@ from tools.ciba_options import (
     arguments_digest,
     unknown_outcome_text,
 )
-from tools.ciba_ping import token_digest, token_matches
-from tools.ciba_probe import PROBER, CibaHandoff, ProbeRequest, seal_request
-from tools.ciba_requests import CibaRequests
-from tools.credential_store import CredentialStore
-from tools.credentials_context import (
-    CIBACredentials,
-    get_async_authorization_credentials,
-    get_ciba_credentials,
-    use_ciba_credentials,
-)
-from tools.interrupts import (
-    AccessDeniedInterrupt,
-    AsyncAuthorizationInterrupt,
-    AuthorizationPendingInterrupt,
-    AuthorizationRequestFailedInterrupt,
-)
+from tools.ciba.ping import token_digest, token_matches
+from tools.ciba.probe import PROBER, CibaHandoff, ProbeRequest, seal_request
+from tools.ciba.provider import CibaRequests
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +425,7 @@ def with_async_user_confirmation(
     notify the client when the user decided (see `AsyncUserConfirmation.accept_ping`); `ping_fallback` is
     then the time between checks on a timer, in case a ping is lost (None: a few checks over the request's
     lifetime, `PING_CHECKS_PER_REQUEST`), and `ping_key` signs the tokens. `handoff` (ping mode, the root's
-    `tools.ciba_probe.ciba_handoff`) lets those checks run without waking a sleeping thread.
+    `tools.ciba.probe.ciba_handoff`) lets those checks run without waking a sleeping thread.
     """
     options = AsyncConfirmationOptions(
         scopes=tuple(scopes),

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import httpx
 
 from runtime.backoff import retry_after_seconds
-from tools.ciba_types import CIBATransientError, RetryPolicy
-from tools.ciba_wire import oauth_error
+from tools.ciba.types import CIBATransientError, RetryPolicy
+from tools.ciba.wire import oauth_error
 
-log = logging.getLogger("tools.ciba_client")
+log = logging.getLogger("tools.ciba.client")
 
 CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 """Faults before the request left: sending again is always safe."""

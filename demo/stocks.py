@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from auth.http_pool import shared_client
+from demo.prices import CURRENCY, MAX_QUANTITY, UnknownTickerError, get_price, normalize_ticker
 from runtime.backoff import exponential_delay, retry_after_seconds
 from tools.base import (
     OutcomeUnknownError,
@@ -27,9 +28,8 @@ from tools.base import (
     TransientToolError,
     current_tool_context,
 )
-from tools.ciba_types import BINDING_MESSAGE_RE
-from tools.credentials_context import get_ciba_credentials
-from tools.stock_prices import CURRENCY, MAX_QUANTITY, UnknownTickerError, get_price, normalize_ticker
+from tools.ciba.credentials_context import get_ciba_credentials
+from tools.ciba.types import BINDING_MESSAGE_RE
 
 CHECKOUT_API_PREFIX = "/api/checkout"
 

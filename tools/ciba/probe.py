@@ -35,9 +35,10 @@ from pydantic import BaseModel, ValidationError
 from auth.settings import auth_settings
 from runtime.storage_api import StorageAPI
 from runtime.storage_choice import shared_storage
-from tools import metrics
-from tools.ciba_options import ping_check_gap
-from tools.ciba_types import (
+from tools.ciba import metrics
+from tools.ciba.credential_store import CredentialSealer
+from tools.ciba.options import ping_check_gap
+from tools.ciba.types import (
     AccessDenied,
     Approved,
     CIBAError,
@@ -48,9 +49,8 @@ from tools.ciba_types import (
     SlowDown,
     TokenSet,
 )
-from tools.credential_store import CredentialSealer
 
-PROBER = "tools.ciba_probe:check_sleeping_request"
+PROBER = "tools.ciba.probe:check_sleeping_request"
 """The `AlarmProbe.prober` of a pending CIBA request."""
 
 HANDOFF_NAME = "ciba-handoff"
@@ -222,7 +222,7 @@ def _open_request(payload: str) -> ProbeRequest | None:
 async def check_sleeping_request(payload: str, storage_dir: Path) -> float | None:
     """The prober: poll the sleeping thread's request once; when to look again if it is still pending,
     else None (wake the thread), with any answer kept in the hand-off first."""
-    from tools.ciba_client import CIBAClient
+    from tools.ciba.client import CIBAClient
 
     request = _open_request(payload)
     if request is None:

@@ -9,9 +9,9 @@ Two calls, each mapping the wire protocol onto types so callers never parse OAut
 
 Faults of the network or the server (connection refused, timeouts, 5xx, 429) are retried with exponential
 backoff and, if they persist, raise `CIBATransientError`: a provider outage must never look like the user
-saying no (`tools.ciba_sender`). Requests are checked before they are sent (`binding_message` against
+saying no (`tools.ciba.sender`). Requests are checked before they are sent (`binding_message` against
 Auth0's rule, exactly one hint, `openid` in the scope), so a bad request costs no round trip and never
-reaches the user's phone; answers are parsed into types by `tools.ciba_wire`.
+reaches the user's phone; answers are parsed into types by `tools.ciba.wire`.
 
 The client secret is used for client authentication only: it is not in any repr, log line or exception.
 """
@@ -34,8 +34,8 @@ from auth.client_assertion import CLIENT_ASSERTION_TYPE, ClientAssertionSigner
 from auth.discovery import DiscoveryCache, process_discovery
 from auth.http_pool import tls_context
 from auth.issuer import discovery_url
-from tools.ciba_sender import RetryingSender
-from tools.ciba_types import (
+from tools.ciba.sender import RetryingSender
+from tools.ciba.types import (
     BINDING_MESSAGE_RE,
     CIBA_GRANT_TYPE,
     DEFAULT_INTERVAL,
@@ -58,7 +58,7 @@ from tools.ciba_types import (
     TokenSet,
     validate_binding_message,
 )
-from tools.ciba_wire import (
+from tools.ciba.wire import (
     backchannel_response,
     checked_request,
     json_object,

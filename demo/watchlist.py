@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from demo.stocks import StockPriceParams
 from tools.base import Tool
-from tools.stocks import StockPriceParams
 
 WATCHLIST_PREFIX = "watchlist:"
 

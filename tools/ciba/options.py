@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tools.base import ToolContext, ToolError
-from tools.interrupts import AsyncAuthorizationInterrupt
+from tools.ciba.interrupts import AsyncAuthorizationInterrupt
 
 T = TypeVar("T")
 
@@ -87,9 +87,9 @@ class AsyncConfirmationOptions:
     `ping_fallback` seconds, or (None) `PING_CHECKS_PER_REQUEST` times over the request's lifetime."""
     ping_fallback: float | None = None
     ping_key: bytes | None = None
-    """The MAC key of notification tokens (`tools.ciba_ping.ping_key`); required in ping mode."""
+    """The MAC key of notification tokens (`tools.ciba.ping.ping_key`); required in ping mode."""
     handoff: Any = None
-    """Ping mode: the root's `tools.ciba_probe.CibaHandoff`. With it, a sleeping thread's safety-net checks
+    """Ping mode: the root's `tools.ciba.probe.CibaHandoff`. With it, a sleeping thread's safety-net checks
     run as alarm probes without waking it (`probe_payload`), and its own checks claim the request there
     first. None: every check wakes the thread (the probe is not offered)."""
 

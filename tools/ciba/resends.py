@@ -5,7 +5,7 @@ or a 502/504 after sending: the record stays `requesting`), or the approval was 
 that carried it (`invalid_grant` after a lost poll). Either may push the user's device once more, so both
 go through one cap, `MAX_REQUESTS_PER_CALL` requests that may have reached the provider, and a record
 still asking lives no longer than its first request would have. `RequestResends` is a base of
-`tools.ciba_requests.CibaRequests`, which supplies the sending and the interrupts.
+`tools.ciba.provider.CibaRequests`, which supplies the sending and the interrupts.
 """
 
 from __future__ import annotations
@@ -14,22 +14,22 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from tools import metrics
 from tools.base import Tool, ToolContext
-from tools.ciba_options import (
+from tools.ciba import metrics
+from tools.ciba.credential_store import CredentialStore
+from tools.ciba.interrupts import (
+    AsyncAuthorizationInterrupt,
+    AuthorizationPendingInterrupt,
+    AuthorizationRequestFailedInterrupt,
+)
+from tools.ciba.options import (
     ATTEMPTS_NAMESPACE,
     MAX_REQUESTS_PER_CALL,
     PENDING_NAMESPACE,
     AsyncConfirmationOptions,
 )
-from tools.credential_store import CredentialStore
-from tools.interrupts import (
-    AsyncAuthorizationInterrupt,
-    AuthorizationPendingInterrupt,
-    AuthorizationRequestFailedInterrupt,
-)
 
-log = logging.getLogger("tools.ciba_requests")
+log = logging.getLogger("tools.ciba.provider")
 
 
 class RequestResends:

@@ -1,7 +1,7 @@
 """The CIBA client's vocabulary: the protocol's constants, its errors, and the typed answers of its two
 calls (`BackchannelResponse`; `Pending`, `SlowDown`, `Approved`, `AccessDenied`, `ExpiredToken`,
 `InvalidGrant`), with the retry policy and the provider metadata they are used with. No I/O here: the
-HTTP side is `tools.ciba_client`, which re-exports all of these.
+HTTP side is `tools.ciba.client`, which re-exports all of these.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from runtime.backoff import exponential_delay
-from tools.credentials_context import CIBACredentials
+from tools.ciba.credentials_context import CIBACredentials
 
 CIBA_GRANT_TYPE = "urn:openid:params:grant-type:ciba"
 #: CIBA Core 1.0 section 7.3: the interval when the server sends none.

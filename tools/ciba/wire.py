@@ -15,7 +15,7 @@ import httpx
 
 from auth.issuer import origin
 from runtime.backoff import retry_after_seconds
-from tools.ciba_types import (
+from tools.ciba.types import (
     DEFAULT_INTERVAL,
     SLOW_DOWN_INCREMENT,
     AccessDenied,

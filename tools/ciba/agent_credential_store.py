@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from runtime.storage_api import StorageAPI
-from tools.credential_store import CredentialSealer, EncryptionKey, expiry_time
+from tools.ciba.credential_store import CredentialSealer, EncryptionKey, expiry_time
 
 CREDENTIALS_MIGRATIONS = [
     """
