@@ -25,6 +25,8 @@ from agents.host import MixinBase
 from agents.messages import ChatMessage, ToolCall
 from runtime import Schedule, internal, public, turn
 from runtime.alarm_probes import AlarmProbe
+from tools.ciba.confirmation import AsyncUserConfirmationTool
+from tools.ciba.flow import CibaFlow
 from tools.ciba.interrupts import AsyncAuthorizationInterrupt
 from tools.ciba.ping import deployment_ping_key, notification_target
 from tools.ciba.probe import PROBER
@@ -73,12 +75,12 @@ class AsyncUserConfirmationResumer(MixinBase):
         if target is None or target.thread_id != self.id:
             return False
         call = await self.thread_store.call(target.tool_call_id)
-        confirmation = getattr(self.tools.get(call.name), "confirmation", None) if call is not None else None
-        if call is None or confirmation is None or call.state not in ("pending-authorization", "result"):
+        flow = self._ciba_flow_of(call)
+        if call is None or flow is None or call.state not in ("pending-authorization", "result"):
             return False
         if call.state == "result":
-            return await confirmation.accept_late_ping(await self._tool_context(call), notification_token)
-        if not await confirmation.accept_ping(await self._tool_context(call), notification_token, auth_req_id):
+            return await flow.accept_late_ping(await self._tool_context(call), notification_token)
+        if not await flow.accept_ping(await self._tool_context(call), notification_token, auth_req_id):
             return False
         await self.schedule_async_user_confirmation_check(call.id, {"next_check_at": time.time()})
         return True
@@ -108,8 +110,8 @@ class AsyncUserConfirmationResumer(MixinBase):
     async def _withdraw(self, call: ToolCall) -> bool:
         """End a call waiting for approval as `WITHDRAWN_TEXT`: its credential spent, its checks cancelled.
         False, changing nothing, if its tool already ran (a crash came before its result was recorded)."""
-        confirmation = getattr(self.tools.get(call.name), "confirmation", None)
-        if confirmation is not None and not await confirmation.withdraw(await self._tool_context(call), WITHDRAWN_TEXT):
+        flow = self._ciba_flow_of(call)
+        if flow is not None and not await flow.withdraw(await self._tool_context(call), WITHDRAWN_TEXT):
             return False
         for schedule_id in (await self._scheduled_checks()).get(call.id, []):
             await self.cancel_schedule(schedule_id)
@@ -151,11 +153,16 @@ class AsyncUserConfirmationResumer(MixinBase):
         if schedule.callback != CHECK_CALLBACK or not isinstance(schedule.payload, dict):
             return await super().alarm_probe(schedule)
         call = await self.thread_store.call(str(schedule.payload.get("tool_call_id", "")))
-        confirmation = getattr(self.tools.get(call.name), "confirmation", None) if call is not None else None
-        if call is None or call.state != "pending-authorization" or confirmation is None:
+        flow = self._ciba_flow_of(call)
+        if call is None or call.state != "pending-authorization" or flow is None:
             return None
-        payload = await confirmation.probe_payload(await self._tool_context(call))
+        payload = await flow.probe_payload(await self._tool_context(call))
         return AlarmProbe(prober=PROBER, payload=payload) if payload is not None else None
+
+    def _ciba_flow_of(self, call: ToolCall | None) -> CibaFlow | None:
+        """The CIBA flow of the tool that made `call`, if it is a wrapped one (`with_async_user_confirmation`)."""
+        tool = self.tools.get(call.name) if call is not None else None
+        return tool.confirmation.flow if isinstance(tool, AsyncUserConfirmationTool) else None
 
     @internal
     def keeps_retrying(self, schedule: Schedule) -> bool:

@@ -166,7 +166,7 @@ async def wrapper_flow(tool: AsyncUserConfirmationTool, inbox: PingInbox | None,
             if inbox is not None and ping is not None and ping.is_set():
                 ping.clear()
                 token, auth_req_id = inbox.pings[ctx.tool_call_id]
-                await tool.confirmation.accept_ping(ctx, token, auth_req_id)  # the next run polls at once
+                await tool.confirmation.flow.accept_ping(ctx, token, auth_req_id)  # the next run polls at once
 
 
 async def buy(n: int) -> float:

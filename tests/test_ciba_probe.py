@@ -76,10 +76,10 @@ async def test_the_probe_defers_while_pending_and_hands_the_approval_to_the_thre
 ) -> None:
     raw = RecordingTool()
     tool, ctx = await _pending_call(raw, store, client, tmp_path, "call-probe")
-    payload = await tool.confirmation.probe_payload(ctx)
+    payload = await tool.confirmation.flow.probe_payload(ctx)
     assert payload is not None
     request = await only_request(authz)
-    record = await store.get(PENDING_NAMESPACE, tool.confirmation.key_for(ctx))
+    record = await store.get(PENDING_NAMESPACE, tool.confirmation.flow.key_for(ctx))
     assert record["auth_req_id"] not in payload  # sealed: the request's handle is not readable
 
     async def polls() -> int:
@@ -105,9 +105,8 @@ async def test_the_probe_defers_while_pending_and_hands_the_approval_to_the_thre
     assert await polls() == polls_by_probe
     assert (await stats(authz))["backchannel_requests"] == 1
     # settled: a later claim starts fresh, and the probe of the spent request wakes nobody twice
-    assert (await ciba_handoff(tmp_path).claim(tool.confirmation.handoff_key(ctx), lease=1.0, by="thread")).kind == (
-        "claimed"
-    )
+    handoff_key = tool.confirmation.flow.handoff_key(ctx)
+    assert (await ciba_handoff(tmp_path).claim(handoff_key, lease=1.0, by="thread")).kind == "claimed"
 
 
 async def test_the_thread_waits_while_a_probe_polls_and_never_polls_the_same_request_at_once(
@@ -119,7 +118,7 @@ async def test_the_thread_waits_while_a_probe_polls_and_never_polls_the_same_req
 ) -> None:
     tool, ctx = await _pending_call(RecordingTool(), store, client, tmp_path, "call-busy")
     handoff = ciba_handoff(tmp_path)
-    key = tool.confirmation.handoff_key(ctx)
+    key = tool.confirmation.flow.handoff_key(ctx)
     # a probe holds the request (its poll in flight): the thread's check does not poll, and looks again soon
     assert (await handoff.claim(key, lease=30.0, by="probe")).kind == "claimed"
     await asyncio.sleep(1.1)  # past the request's 1 s interval, so the thread's check is due

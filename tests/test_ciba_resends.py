@@ -1,4 +1,4 @@
-"""Sending a tool call's CIBA request again (`tools.ciba.resends`) when its first sending may have died
+"""Sending a tool call's CIBA request again (`tools.ciba.flow`) when its first sending may have died
 half-way: a record left "requesting" past its lease is sent once more, by one caller; a resend claimed by a
 process that died before recording it is not waited for forever. Real dev server, real HTTP, real SQLite
 file; what a dead process leaves is written directly (killing a process at that exact line is what the chat

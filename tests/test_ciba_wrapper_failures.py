@@ -307,8 +307,8 @@ async def test_a_spent_approval_is_remembered_past_the_retention_so_a_late_rerun
 
     raw = RecordingTool()
     tool = wrap(raw.tool(), store, client)
-    confirmation = tool.confirmation  # type: ignore[attr-defined]
-    confirmation.options = dataclasses.replace(confirmation.options, pending_retention=0.5)
+    flow = tool.confirmation.flow  # type: ignore[attr-defined]
+    flow.options = dataclasses.replace(flow.options, pending_retention=0.5)
     ctx = tool_context("call-late-result")
     with pytest.raises(AuthorizationPendingInterrupt):
         await tool.run(ARGS, ctx)

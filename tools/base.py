@@ -13,10 +13,11 @@ state on it and take the CIBA user from it (never from the LLM's arguments).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,16 @@ def current_tool_context() -> ToolContext:
     return ctx
 
 
+@contextlib.contextmanager
+def tool_context(ctx: ToolContext) -> Iterator[ToolContext]:
+    """Run the block as the tool call `ctx` (what `current_tool_context()` returns inside it)."""
+    token = _current_context.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current_context.reset(token)
+
+
 ToolFunction = Callable[..., Awaitable[Any] | Any]
 
 
@@ -118,14 +129,11 @@ class Tool:
 
     async def run(self, args: BaseModel, ctx: ToolContext) -> Any:
         """Run the tool with validated arguments inside `ctx`."""
-        token = _current_context.set(ctx)
-        try:
+        with tool_context(ctx):
             result = self.fn(**args.model_dump())
             if inspect.isawaitable(result):
                 result = await result
             return result
-        finally:
-            _current_context.reset(token)
 
     def openai_schema(self) -> dict[str, Any]:
         """The tool declaration in the OpenAI chat-completions `tools` format."""

@@ -11,8 +11,9 @@
     )
 
 Each call of the wrapped tool moves one tool call (key `"{thread_id}:{tool name}:{tool_call_id}"`) one step
-through CIBA, never blocking on the user (this module holds the steps and the credential's use; sending
-the request, polling and reading the answers is `tools.ciba.provider`):
+through CIBA, never blocking on the user (`tools.ciba.flow` holds every state and transition of a call, and
+returns what a step found; this module runs the tool with an approved credential, and raises an interrupt
+only here, at the edge):
 
 1. An approved credential is stored for the call: run the tool inside `use_ciba_credentials(cred)` (the
    tool reads it with `get_ciba_credentials()`), then consume the credential: it is single use and bound
@@ -26,7 +27,7 @@ the request, polling and reading the answers is `tools.ciba.provider`):
    request, store `auth_req_id`, expiry, interval and next poll time, raise `AuthorizationPendingInterrupt`.
    Racing calls (same process or another one after a restart) lose the create and send nothing, so the
    user gets exactly one push per tool call. The exceptions, capped together at `MAX_REQUESTS_PER_CALL`
-   requests that may have reached the device (`tools.ciba.resends`): a record left "requesting" without an
+   requests that may have reached the device: a record left "requesting" without an
    `auth_req_id` after its lease ran out (the process died mid-request, or the answer was lost) is taken
    over by exactly one caller, which sends the request again; an approval lost with its poll's answer.
 3. A request is pending: before `next_poll_at` raise `AuthorizationPendingInterrupt` without polling;
@@ -44,15 +45,10 @@ lost to clock skew; anything but an approval then ends as expired.
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import inspect
 import logging
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from typing import Any
 
 from pydantic import BaseModel
@@ -64,39 +60,28 @@ from tools.base import (
     ToolError,
     TransientToolError,
     current_tool_context,
+    tool_context,
 )
 from tools.ciba import metrics
-from tools.ciba.client import (
-    CIBAClient,
-)
+from tools.ciba.client import CIBAClient
 from tools.ciba.credential_store import CredentialStore
 from tools.ciba.credentials_context import (
-    CIBACredentials,
     get_async_authorization_credentials,
     get_ciba_credentials,
     use_ciba_credentials,
 )
-from tools.ciba.interrupts import (
-    AccessDeniedInterrupt,
-    AsyncAuthorizationInterrupt,
-    AuthorizationPendingInterrupt,
-    AuthorizationRequestFailedInterrupt,
-)
+from tools.ciba.flow import CibaFlow
+from tools.ciba.interrupts import AccessDeniedInterrupt, AsyncAuthorizationInterrupt
 from tools.ciba.options import (
     CREDENTIALS_NAMESPACE,
     DENIED_TEXT,
     PENDING_NAMESPACE,
-    PINGS_NAMESPACE,
     AsyncConfirmationOptions,
     InterruptCallback,
     Resolvable,
-    SpentOutcome,
-    arguments_digest,
-    unknown_outcome_text,
 )
-from tools.ciba.ping import token_digest, token_matches
-from tools.ciba.probe import PROBER, CibaHandoff, ProbeRequest, seal_request
-from tools.ciba.provider import CibaRequests
+from tools.ciba.probe import PROBER, CibaHandoff
+from tools.ciba.record import Ended, Replay, Waiting
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +93,8 @@ async def _call(callback: InterruptCallback, interrupt: AsyncAuthorizationInterr
     return result
 
 
-class AsyncUserConfirmation(CibaRequests):
-    """The CIBA state machine for one wrapped tool (see the module docstring for the steps)."""
+class AsyncUserConfirmation:
+    """One wrapped tool: its calls' flow (`tools.ciba.flow.CibaFlow`), and the tool run at its edge."""
 
     def __init__(
         self,
@@ -126,77 +111,36 @@ class AsyncUserConfirmation(CibaRequests):
             raise ValueError("requested_expiry must be positive")
         self.tool = tool
         self.options = options
-        self.store = store
-        self.client = client
         self.clock = clock
-        # One lock per tool call key: calls of the same tool call in this process run one at a time, so
-        # a resumer and a retry never both poll, both run the tool, or both send a request. Across
-        # processes the store's create_if_absent is the guard.
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._approved_about: dict[str, float] = {}
-        """Per call key collected here: about when the user approved (for the approval-to-resume metric)."""
+        self.flow = CibaFlow(tool.name, options, store=store, client=client, clock=clock)
 
-    async def _consume(self, key: str, *, result: Any = None, error: str | None = None) -> None:
-        """Replace the credential by the call's outcome (one row, one write): the token is gone, and a re-run
-        after a crash gets the outcome back without running the tool or asking the user again.
-
-        The outcome never expires: a re-run may come any time before the agent records the result (after a
-        cluster was down for a day), and one that found no row would ask the user again. It is one small row
-        per approved call, kept like the call's result in the thread."""
-        if not isinstance(result, str | int | float | bool | list | dict | type(None)):
-            result = str(result)
-        outcome = {"done": True, "result": result, "error": error}
-        await self.store.put(CREDENTIALS_NAMESPACE, key, outcome, ttl=None)
-
-    async def _mark_outcome_unknown(self, key: str) -> None:
-        """The tool may have had its effect with this credential: should the credential expire before
-        anyone finds out, the call must end as "unknown", never as "expired, ask again"."""
-        stored = await self.store.get(CREDENTIALS_NAMESPACE, key)
-        if stored is not None and not stored.get("done") and not stored.get("outcome_unknown"):
-            await self.store.put(CREDENTIALS_NAMESPACE, key, {**stored, "outcome_unknown": True}, ttl=None)
-
-    def key_for(self, ctx: ToolContext) -> str:
-        return f"{ctx.thread_id}:{self.tool.name}:{ctx.tool_call_id}"
-
-    @asynccontextmanager
-    async def _hold(self, key: str) -> Any:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[key] = lock
-        async with lock:
-            yield
-
-    # -- entry point ---------------------------------------------------------------------------------
     async def run(self, args: BaseModel, ctx: ToolContext, arguments: Mapping[str, Any]) -> Any:
         """One step for this tool call: the tool's result, a terminal outcome, or a raised interrupt."""
-        key = self.key_for(ctx)
-        async with self._hold(key):
-            try:
-                credentials = await self._obtain(ctx, key, arguments)
-            except AsyncAuthorizationInterrupt as interrupt:
-                if interrupt.terminal:
-                    return await self._unauthorized(interrupt, ctx)
-                await self._notify(interrupt, ctx)
-                raise
-            if isinstance(credentials, SpentOutcome):
-                return credentials.replay()
-            with use_ciba_credentials(credentials):
+        async with self.flow.hold(ctx) as key:
+            step = await self.flow.step(ctx, key, arguments)
+            if isinstance(step, Ended):
+                return await self._unauthorized(step.interrupt, ctx)
+            if isinstance(step, Waiting):
+                await self._notify(step.interrupt, ctx)
+                raise step.interrupt
+            if isinstance(step, Replay):
+                return step.outcome.replay()
+            with use_ciba_credentials(step.credentials):
                 try:
                     result = await self.tool.run(args, ctx)
                 except OutcomeUnknownError:
-                    await self._mark_outcome_unknown(key)
+                    await self.flow.mark_outcome_unknown(key)
                     raise  # the credential stays: the agent runs this call again later, and it looks first
                 except TransientToolError:
                     raise  # the credential stays: the agent runs this call again later
                 except ToolError as exc:
-                    await self._consume(key, error=str(exc))
+                    await self.flow.consume(key, error=str(exc))
                     raise
                 except Exception as exc:
-                    await self._consume(key, error=f"{self.tool.name} failed ({type(exc).__name__})")
+                    await self.flow.consume(key, error=f"{self.tool.name} failed ({type(exc).__name__})")
                     raise
-            await self._consume(key, result=result)
-            approved_about = self._approved_about.pop(key, None)
+            await self.flow.consume(key, result=result)
+            approved_about = self.flow.approved_about.pop(key, None)
             if approved_about is not None:
                 metrics.APPROVAL_TO_RESUME_SECONDS.observe(self.clock() - approved_about, tool=self.tool.name)
             return result
@@ -215,162 +159,14 @@ class AsyncUserConfirmation(CibaRequests):
             return await _call(self.options.on_unauthorized, interrupt, ctx)
         return DENIED_TEXT if isinstance(interrupt, AccessDeniedInterrupt) else interrupt.message
 
-    # -- the state machine ---------------------------------------------------------------------------
-    async def _obtain(self, ctx: ToolContext, key: str, arguments: Mapping[str, Any]) -> CIBACredentials | SpentOutcome:
-        """The approved credential for this call (or the outcome of its spent one), or raise the interrupt
-        that says why not (yet)."""
-        for _ in range(3):  # re-read after losing a race; more than twice means another writer churns
-            stored = await self.store.get(CREDENTIALS_NAMESPACE, key)
-            if stored is not None:
-                return await self._bound_credentials(ctx, key, stored, arguments)
-            if await self.store.exists(CREDENTIALS_NAMESPACE, key):
-                return await self._lost(ctx, key)
-            record = await self.store.get(PENDING_NAMESPACE, key)
-            if record is None:
-                params = await self._params(ctx, arguments)
-                now = self.clock()
-                fresh = self._new_record(ctx, params, now)
-                if await self.store.create_if_absent(PENDING_NAMESPACE, key, fresh, ttl=self._record_ttl()):
-                    await self._send_request(ctx, key, params, fresh)  # always raises
-                if await self.store.get(PENDING_NAMESPACE, key) is None and await self.store.exists(
-                    PENDING_NAMESPACE, key
-                ):
-                    return await self._lost(ctx, key)
-                continue
-            if record.get("state") == "requesting":
-                await self._resume_requesting(ctx, key, arguments, record)  # raises unless it lost a race
-                continue
-            stored = await self._check(ctx, key, record, arguments)
-            return await self._bound_credentials(ctx, key, stored, arguments)
-        raise self._interrupt(AuthorizationPendingInterrupt, ctx, None, next_check_at=self.clock() + 1.0)
-
-    async def _lost(self, ctx: ToolContext, key: str) -> SpentOutcome:
-        """This call's records exist but cannot be decrypted (`AUTH0_SESSION_ENCRYPTION_KEY` changed): end
-        the call with a clear result instead of waiting forever, and leave no unreadable row behind. It does
-        not ask the user again by itself: they may have approved already, and a second push for the same
-        purchase would be a surprise; the model tells them to ask again."""
-        log.warning("the CIBA records of tool call %s cannot be decrypted (was the key changed?)", ctx.tool_call_id)
-        await self.store.delete(PENDING_NAMESPACE, key)
-        error = (
-            f"the approval for {self.tool.name} was lost: it can no longer be read (the encryption key "
-            "changed); please ask again"
-        )
-        await self._consume(key, error=error)
-        return SpentOutcome(None, error)
-
-    async def _bound_credentials(
-        self, ctx: ToolContext, key: str, stored: Mapping[str, Any], arguments: Mapping[str, Any]
-    ) -> CIBACredentials | SpentOutcome:
-        """The stored credential, if it was approved for these very arguments and is still valid.
-
-        The user approved one action (the binding message shows it); a re-run of the tool call with other
-        arguments must not spend that approval. Refused, the credential is dropped. A spent credential is
-        its outcome; one that expired while the tool was being retried ends the call (ask again)."""
-        if stored.get("done"):
-            return SpentOutcome(stored.get("result"), stored.get("error"))
-        approved_for = stored.get("arguments_sha256")
-        if approved_for is not None and approved_for != arguments_digest(arguments):
-            await self.store.delete(CREDENTIALS_NAMESPACE, key)
-            log.warning("tool call %s was re-run with other arguments than approved", ctx.tool_call_id)
-            raise self._interrupt(
-                AuthorizationRequestFailedInterrupt,
-                ctx,
-                None,
-                "The approval was given for other arguments of this tool call; it was not used",
-                error="arguments_changed",
-            )
-        credentials = CIBACredentials.model_validate(stored.get("credentials", stored))
-        if credentials.expires_at is not None and credentials.expires_at <= self.clock():
-            if stored.get("outcome_unknown"):  # it may have happened: a repeat could do it twice
-                await self._consume(key, result=unknown_outcome_text(self.tool.name))
-                return SpentOutcome(unknown_outcome_text(self.tool.name), None)
-            error = f"the approval expired before {self.tool.name} could complete; please ask again"
-            await self._consume(key, error=error)
-            return SpentOutcome(None, error)
-        return credentials
-
-    async def withdraw(self, ctx: ToolContext, outcome: str) -> bool:
-        """The user withdrew this call before it ran: `outcome` becomes its stored outcome in place of its
-        pending request and of its credential, if the approval came already (the token is spent unused), so
-        no later check, ping or re-run runs the tool. False, changing nothing, if the tool already ran (or
-        may have: its outcome is unknown)."""
-        key = self.key_for(ctx)
-        async with self._hold(key):
-            stored = await self.store.get(CREDENTIALS_NAMESPACE, key)
-            if stored is not None and (stored.get("done") or stored.get("outcome_unknown")):
-                return False
-            await self._consume(key, result=outcome)
-            await self.store.delete(PENDING_NAMESPACE, key)
-            await self._settle(ctx)  # an answer a probe kept for it (a token, maybe) goes too
-            return True
-
-    async def accept_ping(self, ctx: ToolContext, token: str, auth_req_id: str | None = None) -> bool:
-        """A ping for this tool call: if `token` is the one its pending request carries (and `auth_req_id`,
-        if given, is its request), make the next check due now and return True. A ping never approves
-        anything by itself: the check polls the token endpoint. Anything else, a second ping included, is
-        False."""
-        key = self.key_for(ctx)
-        async with self._hold(key):
-            record = await self.store.get(PENDING_NAMESPACE, key)
-            if record is None or record.get("state") != "pending" or record.get("pinged_at"):
-                return False
-            if not token_matches(token, record.get("notification_token_sha256")):
-                return False
-            if auth_req_id is not None and not hmac.compare_digest(str(record.get("auth_req_id")), auth_req_id):
-                return False
-            if not await self._first_ping(token):
-                return False
-            now = self.clock()
-            record.update(pinged_at=now, next_poll_at=now)
-            await self.store.put(PENDING_NAMESPACE, key, record, ttl=self._record_ttl_left(record, now))
-            return True
-
-    async def accept_late_ping(self, ctx: ToolContext, token: str) -> bool:
-        """A ping for this call after a check already took the user's decision (the ping woke its thread,
-        whose overdue check ran first): nothing to do, and True the first time this token comes. The caller
-        has checked that the token was minted for this call (its MAC)."""
-        async with self._hold(self.key_for(ctx)):
-            return await self._first_ping(token)
-
-    async def _first_ping(self, token: str) -> bool:
-        """Whether this notification token is seen for the first time (each is accepted once)."""
-        lifetime = float(self.options.requested_expiry) + self.options.pending_retention
-        return await self.store.create_if_absent(PINGS_NAMESPACE, token_digest(token), True, ttl=lifetime)
-
-    async def probe_payload(self, ctx: ToolContext) -> str | None:
-        """What an alarm probe needs to check this call's request while its thread sleeps (sealed), or None
-        if a probe cannot stand in for the check: not ping mode, no request out yet, or already pinged."""
-        handoff = self.options.handoff
-        if handoff is None:
-            return None
-        record = await self.store.get(PENDING_NAMESPACE, self.key_for(ctx))
-        if record is None or record.get("state") != "pending" or not record.get("auth_req_id"):
-            return None
-        if record.get("pinged_at"):  # the ping came: the thread checks now, by itself
-            return None
-        expires_at = float(record["expires_at"])
-        request = ProbeRequest(
-            handoff_key=self.handoff_key(ctx),
-            auth_req_id=str(record["auth_req_id"]),
-            expires_at=expires_at,
-            requested_at=float(record.get("requested_at") or expires_at - self.options.requested_expiry),
-            interval=int(record.get("interval") or 5),
-            ping_fallback=self.options.ping_fallback,
-            issuer=self.client.issuer,
-            client_id=self.client.client_id,
-        )
-        return seal_request(request)
-
-
-_call_args: ContextVar[BaseModel | None] = ContextVar("async_confirmation_args", default=None)
-
 
 class AsyncUserConfirmationTool(Tool):
-    """The wrapped tool: same name, description and parameters; `run(args, ctx)` goes through CIBA."""
+    """The wrapped tool: same name, description and parameters; `run(args, ctx)` goes through CIBA. Its
+    `confirmation.flow` takes the calls' other transitions (pings, withdrawals, probes)."""
 
     def __init__(self, inner: Tool, confirmation: AsyncUserConfirmation) -> None:
         super().__init__(
-            self._guarded,
+            self._called_bare,
             name=inner.name,
             description=inner.description,
             parameters=inner.parameters,
@@ -380,16 +176,12 @@ class AsyncUserConfirmationTool(Tool):
         self.confirmation = confirmation
 
     async def run(self, args: BaseModel, ctx: ToolContext) -> Any:
-        token = _call_args.set(args)
-        try:
-            return await super().run(args, ctx)  # sets the tool context, then calls _guarded
-        finally:
-            _call_args.reset(token)
+        with tool_context(ctx):
+            return await self.confirmation.run(args, ctx, args.model_dump())
 
-    async def _guarded(self, **arguments: Any) -> Any:
-        args = _call_args.get()
-        if args is None:  # called as a bare function: validate like the agent would
-            args = self.inner.parse_arguments(arguments)
+    async def _called_bare(self, **arguments: Any) -> Any:
+        """Called as a plain function inside a tool context: validated as the agent would."""
+        args = self.inner.parse_arguments(arguments)
         return await self.confirmation.run(args, current_tool_context(), arguments)
 
 

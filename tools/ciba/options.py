@@ -37,8 +37,8 @@ PING_CHECKS_PER_REQUEST = 3
 request's lifetime this many times: a thread waiting for its user sleeps between them."""
 MAX_REQUESTS_PER_CALL = 3
 """At most this many CIBA requests that may have reached the user's device, for one tool call, on every
-path: the first, new ones after approvals lost on the way (`CibaRequests._check`), and resends of a request
-whose answer was lost (a timeout or a 5xx after sending: `CibaRequests._resume_requesting`). A request that
+path: the first, new ones after approvals lost on the way (`CibaFlow._ask_again`), and resends of a request
+whose answer was lost (a timeout or a 5xx after sending: `CibaFlow._resume_requesting`). A request that
 certainly never left (no connection, 429, 503) does not count. Past the cap the call ends clearly."""
 
 

@@ -16,7 +16,7 @@ sleep with a request pending gives its alarm a probe (`runtime.alarm_probes`), a
 The thread and the probe never poll the same request at once: each claims the request in the hand-off
 store first (one row per call, with a lease), and whoever finds it claimed waits for the lease. A claim
 left behind by a poll that never came back (the scheduler died mid-request) may have cost the approval
-with its answer: the thread then treats it as an answer lost, as it treats its own (`CibaRequests._check`).
+with its answer: the thread then treats it as an answer lost, as it treats its own (`CibaFlow._check`).
 Nothing secret is stored in the clear: the probe's payload (its `auth_req_id`) and the answers are sealed.
 """
 
