@@ -48,8 +48,9 @@ EVENTS = ["CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, value INTE
 
 
 async def storage_calls(url: str, root: Path, calls: int) -> dict[str, dict[str, Any]]:
+    from runtime.pg_pool import close_pools
     from runtime.storage import AgentStorage
-    from runtime.storage_pg import PostgresAgentStorage, close_pools
+    from runtime.storage_pg import PostgresAgentStorage
 
     backends = {
         "sqlite": AgentStorage(root / "Bench" / "bench-0.sqlite3"),
@@ -113,10 +114,11 @@ def status_on_postgres(server: Any, agents: int) -> float:
 
     from agents.status import waiting_tool_calls
     from agents.thread_store import CHAT_MIGRATIONS
+    from runtime.pg_pool import close_pools
     from runtime.schedules import SCHEDULES_MIGRATIONS
     from runtime.settings import runtime_settings
     from runtime.status import agents_on_file, parked_schedules
-    from runtime.storage_pg import PostgresAgentStorage, class_schema, close_pools
+    from runtime.storage_pg import PostgresAgentStorage, class_schema
 
     async def make_tables() -> None:
         storage = await PostgresAgentStorage(server.url, "StatusBench", "seed").open()

@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from runtime.pg_agent_rows import AGENT_SETTING, OPERATOR
+from runtime.pg_pool import connection_pool
 
 SCHEMA = "agentrt_runtime"
 
@@ -173,8 +174,6 @@ class AlarmTable:
         self._poked = asyncio.Event()
 
     async def open(self) -> None:
-        from runtime.storage_pg import connection_pool
-
         self._pool = await connection_pool(self.url, 4)
         async with self._pool.connection() as conn, conn.transaction():
             await install(conn)

@@ -41,6 +41,7 @@ from runtime.errors import StorageUnavailableError
 from runtime.pg_agent_rows import AGENT_SETTING, EPOCH_SETTING, scope_new_tables
 from runtime.pg_alarms import install as install_alarm_table
 from runtime.pg_alarms import mark_asleep, track_schedules
+from runtime.pg_pool import CONNECT_TIMEOUT, connection_pool
 from runtime.sql_dialect import to_postgres, to_postgres_ddl
 from runtime.storage import split_sql
 from runtime.storage_api import Migration, Params, StorageAPI, StorageError, TransactionAPI
@@ -56,65 +57,10 @@ CREATE TABLE IF NOT EXISTS {schema}._kv (key TEXT NOT NULL, value TEXT NOT NULL,
 """
 
 
-CONNECT_TIMEOUT = 5.0
-"""Seconds a call waits for a pooled connection (the database down, or the pool exhausted) before
-`StorageUnavailableError`."""
-
-
-class Row(tuple):
-    """A result row by column name or by position, like `sqlite3.Row`."""
-
-    _index: dict[str, int]
-
-    def __new__(cls, values: Sequence[Any], index: dict[str, int]) -> Row:
-        row = super().__new__(cls, values)
-        row._index = index
-        return row
-
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
-        return super().__getitem__(self._index[key] if isinstance(key, str) else key)
-
-    def keys(self) -> list[str]:
-        return list(self._index)
-
-
-def _row_factory(cursor: Any) -> Any:
-    index = {column.name: i for i, column in enumerate(cursor.description or ())}
-    return lambda values: Row(values, index)
-
-
 def class_schema(class_name: str) -> str:
     """The schema of an agent class: readable, and unique even for names that differ only in case."""
     slug = re.sub(r"[^a-z0-9]+", "_", class_name.lower()).strip("_")[:40]
     return f"agents_{slug}_{hashlib.sha256(class_name.encode()).hexdigest()[:8]}"
-
-
-# -- one pool per process, URL and event loop ----------------------------------------------------------
-_pools: dict[tuple[str, int], AsyncConnectionPool] = {}
-
-
-async def connection_pool(url: str, size: int = 10) -> AsyncConnectionPool:
-    """The pool of this process's event loop for `url`, opened on first use."""
-    key = (url, id(asyncio.get_running_loop()))
-    pool = _pools.get(key)
-    if pool is None:
-        pool = AsyncConnectionPool(
-            url,
-            min_size=1,
-            max_size=size,
-            open=False,
-            kwargs={"row_factory": _row_factory, "autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)},
-        )
-        await pool.open(wait=False)  # connections are made in the background; a call waits CONNECT_TIMEOUT
-        _pools[key] = pool
-    return pool
-
-
-async def close_pools() -> None:
-    """Close this event loop's pools (a process that is ending, or a test)."""
-    loop_id = id(asyncio.get_running_loop())
-    for key in [k for k in _pools if k[1] == loop_id]:
-        await _pools.pop(key).close()
 
 
 class ConnectionLostError(StorageUnavailableError):

@@ -15,8 +15,9 @@ import pytest
 
 from runtime.errors import StaleActivationError
 from runtime.pg_alarms import AlarmTable
+from runtime.pg_pool import close_pools
 from runtime.schedules import SCHEDULES_MIGRATIONS
-from runtime.storage_pg import PostgresAgentStorage, close_pools
+from runtime.storage_pg import PostgresAgentStorage
 from tests.postgres import PostgresServer
 
 CLASS_PATH = "tests.alarms:Sleeper"

@@ -175,6 +175,6 @@ async def test_a_probe_that_never_came_back_counts_as_an_answer_maybe_lost(backe
     await handoff.settle("a")  # the database is shared by the session's tests
     await handoff.storage.close()
     if backend == "postgres":
-        from runtime.storage_pg import close_pools
+        from runtime.pg_pool import close_pools
 
         await close_pools()

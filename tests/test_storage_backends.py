@@ -50,7 +50,7 @@ async def open_storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     for storage in opened:
         await storage.close()
     if request.param == "postgres":
-        from runtime.storage_pg import close_pools
+        from runtime.pg_pool import close_pools
 
         await close_pools()
 
@@ -125,7 +125,8 @@ async def test_a_stale_activation_cannot_write(open_storage: Opener) -> None:
 
 
 async def test_postgres_refuses_a_role_that_sees_through_row_level_security(postgres: PostgresServer) -> None:
-    from runtime.storage_pg import PostgresAgentStorage, close_pools
+    from runtime.pg_pool import close_pools
+    from runtime.storage_pg import PostgresAgentStorage
 
     try:
         with pytest.raises(StorageError, match="superuser or has BYPASSRLS"):
