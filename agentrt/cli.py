@@ -4,7 +4,7 @@
     agentrt demo                       # the story end to end: alice buys 100 MSFT after approving it
     agentrt chat THREAD "message"      # one turn (streamed); --wait follows it until approvals resolve
     agentrt threads                    # your threads
-    agentrt approvals | approve [ID] | deny [ID]   # the dev server's pending CIBA requests ("the phone")
+    agentrt phone | approve [ID] | deny [ID]   # the dev server's pending CIBA requests ("the phone")
     agentrt status | logs [THREAD]     # from a storage root's files: agents, waiting approvals; failures
 
 Client commands talk to `--url` (default `$AGENTRT_URL` or http://127.0.0.1:8000) with `--token`
@@ -29,7 +29,6 @@ from rich.text import Text
 
 from agentrt.cli_base import DEFAULT_URL, UserOption, app, console, err_console, run_command
 from agentrt.cli_conversation import (
-    approvals,
     approve,
     chat,
     ciba_requests,
@@ -37,6 +36,7 @@ from agentrt.cli_conversation import (
     deny,
     dev_authz_base,
     follow_until_resolved,
+    phone,
     stop,
     stream_turn,
     threads,
@@ -68,8 +68,14 @@ VerboseOption = Annotated[bool, typer.Option("--verbose", help="Also show Ray's 
 # serve
 
 
-HostOption = Annotated[
-    str, typer.Option(help="Interface of the HTTP API (the dev services always listen on 127.0.0.1).")
+BindOption = Annotated[
+    str,
+    typer.Option(
+        "--bind",
+        "--host",
+        help="Interface the HTTP API listens on (the dev services always listen on 127.0.0.1). `--host` is its "
+        "older name, kept working (a 'host' is otherwise the process agents live in: `agentrt hosts`).",
+    ),
 ]
 PortOption = Annotated[int, typer.Option(help="Port of the HTTP API (falls back to a free one if taken).")]
 StrictPortOption = Annotated[bool, typer.Option(help="Fail instead of falling back when --port is taken.")]
@@ -95,7 +101,7 @@ InsecureDevLoginOption = Annotated[
     bool,
     typer.Option(
         "--insecure-dev-login",
-        help="Allow a non-loopback --host with the dev authorization server (anyone who reaches it can "
+        help="Allow a non-loopback --bind with the dev authorization server (anyone who reaches it can "
         "sign in as a demo user).",
     ),
 ]
@@ -103,7 +109,7 @@ InsecureDevLoginOption = Annotated[
 
 @app.command()
 def serve(
-    host: HostOption = "127.0.0.1",
+    bind: BindOption = "127.0.0.1",
     port: PortOption = 8000,
     strict_port: StrictPortOption = False,
     storage_dir: StorageDirOption = Path("./.data"),
@@ -130,7 +136,7 @@ def serve(
     if insecure_dev_login:  # a demo on a trusted network: the API answers whatever name it is reached by
         extra_env["AGENTRT_ALLOWED_HOSTS"] = "*"
     options = StackOptions(
-        host=host,
+        bind=bind,
         port=port,
         strict_port=strict_port,
         storage_dir=storage_dir,
@@ -142,17 +148,17 @@ def serve(
         verbose=verbose,
     )
     stack = Stack(options)
-    if stack.uses_dev_auth() and not is_loopback_host(host) and not insecure_dev_login:
+    if stack.uses_dev_auth() and not is_loopback_host(bind) and not insecure_dev_login:
         err_console.print(
-            f"[red]agentrt serve: --host {host} with the dev authorization server would hand out demo users' "
+            f"[red]agentrt serve: --bind {bind} with the dev authorization server would hand out demo users' "
             "tokens to anyone who can reach it (/dev/login). Configure AUTH0_* (or AUTH_ISSUER) for a real "
             "identity provider, or pass --insecure-dev-login for a demo on a trusted network.[/red]"
         )
         raise typer.Exit(2)
-    _run_until_stopped(stack, host)
+    _run_until_stopped(stack, bind)
 
 
-def _run_until_stopped(stack: Any, host: str) -> None:
+def _run_until_stopped(stack: Any, bind: str) -> None:
     """Start the stack, print where to go, and wait for Ctrl-C or SIGTERM; then stop it."""
     from agentrt.stack import StackError
     from runtime.failures import FailureFollower
@@ -166,9 +172,9 @@ def _run_until_stopped(stack: Any, host: str) -> None:
         for sig in previous:
             signal.signal(sig, lambda signum, _frame: stop_signals.append(signum))
         _print_urls(stack)
-        if stack.authz is not None and not is_loopback_host(host):
+        if stack.authz is not None and not is_loopback_host(bind):
             console.print(
-                f"[yellow]Warning: the API listens on {host} while the dev authorization server is in use: anyone "
+                f"[yellow]Warning: the API listens on {bind} while the dev authorization server is in use: anyone "
                 "who can reach it can sign in as a demo user. Configure AUTH0_* for anything but a demo.[/yellow]"
             )
         failures = FailureFollower(stack.options.storage_dir)  # the agents' failures, shown as they happen
@@ -219,8 +225,9 @@ def _print_urls(stack: Any) -> None:
 
 # the conversation commands (agentrt/cli_conversation.py), then the operator's (agentrt/cli_operator.py), in
 # the order `agentrt --help` lists them
-for command in (threads, chat, stop, withdraw, delete, approvals, approve, deny, status, logs, hosts):
+for command in (threads, chat, stop, withdraw, delete, phone, approve, deny, status, logs, hosts):
     app.command()(command)
+app.command("approvals", hidden=True, help="The older name of `agentrt phone`.")(phone)
 
 
 @app.command()

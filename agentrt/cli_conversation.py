@@ -216,13 +216,14 @@ def delete(
     run_command(main())
 
 
-def approvals(
+def phone(
     user: UserOption = "alice",
     url: UrlOption = DEFAULT_URL,
     authz_url: AuthzOption = None,
     all_statuses: Annotated[bool, typer.Option("--all", help="Include decided and expired requests.")] = False,
 ) -> None:
     """List the CIBA requests waiting on the user's "phone" (the dev authorization server)."""
+    # (the tool calls that wait for these are a thread's approvals: `agentrt chat --wait`, `agentrt withdraw`)
 
     async def main() -> None:
         rows = await ciba_requests(url, authz_url, user, None if all_statuses else "pending")

@@ -64,7 +64,8 @@ def quiet_ray_loggers() -> None:
 
 @dataclass
 class StackOptions:
-    host: str = DEFAULT_HOST
+    bind: str = DEFAULT_HOST
+    """The interface the HTTP API listens on."""
     port: int = DEFAULT_PORT
     authz_port: int | None = DEFAULT_AUTHZ_PORT
     checkout_port: int | None = DEFAULT_CHECKOUT_PORT
@@ -238,11 +239,11 @@ class Stack:
         from agentrt.ingress import build_app
 
         opts = self.options
-        port = opts.port if opts.strict_port else port_or_free(opts.port, opts.host)
-        if opts.strict_port and port_or_free(port, opts.host) != port:
-            raise StackError(f"port {port} on {opts.host} is taken")
-        self.log(f"starting the Serve app on http://{opts.host}:{port}")
-        serve.start(http_options={"host": opts.host, "port": port}, detached=False)
+        port = opts.port if opts.strict_port else port_or_free(opts.port, opts.bind)
+        if opts.strict_port and port_or_free(port, opts.bind) != port:
+            raise StackError(f"port {port} on {opts.bind} is taken")
+        self.log(f"starting the Serve app on http://{opts.bind}:{port}")
+        serve.start(http_options={"host": opts.bind, "port": port}, detached=False)
         self._started_serve = True
         serve.run(
             build_app(self.agent_env, num_replicas=opts.num_replicas),
@@ -250,7 +251,7 @@ class Stack:
             route_prefix="/",
             blocking=False,
         )
-        shown_host = "127.0.0.1" if opts.host in ("0.0.0.0", "::", "") else opts.host
+        shown_host = "127.0.0.1" if opts.bind in ("0.0.0.0", "::", "") else opts.bind
         api = f"http://{shown_host}:{port}"
         wait_for_http(api + "/healthz", timeout=timeout)
         if self.authz is not None:  # the dev client's backchannel_client_notification_endpoint

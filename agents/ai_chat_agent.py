@@ -40,6 +40,7 @@ from agents.messages import (
     PendingApproval,
     ThreadEvent,
     ToolCall,
+    ToolRetry,
     checked_message_text,
     validate_message_id,
 )
@@ -354,7 +355,7 @@ class AIChatAgent(Agent):
             thread_id=self.id,
             owner=await self.get_owner(),
             agent_name=self.name,
-            outcome_unknown=bool((call.interrupt or {}).get("outcome_unknown")),
+            outcome_unknown=call.retry is not None and call.retry.outcome_unknown,
         )
 
     async def _continue_if_resolved(self, tool_call_id: str) -> None:
@@ -557,21 +558,17 @@ class AIChatAgent(Agent):
         exponential backoff (the server's `retry_after` at least). False once the retries are used up; never
         while the call's outcome is unknown (`OutcomeUnknownError`, now or in an earlier run): unknown is
         not failed, and a failure would invite the user to do it again."""
-        earlier = call.interrupt or {}
-        unknown = isinstance(error, OutcomeUnknownError) or bool(earlier.get("outcome_unknown"))
-        attempt = int(earlier.get("attempt") or 0) + 1
+        earlier = call.retry
+        unknown = isinstance(error, OutcomeUnknownError) or (earlier is not None and earlier.outcome_unknown)
+        attempt = (earlier.attempt if earlier is not None else 0) + 1
         if attempt > self.tool_retry_limit and not unknown:
             logger.warning("%s: %s failed %d times in a row; giving up", self.name, call.name, attempt - 1)
             return False
         delay = exponential_delay(attempt, TOOL_RETRY_BASE_SECONDS, TOOL_RETRY_MAX_SECONDS, floor=error.retry_after)
-        retry = {
-            "retrying": True,
-            "attempt": attempt,
-            "next_attempt_at": time.time() + delay,
-            "reason": str(error),
-            "outcome_unknown": unknown,
-        }
-        await self._set_call_state(call, "running", interrupt=retry)
+        retry = ToolRetry(
+            attempt=attempt, next_attempt_at=time.time() + delay, reason=str(error), outcome_unknown=unknown
+        )
+        await self._set_call_state(call, "running", retry=retry)
         await self.schedule(delay, "resume_tool_call", {"tool_call_id": call.id})
         logger.info("%s: %s will be tried again in %.1fs (attempt %d)", self.name, call.name, delay, attempt)
         return True
@@ -603,8 +600,10 @@ class AIChatAgent(Agent):
         self.events.emit("message", message=message.model_dump(mode="json"))
         return message.id, list(message.tool_calls or [])
 
-    async def _set_call_state(self, call: ToolCall, state: str, *, interrupt: dict[str, Any] | None = None) -> None:
-        await self.thread_store.set_call_state(call.id, state, interrupt=interrupt)
+    async def _set_call_state(
+        self, call: ToolCall, state: str, *, interrupt: dict[str, Any] | None = None, retry: ToolRetry | None = None
+    ) -> None:
+        await self.thread_store.set_call_state(call.id, state, interrupt=interrupt, retry=retry)
         self.events.emit("tool_call", tool_call_id=call.id, state=state, tool_name=call.name)
 
     async def _finish_call(self, call: ToolCall, result: str, *, interrupt: dict[str, Any] | None = None) -> None:
@@ -613,7 +612,7 @@ class AIChatAgent(Agent):
         self.events.emit("tool_result", tool_call_id=call.id, tool_name=call.name, result=result, denied=denied)
 
     async def _get_call(self, tool_call_id: str) -> ToolCall | None:
-        return await self.thread_store.call(tool_call_id)
+        return await self.thread_store.tool_call(tool_call_id)
 
     async def _last_seq(self) -> int:
         return await self.thread_store.last_seq()

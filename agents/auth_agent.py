@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.errors import AuthUnavailableError, UnauthenticatedError
-from agents.host import MixinBase
+from agents.mixin_base import MixinBase
 from auth.settings import auth_settings
 from auth.verifier import InvalidTokenError, JWTVerifier, SigningKeysUnavailableError, bearer_token
 from runtime import internal

@@ -65,8 +65,19 @@ DENIED_IN_CHAT: dict[str, Any] = {"confirmation": "denied"}
 answer with the call: a denied call is shown as denied, not as a result)."""
 
 
+class ToolRetry(BaseModel):
+    """A call whose tool failed for a moment (`TransientToolError`): when it runs again, and why."""
+
+    attempt: int
+    next_attempt_at: float
+    reason: str
+    outcome_unknown: bool = False
+    """An earlier run may have had its effect (`OutcomeUnknownError`): never report it failed."""
+
+
 class ToolCall(BaseModel):
-    """One call the model asked for, and what became of it."""
+    """One call the model asked for, and what became of it. `interrupt` is what the call waits for (an
+    approval on the user's device, or in the chat) or how that ended; `retry`, a run to come."""
 
     id: str
     message_id: str
@@ -75,6 +86,7 @@ class ToolCall(BaseModel):
     state: ToolCallState = "call"
     result: str | None = None
     interrupt: dict[str, Any] | None = None
+    retry: ToolRetry | None = None
     created_at: float
     updated_at: float
     position: int = 0

@@ -162,8 +162,8 @@ def as_seen(call: ToolCall) -> str:
         return call.result or ""
     if call.state == "awaiting-confirmation":
         return AWAITING_CONFIRMATION_TEXT
-    if call.state == "running" and (call.interrupt or {}).get("retrying"):
-        return OUTCOME_UNKNOWN_TEXT if (call.interrupt or {}).get("outcome_unknown") else RETRYING_TEXT
+    if call.state == "running" and call.retry is not None:
+        return OUTCOME_UNKNOWN_TEXT if call.retry.outcome_unknown else RETRYING_TEXT
     return PENDING_RESULT_TEXT
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.errors import NotOwnerError, UnauthenticatedError
-from agents.host import MixinBase
+from agents.mixin_base import MixinBase
 from runtime import internal, public, read, turn
 
 OWNER_KEY = "_owner"

@@ -21,8 +21,8 @@ import time
 from typing import Any
 
 from agents.errors import ToolCallNotPendingError, UnknownToolCallError
-from agents.host import MixinBase
 from agents.messages import ChatMessage, ToolCall
+from agents.mixin_base import MixinBase
 from runtime import Schedule, internal, public, turn
 from runtime.alarm_probes import AlarmProbe
 from tools.ciba.confirmation import AsyncUserConfirmationTool
@@ -74,7 +74,7 @@ class AsyncUserConfirmationResumer(MixinBase):
         target = notification_target(key, notification_token)
         if target is None or target.thread_id != self.id:
             return False
-        call = await self.thread_store.call(target.tool_call_id)
+        call = await self.thread_store.tool_call(target.tool_call_id)
         flow = self._ciba_flow_of(call)
         if call is None or flow is None or call.state not in ("pending-authorization", "result"):
             return False
@@ -95,7 +95,7 @@ class AsyncUserConfirmationResumer(MixinBase):
         The request stays on the user's device (CIBA has no way to take it back); approving it there does
         nothing."""
         await self.check_access(token, "withdraw_approval")
-        call = await self.thread_store.call(str(tool_call_id))
+        call = await self.thread_store.tool_call(str(tool_call_id))
         if call is None:
             raise UnknownToolCallError(f"no tool call {tool_call_id!r} in this thread")
         if call.state != "pending-authorization":
@@ -133,7 +133,7 @@ class AsyncUserConfirmationResumer(MixinBase):
         try:
             await self.resume_tool_call(payload)
         except Exception as exc:
-            call = await self.thread_store.call(str(payload.get("tool_call_id", "")))
+            call = await self.thread_store.tool_call(str(payload.get("tool_call_id", "")))
             if call is None or call.state != "pending-authorization" or time.time() < _expiry(call):
                 raise
             logger.warning("%s: the approval check of %s failed past its expiry: %s", self.name, call.id, exc)
@@ -152,7 +152,7 @@ class AsyncUserConfirmationResumer(MixinBase):
         when the user has answered."""
         if schedule.callback != CHECK_CALLBACK or not isinstance(schedule.payload, dict):
             return await super().alarm_probe(schedule)
-        call = await self.thread_store.call(str(schedule.payload.get("tool_call_id", "")))
+        call = await self.thread_store.tool_call(str(schedule.payload.get("tool_call_id", "")))
         flow = self._ciba_flow_of(call)
         if call is None or call.state != "pending-authorization" or flow is None:
             return None

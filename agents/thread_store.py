@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from agents.messages import ChatMessage, ToolCall, tool_call_id_from_model
+from agents.messages import ChatMessage, ToolCall, ToolRetry, tool_call_id_from_model
 from agents.model_context import ContextBlock, thread_blocks
 from runtime import AgentStorage
 from runtime.read_cache import ReadCache
@@ -59,6 +59,8 @@ CHAT_MIGRATIONS = [
     );
     CREATE INDEX tool_calls_resolved_after ON tool_calls(resolved_after_seq);
     """,
+    # A call to be run again (`ToolRetry`), apart from what it waits for (`interrupt`, which held it before).
+    "ALTER TABLE tool_calls ADD COLUMN retry TEXT",
 ]
 
 WINDOW_PAGE_ROWS = 64
@@ -326,7 +328,7 @@ class ThreadStore:
         return messages
 
     # -- tool calls ----------------------------------------------------------------------------------
-    async def call(self, tool_call_id: str) -> ToolCall | None:
+    async def tool_call(self, tool_call_id: str) -> ToolCall | None:
         row = await self.storage.fetchone("SELECT * FROM tool_calls WHERE id = ?", (tool_call_id,))
         return None if row is None else _call_from_row(row)
 
@@ -338,12 +340,26 @@ class ThreadStore:
         rows = await self.storage.fetchall(f"SELECT * FROM tool_calls{where} ORDER BY created_at, position", params)
         return [_call_from_row(row) for row in rows]
 
-    async def set_call_state(self, tool_call_id: str, state: str, *, interrupt: dict[str, Any] | None = None) -> None:
-        """A new state (and, if given, the interrupt or retry details that go with it)."""
+    async def set_call_state(
+        self,
+        tool_call_id: str,
+        state: str,
+        *,
+        interrupt: dict[str, Any] | None = None,
+        retry: ToolRetry | None = None,
+    ) -> None:
+        """A new state (and, if given, the interrupt, or the run to come, that goes with it)."""
         try:
             await self.storage.execute(
-                "UPDATE tool_calls SET state = ?, interrupt = COALESCE(?, interrupt), updated_at = ? WHERE id = ?",
-                (state, json.dumps(interrupt) if interrupt is not None else None, time.time(), tool_call_id),
+                "UPDATE tool_calls SET state = ?, interrupt = COALESCE(?, interrupt), retry = COALESCE(?, retry), "
+                "updated_at = ? WHERE id = ?",
+                (
+                    state,
+                    json.dumps(interrupt) if interrupt is not None else None,
+                    retry.model_dump_json() if retry is not None else None,
+                    time.time(),
+                    tool_call_id,
+                ),
             )
         finally:
             self._forget_block_of(tool_call_id)
@@ -393,6 +409,10 @@ def _result_message(call: ToolCall) -> ChatMessage:
 
 
 def _call_from_row(row: Any) -> ToolCall:
+    interrupt = json.loads(row["interrupt"]) if row["interrupt"] else None
+    retry = ToolRetry.model_validate_json(row["retry"]) if row["retry"] else None
+    if retry is None and isinstance(interrupt, dict) and interrupt.get("retrying"):  # a row from before `retry`
+        retry, interrupt = ToolRetry.model_validate(interrupt), None
     return ToolCall(
         id=row["id"],
         message_id=row["message_id"],
@@ -400,7 +420,8 @@ def _call_from_row(row: Any) -> ToolCall:
         arguments=row["arguments"],
         state=row["state"],
         result=row["result"],
-        interrupt=json.loads(row["interrupt"]) if row["interrupt"] else None,
+        interrupt=interrupt,
+        retry=retry,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         position=row["position"],

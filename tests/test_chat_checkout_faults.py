@@ -111,8 +111,8 @@ async def test_an_order_whose_answer_was_lost_is_never_reported_failed_and_is_fo
         (tool,) = tool_messages(messages)
         assert tool.state != "result", tool.content  # an error here would invite a second order
         (call,) = [c for m in messages for c in (m.tool_calls or [])]
-        retry = call.interrupt or {}
-        return retry.get("outcome_unknown") and retry.get("attempt", 0) > ImpatientChat.tool_retry_limit
+        retry = call.retry
+        return retry is not None and retry.outcome_unknown and retry.attempt > ImpatientChat.tool_retry_limit
 
     await eventually(unknown_past_the_retry_limit, timeout=90, interval=0.2, what="unknown past the retry limit")
     assert world.orders() == orders_before + 1  # placed once, though nobody was told

@@ -166,6 +166,29 @@ async def test_the_chat_tables_and_their_foreign_key_hold_per_agent(open_storage
         )
 
 
+async def test_a_calls_retry_is_kept_apart_from_what_it_waits_for_and_old_rows_read_the_same(
+    open_storage: Opener,
+) -> None:
+    """`ToolCall.retry` (a run to come) and `interrupt` (what the call waits for) are two columns; a row
+    written before `retry` existed, with the retry inside `interrupt`, reads as a retry too."""
+    from agents.messages import ToolRetry
+    from agents.thread_store import CHAT_MIGRATIONS, ThreadStore
+
+    storage = await open_storage("retries")
+    await storage.migrate("Chat", CHAT_MIGRATIONS)
+    store = ThreadStore(storage)
+    await store.add_message("user", "buy 1 MSFT", message_id="m-1")
+    calls = [{"id": f"call-{n}", "name": "buy_stock", "arguments": "{}"} for n in (1, 2)]
+    await store.add_assistant(None, calls)
+    retry = ToolRetry(attempt=2, next_attempt_at=123.0, reason="checkout down", outcome_unknown=True)
+    await store.set_call_state("call-1", "running", interrupt={"confirmation": "approved"}, retry=retry)
+    old = '{"retrying": true, "attempt": 3, "next_attempt_at": 9.0, "reason": "503", "outcome_unknown": false}'
+    await storage.execute("UPDATE tool_calls SET state = 'running', interrupt = ? WHERE id = 'call-2'", (old,))
+    first, second = await store.calls()
+    assert first.retry == retry and first.interrupt == {"confirmation": "approved"}
+    assert second.retry == ToolRetry(attempt=3, next_attempt_at=9.0, reason="503") and second.interrupt is None
+
+
 async def test_the_models_window_and_the_summary_read_the_same_on_both_backends(open_storage: Opener) -> None:
     """The window reads the newest turns a page at a time, whole blocks (a call with its result), the calls
     still pending before it, and a summary is written once per span it covers."""

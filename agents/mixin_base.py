@@ -1,8 +1,9 @@
-"""What the chat mixins need of the agent they are mixed into: `ChatHost`, a `Protocol`.
+"""What the chat mixins need of the agent they are mixed into: `ChatAgentContract`, a `Protocol`.
 
 `AuthAgent`, `OwnedAgent` and `AsyncUserConfirmationResumer` are mixed into an `AIChatAgent` (see
 `ThreadAgent`). Each declares this protocol as its base for the type checker only (at run time the base is
-`object`), so what a mixin calls on its host is a typed contract instead of a guess.
+`object`), so what a mixin calls on the agent it is part of is a typed contract instead of a guess. (A
+"host" is only ever the Ray actor agents live in, `runtime.host`.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from tools.ciba.interrupts import AsyncAuthorizationInterrupt
 
 
-class ChatHost(Protocol):
+class ChatAgentContract(Protocol):
     id: str
     name: str
 
@@ -67,6 +68,6 @@ class ChatHost(Protocol):
 
 
 if TYPE_CHECKING:
-    MixinBase = ChatHost
+    MixinBase = ChatAgentContract
 else:
     MixinBase = object
