@@ -78,6 +78,10 @@ class ThreadStore:
         """The blocks of the model's last window by seq: a turn rebuilds only what is new or changed (a
         block changes only when one of its calls does: `_forget_block_of`)."""
         self._block_of_call: dict[str, int] = {}
+        self._known: list[int] = []
+        """The seqs of the messages from the oldest the window read to the newest, in order."""
+        self._known_after: int | None = None
+        """`_known` holds every message after this seq (a read found nothing older), if it is known."""
         self._summary: tuple[int, str] | None = None
         self._summary_read = False
         """Whether `_summary` holds the file's newest summary (only `add_summary` writes one)."""
@@ -172,31 +176,61 @@ class ThreadStore:
         return (int(row["n"]), row["last"]) if row else (0, None)
 
     async def blocks_newest_first(self, after_seq: int, enough: int) -> list[ContextBlock]:
-        """The blocks of the messages after `after_seq` (see `agents.model_context`), newest first, read a
-        page at a time until they add up to `enough` characters: a turn reads what its window needs, not
-        the whole thread."""
+        """The blocks of the messages after `after_seq` (see `agents.model_context`), newest first, until they
+        add up to `enough` characters: a turn reads what its window needs, not the whole thread.
+
+        The activation is its file's only writer and messages are only ever appended, so after the first
+        window of an activation (read a page at a time, from the newest backwards) a turn reads only the
+        messages newer than the newest it knows, and the rows of blocks a changed call made stale
+        (`_forget_block_of`); the rest of the window comes from what it kept."""
+        if self._known:
+            newer = await self._message_rows("seq > ? ORDER BY seq", (self._known[-1],))
+            self._known.extend(row[0] for row in newer)
+            fresh = {row[0] for row in newer}
+            stale = [q for q in self._known if q > after_seq and q not in self._window_blocks and q not in fresh]
+            await self._cached_blocks_of(newer + await self._message_rows_at(stale))
         blocks: list[ContextBlock] = []
-        total, before, page_rows = 0, None, WINDOW_PAGE_ROWS
-        while total < enough:
-            rows = await self.storage.fetchall(
-                "SELECT seq, id, role, content FROM messages WHERE seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-                (after_seq, before if before is not None else 2**62, page_rows),
+        total = 0
+        for seq in reversed(self._known):
+            if seq <= after_seq or total >= enough:
+                break
+            blocks.append(self._window_blocks[seq])
+            total += blocks[-1].size
+        before, page_rows = (self._known[0] if self._known else 2**62), WINDOW_PAGE_ROWS
+        while total < enough and not (self._known_after is not None and self._known_after <= after_seq):
+            rows = await self._message_rows(
+                "seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?", (after_seq, before, page_rows)
             )
+            if len(rows) < page_rows:  # the thread's start (or the summary's end) is reached: no more to read
+                self._known_after = after_seq
             if not rows:
                 break
-            page = await self._cached_blocks_of([(int(r["seq"]), r["id"], r["role"], r["content"]) for r in rows])
-            page.reverse()
-            blocks.extend(page)
+            page = await self._cached_blocks_of(rows)
+            self._known[:0] = [block.seq for block in page]
+            blocks.extend(reversed(page))
             total += sum(block.size for block in page)
-            before = int(rows[-1]["seq"])
-            if len(rows) < page_rows:  # the thread's start (or the summary's end) is reached: no more to read
-                break
-            page_rows *= 2  # a long window in a few reads
+            before, page_rows = rows[-1][0], page_rows * 2  # a long window in a few reads
         if blocks:  # what is older than this window will not be asked for again
-            oldest = blocks[-1].seq
-            self._window_blocks = {seq: b for seq, b in self._window_blocks.items() if seq >= oldest}
-            self._block_of_call = {c: seq for c, seq in self._block_of_call.items() if seq >= oldest}
+            self._keep_from(blocks[-1].seq)
         return blocks
+
+    def _keep_from(self, oldest: int) -> None:
+        self._window_blocks = {seq: b for seq, b in self._window_blocks.items() if seq >= oldest}
+        self._block_of_call = {c: seq for c, seq in self._block_of_call.items() if seq >= oldest}
+        if self._known and self._known[0] < oldest:
+            self._known = [seq for seq in self._known if seq >= oldest]
+            self._known_after = None  # what is older is no longer known
+
+    async def _message_rows(self, where: str, params: tuple[Any, ...]) -> list[tuple[int, str, str, str | None]]:
+        rows = await self.storage.fetchall(f"SELECT seq, id, role, content FROM messages WHERE {where}", params)
+        return [(int(r["seq"]), r["id"], r["role"], r["content"]) for r in rows]
+
+    async def _message_rows_at(self, seqs: list[int]) -> list[tuple[int, str, str, str | None]]:
+        rows: list[tuple[int, str, str, str | None]] = []
+        for start in range(0, len(seqs), 500):  # within SQLite's limit on a statement's parameters
+            part = seqs[start : start + 500]
+            rows += await self._message_rows(f"seq IN ({','.join('?' * len(part))})", tuple(part))
+        return rows
 
     async def _cached_blocks_of(self, rows: list[tuple[int, str, str, str | None]]) -> list[ContextBlock]:
         """`_blocks_of` (in seq order), built only for the rows whose block is not kept from an earlier window."""

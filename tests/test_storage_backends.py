@@ -226,6 +226,15 @@ async def test_the_models_window_and_the_summary_read_the_same_on_both_backends(
     fresh = ThreadStore(storage)
     again = bounded_context(preamble("system", None, []), await fresh.blocks_newest_first(0, 2_000), 2_000)
     assert kept.messages == again.messages and kept.messages[-1]["content"] == "26.0"
+    # a larger window reaches past what was kept, the whole thread, a summary's end: as a fresh read gives
+    for after_seq, budget in ((0, 6_000), (0, 100_000), (40, 6_000), (40, 3_000)):
+        await store.add_message("user", f"more {after_seq} {budget}")
+        kept_blocks = await store.blocks_newest_first(after_seq, budget)
+        fresh_blocks = await ThreadStore(storage).blocks_newest_first(after_seq, budget)
+        kept = bounded_context(preamble("system", None, []), kept_blocks, budget)
+        again = bounded_context(preamble("system", None, []), fresh_blocks, budget)
+        assert kept.messages == again.messages and kept.first_seq == again.first_seq
+        assert (sum(b.size for b in kept_blocks) < budget) == (sum(b.size for b in fresh_blocks) < budget)
 
     oldest = await store.blocks_oldest_first(0, window.first_seq, 500)
     assert oldest[0].seq == 1 and sum(b.size for b in oldest) <= 500
