@@ -130,21 +130,19 @@ class AgentStorage(StorageAPI):
         async def prepare() -> None:
             mode = await writer.execute(f"PRAGMA journal_mode={'WAL' if self.journal == 'wal' else 'DELETE'}")
             await mode.close()  # its row unread, the statement would keep a read lock on the file
-            for statement in split_sql(_KV_SCHEMA):
-                await writer.execute(statement)
+            await writer.executescript(_KV_SCHEMA)
 
         await while_locked(prepare, BUSY_TIMEOUT_MS / 1000)  # a file the hosts share may be opened at once
-        self._reader = await self._connect()
-        await self._reader.execute("PRAGMA query_only=ON")
+        self._reader = await self._connect("PRAGMA query_only=ON")
         return self
 
-    async def _connect(self) -> aiosqlite.Connection:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so nothing commits behind our back.
+    async def _connect(self, *more_pragmas: str) -> aiosqlite.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so nothing commits behind our back. The
+        # settings go in one script: each call is a hop to the connection's thread (an activation's cost).
         conn = await connect_sqlite(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
-        await conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        await conn.execute("PRAGMA foreign_keys=ON")
+        pragmas = [f"PRAGMA synchronous={self.synchronous}", f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}"]
+        await conn.executescript(";\n".join([*pragmas, "PRAGMA foreign_keys=ON", *more_pragmas]) + ";")
         return conn
 
     async def close(self) -> None:
@@ -229,9 +227,12 @@ class AgentStorage(StorageAPI):
 
     # -- migrations ------------------------------------------------------------------------------------
     async def migrate(self, scope: str, migrations: Sequence[Migration]) -> int:
-        """Apply the migrations of `scope` not yet applied, each in its own transaction; return how many.
+        """Apply the migrations of `scope` not yet applied, all in one transaction; return how many.
 
         A migration's index in the list is its version: never reorder or edit applied ones, only append.
+        One transaction: a new file gets its whole schema in one write (a new thread's file took a
+        transaction per step before, each with its own checks), and a step that fails leaves the file as
+        it was, to be migrated again whole at the next start.
         """
         row = await self.fetchone("SELECT version FROM _migrations WHERE scope = ?", (scope,))
         applied = int(row["version"]) if row else 0
@@ -240,21 +241,22 @@ class AgentStorage(StorageAPI):
                 f"{self.path.name}: scope {scope!r} is at version {applied} but only "
                 f"{len(migrations)} migrations are known (code older than the data?)"
             )
-        for version in range(applied + 1, len(migrations) + 1):
-            step = migrations[version - 1]
-            async with self.transaction() as tx:
-                row = await tx.fetchone("SELECT version FROM _migrations WHERE scope = ?", (scope,))
-                if row is not None and int(row["version"]) >= version:
-                    continue  # another process applied it meanwhile (a file the hosts share)
+        if applied == len(migrations):
+            return 0
+        async with self.transaction() as tx:
+            row = await tx.fetchone("SELECT version FROM _migrations WHERE scope = ?", (scope,))
+            current = int(row["version"]) if row else 0  # another process may have migrated it meanwhile
+            for step in migrations[current:]:
                 if callable(step):
                     await step(tx)
                 else:
                     for statement in split_sql(step) if isinstance(step, str) else step:
                         await tx.execute(statement)
+            if current < len(migrations):
                 await tx.execute(
-                    "INSERT INTO _migrations(scope, version, applied_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT(scope) DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
-                    (scope, version, time.time()),
+                    "INSERT INTO _migrations(scope, version, applied_at) VALUES (?, ?, ?) ON CONFLICT(scope) "
+                    "DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
+                    (scope, len(migrations), time.time()),
                 )
         return len(migrations) - applied
 
