@@ -155,7 +155,7 @@ class ThreadStore:
             return await self.last_seq(), None
         row = await self.storage.fetchone(
             "SELECT (SELECT COALESCE(MAX(seq), 0) FROM messages) AS last_seq, m.seq, m.role, m.content "
-            "FROM (SELECT 1) LEFT JOIN messages AS m ON m.id = ?",
+            "FROM (SELECT 1) AS one LEFT JOIN messages AS m ON m.id = ?",
             (message_id,),
         )
         assert row is not None  # one row always: the left join keeps it

@@ -187,6 +187,10 @@ async def test_a_calls_retry_is_kept_apart_from_what_it_waits_for_and_old_rows_r
     first, second = await store.calls()
     assert first.retry == retry and first.interrupt == {"confirmation": "approved"}
     assert second.retry == ToolRetry(attempt=3, next_attempt_at=9.0, reason="503") and second.interrupt is None
+    last = await store.last_seq()  # and what a turn looks up before it starts, in one read
+    first_seq = int((await storage.fetchone("SELECT seq FROM messages WHERE id = 'm-1'"))["seq"])
+    assert await store.before_turn("m-1") == (last, (first_seq, "user", "buy 1 MSFT"))
+    assert await store.before_turn("never-sent") == (last, None)
 
 
 async def test_the_models_window_and_the_summary_read_the_same_on_both_backends(open_storage: Opener) -> None:
