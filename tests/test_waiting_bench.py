@@ -28,6 +28,7 @@ def test_waiting_purchases_sleep_and_complete_once_while_the_hosts_change(tmp_pa
     proc = run_isolated("bench/waiting_bench.py", *args, cwd=tmp_path, timeout=400)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())["results"]
+    assert "failed" not in results, (results["failed"], proc.stdout[-3000:], proc.stderr[-3000:])
     assert results["waiting"]["live_buyers"] == 0 and results["waiting"]["activations_during_window"] == 0
     assert results["single_approvals"]["asleep_when_approved"] == 6
     assert results["single_approvals"]["approval_to_tool_result"]["n"] == 6
