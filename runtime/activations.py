@@ -113,6 +113,11 @@ class Activations:
         """Names of the live agents, least recently used first."""
         return list(self._live)
 
+    def leaving_names(self) -> list[str]:
+        """Names of the agents still leaving: out of the live set, their next due time not yet recorded (a
+        leave that cannot record it makes the agent live again)."""
+        return list(self._leaving)
+
     def busy_names(self) -> list[str]:
         return [name for name, count in self._busy.items() if count > 0]
 

@@ -196,6 +196,7 @@ class AgentHost:
             "node_id": ray.get_runtime_context().get_node_id(),
             "calls": self._calls,
             "live_names": self.activations.live_names(),
+            "leaving_names": self.activations.leaving_names(),
             "started_at": self._started_at,
             "placement": self.placement.record(),
             "counters": counters(),

@@ -38,7 +38,13 @@ async def live_agent_names(storage_dir: Path, namespace: str) -> set[str]:
 
 
 async def wait_until_hibernated(storage_dir: Path, namespace: str, name: str, timeout: float = 60.0) -> None:
+    """Until `name` has left its host: neither live nor still leaving (a leave that cannot tell the scheduler
+    its next alarm makes the agent live again, so "not live" alone is not asleep yet)."""
+
     async def gone() -> bool:
-        return name not in await live_agent_names(storage_dir, namespace)
+        return not any(
+            name in stats["live_names"] or name in stats.get("leaving_names", ())
+            for stats in await host_stats(storage_dir, namespace)
+        )
 
     await eventually(gone, timeout=timeout, interval=0.1, what=f"{name} to hibernate")
