@@ -71,6 +71,13 @@ class ApprovalSlots:
         storage = await self._ready()
         await storage.execute("DELETE FROM slots WHERE call_key = ?", (call_key,))
 
+    async def close(self) -> None:
+        """Close the store (a host keeps it for its life; a script or test that made its own closes it)."""
+        async with self._opening:
+            if self._open:
+                await self.storage.close()
+                self._open = False
+
 
 _shared: dict[Path, ApprovalSlots] = {}
 

@@ -11,9 +11,12 @@ from agents.approval_slots import ApprovalSlots
 
 async def test_the_first_purchases_of_a_fresh_process_all_get_their_slots_at_once(tmp_path: Path) -> None:
     slots = ApprovalSlots(tmp_path)
-    calls = [(f"user-{i % 10}", f"call-{i}") for i in range(40)]
-    taken = await asyncio.gather(*(slots.take(owner, key, per_user=4, lifetime=60) for owner, key in calls))
-    assert taken == [True] * 40  # each of the 10 users has exactly 4 calls: all fit, none failed
-    assert not await slots.take("user-0", "call-one-more", per_user=4, lifetime=60)
-    await slots.give_back("call-0")
-    assert await slots.take("user-0", "call-one-more", per_user=4, lifetime=60)
+    try:
+        calls = [(f"user-{i % 10}", f"call-{i}") for i in range(40)]
+        taken = await asyncio.gather(*(slots.take(owner, key, per_user=4, lifetime=60) for owner, key in calls))
+        assert taken == [True] * 40  # each of the 10 users has exactly 4 calls: all fit, none failed
+        assert not await slots.take("user-0", "call-one-more", per_user=4, lifetime=60)
+        await slots.give_back("call-0")
+        assert await slots.take("user-0", "call-one-more", per_user=4, lifetime=60)
+    finally:
+        await slots.close()

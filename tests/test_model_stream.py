@@ -12,6 +12,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
 from openai import APIConnectionError, APIError, APITimeoutError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -83,8 +84,25 @@ def server() -> Iterator[ServerThread]:
     running.stop()
 
 
-async def test_pieces_cut_anywhere_make_the_same_answer_and_the_connection_is_reused(server: ServerThread) -> None:
-    llm = shared_llm(server.url + "/ok", "k", 10.0)
+@pytest_asyncio.fixture(loop_scope="function")  # the test's loop, which the client belongs to
+async def agents_client():
+    """`shared_llm` as an agent gets it, closed after the test (a host closes it with its process; a test's
+    event loop ends sooner, and an aiohttp session left open is reported at exit)."""
+    opened = []
+
+    def client_for(base_url: str, timeout: float = 10.0):
+        opened.append(shared_llm(base_url, "k", timeout))
+        return opened[-1]
+
+    yield client_for
+    for llm in opened:
+        await llm.close()
+
+
+async def test_pieces_cut_anywhere_make_the_same_answer_and_the_connection_is_reused(
+    server: ServerThread, agents_client
+) -> None:
+    llm = agents_client(server.url + "/ok")
     tokens: list[str] = []
     for _ in range(3):
         text, calls = await stream_completion(llm, {"model": "m"}, tokens.append, messages_json="[]")
@@ -94,23 +112,23 @@ async def test_pieces_cut_anywhere_make_the_same_answer_and_the_connection_is_re
     assert len(CLIENT_PORTS) == 3 and len(set(CLIENT_PORTS)) == 1, CLIENT_PORTS
 
 
-async def test_an_error_chunk_mid_stream_is_the_sdks_api_error(server: ServerThread) -> None:
-    llm = shared_llm(server.url + "/failing", "k", 10.0)
+async def test_an_error_chunk_mid_stream_is_the_sdks_api_error(server: ServerThread, agents_client) -> None:
+    llm = agents_client(server.url + "/failing")
     with pytest.raises(APIError, match="the model overloaded"):
         await stream_completion(llm, {"model": "m"}, lambda _: None, messages_json="[]")
 
 
-async def test_a_connection_cut_mid_stream_is_the_sdks_connection_error(server: ServerThread) -> None:
+async def test_a_connection_cut_mid_stream_is_the_sdks_connection_error(server: ServerThread, agents_client) -> None:
     """What the agent catches (`APIError`, here its `APIConnectionError` kind), not the transport's own."""
-    llm = shared_llm(server.url + "/cut", "k", 10.0)
+    llm = agents_client(server.url + "/cut")
     with pytest.raises(APIConnectionError):
         await stream_completion(llm, {"model": "m"}, lambda _: None, messages_json="[]")
 
 
-async def test_a_silent_server_is_the_sdks_timeout() -> None:
+async def test_a_silent_server_is_the_sdks_timeout(agents_client) -> None:
     """A server that accepts and never answers: the client's read timeout, named as the SDK names it."""
     with socket.create_server(("127.0.0.1", 0)) as silent:
         port = silent.getsockname()[1]
-        llm = shared_llm(f"http://127.0.0.1:{port}", "k", 0.5)
+        llm = agents_client(f"http://127.0.0.1:{port}", 0.5)
         with pytest.raises(APITimeoutError):
             await llm.with_options(max_retries=0).post("/chat/completions", body={}, cast_to=object)
