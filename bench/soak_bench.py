@@ -260,9 +260,14 @@ class Soak:
         """Until every purchase is finished (or `drain` s from now). Returns the seconds it took."""
         started = time.monotonic()
         deadline = started + self.cfg.drain
+        next_report = started + 5.0
         while time.monotonic() < deadline:
-            if not self.checks.unfinished_calls():
+            unfinished = self.checks.unfinished_calls()
+            if not unfinished:
                 break
+            if time.monotonic() >= next_report:  # what the drain waits for, as it goes
+                log(f"draining: still unfinished {unfinished}")
+                next_report += 5.0
             await asyncio.sleep(1.0)
         stop_phone.set()
         return round(time.monotonic() - started, 1)
@@ -316,6 +321,11 @@ class Soak:
             "orphans": self.checks.orphans(),
             "orders_placed": sum(self.checks.orders().values()),
             "approvals_lost_and_asked_again": self.checks.approvals_lost_on_the_way(),
+            "pings": {
+                "sent": self.stack.authz.state.pings_sent,
+                "delivered": self.stack.authz.state.pinger.delivered,
+                "given_up": self.stack.authz.state.pinger.given_up,
+            },
             "memory": self.memory,
             "violation_counts": counts,
             "violations": violations,
@@ -362,6 +372,7 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"approval requests never collected by an agent (sent again after a timeout): {report['orphans']}")
     lost = report["approvals_lost_and_asked_again"]
     print(f"approvals lost with their answer (host killed mid-poll), asked again: {lost}")
+    print(f"pings (sent, delivered, given up): {report['pings']}")
     print(f"memory: {report['memory']}; drained in {report['drained_in_s']} s")
     print(f"invariant violations: {report['violation_counts']} (total {sum(report['violation_counts'].values())})")
 
