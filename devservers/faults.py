@@ -15,9 +15,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect
+
+LOOK_AGAIN_SECONDS = 0.2
+"""How often a request waiting out a fault looks whether it was ended or extended."""
 
 
 class Stall:
@@ -47,6 +51,13 @@ class Stall:
     def hold(self, seconds: float) -> None:
         with self._lock:
             self._until = max(self._until, time.monotonic() + seconds)
+
+    def end(self) -> None:
+        """Stop every fault now: the requests waiting out a stall are served, the answers held back are
+        sent (within `LOOK_AGAIN_SECONDS`), so a server stops without waiting for them."""
+        with self._lock:
+            self._until = self._answers_until = 0.0
+            self._replaced.clear()
 
     def delay_answers(self, seconds: float) -> None:
         with self._lock:
@@ -97,14 +108,17 @@ class Stalling:
     def _late(self, send: Any) -> Any:
         async def send_late(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                await asyncio.sleep(self.stall.answers_held())
+                await _wait_while(self.stall.answers_held)
             await send(message)
 
         return send_late
 
     async def _wait_out_the_stall(self) -> None:
-        # the stall may be extended while a request waits (another `hold`): look again after each wait
-        wait = self.stall.remaining()
-        while wait > 0:
-            await asyncio.sleep(wait)
-            wait = self.stall.remaining()
+        await _wait_while(self.stall.remaining)
+
+
+async def _wait_while(remaining: Callable[[], float]) -> None:
+    """Until `remaining()` is 0, looking again every `LOOK_AGAIN_SECONDS`: another thread (the test, the
+    soak driver) may extend or end the fault meanwhile, so no event of this loop could say when."""
+    while (wait := remaining()) > 0:  # noqa: ASYNC110 - set from another thread, see above
+        await asyncio.sleep(min(wait, LOOK_AGAIN_SECONDS))

@@ -102,6 +102,8 @@ class DevAuthorizationServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving; a fault still playing ends first, so no request is left waiting on it."""
+        self.state.stall.end()
         if self._thread is not None:
             self._thread.stop()
             self._thread = None
