@@ -317,7 +317,7 @@ class Activations:
         now, wall = time.monotonic(), time.time()
         started = 0
         for name, agent in list(self._live.items()):
-            idle = self._idle_time(agent, wall)
+            idle = 0.0 if agent._deleting else self._idle_time(agent, wall)  # deleted by its own timer: erase now
             if idle is None or now - self._last_used.get(name, now) < idle or not self._can_leave(name, agent, now):
                 continue
             self._begin_leave(name)

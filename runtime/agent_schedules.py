@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from runtime import metrics
 from runtime.alarm_probes import AlarmProbe
 from runtime.backoff import exponential_delay
+from runtime.errors import AgentNotFoundError
 from runtime.methods import read, turn
 from runtime.schedules import InvalidScheduleError, Schedule, encode_payload, next_cron_time, resolve_when
 from runtime.settings import runtime_settings
@@ -238,7 +239,16 @@ class AgentSchedules:
         self._timer = None
         task = asyncio.get_running_loop().create_task(self._run_due_schedules())
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._local_run_done)
+
+    def _local_run_done(self, task: asyncio.Task[float | None]) -> None:
+        """A timer-fired run ended: say why if it failed (the durable alarm still wakes the agent for what is
+        due). An agent deleted meanwhile (its retention, say) has nothing left to run: that is no failure."""
+        self._background.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if exc is None or isinstance(exc, AgentNotFoundError):
+            return
+        logger.warning("%s: running its due schedules failed (%s: %s)", self.name, type(exc).__name__, exc)
 
     # -- leaving -------------------------------------------------------------------------------------------
     async def _prepare_to_leave(self) -> bool:

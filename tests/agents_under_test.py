@@ -156,11 +156,21 @@ class Counter(RuntimeMethodsForTests, Agent):
         await self.storage.put("fail_attempts", attempts)
         raise RuntimeError(f"callback failure #{len(attempts)}")
 
+    async def erase_myself(self, payload: Any) -> None:
+        """A schedule that deletes its agent (as a thread's retention does)."""
+        await self.delete_everything()
+
 
 class QuickCounter(Counter):
     """A `Counter` that hibernates after half a second with nothing to do."""
 
     idle_seconds = 0.5
+
+
+class LingeringCounter(Counter):
+    """Stays live for ten minutes with nothing to do."""
+
+    idle_seconds = 600.0
 
 
 class SlowLeavingCounter(Counter):

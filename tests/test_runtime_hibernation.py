@@ -16,7 +16,7 @@ from runtime import AgentCapacityError, AgentNotFoundError, get_agent
 from runtime.host import AgentHost
 from runtime.placement import PLACEMENT_FILE, host_name, runtime_dir
 from runtime.settings import runtime_settings
-from tests.agents_under_test import Counter, PlainCounter, QuickCounter, SlowLeavingCounter
+from tests.agents_under_test import Counter, LingeringCounter, PlainCounter, QuickCounter, SlowLeavingCounter
 from tests.conftest import RUNTIME_TEST_ENV, ray_init_kwargs
 from tests.lifecycle import host_handles, host_stats, live_agent_names, wait_until_hibernated
 from tests.waiting import eventually
@@ -183,6 +183,21 @@ async def test_a_crashed_host_brings_its_live_agents_back_at_once(storage_dir: P
     path = Counter.storage_path(storage_dir, "eager-1")
     await eventually(lambda: stored_value(path, "starts") == 2, timeout=60, what="re-activation after the crash")
     assert await agent.get("x") == 1
+
+
+async def test_an_agent_deleted_by_its_own_schedule_is_erased_at_once_not_after_its_idle_time(
+    storage_dir: Path,
+) -> None:
+    """A schedule fired by the agent's own timer that deletes it (a thread's retention): no call ends to
+    start the erase, and the agent would linger, refusing calls, for its whole idle time (here ten minutes).
+    The host erases it as soon as it is quiet."""
+    agent = get_agent(LingeringCounter, "erased-by-schedule", storage_dir=storage_dir)
+    await agent.schedule(0.2, "erase_myself")
+    file = storage_dir / "LingeringCounter" / "erased-by-schedule.sqlite3"
+    assert file.exists()
+    await eventually(lambda: not file.exists(), timeout=20, what="the agent's file erased")
+    with pytest.raises(AgentNotFoundError):
+        await get_agent(LingeringCounter, "erased-by-schedule", storage_dir=storage_dir, create=False).get("x")
 
 
 async def test_private_and_lifecycle_methods_cannot_be_called_through_a_handle(storage_dir: Path) -> None:
