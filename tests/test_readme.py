@@ -108,3 +108,27 @@ def test_the_cli_table_lists_every_flag_of_every_command() -> None:
         for param in command.params:
             for flag in (o for o in param.opts if o.startswith("--") and o != "--help"):
                 assert flag in rows[name], f"agentrt {name} {flag} is not in its README row"
+
+
+def test_every_setting_the_product_reads_is_in_the_readme() -> None:
+    """Each environment variable a settings class reads is named in the README (its configuration tables)."""
+    from pydantic import AliasChoices
+
+    from agentrt.ingress.settings import IngressSettings
+    from agents.settings import ChatSettings
+    from auth.settings import AuthSettings
+    from demo.stocks import StockToolSettings
+    from runtime.settings import RuntimeSettings
+
+    missing = []
+    for settings in (RuntimeSettings, ChatSettings, AuthSettings, IngressSettings, StockToolSettings):
+        prefix = settings.model_config.get("env_prefix", "")
+        for name, field in settings.model_fields.items():
+            alias = field.validation_alias
+            if isinstance(alias, AliasChoices):
+                names = [choice for choice in alias.choices if isinstance(choice, str)]
+            else:
+                names = [alias if isinstance(alias, str) else (prefix + name).upper()]
+            if not any(f"`{env}`" in README for env in names):
+                missing.append(f"{settings.__name__}.{name} ({' or '.join(names)})")
+    assert not missing, missing
