@@ -317,7 +317,7 @@ class Activations:
         now, wall = time.monotonic(), time.time()
         started = 0
         for name, agent in list(self._live.items()):
-            idle = 0.0 if agent._deleting else self._idle_time(agent, wall)  # deleted by its own timer: erase now
+            idle = self._idle_time(agent, wall)
             if idle is None or now - self._last_used.get(name, now) < idle or not self._can_leave(name, agent, now):
                 continue
             self._begin_leave(name)
@@ -328,7 +328,10 @@ class Activations:
         """How long `agent` stays live with nothing to do; None: it stays (hibernation is off, or its next
         alarm fires within the idle time: staying is cheaper than leaving and waking). A class that sets
         `idle_seconds_while_waiting` sleeps after that long when its next alarm is further away than the
-        idle time or `ALARM_SOON_SECONDS`, whichever is shorter (a pending approval's next check)."""
+        idle time or `ALARM_SOON_SECONDS`, whichever is shorter (a pending approval's next check). An agent
+        being deleted leaves as soon as it is quiet."""
+        if agent._deleting:  # deleted by its own timer-fired work (no call ends to erase it): erase it now
+            return 0.0
         idle = self.idle_seconds if agent.idle_seconds is None else agent.idle_seconds
         due, waiting = agent._next_due_at, agent.idle_seconds_while_waiting
         if idle <= 0 or (due is not None and due - wall < (idle if waiting is None else min(idle, ALARM_SOON_SECONDS))):
