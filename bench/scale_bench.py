@@ -167,6 +167,7 @@ def main() -> None:
         "AGENT_MAX_LIVE": str(args.max_live),
         "AGENT_HOSTS": str(args.hosts),
         "AGENT_MAX_THREADS_PER_USER": str(args.threads + args.pending + 1000),
+        "CHAT_MAX_PENDING_APPROVALS_PER_USER": str(args.pending),  # every buyer is alice
         "AGENTRT_MAX_TURNS_PER_MINUTE": "100000",  # load from a few users, not abuse
         "AGENTRT_MAX_CONCURRENT_TURNS": "1000",
         "CIBA_DELIVERY_MODE": args.delivery,
